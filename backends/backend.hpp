@@ -1,0 +1,84 @@
+// The compute backend interface. Each numeric stage of the pipeline is a virtual
+// function whose base implementation is the plain C++ reference (cpu_ref), so a
+// backend overrides only the stages it accelerates and falls back stage by stage to
+// the reference for the rest (the way oneDNN's implementation lists work).
+// Routing and planning (O(T*E) integer and scalar work) run in core/ for now.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "core/config.hpp"
+#include "core/plan.hpp"
+
+namespace moe {
+
+// Expert weights of one layer, as bound by the caller (b1, b2 may be null).
+template <typename S>
+struct ExpertWeights {
+  const S* w1 = nullptr;  // [E, d, F]
+  const S* b1 = nullptr;  // [E, F]
+  const S* w2 = nullptr;  // [E, d_ff, d]
+  const S* b2 = nullptr;  // [E, d]
+};
+
+// Buffers of the expert stage, each [plan.rows, width].
+template <typename S>
+struct ExpertActivations {
+  S* xp = nullptr;      // permuted inputs, width d
+  S* h_pre = nullptr;   // x W1 + b1, width F
+  S* h = nullptr;       // act(h_pre), width d_ff
+  S* yp = nullptr;      // expert outputs, width d
+};
+
+template <typename S>
+struct ExpertGradients {
+  S* dw1 = nullptr;  // accumulated into (the pipeline zeroes them when overwriting)
+  S* db1 = nullptr;
+  S* dw2 = nullptr;
+  S* db2 = nullptr;
+};
+
+#define MOE_BACKEND_STAGES(S)                                                              \
+  /* z[T,E] = x[T,d] Wr[d,E] */                                                            \
+  virtual void router_logits(const LayerConfig& c, int64_t tokens, const S* x, const S* wr, \
+                             S* z);                                                        \
+  /* dx[T,d] += dz Wr^T (if dx); dwr[d,E] += x^T dz (if dwr) */                            \
+  virtual void router_logits_backward(const LayerConfig& c, int64_t tokens, const S* x,     \
+                                      const S* wr, const S* dz, S* dx, S* dwr);            \
+  /* xp[r] = x[token_of_row[r]], zero rows for padding */                                  \
+  virtual void permute(const LayerConfig& c, const Plan& plan, const S* x, S* xp);         \
+  virtual void experts_forward(const LayerConfig& c, const Plan& plan,                     \
+                               const ExpertWeights<S>& w, ExpertActivations<S>& a);        \
+  /* y[t] = sum over kept slots, in slot order, of gate * yp[row] */                       \
+  virtual void combine(const LayerConfig& c, const Plan& plan, const double* gate,          \
+                       const S* yp, S* y);                                                 \
+  /* dyp[row] = gate * dy[t]; dgate[slot] = <dy[t], yp[row]> (0 for dropped slots) */      \
+  virtual void combine_backward(const LayerConfig& c, const Plan& plan, const double* gate, \
+                                const S* yp, const S* dy, S* dyp, double* dgate);          \
+  /* expert weight gradients (accumulated) and dxp */                                      \
+  virtual void experts_backward(const LayerConfig& c, const Plan& plan,                    \
+                                const ExpertWeights<S>& w, const ExpertActivations<S>& a,  \
+                                const S* dyp, S* dxp, ExpertGradients<S>& g);              \
+  /* dx[t] += sum over kept slots, in slot order, of dxp[row] */                           \
+  virtual void permute_backward(const LayerConfig& c, const Plan& plan, const S* dxp, S* dx);
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual const char* name() const = 0;
+  // Whether this backend can run a layer of this config (dtype, device).
+  virtual bool supports(const LayerConfig& config) const = 0;
+
+  MOE_BACKEND_STAGES(float)
+  MOE_BACKEND_STAGES(double)
+};
+
+// The registry: the one place that knows which backends exist.
+int backend_count();
+Backend& backend_at(int index);
+// "auto" picks the first registered backend (fastest first, cpu_ref last) that
+// supports the config; a name picks that backend or throws.
+Backend& select_backend(const std::string& name, const LayerConfig& config);
+
+}  // namespace moe

@@ -1,0 +1,265 @@
+"""Python binding of moe-runtime (ctypes + numpy).
+
+    import moe
+    layer = moe.Layer(d_model, d_ff, num_experts, top_k, activation="gelu",
+                      router="softmax", capacity_factor=0.0, backend="cpu_ref", seed=0, **options)
+    layer.set_weights(router=Wr, w1=W1, w2=W2)        # [d,E], [E,d,F], [E,d_ff,d]
+    y = layer.forward(x, train=True, token_ids=None, seq_len=None)
+    dx, grads = layer.backward(dy)                   # grads: router, w1, w2 (b1, b2)
+    layer.routing(); layer.telemetry(); layer.losses()
+
+The library is found through MOE_LIBRARY, else the repository's build/ folder, else
+the system's libmoe.so.0.
+"""
+import ctypes as C
+
+import numpy as np
+
+from . import _abi
+
+__all__ = ["Layer", "MoeError", "backends", "version"]
+
+_lib = _abi.load()
+
+_ROUTER_OPTIONS = {
+    "router_temp_init", "router_temp_final", "router_temp_anneal_iters", "router_noise_type",
+    "router_noise_std_init", "router_noise_decay_iters", "load_balance_alpha",
+    "router_z_loss_coef", "bias_update_rate", "renormalize", "drop_policy", "pad_to_capacity",
+    "hash_mode", "expert_bias", "dtype",
+}
+
+
+class MoeError(RuntimeError):
+    """A call into the library failed; .status is the moe_status_t name."""
+
+    def __init__(self, code):
+        self.code = code
+        self.status = _abi.STATUS_NAMES.get(code, str(code))
+        super().__init__(f"MOE_STATUS_{self.status}: {_lib.moe_last_error().decode()}")
+
+
+def _check(code):
+    if code != 0:
+        raise MoeError(code)
+
+
+def version():
+    parts = [C.c_int32() for _ in range(3)]
+    _check(_lib.moe_version(*[C.byref(p) for p in parts]))
+    return tuple(p.value for p in parts)
+
+
+def backends():
+    count = C.c_int32()
+    _check(_lib.moe_backend_count(C.byref(count)))
+    names = []
+    for i in range(count.value):
+        name = C.c_char_p()
+        _check(_lib.moe_backend_name(i, C.byref(name)))
+        names.append(name.value.decode())
+    return names
+
+
+def _enum(table, value, what):
+    if value not in table:
+        raise ValueError(f"unknown {what} {value!r}; expected one of {sorted(table)}")
+    return table[value]
+
+
+class Layer:
+    def __init__(self, d_model, d_ff, num_experts, top_k, activation="gelu", router="softmax",
+                 capacity_factor=0.0, backend="cpu_ref", seed=0, **options):
+        unknown = set(options) - _ROUTER_OPTIONS
+        if unknown:
+            raise TypeError(f"unknown options {sorted(unknown)}")
+        self.dtype = np.dtype(options.pop("dtype", "float32"))
+        renorm = options.pop("renormalize", None)
+        cfg = _abi.sized(_abi.LayerConfig)
+        cfg.d_model, cfg.d_ff, cfg.num_experts, cfg.top_k = d_model, d_ff, num_experts, top_k
+        cfg.activation = _enum(_abi.ACTIVATIONS, activation, "activation")
+        cfg.router = _enum(_abi.ROUTERS, router, "router")
+        cfg.dtype = _enum(_abi.DTYPES, self.dtype.name, "dtype")
+        cfg.expert_bias = int(bool(options.pop("expert_bias", False)))
+        self._backend_name = backend.encode()
+        cfg.backend = self._backend_name
+        cfg.router_temp_init = options.pop("router_temp_init", 1.0)
+        cfg.router_temp_final = options.pop("router_temp_final", cfg.router_temp_init)
+        cfg.router_temp_anneal_iters = options.pop("router_temp_anneal_iters", 0)
+        cfg.router_noise_type = _enum(_abi.NOISE, options.pop("router_noise_type", "none"), "noise")
+        cfg.router_noise_std_init = options.pop("router_noise_std_init", 0.0)
+        cfg.router_noise_decay_iters = options.pop("router_noise_decay_iters", 0)
+        cfg.load_balance_alpha = options.pop("load_balance_alpha", 0.0)
+        cfg.router_z_loss_coef = options.pop("router_z_loss_coef", 0.0)
+        cfg.bias_update_rate = options.pop("bias_update_rate", 0.0)
+        cfg.renormalize = -1 if renorm is None else int(bool(renorm))
+        cfg.capacity_factor = capacity_factor
+        cfg.drop_policy = _enum(_abi.DROP_POLICIES, options.pop("drop_policy", "position"),
+                                "drop_policy")
+        cfg.pad_to_capacity = int(bool(options.pop("pad_to_capacity", False)))
+        cfg.hash_mode = _enum(_abi.HASH_MODES, options.pop("hash_mode", "auto"), "hash_mode")
+        cfg.seed = seed
+        self._handle = C.c_void_p()
+        _check(_lib.moe_layer_create(C.byref(cfg), C.byref(self._handle)))
+        self.d_model, self.d_ff, self.num_experts, self.top_k = d_model, d_ff, num_experts, top_k
+        self.router = router
+        self.expert_bias = bool(cfg.expert_bias)
+        self._weights = {}
+        self._ctx = C.c_void_p()
+
+    def __del__(self):
+        if getattr(self, "_ctx", None):
+            _lib.moe_ctx_destroy(self._ctx)
+        if getattr(self, "_handle", None):
+            _lib.moe_layer_destroy(self._handle)
+
+    # ---------------------------------------------------------------- helpers
+    def _tensor(self, array):
+        t = _abi.Tensor()
+        if array is None:
+            return t
+        t.data = array.ctypes.data if array.size else None
+        t.ndim = array.ndim
+        for i, s in enumerate(array.shape):
+            t.shape[i] = s
+        t.dtype = _abi.DTYPES[array.dtype.name]
+        return t
+
+    def _array(self, value, name):
+        a = np.ascontiguousarray(value, dtype=self.dtype)
+        if a is value and not a.flags.writeable:
+            a = a.copy()
+        return a
+
+    def config(self):
+        cfg = _abi.sized(_abi.LayerConfig)
+        _check(_lib.moe_layer_get_config(self._handle, C.byref(cfg)))
+        return {name: getattr(cfg, name) for name, _ in _abi.LayerConfig._fields_[2:]}
+
+    @property
+    def step(self):
+        s = C.c_int64()
+        _check(_lib.moe_layer_get_step(self._handle, C.byref(s)))
+        return s.value
+
+    @step.setter
+    def step(self, value):
+        _check(_lib.moe_layer_set_step(self._handle, value))
+
+    @property
+    def selection_bias(self):
+        out = np.zeros(self.num_experts, dtype=np.float64)
+        _check(_lib.moe_layer_get_selection_bias(
+            self._handle, out.ctypes.data_as(C.POINTER(C.c_double)), out.size))
+        return out
+
+    @selection_bias.setter
+    def selection_bias(self, values):
+        v = np.ascontiguousarray(values, dtype=np.float64)
+        _check(_lib.moe_layer_set_selection_bias(
+            self._handle, v.ctypes.data_as(C.POINTER(C.c_double)), v.size))
+
+    def build_hash_table(self, token_ids, vocab_size):
+        ids = np.ascontiguousarray(token_ids, dtype=np.int64).ravel()
+        _check(_lib.moe_layer_build_hash_table(
+            self._handle, ids.ctypes.data_as(C.POINTER(C.c_int64)), ids.size, vocab_size))
+
+    # ---------------------------------------------------------------- the layer
+    def set_weights(self, router=None, w1=None, w2=None, b1=None, b2=None):
+        """Binds copies of the given arrays (kept alive by this object)."""
+        arrays = {k: (None if v is None else self._array(v, k))
+                  for k, v in dict(router=router, w1=w1, b1=b1, w2=w2, b2=b2).items()}
+        w = _abi.sized(_abi.Weights)
+        for name, array in arrays.items():
+            setattr(w, name, self._tensor(array))
+        _check(_lib.moe_layer_set_weights(self._handle, C.byref(w)))
+        self._weights = arrays
+
+    def forward(self, x, train=True, token_ids=None, seq_len=None):
+        x = self._array(x, "x")
+        if x.ndim != 2:
+            raise ValueError(f"x must be [T, d], got shape {x.shape}")
+        y = np.empty_like(x)
+        args = _abi.sized(_abi.ForwardArgs)
+        args.x, args.y = self._tensor(x), self._tensor(y)
+        ids = None
+        if token_ids is not None:
+            ids = np.ascontiguousarray(token_ids, dtype=np.int64).ravel()
+            if ids.size != x.shape[0]:
+                raise ValueError(f"token_ids has {ids.size} entries for {x.shape[0]} tokens")
+            args.token_ids = ids.ctypes.data_as(C.POINTER(C.c_int64))
+        args.seq_len = seq_len or 0
+        args.train = int(bool(train))
+        ctx = C.c_void_p()
+        _check(_lib.moe_layer_forward(self._handle, C.byref(args), C.byref(ctx)))
+        if self._ctx:
+            _lib.moe_ctx_destroy(self._ctx)
+        self._ctx = ctx
+        self._tokens = x.shape[0]
+        return y
+
+    def _require_ctx(self):
+        if not self._ctx:
+            raise RuntimeError("call forward() first")
+
+    def backward(self, dy, accumulate_into=None):
+        """Returns (dx, grads). With accumulate_into (a grads dict from an earlier call),
+        gradients are added into those arrays (MOE_BACKWARD_ACCUMULATE)."""
+        self._require_ctx()
+        dy = self._array(dy, "dy")
+        dx = np.empty_like(dy)
+        shapes = {"w1": self._weights["w1"].shape, "w2": self._weights["w2"].shape}
+        if self.router != "hash":
+            shapes["router"] = self._weights["router"].shape
+        if self.expert_bias:
+            shapes["b1"] = self._weights["b1"].shape
+            shapes["b2"] = self._weights["b2"].shape
+        grads = accumulate_into if accumulate_into is not None else {
+            k: np.empty(s, dtype=self.dtype) for k, s in shapes.items()}
+        args = _abi.sized(_abi.BackwardArgs)
+        args.dy, args.dx = self._tensor(dy), self._tensor(dx)
+        args.grads = _abi.sized(_abi.Weights)
+        for name, array in grads.items():
+            setattr(args.grads, name, self._tensor(array))
+        args.flags = 1 if accumulate_into is not None else 0
+        if accumulate_into is not None:
+            dx[...] = 0
+        _check(_lib.moe_layer_backward(self._handle, self._ctx, C.byref(args)))
+        return dx, grads
+
+    def routing(self):
+        """{"experts": [T,slots] int32 (-1 none), "gates": [T,slots], "dropped": [T,slots] bool}.
+        slots = k for token choice, E for expert choice."""
+        self._require_ctx()
+        tokens, slots = C.c_int64(), C.c_int64()
+        _check(_lib.moe_ctx_routing_shape(self._ctx, C.byref(tokens), C.byref(slots)))
+        shape = (tokens.value, slots.value)
+        experts = np.empty(shape, dtype=np.int32)
+        gates = np.empty(shape, dtype=np.float32)
+        dropped = np.empty(shape, dtype=np.uint8)
+        _check(_lib.moe_ctx_routing(self._ctx, experts.ctypes.data_as(C.POINTER(C.c_int32)),
+                                    gates.ctypes.data_as(C.POINTER(C.c_float)),
+                                    dropped.ctypes.data_as(C.POINTER(C.c_uint8))))
+        return {"experts": experts, "gates": gates, "dropped": dropped.astype(bool)}
+
+    def losses(self):
+        self._require_ctx()
+        out = _abi.sized(_abi.Losses)
+        _check(_lib.moe_ctx_losses(self._ctx, C.byref(out)))
+        return {"aux_loss": out.aux_loss, "aux_loss_scaled": out.aux_loss_scaled,
+                "z_loss": out.z_loss, "z_loss_scaled": out.z_loss_scaled}
+
+    def telemetry(self):
+        """Routing counts of the last forward call, under the names of METRICS.md."""
+        self._require_ctx()
+        demand = np.zeros(self.num_experts, dtype=np.int64)
+        served = np.zeros(self.num_experts, dtype=np.int64)
+        stats = _abi.sized(_abi.RoutingStats)
+        stats.demand = demand.ctypes.data_as(C.POINTER(C.c_int64))
+        stats.served = served.ctypes.data_as(C.POINTER(C.c_int64))
+        _check(_lib.moe_ctx_routing_stats(self._ctx, C.byref(stats)))
+        out = {"tokens": stats.tokens, "nonfinite_rows": stats.nonfinite_rows,
+               "capacity": stats.capacity, "dropped_total": stats.dropped_total,
+               "expert_counts": demand.tolist(), "expert_served": served.tolist(),
+               "dropped": (demand - served).tolist()}
+        out.update(self.losses())
+        return out

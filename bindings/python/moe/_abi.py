@@ -1,0 +1,121 @@
+"""ctypes mirror of include/moe/moe.h (the structs, enums and function signatures)."""
+import ctypes as C
+import os
+
+MAX_DIMS = 4
+
+STATUS_NAMES = {
+    0: "SUCCESS", 1: "NULL_POINTER", 2: "INVALID_ARGUMENT", 3: "SHAPE_MISMATCH",
+    4: "INVALID_HANDLE", 5: "INVALID_STATE", 6: "UNSUPPORTED", 7: "OUT_OF_MEMORY",
+    8: "BACKEND_ERROR", 9: "COMM_ERROR", 10: "INTERNAL_ERROR",
+}
+DTYPES = {"float32": 0, "float64": 1, "bfloat16": 2}
+ACTIVATIONS = {"relu": 0, "gelu": 1, "gelu_tanh": 2, "silu": 3, "swiglu": 4, "geglu": 5}
+ROUTERS = {"softmax": 0, "sigmoid": 1, "hash": 2, "expert_choice": 3}
+NOISE = {"none": 0, "gaussian": 1, "gumbel": 2}
+DROP_POLICIES = {"position": 0, "probability": 1}
+HASH_MODES = {"auto": 0, "mix": 1, "table": 2, "content": 3}
+
+
+class Tensor(C.Structure):
+    _fields_ = [("data", C.c_void_p), ("shape", C.c_int64 * MAX_DIMS), ("ndim", C.c_int32),
+                ("dtype", C.c_int), ("device", C.c_int), ("device_index", C.c_int32)]
+
+
+class LayerConfig(C.Structure):
+    _fields_ = [
+        ("size", C.c_uint32), ("version", C.c_uint32),
+        ("d_model", C.c_int64), ("d_ff", C.c_int64), ("num_experts", C.c_int64),
+        ("top_k", C.c_int64), ("activation", C.c_int), ("router", C.c_int), ("dtype", C.c_int),
+        ("expert_bias", C.c_int32), ("backend", C.c_char_p),
+        ("router_temp_init", C.c_double), ("router_temp_final", C.c_double),
+        ("router_temp_anneal_iters", C.c_int64), ("router_noise_type", C.c_int),
+        ("router_noise_std_init", C.c_double), ("router_noise_decay_iters", C.c_int64),
+        ("load_balance_alpha", C.c_double), ("router_z_loss_coef", C.c_double),
+        ("bias_update_rate", C.c_double), ("renormalize", C.c_int32),
+        ("capacity_factor", C.c_double), ("drop_policy", C.c_int), ("pad_to_capacity", C.c_int32),
+        ("hash_mode", C.c_int), ("seed", C.c_uint64),
+    ]
+
+
+class Weights(C.Structure):
+    _fields_ = [("size", C.c_uint32), ("version", C.c_uint32), ("router", Tensor), ("w1", Tensor),
+                ("b1", Tensor), ("w2", Tensor), ("b2", Tensor)]
+
+
+class ForwardArgs(C.Structure):
+    _fields_ = [("size", C.c_uint32), ("version", C.c_uint32), ("x", Tensor), ("y", Tensor),
+                ("token_ids", C.POINTER(C.c_int64)), ("seq_len", C.c_int64), ("train", C.c_int32)]
+
+
+class BackwardArgs(C.Structure):
+    _fields_ = [("size", C.c_uint32), ("version", C.c_uint32), ("dy", Tensor), ("dx", Tensor),
+                ("grads", Weights), ("flags", C.c_uint32)]
+
+
+class Losses(C.Structure):
+    _fields_ = [("size", C.c_uint32), ("version", C.c_uint32), ("aux_loss", C.c_double),
+                ("aux_loss_scaled", C.c_double), ("z_loss", C.c_double),
+                ("z_loss_scaled", C.c_double)]
+
+
+class RoutingStats(C.Structure):
+    _fields_ = [("size", C.c_uint32), ("version", C.c_uint32), ("tokens", C.c_int64),
+                ("nonfinite_rows", C.c_int64), ("capacity", C.c_int64),
+                ("dropped_total", C.c_int64), ("demand", C.POINTER(C.c_int64)),
+                ("served", C.POINTER(C.c_int64))]
+
+
+def sized(cls, version=1, **fields):
+    """A struct with its size and version filled, as the *_INIT macros do."""
+    s = cls(**fields)
+    s.size = C.sizeof(cls)
+    s.version = version
+    return s
+
+
+def _find_library():
+    explicit = os.environ.get("MOE_LIBRARY")
+    if explicit:
+        return explicit
+    here = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.normpath(os.path.join(here, "..", "..", ".."))
+    for candidate in (os.path.join(root, "build", "libmoe.so"), "libmoe.so.0"):
+        if os.path.sep not in candidate or os.path.exists(candidate):
+            return candidate
+    return "libmoe.so.0"
+
+
+def load():
+    lib = C.CDLL(_find_library())
+    status = C.c_int
+    layer, ctx = C.c_void_p, C.c_void_p
+    sigs = {
+        "moe_status_string": (C.c_char_p, [C.c_int]),
+        "moe_last_error": (C.c_char_p, []),
+        "moe_version": (status, [C.POINTER(C.c_int32)] * 3),
+        "moe_backend_count": (status, [C.POINTER(C.c_int32)]),
+        "moe_backend_name": (status, [C.c_int32, C.POINTER(C.c_char_p)]),
+        "moe_layer_create": (status, [C.POINTER(LayerConfig), C.POINTER(layer)]),
+        "moe_layer_destroy": (status, [layer]),
+        "moe_layer_get_config": (status, [layer, C.POINTER(LayerConfig)]),
+        "moe_layer_set_weights": (status, [layer, C.POINTER(Weights)]),
+        "moe_layer_forward": (status, [layer, C.POINTER(ForwardArgs), C.POINTER(ctx)]),
+        "moe_layer_backward": (status, [layer, ctx, C.POINTER(BackwardArgs)]),
+        "moe_layer_get_step": (status, [layer, C.POINTER(C.c_int64)]),
+        "moe_layer_set_step": (status, [layer, C.c_int64]),
+        "moe_layer_get_selection_bias": (status, [layer, C.POINTER(C.c_double), C.c_int64]),
+        "moe_layer_set_selection_bias": (status, [layer, C.POINTER(C.c_double), C.c_int64]),
+        "moe_layer_build_hash_table": (status, [layer, C.POINTER(C.c_int64), C.c_int64, C.c_int64]),
+        "moe_ctx_destroy": (status, [ctx]),
+        "moe_ctx_routing_shape": (status, [ctx, C.POINTER(C.c_int64), C.POINTER(C.c_int64)]),
+        "moe_ctx_routing": (status, [ctx, C.POINTER(C.c_int32), C.POINTER(C.c_float),
+                                     C.POINTER(C.c_uint8)]),
+        "moe_ctx_losses": (status, [ctx, C.POINTER(Losses)]),
+        "moe_ctx_routing_stats": (status, [ctx, C.POINTER(RoutingStats)]),
+    }
+    for name, (restype, argtypes) in sigs.items():
+        fn = getattr(lib, name)
+        fn.restype = restype
+        fn.argtypes = argtypes
+    return lib

@@ -1,0 +1,189 @@
+#include "core/config.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/error.hpp"
+#include "core/sized_struct.hpp"
+
+namespace moe {
+namespace {
+
+double linear_schedule(double from, double to, int64_t step, int64_t iters) {
+  if (iters <= 0) return from;
+  const double t = std::min(1.0, static_cast<double>(step) / static_cast<double>(iters));
+  return from + (to - from) * t;
+}
+
+void require_finite_nonnegative(double value, const char* name) {
+  require(std::isfinite(value) && value >= 0.0, MOE_STATUS_INVALID_ARGUMENT,
+          std::string(name) + " must be finite and >= 0, got " + std::to_string(value));
+}
+
+}  // namespace
+
+double LayerConfig::temperature(int64_t step) const {
+  return linear_schedule(temp_init, temp_final, step, temp_anneal_iters);
+}
+
+double LayerConfig::noise_std(int64_t step) const {
+  if (noise_type == MOE_NOISE_NONE) return 0.0;
+  if (noise_decay_iters <= 0) return noise_std_init;
+  return linear_schedule(noise_std_init, 0.0, step, noise_decay_iters);
+}
+
+const char* activation_name(moe_activation_t activation) {
+  switch (activation) {
+    case MOE_ACTIVATION_RELU: return "relu";
+    case MOE_ACTIVATION_GELU: return "gelu";
+    case MOE_ACTIVATION_GELU_TANH: return "gelu_tanh";
+    case MOE_ACTIVATION_SILU: return "silu";
+    case MOE_ACTIVATION_SWIGLU: return "swiglu";
+    case MOE_ACTIVATION_GEGLU: return "geglu";
+  }
+  return "unknown";
+}
+
+const char* router_name(moe_router_t router) {
+  switch (router) {
+    case MOE_ROUTER_SOFTMAX: return "softmax";
+    case MOE_ROUTER_SIGMOID: return "sigmoid";
+    case MOE_ROUTER_HASH: return "hash";
+    case MOE_ROUTER_EXPERT_CHOICE: return "expert_choice";
+  }
+  return "unknown";
+}
+
+const char* dtype_name(moe_dtype_t dtype) {
+  switch (dtype) {
+    case MOE_DTYPE_F32: return "float32";
+    case MOE_DTYPE_F64: return "float64";
+    case MOE_DTYPE_BF16: return "bfloat16";
+  }
+  return "unknown";
+}
+
+size_t dtype_size(moe_dtype_t dtype) {
+  switch (dtype) {
+    case MOE_DTYPE_F32: return 4;
+    case MOE_DTYPE_F64: return 8;
+    case MOE_DTYPE_BF16: return 2;
+  }
+  return 0;
+}
+
+LayerConfig config_from_abi(const moe_layer_config_t* abi) {
+  const moe_layer_config_t defaults = MOE_LAYER_CONFIG_INIT;
+  const moe_layer_config_t in = read_sized(abi, defaults, "config");
+
+  require(in.d_model > 0, MOE_STATUS_INVALID_ARGUMENT,
+          "config.d_model must be > 0, got " + std::to_string(in.d_model));
+  require(in.d_ff > 0, MOE_STATUS_INVALID_ARGUMENT,
+          "config.d_ff must be > 0, got " + std::to_string(in.d_ff));
+  require(in.num_experts >= 1, MOE_STATUS_INVALID_ARGUMENT,
+          "config.num_experts must be >= 1, got " + std::to_string(in.num_experts));
+  require(in.num_experts <= (int64_t{1} << 30), MOE_STATUS_INVALID_ARGUMENT,
+          "config.num_experts is too large: " + std::to_string(in.num_experts));
+  require(in.top_k >= 1 && in.top_k <= in.num_experts, MOE_STATUS_INVALID_ARGUMENT,
+          "config.top_k must be in [1, num_experts=" + std::to_string(in.num_experts) +
+              "], got " + std::to_string(in.top_k));
+  require(in.activation >= MOE_ACTIVATION_RELU && in.activation <= MOE_ACTIVATION_GEGLU,
+          MOE_STATUS_INVALID_ARGUMENT,
+          "config.activation is not a moe_activation_t: " + std::to_string(in.activation));
+  require(in.router >= MOE_ROUTER_SOFTMAX && in.router <= MOE_ROUTER_EXPERT_CHOICE,
+          MOE_STATUS_INVALID_ARGUMENT,
+          "config.router is not a moe_router_t: " + std::to_string(in.router));
+  require(in.dtype >= MOE_DTYPE_F32 && in.dtype <= MOE_DTYPE_BF16,
+          MOE_STATUS_INVALID_ARGUMENT,
+          "config.dtype is not a moe_dtype_t: " + std::to_string(in.dtype));
+  require(in.router_noise_type >= MOE_NOISE_NONE && in.router_noise_type <= MOE_NOISE_GUMBEL,
+          MOE_STATUS_INVALID_ARGUMENT,
+          "config.router_noise_type is not a moe_noise_t: " +
+              std::to_string(in.router_noise_type));
+  require(in.drop_policy == MOE_DROP_POSITION || in.drop_policy == MOE_DROP_PROBABILITY,
+          MOE_STATUS_INVALID_ARGUMENT,
+          "config.drop_policy is not a moe_drop_policy_t: " + std::to_string(in.drop_policy));
+  require(in.hash_mode >= MOE_HASH_AUTO && in.hash_mode <= MOE_HASH_CONTENT,
+          MOE_STATUS_INVALID_ARGUMENT,
+          "config.hash_mode is not a moe_hash_mode_t: " + std::to_string(in.hash_mode));
+  require(std::isfinite(in.router_temp_init) && in.router_temp_init > 0.0,
+          MOE_STATUS_INVALID_ARGUMENT, "config.router_temp_init must be finite and > 0");
+  require(std::isfinite(in.router_temp_final) && in.router_temp_final > 0.0,
+          MOE_STATUS_INVALID_ARGUMENT, "config.router_temp_final must be finite and > 0");
+  require(in.router_temp_anneal_iters >= 0, MOE_STATUS_INVALID_ARGUMENT,
+          "config.router_temp_anneal_iters must be >= 0");
+  require(in.router_noise_decay_iters >= 0, MOE_STATUS_INVALID_ARGUMENT,
+          "config.router_noise_decay_iters must be >= 0");
+  require_finite_nonnegative(in.router_noise_std_init, "config.router_noise_std_init");
+  require_finite_nonnegative(in.load_balance_alpha, "config.load_balance_alpha");
+  require_finite_nonnegative(in.router_z_loss_coef, "config.router_z_loss_coef");
+  require_finite_nonnegative(in.bias_update_rate, "config.bias_update_rate");
+  require(std::isfinite(in.capacity_factor), MOE_STATUS_INVALID_ARGUMENT,
+          "config.capacity_factor must be finite (<= 0 means dropless)");
+  require(in.renormalize >= -1 && in.renormalize <= 1, MOE_STATUS_INVALID_ARGUMENT,
+          "config.renormalize must be -1 (auto), 0 or 1");
+  require(in.expert_bias == 0 || in.expert_bias == 1, MOE_STATUS_INVALID_ARGUMENT,
+          "config.expert_bias must be 0 or 1");
+  require(in.pad_to_capacity == 0 || in.pad_to_capacity == 1, MOE_STATUS_INVALID_ARGUMENT,
+          "config.pad_to_capacity must be 0 or 1");
+  require(!(in.pad_to_capacity && in.capacity_factor <= 0.0), MOE_STATUS_INVALID_ARGUMENT,
+          "config.pad_to_capacity needs a capacity_factor > 0 (dropless has no fixed C)");
+
+  LayerConfig c;
+  c.d_model = in.d_model;
+  c.d_ff = in.d_ff;
+  c.num_experts = in.num_experts;
+  c.top_k = in.top_k;
+  c.activation = in.activation;
+  c.router = in.router;
+  c.dtype = in.dtype;
+  c.expert_bias = in.expert_bias != 0;
+  c.backend = in.backend ? std::string(in.backend) : std::string("auto");
+  c.temp_init = in.router_temp_init;
+  c.temp_final = in.router_temp_final;
+  c.temp_anneal_iters = in.router_temp_anneal_iters;
+  c.noise_type = in.router_noise_type;
+  c.noise_std_init = in.router_noise_std_init;
+  c.noise_decay_iters = in.router_noise_decay_iters;
+  c.load_balance_alpha = in.load_balance_alpha;
+  c.z_loss_coef = in.router_z_loss_coef;
+  c.bias_update_rate = in.bias_update_rate;
+  c.renormalize = in.renormalize < 0 ? in.top_k > 1 : in.renormalize == 1;
+  c.capacity_factor = in.capacity_factor;
+  c.drop_policy = in.drop_policy;
+  c.pad_to_capacity = in.pad_to_capacity != 0;
+  c.hash_mode = in.hash_mode;
+  c.seed = in.seed;
+  return c;
+}
+
+moe_layer_config_t config_to_abi(const LayerConfig& c) {
+  moe_layer_config_t out = MOE_LAYER_CONFIG_INIT;
+  out.d_model = c.d_model;
+  out.d_ff = c.d_ff;
+  out.num_experts = c.num_experts;
+  out.top_k = c.top_k;
+  out.activation = c.activation;
+  out.router = c.router;
+  out.dtype = c.dtype;
+  out.expert_bias = c.expert_bias ? 1 : 0;
+  out.backend = c.backend.c_str();
+  out.router_temp_init = c.temp_init;
+  out.router_temp_final = c.temp_final;
+  out.router_temp_anneal_iters = c.temp_anneal_iters;
+  out.router_noise_type = c.noise_type;
+  out.router_noise_std_init = c.noise_std_init;
+  out.router_noise_decay_iters = c.noise_decay_iters;
+  out.load_balance_alpha = c.load_balance_alpha;
+  out.router_z_loss_coef = c.z_loss_coef;
+  out.bias_update_rate = c.bias_update_rate;
+  out.renormalize = c.renormalize ? 1 : 0;
+  out.capacity_factor = c.capacity_factor;
+  out.drop_policy = c.drop_policy;
+  out.pad_to_capacity = c.pad_to_capacity ? 1 : 0;
+  out.hash_mode = c.hash_mode;
+  out.seed = c.seed;
+  return out;
+}
+
+}  // namespace moe

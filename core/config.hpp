@@ -1,0 +1,63 @@
+// The layer's configuration, validated and with every default resolved.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "moe/moe.h"
+
+namespace moe {
+
+struct LayerConfig {
+  int64_t d_model = 0;
+  int64_t d_ff = 0;
+  int64_t num_experts = 0;
+  int64_t top_k = 1;
+  moe_activation_t activation = MOE_ACTIVATION_GELU;
+  moe_router_t router = MOE_ROUTER_SOFTMAX;
+  moe_dtype_t dtype = MOE_DTYPE_F32;
+  bool expert_bias = false;
+  std::string backend = "auto";
+
+  double temp_init = 1.0;
+  double temp_final = 1.0;
+  int64_t temp_anneal_iters = 0;
+  moe_noise_t noise_type = MOE_NOISE_NONE;
+  double noise_std_init = 0.0;
+  int64_t noise_decay_iters = 0;
+  double load_balance_alpha = 0.0;
+  double z_loss_coef = 0.0;
+  double bias_update_rate = 0.0;
+  bool renormalize = false;  // resolved from the ABI's -1 = auto
+  double capacity_factor = 0.0;
+  moe_drop_policy_t drop_policy = MOE_DROP_POSITION;
+  bool pad_to_capacity = false;
+  moe_hash_mode_t hash_mode = MOE_HASH_AUTO;
+  uint64_t seed = 0;
+
+  bool gated() const {
+    return activation == MOE_ACTIVATION_SWIGLU || activation == MOE_ACTIVATION_GEGLU;
+  }
+  // Width of the first expert matrix's output: 2*d_ff for gated activations.
+  int64_t ff_width() const { return gated() ? 2 * d_ff : d_ff; }
+  bool dropless() const { return capacity_factor <= 0.0; }
+  bool learned_router() const { return router != MOE_ROUTER_HASH; }
+  // Slots per token in the routing decision: k, or E for expert choice.
+  int64_t slots() const { return router == MOE_ROUTER_EXPERT_CHOICE ? num_experts : top_k; }
+
+  // Temperature and noise std at a given training step (linear schedules).
+  double temperature(int64_t step) const;
+  double noise_std(int64_t step) const;
+};
+
+// Reads and validates the ABI struct; throws moe::Error with a precise message.
+LayerConfig config_from_abi(const moe_layer_config_t* abi);
+// The ABI view of a resolved config (backend points into `config`).
+moe_layer_config_t config_to_abi(const LayerConfig& config);
+
+const char* activation_name(moe_activation_t activation);
+const char* router_name(moe_router_t router);
+const char* dtype_name(moe_dtype_t dtype);
+size_t dtype_size(moe_dtype_t dtype);
+
+}  // namespace moe

@@ -1,0 +1,61 @@
+// A layer: its resolved config, its backend, the caller's bound weights, and the
+// little state that training changes (step counter, selection bias, hash table).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "backends/backend.hpp"
+#include "core/config.hpp"
+#include "core/hash_router.hpp"
+#include "core/plan.hpp"
+#include "core/router.hpp"
+
+namespace moe {
+
+struct BoundWeights {
+  bool bound = false;
+  moe_tensor_t router{}, w1{}, b1{}, w2{}, b2{};
+};
+
+class Layer {
+ public:
+  explicit Layer(const LayerConfig& config);
+
+  const LayerConfig config;
+  Backend& backend;
+  const uint64_t serial;  // tells saved states of different layers apart
+  BoundWeights weights;
+  std::vector<double> selection_bias;  // [E]
+  int64_t step = 0;
+  HashTable hash_table;
+};
+
+// What forward leaves for backward. Typed buffers live in SavedTensors<S>.
+struct SavedState {
+  virtual ~SavedState() = default;
+  uint64_t layer_serial = 0;
+  moe_dtype_t dtype = MOE_DTYPE_F32;
+  Routing routing;
+  Plan plan;
+  moe_losses_t losses = MOE_LOSSES_INIT;
+};
+
+template <typename S>
+struct SavedTensors final : SavedState {
+  std::vector<S> x;  // [T,d], rows that were routed nowhere are zeroed
+  std::vector<S> xp, h_pre, h, yp;
+};
+
+}  // namespace moe
+
+// The opaque ABI handles.
+struct moe_layer {
+  explicit moe_layer(const moe::LayerConfig& config) : impl(config) {}
+  moe::Layer impl;
+};
+
+struct moe_ctx {
+  std::unique_ptr<moe::SavedState> state;
+};

@@ -1,0 +1,18 @@
+// The layer's forward and backward passes: router -> plan -> permute -> (exchange) ->
+// experts -> (exchange) -> combine, and the same in reverse. Inputs are validated
+// here, before any state changes, so a rejected call leaves the layer as it was.
+#pragma once
+
+#include <memory>
+
+#include "core/layer.hpp"
+
+namespace moe {
+
+void bind_weights(Layer& layer, const moe_weights_t& weights);
+
+std::unique_ptr<SavedState> forward(Layer& layer, const moe_forward_args_t& args);
+
+void backward(Layer& layer, const SavedState& saved, const moe_backward_args_t& args);
+
+}  // namespace moe

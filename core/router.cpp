@@ -1,0 +1,309 @@
+#include "core/router.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "core/activation.hpp"
+#include "core/error.hpp"
+#include "core/plan.hpp"
+#include "core/random.hpp"
+
+namespace moe {
+namespace {
+
+double selection_noise(const LayerConfig& config, double std_dev, int64_t step, int64_t token,
+                       int64_t expert) {
+  if (std_dev <= 0.0) return 0.0;
+  const double draw = config.noise_type == MOE_NOISE_GUMBEL
+                          ? standard_gumbel(config.seed, step, token, expert)
+                          : standard_normal(config.seed, step, token, expert);
+  return std_dev * draw;
+}
+
+// Indices of the k largest keys, largest first; equal keys go to the lower index.
+void top_k_indices(const double* key, int64_t n, int64_t k, int32_t* out) {
+  for (int64_t j = 0; j < k; ++j) {
+    int64_t best = -1;
+    for (int64_t e = 0; e < n; ++e) {
+      if (std::find(out, out + j, static_cast<int32_t>(e)) != out + j) continue;
+      if (best < 0 || key[e] > key[best]) best = e;
+    }
+    out[j] = static_cast<int32_t>(best);
+  }
+}
+
+void softmax_row(const double* u, int64_t n, double* p) {
+  const double m = *std::max_element(u, u + n);
+  double sum = 0.0;
+  for (int64_t e = 0; e < n; ++e) sum += (p[e] = std::exp(u[e] - m));
+  for (int64_t e = 0; e < n; ++e) p[e] /= sum;
+}
+
+template <typename S>
+void route_hash(const LayerConfig& config, const RouterState& state, const S* x,
+                const int64_t* token_ids, Routing& r) {
+  const int64_t E = config.num_experts, k = config.top_k, d = config.d_model;
+  moe_hash_mode_t mode = config.hash_mode;
+  if (mode == MOE_HASH_AUTO) {
+    mode = token_ids == nullptr                                  ? MOE_HASH_CONTENT
+           : (state.hash_table && !state.hash_table->empty()) ? MOE_HASH_TABLE
+                                                               : MOE_HASH_MIX;
+  }
+  require(mode == MOE_HASH_CONTENT || token_ids != nullptr, MOE_STATUS_INVALID_ARGUMENT,
+          "the hash router in mode mix/table needs token_ids");
+  for (int64_t t = 0; t < r.tokens; ++t) {
+    const S* row = x + t * d;
+    if (!std::all_of(row, row + d, [](S v) { return std::isfinite(static_cast<double>(v)); })) {
+      r.nonfinite[t] = 1;
+      continue;
+    }
+    int32_t* chosen = &r.expert[t * k];
+    const bool in_table = mode == MOE_HASH_TABLE && state.hash_table &&
+                          !state.hash_table->empty() && token_ids[t] >= 0 &&
+                          token_ids[t] < state.hash_table->vocab_size;
+    if (in_table) {
+      std::copy_n(&state.hash_table->experts[token_ids[t] * k], k, chosen);
+    } else if (mode == MOE_HASH_CONTENT) {
+      hash_experts(hash_bytes(row, sizeof(S) * d), E, k, chosen);
+    } else {
+      hash_experts(static_cast<uint64_t>(token_ids[t]), E, k, chosen);
+    }
+    for (int64_t j = 0; j < k; ++j) {
+      r.gate[t * k + j] = 1.0 / static_cast<double>(k);
+      r.prob[t * E + chosen[j]] = 1.0 / static_cast<double>(k);
+    }
+  }
+}
+
+// Scores of the learned routers; marks rows with non-finite logits.
+void score_rows(const LayerConfig& config, Routing& r, std::vector<double>& u) {
+  const int64_t E = config.num_experts;
+  u.assign(r.tokens * E, 0.0);
+  for (int64_t t = 0; t < r.tokens; ++t) {
+    const double* z = &r.logits[t * E];
+    if (!std::all_of(z, z + E, [](double v) { return std::isfinite(v); })) {
+      r.nonfinite[t] = 1;
+      continue;
+    }
+    const double m = *std::max_element(z, z + E);
+    double sum = 0.0;
+    for (int64_t e = 0; e < E; ++e) sum += std::exp(z[e] - m);
+    r.lse[t] = m + std::log(sum);
+    for (int64_t e = 0; e < E; ++e) u[t * E + e] = z[e] / r.temperature;
+    double* p = &r.prob[t * E];
+    if (config.router == MOE_ROUTER_SIGMOID) {
+      double total = 0.0;
+      for (int64_t e = 0; e < E; ++e) total += (r.sigmoid[t * E + e] = sigmoid(u[t * E + e]));
+      for (int64_t e = 0; e < E; ++e) p[e] = r.sigmoid[t * E + e] / total;
+    } else {
+      softmax_row(&u[t * E], E, p);
+    }
+  }
+}
+
+void select_token_choice(const LayerConfig& config, const RouterState& state,
+                         const std::vector<double>& u, double noise_std, Routing& r) {
+  const int64_t E = config.num_experts, k = config.top_k;
+  const bool sigmoid_router = config.router == MOE_ROUTER_SIGMOID;
+  std::vector<double> key(E);
+  for (int64_t t = 0; t < r.tokens; ++t) {
+    if (r.nonfinite[t]) continue;
+    for (int64_t e = 0; e < E; ++e) {
+      const double noisy =
+          u[t * E + e] + selection_noise(config, noise_std, state.step, t, e);
+      key[e] = (sigmoid_router ? sigmoid(noisy) : noisy) + (*state.selection_bias)[e];
+    }
+    int32_t* chosen = &r.expert[t * k];
+    top_k_indices(key.data(), E, k, chosen);
+    const std::vector<double>& base = sigmoid_router ? r.sigmoid : r.prob;
+    double total = 0.0;
+    for (int64_t j = 0; j < k; ++j) total += base[t * E + chosen[j]];
+    for (int64_t j = 0; j < k; ++j) {
+      const double a = base[t * E + chosen[j]];
+      r.gate[t * k + j] = config.renormalize ? a / total : a;
+    }
+  }
+}
+
+void select_expert_choice(const LayerConfig& config, const RouterState& state,
+                          const std::vector<double>& u, double noise_std, Routing& r) {
+  const int64_t E = config.num_experts, T = r.tokens;
+  const double factor = config.capacity_factor > 0.0 ? config.capacity_factor : 1.0;
+  const int64_t C =
+      std::min(r.valid_tokens, capacity_for(factor, T, config.top_k, E));
+  r.fixed_capacity = C;
+
+  // Selection keys: P itself, or the softmax of noisy scores in noisy training calls.
+  std::vector<double> key = r.prob;
+  if (noise_std > 0.0) {
+    std::vector<double> noisy(E);
+    for (int64_t t = 0; t < T; ++t) {
+      if (r.nonfinite[t]) continue;
+      for (int64_t e = 0; e < E; ++e)
+        noisy[e] = u[t * E + e] + selection_noise(config, noise_std, state.step, t, e);
+      softmax_row(noisy.data(), E, &key[t * E]);
+    }
+  }
+  std::vector<int64_t> candidates;
+  for (int64_t t = 0; t < T; ++t)
+    if (!r.nonfinite[t]) candidates.push_back(t);
+  for (int64_t e = 0; e < E; ++e) {
+    std::vector<int64_t> order = candidates;
+    std::partial_sort(order.begin(), order.begin() + C, order.end(),
+                      [&](int64_t a, int64_t b) {
+                        const double ka = key[a * E + e], kb = key[b * E + e];
+                        return ka != kb ? ka > kb : a < b;
+                      });
+    for (int64_t i = 0; i < C; ++i) {
+      const int64_t t = order[i];
+      r.expert[t * E + e] = static_cast<int32_t>(e);
+      r.gate[t * E + e] = r.prob[t * E + e];
+    }
+  }
+}
+
+void compute_losses(const LayerConfig& config, Routing& r) {
+  const int64_t E = config.num_experts;
+  std::vector<int64_t> demand(E, 0);
+  for (int32_t e : r.expert)
+    if (e >= 0) ++demand[e];
+  const int64_t total = std::accumulate(demand.begin(), demand.end(), int64_t{0});
+  r.load_fraction.assign(E, 0.0);
+  if (r.valid_tokens == 0 || total == 0) return;
+  for (int64_t e = 0; e < E; ++e)
+    r.load_fraction[e] = static_cast<double>(demand[e]) / static_cast<double>(total);
+
+  std::vector<double> mean_prob(E, 0.0);
+  double z_sum = 0.0;
+  for (int64_t t = 0; t < r.tokens; ++t) {
+    if (r.nonfinite[t]) continue;
+    for (int64_t e = 0; e < E; ++e) mean_prob[e] += r.prob[t * E + e];
+    z_sum += r.lse[t] * r.lse[t];
+  }
+  double aux = 0.0;
+  for (int64_t e = 0; e < E; ++e)
+    aux += r.load_fraction[e] * mean_prob[e] / static_cast<double>(r.valid_tokens);
+  r.aux_loss = static_cast<double>(E) * aux;
+  r.z_loss = config.learned_router() ? z_sum / static_cast<double>(r.valid_tokens) : 0.0;
+}
+
+}  // namespace
+
+template <typename S>
+Routing route(const LayerConfig& config, const RouterState& state, const S* x, const S* logits,
+              const int64_t* token_ids, int64_t tokens) {
+  const int64_t E = config.num_experts;
+  Routing r;
+  r.tokens = tokens;
+  r.slots = config.slots();
+  r.experts = E;
+  r.temperature = config.temperature(state.step);
+  r.expert.assign(tokens * r.slots, -1);
+  r.gate.assign(tokens * r.slots, 0.0);
+  r.prob.assign(tokens * E, 0.0);
+  r.lse.assign(tokens, 0.0);
+  r.nonfinite.assign(tokens, 0);
+
+  if (config.router == MOE_ROUTER_HASH) {
+    route_hash(config, state, x, token_ids, r);
+  } else {
+    r.logits.assign(logits, logits + tokens * E);
+    if (config.router == MOE_ROUTER_SIGMOID) r.sigmoid.assign(tokens * E, 0.0);
+    std::vector<double> u;
+    score_rows(config, r, u);
+    r.nonfinite_rows = std::count(r.nonfinite.begin(), r.nonfinite.end(), 1);
+    r.valid_tokens = tokens - r.nonfinite_rows;
+    const double noise_std = state.train ? config.noise_std(state.step) : 0.0;
+    if (config.router == MOE_ROUTER_EXPERT_CHOICE) {
+      select_expert_choice(config, state, u, noise_std, r);
+    } else {
+      select_token_choice(config, state, u, noise_std, r);
+    }
+  }
+  r.nonfinite_rows = std::count(r.nonfinite.begin(), r.nonfinite.end(), 1);
+  r.valid_tokens = tokens - r.nonfinite_rows;
+  compute_losses(config, r);
+  return r;
+}
+
+template Routing route<float>(const LayerConfig&, const RouterState&, const float*,
+                              const float*, const int64_t*, int64_t);
+template Routing route<double>(const LayerConfig&, const RouterState&, const double*,
+                               const double*, const int64_t*, int64_t);
+
+void route_backward(const LayerConfig& config, const Routing& r, const std::vector<double>& dgate,
+                    std::vector<double>& dlogits) {
+  const int64_t E = config.num_experts, slots = r.slots, T = r.tokens;
+  dlogits.assign(T * E, 0.0);
+  if (!config.learned_router() || r.valid_tokens == 0) return;
+  const double inv_valid = 1.0 / static_cast<double>(r.valid_tokens);
+  const double tau = r.temperature;
+  const bool sigmoid_router = config.router == MOE_ROUTER_SIGMOID;
+  const bool token_choice = config.router != MOE_ROUTER_EXPERT_CHOICE;
+
+  std::vector<double> d_base(E), d_prob(E);
+  for (int64_t t = 0; t < T; ++t) {
+    if (r.nonfinite[t]) continue;
+    const double* p = &r.prob[t * E];
+    double* dz = &dlogits[t * E];
+    // d(loss)/d(gate base): P for softmax and expert choice, sigmoid(u) for sigmoid.
+    std::fill(d_base.begin(), d_base.end(), 0.0);
+    const int32_t* chosen = &r.expert[t * slots];
+    const double* g = &r.gate[t * slots];
+    const double* dg = &dgate[t * slots];
+    if (token_choice && config.renormalize) {
+      const std::vector<double>& base = sigmoid_router ? r.sigmoid : r.prob;
+      double total = 0.0, dg_dot_g = 0.0;
+      for (int64_t j = 0; j < slots; ++j) {
+        total += base[t * E + chosen[j]];
+        dg_dot_g += dg[j] * g[j];
+      }
+      for (int64_t j = 0; j < slots; ++j) d_base[chosen[j]] += (dg[j] - dg_dot_g) / total;
+    } else {
+      for (int64_t j = 0; j < slots; ++j)
+        if (chosen[j] >= 0) d_base[chosen[j]] += dg[j];
+    }
+    // The aux loss reaches P: d(alpha * E * sum_e f_e * mean_t P)/dP[t,e].
+    for (int64_t e = 0; e < E; ++e)
+      d_prob[e] = config.load_balance_alpha * static_cast<double>(E) * r.load_fraction[e] *
+                  inv_valid;
+    double dot = 0.0;
+    for (int64_t e = 0; e < E; ++e) dot += d_prob[e] * p[e];
+
+    if (sigmoid_router) {
+      const double* s = &r.sigmoid[t * E];
+      const double total = std::accumulate(s, s + E, 0.0);
+      for (int64_t e = 0; e < E; ++e) {
+        const double ds = d_base[e] + (d_prob[e] - dot) / total;
+        dz[e] = ds * s[e] * (1.0 - s[e]) / tau;
+      }
+    } else {
+      for (int64_t e = 0; e < E; ++e) d_prob[e] += d_base[e];
+      double dot_all = 0.0;
+      for (int64_t e = 0; e < E; ++e) dot_all += d_prob[e] * p[e];
+      for (int64_t e = 0; e < E; ++e) dz[e] = p[e] * (d_prob[e] - dot_all) / tau;
+    }
+    // z-loss: d(coef * mean_t lse_t^2)/dz = coef * 2 lse_t softmax(z_t) / T_valid.
+    if (config.z_loss_coef > 0.0) {
+      const double scale = config.z_loss_coef * 2.0 * r.lse[t] * inv_valid;
+      for (int64_t e = 0; e < E; ++e)
+        dz[e] += scale * std::exp(r.logits[t * E + e] - r.lse[t]);
+    }
+  }
+}
+
+void update_selection_bias(const LayerConfig& config, const std::vector<int64_t>& demand,
+                           std::vector<double>& bias) {
+  if (config.bias_update_rate <= 0.0 || !config.learned_router()) return;
+  const int64_t E = config.num_experts;
+  const double mean =
+      static_cast<double>(std::accumulate(demand.begin(), demand.end(), int64_t{0})) /
+      static_cast<double>(E);
+  for (int64_t e = 0; e < E; ++e) {
+    const double gap = mean - static_cast<double>(demand[e]);
+    bias[e] += config.bias_update_rate * static_cast<double>((gap > 0) - (gap < 0));
+  }
+}
+
+}  // namespace moe

@@ -1,0 +1,56 @@
+// Stage "router": scores, top-k (or expert-choice) selection, gate values, the aux
+// loss and z-loss, and the backward pass from gate gradients to logit gradients.
+// Routing quantities are O(T*E) and are kept in double precision whatever the dtype.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "core/config.hpp"
+#include "core/hash_router.hpp"
+
+namespace moe {
+
+// The layer state that routing reads.
+struct RouterState {
+  const std::vector<double>* selection_bias = nullptr;  // [E]
+  const HashTable* hash_table = nullptr;
+  int64_t step = 0;  // training steps so far (schedules)
+  bool train = false;
+};
+
+struct Routing {
+  int64_t tokens = 0;
+  int64_t slots = 0;  // k, or E for expert choice
+  int64_t experts = 0;
+  double temperature = 1.0;
+  std::vector<int32_t> expert;     // [T*slots] chosen expert, -1 none
+  std::vector<double> gate;        // [T*slots] gate value (after renormalisation)
+  std::vector<double> prob;        // [T*E] P[t,e] as METRICS.md defines it
+  std::vector<double> sigmoid;     // [T*E] sigmoid(z/tau) (sigmoid router only)
+  std::vector<double> logits;      // [T*E] raw logits z (learned routers)
+  std::vector<double> lse;         // [T] logsumexp of the raw logits
+  std::vector<uint8_t> nonfinite;  // [T] 1: logits (or the row) hold NaN/Inf
+  std::vector<double> load_fraction;  // [E] f_e = d_e / sum d (aux loss)
+  int64_t nonfinite_rows = 0;
+  int64_t valid_tokens = 0;
+  int64_t fixed_capacity = -1;  // C for expert choice, else -1
+  double aux_loss = 0.0;
+  double z_loss = 0.0;
+};
+
+// `logits` is [T,E] for learned routers (null for hash); `x` [T,d] is read by the
+// hash router (content mode, and to find non-finite rows); `token_ids` may be null.
+template <typename S>
+Routing route(const LayerConfig& config, const RouterState& state, const S* x, const S* logits,
+              const int64_t* token_ids, int64_t tokens);
+
+// dgate [T*slots] -> dlogits [T*E], including the scaled aux-loss and z-loss terms.
+void route_backward(const LayerConfig& config, const Routing& routing,
+                    const std::vector<double>& dgate, std::vector<double>& dlogits);
+
+// Aux-loss-free balancing: nudges each expert's selection bias toward equal load.
+void update_selection_bias(const LayerConfig& config, const std::vector<int64_t>& demand,
+                           std::vector<double>& bias);
+
+}  // namespace moe

@@ -1,0 +1,42 @@
+#include "core/tensor_check.hpp"
+
+#include <vector>
+
+#include "core/config.hpp"
+#include "core/error.hpp"
+
+namespace moe {
+
+std::string shape_string(const int64_t* shape, int64_t ndim) {
+  std::string s = "[";
+  for (int64_t i = 0; i < ndim; ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+void check_tensor(const moe_tensor_t& t, const char* name, moe_dtype_t dtype,
+                  std::initializer_list<int64_t> shape) {
+  const std::vector<int64_t> want(shape);
+  const std::string expected = shape_string(want.data(), static_cast<int64_t>(want.size()));
+  require(t.ndim >= 0 && t.ndim <= MOE_MAX_DIMS, MOE_STATUS_SHAPE_MISMATCH,
+          std::string(name) + ".ndim is " + std::to_string(t.ndim) + ", expected " +
+              std::to_string(want.size()));
+  require(t.ndim == static_cast<int32_t>(want.size()), MOE_STATUS_SHAPE_MISMATCH,
+          std::string(name) + " has rank " + std::to_string(t.ndim) + " " +
+              shape_string(t.shape, t.ndim) + ", expected " + expected);
+  int64_t elements = 1;
+  for (size_t i = 0; i < want.size(); ++i) {
+    require(t.shape[i] == want[i], MOE_STATUS_SHAPE_MISMATCH,
+            std::string(name) + " has shape " + shape_string(t.shape, t.ndim) + ", expected " +
+                expected);
+    elements *= want[i];
+  }
+  require(t.dtype == dtype, MOE_STATUS_SHAPE_MISMATCH,
+          std::string(name) + " has dtype " + dtype_name(t.dtype) + ", the layer's is " +
+              dtype_name(dtype));
+  require(t.device == MOE_DEVICE_CPU, MOE_STATUS_UNSUPPORTED,
+          std::string(name) + " is not in CPU memory; this layer's backend runs on the CPU");
+  require(t.data != nullptr || elements == 0, MOE_STATUS_NULL_POINTER,
+          std::string(name) + ".data is NULL");
+}
+
+}  // namespace moe

@@ -1,0 +1,358 @@
+/*
+ * moe.h: the stable C ABI of moe-runtime, a Mixture-of-Experts layer runtime.
+ *
+ * Conventions (every function in this header follows them):
+ *  - Every function returns a moe_status_t. On failure, moe_last_error() returns a
+ *    thread-local message saying exactly what was wrong; nothing the caller passed
+ *    is modified and every handle stays usable.
+ *  - Handles are opaque. Each create has a destroy; destroy accepts NULL. A handle
+ *    that was destroyed, or a handle of the wrong kind, is rejected with
+ *    MOE_STATUS_INVALID_HANDLE (never dereferenced).
+ *  - Every struct that crosses the ABI (except the frozen moe_tensor_t) begins with
+ *    `size` and `version`. Fill it with its *_INIT macro: the library reads
+ *    min(size, sizeof) bytes and supplies defaults for fields an older caller did not
+ *    know about, so the ABI stays stable as structs grow.
+ *  - Tensors are dense and row-major. Weights and gradients are owned by the caller;
+ *    the library keeps pointers to bound weights and never frees them. Saved state
+ *    (moe_ctx_t) and workspace are owned by the library.
+ *  - Thread contract: one thread at a time per layer (and per context); independent
+ *    layers may be used concurrently from different threads.
+ *  - Integer sizes are 64-bit. The header is C99 and holds no C++, CUDA or MPI type.
+ */
+#ifndef MOE_MOE_H
+#define MOE_MOE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(_WIN32)
+#define MOE_API __declspec(dllexport)
+#else
+#define MOE_API __attribute__((visibility("default")))
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define MOE_VERSION_MAJOR 0
+#define MOE_VERSION_MINOR 1
+#define MOE_VERSION_PATCH 0
+
+/* ------------------------------------------------------------------ statuses */
+
+typedef enum moe_status {
+  MOE_STATUS_SUCCESS = 0,
+  MOE_STATUS_NULL_POINTER = 1,     /* a required pointer argument was NULL */
+  MOE_STATUS_INVALID_ARGUMENT = 2, /* a value is out of its documented range */
+  MOE_STATUS_SHAPE_MISMATCH = 3,   /* a tensor's shape, rank or dtype does not fit */
+  MOE_STATUS_INVALID_HANDLE = 4,   /* destroyed, never created, or of the wrong kind */
+  MOE_STATUS_INVALID_STATE = 5,    /* call out of order (e.g. forward before weights) */
+  MOE_STATUS_UNSUPPORTED = 6,      /* valid, but not available in this build/backend */
+  MOE_STATUS_OUT_OF_MEMORY = 7,
+  MOE_STATUS_BACKEND_ERROR = 8, /* the compute backend (oneDNN, CUDA) reported an error */
+  MOE_STATUS_COMM_ERROR = 9,    /* a communicator failed: peer gone, timeout */
+  MOE_STATUS_INTERNAL_ERROR = 10
+} moe_status_t;
+
+/* A static English name of the status, e.g. "MOE_STATUS_SHAPE_MISMATCH". Never NULL. */
+MOE_API const char *moe_status_string(moe_status_t status);
+
+/* The message of the last failed call on this thread ("" if none). Valid until the
+ * next call into the library on the same thread. Never NULL. */
+MOE_API const char *moe_last_error(void);
+
+/* Library version (any pointer may be NULL). */
+MOE_API moe_status_t moe_version(int32_t *major, int32_t *minor, int32_t *patch);
+
+/* ------------------------------------------------------------------ enums */
+
+typedef enum moe_dtype {
+  MOE_DTYPE_F32 = 0,
+  MOE_DTYPE_F64 = 1, /* cpu_ref only: for gradient checks by finite differences */
+  MOE_DTYPE_BF16 = 2 /* reserved for accelerated backends */
+} moe_dtype_t;
+
+typedef enum moe_device { MOE_DEVICE_CPU = 0, MOE_DEVICE_CUDA = 1 } moe_device_t;
+
+typedef enum moe_activation {
+  MOE_ACTIVATION_RELU = 0,
+  MOE_ACTIVATION_GELU = 1,      /* exact erf form, as PyTorch's default */
+  MOE_ACTIVATION_GELU_TANH = 2, /* tanh approximation */
+  MOE_ACTIVATION_SILU = 3,
+  MOE_ACTIVATION_SWIGLU = 4, /* gated: W1 is [d, 2*d_ff] = [gate | up]; silu(gate)*up */
+  MOE_ACTIVATION_GEGLU = 5   /* gated: gelu(gate)*up (erf form) */
+} moe_activation_t;
+
+typedef enum moe_router {
+  MOE_ROUTER_SOFTMAX = 0,      /* token choice, softmax scores */
+  MOE_ROUTER_SIGMOID = 1,      /* token choice, sigmoid scores (DeepSeek-V3 style) */
+  MOE_ROUTER_HASH = 2,         /* no learned weights, see moe_hash_mode_t */
+  MOE_ROUTER_EXPERT_CHOICE = 3 /* each expert takes its top-C tokens */
+} moe_router_t;
+
+typedef enum moe_noise {
+  MOE_NOISE_NONE = 0,
+  MOE_NOISE_GAUSSIAN = 1,
+  MOE_NOISE_GUMBEL = 2
+} moe_noise_t;
+
+typedef enum moe_drop_policy {
+  MOE_DROP_POSITION = 0,   /* an expert keeps the earliest tokens by index */
+  MOE_DROP_PROBABILITY = 1 /* an expert keeps the copies with the highest gates */
+} moe_drop_policy_t;
+
+typedef enum moe_hash_mode {
+  MOE_HASH_AUTO = 0,    /* table if one was built, else mix of ids, else content */
+  MOE_HASH_MIX = 1,     /* token ids through a fixed 64-bit mix */
+  MOE_HASH_TABLE = 2,   /* balanced lookup table (moe_layer_build_hash_table) */
+  MOE_HASH_CONTENT = 3  /* a hash of the row's bytes; used when no ids are given */
+} moe_hash_mode_t;
+
+/* ------------------------------------------------------------------ tensors */
+
+#define MOE_MAX_DIMS 4
+
+/* A dense row-major tensor view. Frozen: this struct will never change size. */
+typedef struct moe_tensor {
+  void *data;
+  int64_t shape[MOE_MAX_DIMS];
+  int32_t ndim;
+  moe_dtype_t dtype;
+  moe_device_t device;
+  int32_t device_index;
+} moe_tensor_t;
+
+/* A tensor the caller leaves out (data NULL, rank 0). */
+#define MOE_TENSOR_EMPTY { NULL, {0, 0, 0, 0}, 0, MOE_DTYPE_F32, MOE_DEVICE_CPU, 0 }
+
+/* ------------------------------------------------------------------ layer config */
+
+#define MOE_LAYER_CONFIG_VERSION 1
+
+typedef struct moe_layer_config {
+  uint32_t size;    /* sizeof(moe_layer_config_t) as the caller compiled it */
+  uint32_t version; /* MOE_LAYER_CONFIG_VERSION */
+
+  int64_t d_model;     /* d: row width of x and y, > 0 */
+  int64_t d_ff;        /* expert hidden width, > 0 */
+  int64_t num_experts; /* E, >= 1 */
+  int64_t top_k;       /* k, 1 <= k <= E */
+  moe_activation_t activation;
+  moe_router_t router;
+  moe_dtype_t dtype;
+  int32_t expert_bias; /* 1: experts have biases b1 [E,F] and b2 [E,d] */
+  const char *backend; /* "cpu_ref", "auto" or NULL (= "auto"); copied at create */
+
+  /* Router temperature, annealed linearly over training steps. */
+  double router_temp_init;             /* > 0; default 1 */
+  double router_temp_final;            /* > 0; default 1 */
+  int64_t router_temp_anneal_iters;    /* 0: constant router_temp_init */
+  /* Selection noise (training calls only), std decaying linearly to 0. */
+  moe_noise_t router_noise_type;       /* default none */
+  double router_noise_std_init;        /* >= 0 */
+  int64_t router_noise_decay_iters;    /* 0: constant std */
+  /* Losses. */
+  double load_balance_alpha; /* weight of the Switch aux loss, >= 0; default 0 */
+  double router_z_loss_coef; /* weight of the z-loss, >= 0; default 0 */
+  /* Aux-loss-free balancing: selection bias b_e += rate*sign(mean load - load_e)
+   * after each training step. 0 = off. */
+  double bias_update_rate;
+  /* Renormalise the k chosen gates to sum to 1: -1 = auto (on for k>1, off for k=1). */
+  int32_t renormalize;
+  /* Capacity: C = ceil(capacity_factor * T*k/E); <= 0 means dropless. */
+  double capacity_factor;
+  moe_drop_policy_t drop_policy;
+  int32_t pad_to_capacity; /* 1: expert buffers hold exactly C rows each */
+  moe_hash_mode_t hash_mode;
+  uint64_t seed; /* every random choice (noise) derives from it */
+} moe_layer_config_t;
+
+#define MOE_LAYER_CONFIG_INIT                                                          \
+  {                                                                                    \
+    sizeof(moe_layer_config_t), MOE_LAYER_CONFIG_VERSION, 0, 0, 0, 1,                   \
+        MOE_ACTIVATION_GELU, MOE_ROUTER_SOFTMAX, MOE_DTYPE_F32, 0, NULL, 1.0, 1.0, 0,   \
+        MOE_NOISE_NONE, 0.0, 0, 0.0, 0.0, 0.0, -1, 0.0, MOE_DROP_POSITION, 0,           \
+        MOE_HASH_AUTO, 0                                                                \
+  }
+
+/* ------------------------------------------------------------------ weights */
+
+#define MOE_WEIGHTS_VERSION 1
+
+/* Parameters (or, in backward, their gradients). Shapes, all of the layer's dtype:
+ *   router [d, E]      (may be left empty for the hash router)
+ *   w1     [E, d, F]   F = d_ff, or 2*d_ff for gated activations ([gate | up])
+ *   b1     [E, F]      only with expert_bias
+ *   w2     [E, d_ff, d]
+ *   b2     [E, d]      only with expert_bias */
+typedef struct moe_weights {
+  uint32_t size;
+  uint32_t version;
+  moe_tensor_t router;
+  moe_tensor_t w1;
+  moe_tensor_t b1;
+  moe_tensor_t w2;
+  moe_tensor_t b2;
+} moe_weights_t;
+
+#define MOE_WEIGHTS_INIT                                                               \
+  {                                                                                    \
+    sizeof(moe_weights_t), MOE_WEIGHTS_VERSION, MOE_TENSOR_EMPTY, MOE_TENSOR_EMPTY,     \
+        MOE_TENSOR_EMPTY, MOE_TENSOR_EMPTY, MOE_TENSOR_EMPTY                            \
+  }
+
+/* ------------------------------------------------------------------ calls */
+
+#define MOE_FORWARD_ARGS_VERSION 1
+
+typedef struct moe_forward_args {
+  uint32_t size;
+  uint32_t version;
+  moe_tensor_t x;           /* [IN]  [T, d] */
+  moe_tensor_t y;           /* [OUT] [T, d]; overwritten (the caller adds the residual) */
+  const int64_t *token_ids; /* [IN]  optional, T ids for the hash router */
+  int64_t seq_len;          /* [IN]  tokens per sequence (telemetry), 0 = unknown */
+  int32_t train;            /* [IN]  1: training call (noise, anneal, bias updates) */
+} moe_forward_args_t;
+
+#define MOE_FORWARD_ARGS_INIT                                                          \
+  {                                                                                    \
+    sizeof(moe_forward_args_t), MOE_FORWARD_ARGS_VERSION, MOE_TENSOR_EMPTY,             \
+        MOE_TENSOR_EMPTY, NULL, 0, 1                                                    \
+  }
+
+#define MOE_BACKWARD_ACCUMULATE 1u /* add into gradient buffers instead of overwriting */
+
+#define MOE_BACKWARD_ARGS_VERSION 1
+
+typedef struct moe_backward_args {
+  uint32_t size;
+  uint32_t version;
+  moe_tensor_t dy;     /* [IN]  [T, d] gradient of the loss w.r.t. y */
+  moe_tensor_t dx;     /* [OUT] [T, d]; may be empty (data NULL) to skip */
+  moe_weights_t grads; /* [OUT] gradient buffers, shaped as the weights; a tensor
+                          with data NULL is skipped */
+  uint32_t flags;      /* MOE_BACKWARD_ACCUMULATE applies to dx and to every grad */
+} moe_backward_args_t;
+
+#define MOE_BACKWARD_ARGS_INIT                                                         \
+  {                                                                                    \
+    sizeof(moe_backward_args_t), MOE_BACKWARD_ARGS_VERSION, MOE_TENSOR_EMPTY,           \
+        MOE_TENSOR_EMPTY, MOE_WEIGHTS_INIT, 0                                           \
+  }
+
+#define MOE_LOSSES_VERSION 1
+
+typedef struct moe_losses {
+  uint32_t size;
+  uint32_t version;
+  double aux_loss;        /* E * sum_e f_e * Pbar_e (1 when uniform), unscaled */
+  double aux_loss_scaled; /* load_balance_alpha * aux_loss */
+  double z_loss;          /* mean_t logsumexp(z_t)^2, unscaled */
+  double z_loss_scaled;   /* router_z_loss_coef * z_loss */
+} moe_losses_t;
+
+#define MOE_LOSSES_INIT { sizeof(moe_losses_t), MOE_LOSSES_VERSION, 0, 0, 0, 0 }
+
+#define MOE_ROUTING_STATS_VERSION 1
+
+/* Counts of one forward call. The per-expert arrays are caller-owned, E entries
+ * each, and may be NULL. */
+typedef struct moe_routing_stats {
+  uint32_t size;
+  uint32_t version;
+  int64_t tokens;         /* T */
+  int64_t nonfinite_rows; /* tokens whose logits (or row, for hash) held NaN/Inf */
+  int64_t capacity;       /* C (dropless: max demand) */
+  int64_t dropped_total;
+  int64_t *demand; /* [OUT] d_e, copies chosen per expert before capacity */
+  int64_t *served; /* [OUT] s_e = min(d_e, C) */
+} moe_routing_stats_t;
+
+#define MOE_ROUTING_STATS_INIT                                                         \
+  { sizeof(moe_routing_stats_t), MOE_ROUTING_STATS_VERSION, 0, 0, 0, 0, NULL, NULL }
+
+/* ------------------------------------------------------------------ handles */
+
+typedef struct moe_layer *moe_layer_t;
+typedef const struct moe_layer *const_moe_layer_t;
+typedef struct moe_ctx *moe_ctx_t; /* saved state of one forward call */
+typedef const struct moe_ctx *const_moe_ctx_t;
+
+/* ------------------------------------------------------------------ backends */
+
+/* Number of compiled-in backends, and the name of the i-th ("cpu_ref" is always 0). */
+MOE_API moe_status_t moe_backend_count(int32_t *count);
+MOE_API moe_status_t moe_backend_name(int32_t index, const char **name);
+
+/* ------------------------------------------------------------------ layer */
+
+/* Creates a layer. Validates the whole config: sizes > 0, 1 <= k <= E, temperatures
+ * > 0, non-negative coefficients, a known backend that supports the dtype. */
+MOE_API moe_status_t moe_layer_create(const moe_layer_config_t *config, moe_layer_t *layer);
+MOE_API moe_status_t moe_layer_destroy(moe_layer_t layer);
+
+/* The layer's effective config (defaults resolved, backend = the one chosen; the
+ * backend string stays owned by the layer). Reads config->size like every input. */
+MOE_API moe_status_t moe_layer_get_config(const_moe_layer_t layer, moe_layer_config_t *config);
+
+/* Binds caller-owned weights (no copy). Shapes and dtypes are checked here; the
+ * memory must stay valid and unchanged from each forward to its backward. */
+MOE_API moe_status_t moe_layer_set_weights(moe_layer_t layer, const moe_weights_t *weights);
+
+/* Forward. ctx may be NULL (inference: nothing is saved). Otherwise *ctx receives a
+ * new saved state that moe_layer_backward consumes and moe_ctx_destroy frees; several
+ * may be alive at once (micro-batches). A training call (args->train) advances the
+ * layer's step counter (temperature and noise schedules) and applies the selection-bias
+ * update; an eval call changes no layer state. */
+MOE_API moe_status_t moe_layer_forward(moe_layer_t layer, const moe_forward_args_t *args,
+                                       moe_ctx_t *ctx);
+
+/* Backward of the forward call that produced ctx. Writes dx and every non-empty
+ * gradient buffer (overwrite, or add with MOE_BACKWARD_ACCUMULATE). The aux-loss and
+ * z-loss gradients (scaled by their coefficients) are included in the router and x
+ * gradients. ctx stays valid: backward may be called again. */
+MOE_API moe_status_t moe_layer_backward(moe_layer_t layer, const_moe_ctx_t ctx,
+                                        const moe_backward_args_t *args);
+
+/* Step counter (training forward calls so far); set it to resume a run. */
+MOE_API moe_status_t moe_layer_get_step(const_moe_layer_t layer, int64_t *step);
+MOE_API moe_status_t moe_layer_set_step(moe_layer_t layer, int64_t step);
+
+/* Per-expert selection bias (E values, float64), used by the softmax and sigmoid
+ * routers for selection only (not for gate values). */
+MOE_API moe_status_t moe_layer_get_selection_bias(const_moe_layer_t layer, double *bias,
+                                                  int64_t count);
+MOE_API moe_status_t moe_layer_set_selection_bias(moe_layer_t layer, const double *bias,
+                                                  int64_t count);
+
+/* Hash router: builds the balanced lookup table from token-id frequencies in ids[0..n)
+ * (ids in [0, vocab_size)). Ids seen most often are placed first, each on the k least
+ * loaded distinct experts. Ids outside the table fall back to the 64-bit mix. */
+MOE_API moe_status_t moe_layer_build_hash_table(moe_layer_t layer, const int64_t *ids,
+                                                int64_t n, int64_t vocab_size);
+
+/* ------------------------------------------------------------------ saved state */
+
+MOE_API moe_status_t moe_ctx_destroy(moe_ctx_t ctx);
+
+/* Shape of the routing decision: *tokens = T, *slots = k for token choice, E for
+ * expert choice (slot j of a token is then expert j, or -1 if e did not take it). */
+MOE_API moe_status_t moe_ctx_routing_shape(const_moe_ctx_t ctx, int64_t *tokens,
+                                           int64_t *slots);
+
+/* Copies the routing decision into caller buffers of tokens*slots entries (any may
+ * be NULL): expert id per slot (-1: none, e.g. a non-finite row), gate (as float,
+ * after renormalisation), dropped flag (1 if the copy exceeded capacity). */
+MOE_API moe_status_t moe_ctx_routing(const_moe_ctx_t ctx, int32_t *experts, float *gates,
+                                     uint8_t *dropped);
+
+MOE_API moe_status_t moe_ctx_losses(const_moe_ctx_t ctx, moe_losses_t *losses);
+MOE_API moe_status_t moe_ctx_routing_stats(const_moe_ctx_t ctx, moe_routing_stats_t *stats);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MOE_MOE_H */

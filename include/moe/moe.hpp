@@ -1,0 +1,152 @@
+// moe.hpp: a thin header-only C++ wrapper over moe.h. Statuses become moe::Exception,
+// handles become move-only RAII objects. Nothing here is compiled into the library,
+// so it adds no ABI of its own.
+#pragma once
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "moe/moe.h"
+
+namespace moe {
+
+class Exception : public std::runtime_error {
+ public:
+  Exception(moe_status_t status, const std::string& message)
+      : std::runtime_error(std::string(moe_status_string(status)) + ": " + message),
+        status_(status) {}
+  moe_status_t status() const { return status_; }
+
+ private:
+  moe_status_t status_;
+};
+
+inline void check(moe_status_t status) {
+  if (status != MOE_STATUS_SUCCESS) throw Exception(status, moe_last_error());
+}
+
+// A dense row-major tensor view over caller memory.
+template <typename T>
+moe_tensor_t tensor(T* data, std::initializer_list<int64_t> shape);
+
+template <>
+inline moe_tensor_t tensor<float>(float* data, std::initializer_list<int64_t> shape) {
+  moe_tensor_t t{};
+  t.data = data;
+  t.dtype = MOE_DTYPE_F32;
+  for (int64_t s : shape) t.shape[t.ndim++] = s;
+  return t;
+}
+
+template <>
+inline moe_tensor_t tensor<double>(double* data, std::initializer_list<int64_t> shape) {
+  moe_tensor_t t = tensor<float>(nullptr, shape);
+  t.data = data;
+  t.dtype = MOE_DTYPE_F64;
+  return t;
+}
+
+// Saved state of one forward call; consumed by Layer::backward.
+class Context {
+ public:
+  Context() = default;
+  explicit Context(moe_ctx_t ctx) : ctx_(ctx) {}
+  Context(Context&& other) noexcept : ctx_(std::exchange(other.ctx_, nullptr)) {}
+  Context& operator=(Context&& other) noexcept {
+    std::swap(ctx_, other.ctx_);
+    return *this;
+  }
+  Context(const Context&) = delete;
+  Context& operator=(const Context&) = delete;
+  ~Context() { moe_ctx_destroy(ctx_); }
+
+  moe_ctx_t get() const { return ctx_; }
+
+  moe_losses_t losses() const {
+    moe_losses_t l = MOE_LOSSES_INIT;
+    check(moe_ctx_losses(ctx_, &l));
+    return l;
+  }
+
+  struct RoutingDecision {
+    int64_t tokens = 0, slots = 0;
+    std::vector<int32_t> experts;
+    std::vector<float> gates;
+    std::vector<uint8_t> dropped;
+  };
+  RoutingDecision routing() const {
+    RoutingDecision r;
+    check(moe_ctx_routing_shape(ctx_, &r.tokens, &r.slots));
+    const size_t n = static_cast<size_t>(r.tokens * r.slots);
+    r.experts.resize(n);
+    r.gates.resize(n);
+    r.dropped.resize(n);
+    check(moe_ctx_routing(ctx_, r.experts.data(), r.gates.data(), r.dropped.data()));
+    return r;
+  }
+
+  struct Stats {
+    moe_routing_stats_t summary = MOE_ROUTING_STATS_INIT;
+    std::vector<int64_t> demand, served;
+  };
+  Stats stats(int64_t num_experts) const {
+    Stats s;
+    s.demand.resize(static_cast<size_t>(num_experts));
+    s.served.resize(static_cast<size_t>(num_experts));
+    s.summary.demand = s.demand.data();
+    s.summary.served = s.served.data();
+    check(moe_ctx_routing_stats(ctx_, &s.summary));
+    return s;
+  }
+
+ private:
+  moe_ctx_t ctx_ = nullptr;
+};
+
+class Layer {
+ public:
+  explicit Layer(const moe_layer_config_t& config) { check(moe_layer_create(&config, &layer_)); }
+  Layer(Layer&& other) noexcept : layer_(std::exchange(other.layer_, nullptr)) {}
+  Layer& operator=(Layer&& other) noexcept {
+    std::swap(layer_, other.layer_);
+    return *this;
+  }
+  Layer(const Layer&) = delete;
+  Layer& operator=(const Layer&) = delete;
+  ~Layer() { moe_layer_destroy(layer_); }
+
+  moe_layer_t get() const { return layer_; }
+
+  void set_weights(const moe_weights_t& weights) { check(moe_layer_set_weights(layer_, &weights)); }
+
+  // Forward; the returned Context is what backward needs.
+  Context forward(const moe_forward_args_t& args) {
+    moe_ctx_t ctx = nullptr;
+    check(moe_layer_forward(layer_, &args, &ctx));
+    return Context(ctx);
+  }
+
+  void backward(const Context& ctx, const moe_backward_args_t& args) {
+    check(moe_layer_backward(layer_, ctx.get(), &args));
+  }
+
+  moe_layer_config_t config() const {
+    moe_layer_config_t c = MOE_LAYER_CONFIG_INIT;
+    check(moe_layer_get_config(layer_, &c));
+    return c;
+  }
+
+  int64_t step() const {
+    int64_t s = 0;
+    check(moe_layer_get_step(layer_, &s));
+    return s;
+  }
+
+ private:
+  moe_layer_t layer_ = nullptr;
+};
+
+}  // namespace moe
