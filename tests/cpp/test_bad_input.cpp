@@ -1,0 +1,248 @@
+// Bad input: every C function with NULL pointers, mismatched shapes, k > E, zero
+// experts, destroyed or wrong handles returns its documented status and a message,
+// and the handle stays usable with unchanged results afterwards.
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "problem.hpp"
+
+namespace {
+
+using moe_test::make_config;
+using moe_test::Problem;
+
+#define EXPECT_STATUS(call, status)                                               \
+  do {                                                                            \
+    const moe_status_t got = (call);                                              \
+    EXPECT_EQ(got, status) << #call << " -> " << moe_status_string(got) << ": "   \
+                           << moe_last_error();                                   \
+    if (got != MOE_STATUS_SUCCESS) {                                              \
+      EXPECT_GT(std::string(moe_last_error()).size(), 10u) << "no useful message"; \
+    }                                                                             \
+  } while (0)
+
+TEST(BadInput, ConfigValidation) {
+  moe_layer_t layer = nullptr;
+  auto create = [&](auto mutate) {
+    moe_layer_config_t c = make_config(8, 8, 4, 2);
+    mutate(c);
+    return moe_layer_create(&c, &layer);
+  };
+  EXPECT_STATUS(create([](moe_layer_config_t& c) { c.top_k = 5; }), MOE_STATUS_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(moe_last_error()).find("top_k"), std::string::npos);
+  EXPECT_STATUS(create([](moe_layer_config_t& c) { c.top_k = 0; }), MOE_STATUS_INVALID_ARGUMENT);
+  EXPECT_STATUS(create([](moe_layer_config_t& c) { c.num_experts = 0; }),
+                MOE_STATUS_INVALID_ARGUMENT);
+  EXPECT_STATUS(create([](moe_layer_config_t& c) { c.d_model = 0; }), MOE_STATUS_INVALID_ARGUMENT);
+  EXPECT_STATUS(create([](moe_layer_config_t& c) { c.d_ff = -3; }), MOE_STATUS_INVALID_ARGUMENT);
+  EXPECT_STATUS(create([](moe_layer_config_t& c) { c.router_temp_init = 0; }),
+                MOE_STATUS_INVALID_ARGUMENT);
+  EXPECT_STATUS(create([](moe_layer_config_t& c) { c.load_balance_alpha = -1; }),
+                MOE_STATUS_INVALID_ARGUMENT);
+  EXPECT_STATUS(create([](moe_layer_config_t& c) { c.activation = (moe_activation_t)42; }),
+                MOE_STATUS_INVALID_ARGUMENT);
+  EXPECT_STATUS(create([](moe_layer_config_t& c) { c.router = (moe_router_t)-1; }),
+                MOE_STATUS_INVALID_ARGUMENT);
+  EXPECT_STATUS(create([](moe_layer_config_t& c) { c.size = 0; }), MOE_STATUS_INVALID_ARGUMENT);
+  EXPECT_STATUS(create([](moe_layer_config_t& c) { c.pad_to_capacity = 1; }),
+                MOE_STATUS_INVALID_ARGUMENT);
+  EXPECT_STATUS(create([](moe_layer_config_t& c) { c.backend = "no_such_backend"; }),
+                MOE_STATUS_UNSUPPORTED);
+  EXPECT_STATUS(create([](moe_layer_config_t& c) { c.dtype = MOE_DTYPE_BF16; }),
+                MOE_STATUS_UNSUPPORTED);
+  EXPECT_EQ(layer, nullptr) << "a rejected create must not hand out a handle";
+  EXPECT_STATUS(moe_layer_create(nullptr, &layer), MOE_STATUS_NULL_POINTER);
+  moe_layer_config_t ok = make_config(8, 8, 4, 2);
+  EXPECT_STATUS(moe_layer_create(&ok, nullptr), MOE_STATUS_NULL_POINTER);
+}
+
+TEST(BadInput, OlderCallerStructGetsDefaults) {
+  // A caller compiled when the config ended at `backend` passes a shorter struct.
+  moe_layer_config_t c = make_config(8, 8, 4, 2);
+  c.size = offsetof(moe_layer_config_t, router_temp_init);
+  c.router_temp_init = -5;  // beyond the caller's size: must be ignored
+  moe_layer_t layer = nullptr;
+  ASSERT_EQ(moe_layer_create(&c, &layer), MOE_STATUS_SUCCESS) << moe_last_error();
+  moe_layer_config_t out = MOE_LAYER_CONFIG_INIT;
+  ASSERT_EQ(moe_layer_get_config(layer, &out), MOE_STATUS_SUCCESS);
+  EXPECT_EQ(out.router_temp_init, 1.0);
+  EXPECT_EQ(out.renormalize, 1) << "auto resolves to on for k = 2";
+  EXPECT_STREQ(out.backend, "cpu_ref");
+  moe_layer_destroy(layer);
+}
+
+TEST(BadInput, HandlesAreChecked) {
+  Problem<float> p(make_config(8, 8, 4, 2), 10, 1);
+  moe::Context ctx = p.forward();
+  moe_forward_args_t args = p.forward_args();
+  moe_layer_t layer = p.layer.get();
+
+  // A context passed as a layer, a layer passed as a context.
+  EXPECT_STATUS(moe_layer_forward(reinterpret_cast<moe_layer_t>(ctx.get()), &args, nullptr),
+                MOE_STATUS_INVALID_HANDLE);
+  EXPECT_STATUS(moe_ctx_losses(reinterpret_cast<moe_ctx_t>(layer), nullptr),
+                MOE_STATUS_INVALID_HANDLE);
+  // A forged pointer.
+  int junk = 0;
+  EXPECT_STATUS(moe_layer_get_step(reinterpret_cast<moe_layer_t>(&junk), nullptr),
+                MOE_STATUS_INVALID_HANDLE);
+  // Destroyed handles.
+  moe_layer_t other = nullptr;
+  moe_layer_config_t c = make_config(8, 8, 4, 2);
+  ASSERT_EQ(moe_layer_create(&c, &other), MOE_STATUS_SUCCESS);
+  ASSERT_EQ(moe_layer_destroy(other), MOE_STATUS_SUCCESS);
+  EXPECT_STATUS(moe_layer_forward(other, &args, nullptr), MOE_STATUS_INVALID_HANDLE);
+  EXPECT_STATUS(moe_layer_destroy(other), MOE_STATUS_INVALID_HANDLE);
+  moe_ctx_t dead = nullptr;
+  ASSERT_EQ(moe_layer_forward(layer, &args, &dead), MOE_STATUS_SUCCESS);
+  ASSERT_EQ(moe_ctx_destroy(dead), MOE_STATUS_SUCCESS);
+  moe_backward_args_t bargs = p.backward_args();
+  EXPECT_STATUS(moe_layer_backward(layer, dead, &bargs), MOE_STATUS_INVALID_HANDLE);
+  // NULL is accepted by destroy, rejected elsewhere.
+  EXPECT_STATUS(moe_layer_destroy(nullptr), MOE_STATUS_SUCCESS);
+  EXPECT_STATUS(moe_ctx_destroy(nullptr), MOE_STATUS_SUCCESS);
+  EXPECT_STATUS(moe_layer_forward(nullptr, &args, nullptr), MOE_STATUS_NULL_POINTER);
+  // A context from another layer.
+  Problem<float> q(make_config(8, 8, 4, 2), 10, 1);
+  moe::Context foreign = q.forward();
+  EXPECT_STATUS(moe_layer_backward(layer, foreign.get(), &bargs), MOE_STATUS_INVALID_ARGUMENT);
+}
+
+TEST(BadInput, NullPointersEverywhere) {
+  Problem<float> p(make_config(8, 8, 4, 2), 10, 1);
+  moe_layer_t layer = p.layer.get();
+  moe::Context ctx = p.forward();
+  EXPECT_STATUS(moe_backend_count(nullptr), MOE_STATUS_NULL_POINTER);
+  EXPECT_STATUS(moe_backend_name(0, nullptr), MOE_STATUS_NULL_POINTER);
+  const char* name = nullptr;
+  EXPECT_STATUS(moe_backend_name(99, &name), MOE_STATUS_INVALID_ARGUMENT);
+  EXPECT_STATUS(moe_layer_get_config(layer, nullptr), MOE_STATUS_NULL_POINTER);
+  EXPECT_STATUS(moe_layer_set_weights(layer, nullptr), MOE_STATUS_NULL_POINTER);
+  EXPECT_STATUS(moe_layer_forward(layer, nullptr, nullptr), MOE_STATUS_NULL_POINTER);
+  EXPECT_STATUS(moe_layer_backward(layer, ctx.get(), nullptr), MOE_STATUS_NULL_POINTER);
+  EXPECT_STATUS(moe_layer_backward(layer, nullptr, nullptr), MOE_STATUS_NULL_POINTER);
+  EXPECT_STATUS(moe_layer_get_step(layer, nullptr), MOE_STATUS_NULL_POINTER);
+  EXPECT_STATUS(moe_layer_get_selection_bias(layer, nullptr, 4), MOE_STATUS_NULL_POINTER);
+  EXPECT_STATUS(moe_layer_set_selection_bias(layer, nullptr, 4), MOE_STATUS_NULL_POINTER);
+  EXPECT_STATUS(moe_ctx_losses(ctx.get(), nullptr), MOE_STATUS_NULL_POINTER);
+  EXPECT_STATUS(moe_ctx_routing_stats(ctx.get(), nullptr), MOE_STATUS_NULL_POINTER);
+  EXPECT_STATUS(moe_ctx_routing_shape(nullptr, nullptr, nullptr), MOE_STATUS_NULL_POINTER);
+  EXPECT_STATUS(moe_ctx_routing(nullptr, nullptr, nullptr, nullptr), MOE_STATUS_NULL_POINTER);
+  EXPECT_STATUS(moe_layer_set_step(nullptr, 1), MOE_STATUS_NULL_POINTER);
+  EXPECT_STATUS(moe_layer_build_hash_table(nullptr, nullptr, 0, 1), MOE_STATUS_NULL_POINTER);
+  EXPECT_STATUS(moe_layer_get_selection_bias(nullptr, nullptr, 0), MOE_STATUS_NULL_POINTER);
+  EXPECT_STATUS(moe_layer_set_selection_bias(nullptr, nullptr, 0), MOE_STATUS_NULL_POINTER);
+  EXPECT_STATUS(moe_ctx_destroy(reinterpret_cast<moe_ctx_t>(layer)), MOE_STATUS_INVALID_HANDLE);
+  // Tensor data NULL with a non-empty shape.
+  moe_forward_args_t args = p.forward_args();
+  args.x.data = nullptr;
+  EXPECT_STATUS(moe_layer_forward(layer, &args, nullptr), MOE_STATUS_NULL_POINTER);
+  // Optional outputs may be NULL.
+  int64_t tokens = 0;
+  EXPECT_STATUS(moe_ctx_routing_shape(ctx.get(), &tokens, nullptr), MOE_STATUS_SUCCESS);
+  EXPECT_EQ(tokens, 10);
+  EXPECT_STATUS(moe_ctx_routing(ctx.get(), nullptr, nullptr, nullptr), MOE_STATUS_SUCCESS);
+  EXPECT_STATUS(moe_version(nullptr, nullptr, nullptr), MOE_STATUS_SUCCESS);
+}
+
+TEST(BadInput, ShapesAndDtypesAreChecked) {
+  Problem<float> p(make_config(8, 8, 4, 2), 10, 1);
+  moe_layer_t layer = p.layer.get();
+  p.forward();
+  const std::vector<float> reference_y = p.y;
+
+  auto forward_with = [&](auto mutate) {
+    moe_forward_args_t a = p.forward_args();
+    mutate(a);
+    return moe_layer_forward(layer, &a, nullptr);
+  };
+  EXPECT_STATUS(forward_with([](moe_forward_args_t& a) { a.x.shape[1] = 7; }),
+                MOE_STATUS_SHAPE_MISMATCH);
+  EXPECT_NE(std::string(moe_last_error()).find("args.x"), std::string::npos);
+  EXPECT_STATUS(forward_with([](moe_forward_args_t& a) { a.y.shape[0] = 9; }),
+                MOE_STATUS_SHAPE_MISMATCH);
+  EXPECT_STATUS(forward_with([](moe_forward_args_t& a) { a.x.ndim = 3; }),
+                MOE_STATUS_SHAPE_MISMATCH);
+  EXPECT_STATUS(forward_with([](moe_forward_args_t& a) { a.x.ndim = 99; }),
+                MOE_STATUS_SHAPE_MISMATCH);
+  EXPECT_STATUS(forward_with([](moe_forward_args_t& a) { a.x.dtype = MOE_DTYPE_F64; }),
+                MOE_STATUS_SHAPE_MISMATCH);
+  EXPECT_STATUS(forward_with([](moe_forward_args_t& a) { a.x.device = MOE_DEVICE_CUDA; }),
+                MOE_STATUS_UNSUPPORTED);
+  EXPECT_STATUS(forward_with([](moe_forward_args_t& a) { a.x.shape[0] = -1; }),
+                MOE_STATUS_SHAPE_MISMATCH);
+  EXPECT_STATUS(forward_with([](moe_forward_args_t& a) { a.train = 7; }),
+                MOE_STATUS_INVALID_ARGUMENT);
+  EXPECT_STATUS(forward_with([](moe_forward_args_t& a) { a.size = 3; }),
+                MOE_STATUS_INVALID_ARGUMENT);
+
+  // Weights of the wrong shape are rejected and the old binding stays.
+  std::vector<float> small(3 * 8 * 8);
+  moe_weights_t w = p.weights(p.router, p.w1, p.b1, p.w2, p.b2);
+  w.w1 = moe::tensor(small.data(), {3, 8, 8});
+  EXPECT_STATUS(moe_layer_set_weights(layer, &w), MOE_STATUS_SHAPE_MISMATCH);
+  w = p.weights(p.router, p.w1, p.b1, p.w2, p.b2);
+  w.router = moe::tensor(p.router.data(), {4, 8});
+  EXPECT_STATUS(moe_layer_set_weights(layer, &w), MOE_STATUS_SHAPE_MISMATCH);
+  w = p.weights(p.router, p.w1, p.b1, p.w2, p.b2);
+  w.b1 = moe::tensor(small.data(), {4, 8});
+  EXPECT_STATUS(moe_layer_set_weights(layer, &w), MOE_STATUS_INVALID_ARGUMENT);
+  w = p.weights(p.router, p.w1, p.b1, p.w2, p.b2);
+  w.router = moe_tensor_t MOE_TENSOR_EMPTY;
+  EXPECT_STATUS(moe_layer_set_weights(layer, &w), MOE_STATUS_NULL_POINTER);
+
+  // Backward with mismatched buffers.
+  moe::Context ctx = p.forward();
+  moe_backward_args_t b = p.backward_args();
+  b.dy.shape[0] = 11;
+  EXPECT_STATUS(moe_layer_backward(layer, ctx.get(), &b), MOE_STATUS_SHAPE_MISMATCH);
+  b = p.backward_args();
+  b.grads.w2.shape[2] = 1;
+  EXPECT_STATUS(moe_layer_backward(layer, ctx.get(), &b), MOE_STATUS_SHAPE_MISMATCH);
+  b = p.backward_args();
+  b.flags = 0x80;
+  EXPECT_STATUS(moe_layer_backward(layer, ctx.get(), &b), MOE_STATUS_INVALID_ARGUMENT);
+  std::vector<double> bias(3);
+  EXPECT_STATUS(moe_layer_get_selection_bias(layer, bias.data(), 3), MOE_STATUS_SHAPE_MISMATCH);
+  EXPECT_STATUS(moe_layer_set_step(layer, -1), MOE_STATUS_INVALID_ARGUMENT);
+  EXPECT_STATUS(moe_layer_build_hash_table(layer, nullptr, 0, 10), MOE_STATUS_INVALID_STATE);
+
+  // After all of that the layer is intact: same weights, same step, same result.
+  EXPECT_EQ(p.layer.step(), 2);
+  p.y.assign(p.y.size(), -1.f);
+  moe::Context again = p.forward(false);
+  EXPECT_EQ(p.y, reference_y);
+  p.backward(again);
+}
+
+TEST(BadInput, StateErrors) {
+  moe_layer_config_t c = make_config(8, 8, 4, 2);
+  moe::Layer layer(c);
+  std::vector<float> x(16), y(16);
+  moe_forward_args_t a = MOE_FORWARD_ARGS_INIT;
+  a.x = moe::tensor(x.data(), {2, 8});
+  a.y = moe::tensor(y.data(), {2, 8});
+  EXPECT_STATUS(moe_layer_forward(layer.get(), &a, nullptr), MOE_STATUS_INVALID_STATE);
+
+  c.router = MOE_ROUTER_HASH;
+  c.hash_mode = MOE_HASH_MIX;
+  Problem<float> h(c, 4, 1);
+  moe_forward_args_t ha = h.forward_args();
+  EXPECT_STATUS(moe_layer_forward(h.layer.get(), &ha, nullptr), MOE_STATUS_NULL_POINTER);
+  const int64_t ids[] = {0, 1, 99};
+  EXPECT_STATUS(moe_layer_build_hash_table(h.layer.get(), ids, 3, 10),
+                MOE_STATUS_INVALID_ARGUMENT);
+  moe_weights_t w = h.weights(h.router, h.w1, h.b1, h.w2, h.b2);
+  w.router = moe::tensor(h.router.data(), {8, 4});
+  EXPECT_STATUS(moe_layer_set_weights(h.layer.get(), &w), MOE_STATUS_INVALID_ARGUMENT);
+}
+
+TEST(BadInput, StatusStringsAreNamed) {
+  for (int s = 0; s <= MOE_STATUS_INTERNAL_ERROR; ++s)
+    EXPECT_EQ(std::string(moe_status_string(static_cast<moe_status_t>(s))).rfind("MOE_STATUS_", 0),
+              0u);
+  EXPECT_STREQ(moe_status_string(static_cast<moe_status_t>(1000)), "MOE_STATUS_UNKNOWN");
+}
+
+}  // namespace

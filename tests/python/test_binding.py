@@ -1,0 +1,106 @@
+"""The Python binding's contract (ARCHITECTURE.md): constructor options, set_weights,
+forward, backward, routing(), telemetry(), losses(), errors."""
+import numpy as np
+import pytest
+
+import moe
+
+
+def make_layer(**kw):
+    args = dict(d_model=8, d_ff=12, num_experts=4, top_k=2)
+    args.update(kw)
+    layer = moe.Layer(**args)
+    rng = np.random.default_rng(0)
+    F = 2 * args["d_ff"] if kw.get("activation") in ("swiglu", "geglu") else args["d_ff"]
+    w = dict(router=rng.standard_normal((8, 4)), w1=rng.standard_normal((4, 8, F)),
+             w2=rng.standard_normal((4, args["d_ff"], 8)))
+    layer.set_weights(**w)
+    return layer, rng
+
+
+def test_contract_shapes_and_keys():
+    layer, rng = make_layer(activation="swiglu", router_z_loss_coef=1e-3, load_balance_alpha=0.01)
+    x = rng.standard_normal((10, 8)).astype(np.float32)
+    y = layer.forward(x, train=True)
+    assert y.shape == (10, 8) and y.dtype == np.float32
+    dx, grads = layer.backward(np.ones_like(y))
+    assert dx.shape == x.shape
+    assert set(grads) == {"router", "w1", "w2"}
+    assert grads["w1"].shape == (4, 8, 24)
+    r = layer.routing()
+    assert set(r) == {"experts", "gates", "dropped"}
+    assert r["experts"].shape == (10, 2) and r["gates"].shape == (10, 2)
+    losses = layer.losses()
+    assert set(losses) == {"aux_loss", "aux_loss_scaled", "z_loss", "z_loss_scaled"}
+    assert losses["aux_loss_scaled"] == pytest.approx(0.01 * losses["aux_loss"])
+    m = layer.telemetry()
+    assert m["tokens"] == 10 and sum(m["expert_counts"]) == 20
+    assert layer.step == 1
+
+
+def test_gates_are_renormalised_softmax_probabilities():
+    layer, rng = make_layer()
+    x = rng.standard_normal((6, 8))
+    layer.forward(x)
+    z = x @ layer._weights["router"].astype(np.float64)
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    r = layer.routing()
+    top2 = np.argsort(-p, 1, kind="stable")[:, :2]
+    assert np.array_equal(r["experts"], top2)
+    chosen = np.take_along_axis(p, top2, 1)
+    np.testing.assert_allclose(r["gates"], chosen / chosen.sum(1, keepdims=True), rtol=1e-5)
+
+
+def test_expert_biases_and_accumulation():
+    layer = moe.Layer(8, 8, 4, 1, expert_bias=True)
+    rng = np.random.default_rng(1)
+    layer.set_weights(router=rng.standard_normal((8, 4)), w1=rng.standard_normal((4, 8, 8)),
+                      w2=rng.standard_normal((4, 8, 8)), b1=rng.standard_normal((4, 8)),
+                      b2=rng.standard_normal((4, 8)))
+    layer.forward(rng.standard_normal((5, 8)))
+    _, grads = layer.backward(np.ones((5, 8)))
+    assert set(grads) == {"router", "w1", "w2", "b1", "b2"}
+    first = {k: v.copy() for k, v in grads.items()}
+    layer.backward(np.ones((5, 8)), accumulate_into=grads)
+    for k in grads:
+        np.testing.assert_allclose(grads[k], 2 * first[k], rtol=1e-6)
+
+
+def test_expert_choice_routing_has_one_slot_per_expert():
+    layer, rng = make_layer(router="expert_choice")
+    layer.forward(rng.standard_normal((12, 8)))
+    r = layer.routing()
+    assert r["experts"].shape == (12, 4)
+    for e in range(4):
+        column = r["experts"][:, e]
+        assert set(column.tolist()) <= {-1, e}
+        assert (column == e).sum() == 6  # C = ceil(12 * 2 / 4)
+
+
+def test_errors_raise_with_status_and_message():
+    with pytest.raises(moe.MoeError) as err:
+        moe.Layer(8, 8, 4, 5)
+    assert err.value.status == "INVALID_ARGUMENT" and "top_k" in str(err.value)
+    layer, rng = make_layer()
+    with pytest.raises(moe.MoeError) as err:
+        layer.forward(rng.standard_normal((3, 7)))
+    assert err.value.status == "SHAPE_MISMATCH"
+    with pytest.raises(moe.MoeError) as err:
+        layer.set_weights(router=np.zeros((8, 4)), w1=np.zeros((4, 8, 12)), w2=np.zeros((4, 8, 8)))
+    assert err.value.status == "SHAPE_MISMATCH"
+    # Still usable.
+    y = layer.forward(rng.standard_normal((3, 8)))
+    assert np.all(np.isfinite(y))
+    with pytest.raises(ValueError):
+        moe.Layer(8, 8, 4, 2, activation="tanh")
+    with pytest.raises(TypeError):
+        moe.Layer(8, 8, 4, 2, not_an_option=1)
+
+
+def test_library_metadata():
+    assert moe.version() == (0, 1, 0)
+    assert moe.backends()[-1] == "cpu_ref"
+    layer, _ = make_layer(router_temp_init=2.0, router_temp_final=1.0, router_temp_anneal_iters=10)
+    cfg = layer.config()
+    assert cfg["router_temp_init"] == 2.0 and cfg["backend"] == b"cpu_ref"
