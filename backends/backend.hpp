@@ -25,10 +25,10 @@ struct ExpertWeights {
 // Buffers of the expert stage, each [plan.rows, width].
 template <typename S>
 struct ExpertActivations {
-  S* xp = nullptr;      // permuted inputs, width d
-  S* h_pre = nullptr;   // x W1 + b1, width F
-  S* h = nullptr;       // act(h_pre), width d_ff
-  S* yp = nullptr;      // expert outputs, width d
+  S* xp = nullptr;     // permuted inputs, width d
+  S* h_pre = nullptr;  // x W1 + b1, width F
+  S* h = nullptr;      // act(h_pre), width d_ff
+  S* yp = nullptr;     // expert outputs, width d
 };
 
 template <typename S>
@@ -39,28 +39,27 @@ struct ExpertGradients {
   S* db2 = nullptr;
 };
 
-#define MOE_BACKEND_STAGES(S)                                                              \
-  /* z[T,E] = x[T,d] Wr[d,E] */                                                            \
-  virtual void router_logits(const LayerConfig& c, int64_t tokens, const S* x, const S* wr, \
-                             S* z);                                                        \
-  /* dx[T,d] += dz Wr^T (if dx); dwr[d,E] += x^T dz (if dwr) */                            \
-  virtual void router_logits_backward(const LayerConfig& c, int64_t tokens, const S* x,     \
-                                      const S* wr, const S* dz, S* dx, S* dwr);            \
-  /* xp[r] = x[token_of_row[r]], zero rows for padding */                                  \
-  virtual void permute(const LayerConfig& c, const Plan& plan, const S* x, S* xp);         \
-  virtual void experts_forward(const LayerConfig& c, const Plan& plan,                     \
-                               const ExpertWeights<S>& w, ExpertActivations<S>& a);        \
-  /* y[t] = sum over kept slots, in slot order, of gate * yp[row] */                       \
-  virtual void combine(const LayerConfig& c, const Plan& plan, const double* gate,          \
-                       const S* yp, S* y);                                                 \
-  /* dyp[row] = gate * dy[t]; dgate[slot] = <dy[t], yp[row]> (0 for dropped slots) */      \
-  virtual void combine_backward(const LayerConfig& c, const Plan& plan, const double* gate, \
-                                const S* yp, const S* dy, S* dyp, double* dgate);          \
-  /* expert weight gradients (accumulated) and dxp */                                      \
-  virtual void experts_backward(const LayerConfig& c, const Plan& plan,                    \
-                                const ExpertWeights<S>& w, const ExpertActivations<S>& a,  \
-                                const S* dyp, S* dxp, ExpertGradients<S>& g);              \
-  /* dx[t] += sum over kept slots, in slot order, of dxp[row] */                           \
+#define MOE_BACKEND_STAGES(S)                                                                      \
+  /* z[T,E] = x[T,d] Wr[d,E] */                                                                    \
+  virtual void router_logits(const LayerConfig& c, int64_t tokens, const S* x, const S* wr, S* z); \
+  /* dx[T,d] += dz Wr^T (if dx); dwr[d,E] += x^T dz (if dwr) */                                    \
+  virtual void router_logits_backward(const LayerConfig& c, int64_t tokens, const S* x,            \
+                                      const S* wr, const S* dz, S* dx, S* dwr);                    \
+  /* xp[r] = x[token_of_row[r]], zero rows for padding */                                          \
+  virtual void permute(const LayerConfig& c, const Plan& plan, const S* x, S* xp);                 \
+  virtual void experts_forward(const LayerConfig& c, const Plan& plan, const ExpertWeights<S>& w,  \
+                               ExpertActivations<S>& a);                                           \
+  /* y[t] = sum over kept slots, in slot order, of gate * yp[row] */                               \
+  virtual void combine(const LayerConfig& c, const Plan& plan, const double* gate, const S* yp,    \
+                       S* y);                                                                      \
+  /* dyp[row] = gate * dy[t]; dgate[slot] = <dy[t], yp[row]> (0 for dropped slots) */              \
+  virtual void combine_backward(const LayerConfig& c, const Plan& plan, const double* gate,        \
+                                const S* yp, const S* dy, S* dyp, double* dgate);                  \
+  /* expert weight gradients (accumulated) and dxp */                                              \
+  virtual void experts_backward(const LayerConfig& c, const Plan& plan, const ExpertWeights<S>& w, \
+                                const ExpertActivations<S>& a, const S* dyp, S* dxp,               \
+                                ExpertGradients<S>& g);                                            \
+  /* dx[t] += sum over kept slots, in slot order, of dxp[row] */                                   \
   virtual void permute_backward(const LayerConfig& c, const Plan& plan, const S* dxp, S* dx);
 
 class Backend {

@@ -20,9 +20,13 @@ std::vector<Backend*>& registered() {
 
 }  // namespace
 
-int backend_count() { return static_cast<int>(registered().size()); }
+int backend_count() {
+  return static_cast<int>(registered().size());
+}
 
-Backend& backend_at(int index) { return *registered().at(static_cast<size_t>(index)); }
+Backend& backend_at(int index) {
+  return *registered().at(static_cast<size_t>(index));
+}
 
 Backend& select_backend(const std::string& name, const LayerConfig& config) {
   for (Backend* backend : registered()) {

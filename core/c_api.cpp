@@ -11,6 +11,7 @@
 #include "core/handle_registry.hpp"
 #include "core/layer.hpp"
 #include "core/pipeline.hpp"
+#include "core/raw_enum.hpp"
 #include "core/sized_struct.hpp"
 #include "moe/moe.h"
 
@@ -65,7 +66,7 @@ void require_expert_count(const moe::Layer& layer, int64_t count) {
 extern "C" {
 
 const char* moe_status_string(moe_status_t status) {
-  switch (status) {
+  switch (moe::raw_enum(status)) {
     case MOE_STATUS_SUCCESS: return "MOE_STATUS_SUCCESS";
     case MOE_STATUS_NULL_POINTER: return "MOE_STATUS_NULL_POINTER";
     case MOE_STATUS_INVALID_ARGUMENT: return "MOE_STATUS_INVALID_ARGUMENT";
@@ -81,7 +82,9 @@ const char* moe_status_string(moe_status_t status) {
   return "MOE_STATUS_UNKNOWN";
 }
 
-const char* moe_last_error(void) { return last_error.c_str(); }
+const char* moe_last_error(void) {
+  return last_error.c_str();
+}
 
 moe_status_t moe_version(int32_t* major, int32_t* minor, int32_t* patch) {
   if (major) *major = MOE_VERSION_MAJOR;
@@ -144,8 +147,7 @@ moe_status_t moe_layer_set_weights(moe_layer_t layer, const moe_weights_t* weigh
   });
 }
 
-moe_status_t moe_layer_forward(moe_layer_t layer, const moe_forward_args_t* args,
-                               moe_ctx_t* ctx) {
+moe_status_t moe_layer_forward(moe_layer_t layer, const moe_forward_args_t* args, moe_ctx_t* ctx) {
   return guarded(__func__, [&] {
     moe::Layer& l = layer_of(layer);
     const moe_forward_args_t defaults = MOE_FORWARD_ARGS_INIT;
@@ -185,8 +187,7 @@ moe_status_t moe_layer_set_step(moe_layer_t layer, int64_t step) {
   });
 }
 
-moe_status_t moe_layer_get_selection_bias(const_moe_layer_t layer, double* bias,
-                                          int64_t count) {
+moe_status_t moe_layer_get_selection_bias(const_moe_layer_t layer, double* bias, int64_t count) {
   return guarded(__func__, [&] {
     const moe::Layer& l = layer_of(layer);
     require_pointer(bias, "bias");
@@ -195,8 +196,7 @@ moe_status_t moe_layer_get_selection_bias(const_moe_layer_t layer, double* bias,
   });
 }
 
-moe_status_t moe_layer_set_selection_bias(moe_layer_t layer, const double* bias,
-                                          int64_t count) {
+moe_status_t moe_layer_set_selection_bias(moe_layer_t layer, const double* bias, int64_t count) {
   return guarded(__func__, [&] {
     moe::Layer& l = layer_of(layer);
     require_pointer(bias, "bias");
@@ -222,8 +222,7 @@ moe_status_t moe_layer_build_hash_table(moe_layer_t layer, const int64_t* ids, i
       moe::require(ids[i] >= 0 && ids[i] < vocab_size, MOE_STATUS_INVALID_ARGUMENT,
                    "ids[" + std::to_string(i) + "] = " + std::to_string(ids[i]) +
                        " is outside [0, vocab_size)");
-    l.hash_table =
-        moe::build_hash_table(ids, n, vocab_size, l.config.num_experts, l.config.top_k);
+    l.hash_table = moe::build_hash_table(ids, n, vocab_size, l.config.num_experts, l.config.top_k);
   });
 }
 

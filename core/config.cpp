@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "core/error.hpp"
+#include "core/raw_enum.hpp"
 #include "core/sized_struct.hpp"
 
 namespace moe {
@@ -18,6 +19,11 @@ double linear_schedule(double from, double to, int64_t step, int64_t iters) {
 void require_finite_nonnegative(double value, const char* name) {
   require(std::isfinite(value) && value >= 0.0, MOE_STATUS_INVALID_ARGUMENT,
           std::string(name) + " must be finite and >= 0, got " + std::to_string(value));
+}
+
+void require_enum(int raw, int first, int last, const char* name, const char* type) {
+  require(raw >= first && raw <= last, MOE_STATUS_INVALID_ARGUMENT,
+          std::string(name) + " is not a " + type + ": " + std::to_string(raw));
 }
 
 }  // namespace
@@ -85,27 +91,19 @@ LayerConfig config_from_abi(const moe_layer_config_t* abi) {
   require(in.num_experts <= (int64_t{1} << 30), MOE_STATUS_INVALID_ARGUMENT,
           "config.num_experts is too large: " + std::to_string(in.num_experts));
   require(in.top_k >= 1 && in.top_k <= in.num_experts, MOE_STATUS_INVALID_ARGUMENT,
-          "config.top_k must be in [1, num_experts=" + std::to_string(in.num_experts) +
-              "], got " + std::to_string(in.top_k));
-  require(in.activation >= MOE_ACTIVATION_RELU && in.activation <= MOE_ACTIVATION_GEGLU,
-          MOE_STATUS_INVALID_ARGUMENT,
-          "config.activation is not a moe_activation_t: " + std::to_string(in.activation));
-  require(in.router >= MOE_ROUTER_SOFTMAX && in.router <= MOE_ROUTER_EXPERT_CHOICE,
-          MOE_STATUS_INVALID_ARGUMENT,
-          "config.router is not a moe_router_t: " + std::to_string(in.router));
-  require(in.dtype >= MOE_DTYPE_F32 && in.dtype <= MOE_DTYPE_BF16,
-          MOE_STATUS_INVALID_ARGUMENT,
-          "config.dtype is not a moe_dtype_t: " + std::to_string(in.dtype));
-  require(in.router_noise_type >= MOE_NOISE_NONE && in.router_noise_type <= MOE_NOISE_GUMBEL,
-          MOE_STATUS_INVALID_ARGUMENT,
-          "config.router_noise_type is not a moe_noise_t: " +
-              std::to_string(in.router_noise_type));
-  require(in.drop_policy == MOE_DROP_POSITION || in.drop_policy == MOE_DROP_PROBABILITY,
-          MOE_STATUS_INVALID_ARGUMENT,
-          "config.drop_policy is not a moe_drop_policy_t: " + std::to_string(in.drop_policy));
-  require(in.hash_mode >= MOE_HASH_AUTO && in.hash_mode <= MOE_HASH_CONTENT,
-          MOE_STATUS_INVALID_ARGUMENT,
-          "config.hash_mode is not a moe_hash_mode_t: " + std::to_string(in.hash_mode));
+          "config.top_k must be in [1, num_experts=" + std::to_string(in.num_experts) + "], got " +
+              std::to_string(in.top_k));
+  require_enum(raw_enum(in.activation), MOE_ACTIVATION_RELU, MOE_ACTIVATION_GEGLU,
+               "config.activation", "moe_activation_t");
+  require_enum(raw_enum(in.router), MOE_ROUTER_SOFTMAX, MOE_ROUTER_EXPERT_CHOICE, "config.router",
+               "moe_router_t");
+  require_enum(raw_enum(in.dtype), MOE_DTYPE_F32, MOE_DTYPE_BF16, "config.dtype", "moe_dtype_t");
+  require_enum(raw_enum(in.router_noise_type), MOE_NOISE_NONE, MOE_NOISE_GUMBEL,
+               "config.router_noise_type", "moe_noise_t");
+  require_enum(raw_enum(in.drop_policy), MOE_DROP_POSITION, MOE_DROP_PROBABILITY,
+               "config.drop_policy", "moe_drop_policy_t");
+  require_enum(raw_enum(in.hash_mode), MOE_HASH_AUTO, MOE_HASH_CONTENT, "config.hash_mode",
+               "moe_hash_mode_t");
   require(std::isfinite(in.router_temp_init) && in.router_temp_init > 0.0,
           MOE_STATUS_INVALID_ARGUMENT, "config.router_temp_init must be finite and > 0");
   require(std::isfinite(in.router_temp_final) && in.router_temp_final > 0.0,

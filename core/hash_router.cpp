@@ -33,8 +33,8 @@ uint64_t hash_bytes(const void* data, size_t bytes) {
   return mix64(h);
 }
 
-HashTable build_hash_table(const int64_t* ids, int64_t n, int64_t vocab_size,
-                           int64_t num_experts, int64_t top_k) {
+HashTable build_hash_table(const int64_t* ids, int64_t n, int64_t vocab_size, int64_t num_experts,
+                           int64_t top_k) {
   std::vector<int64_t> frequency(vocab_size, 0);
   for (int64_t i = 0; i < n; ++i) ++frequency[ids[i]];
 
@@ -56,10 +56,9 @@ HashTable build_hash_table(const int64_t* ids, int64_t n, int64_t vocab_size,
       continue;
     }
     std::iota(by_load.begin(), by_load.end(), 0);
-    std::partial_sort(by_load.begin(), by_load.begin() + top_k, by_load.end(),
-                      [&](int64_t a, int64_t b) {
-                        return load[a] != load[b] ? load[a] < load[b] : a < b;
-                      });
+    std::partial_sort(
+        by_load.begin(), by_load.begin() + top_k, by_load.end(),
+        [&](int64_t a, int64_t b) { return load[a] != load[b] ? load[a] < load[b] : a < b; });
     for (int64_t j = 0; j < top_k; ++j) {
       slot[j] = static_cast<int32_t>(by_load[j]);
       load[by_load[j]] += frequency[id];

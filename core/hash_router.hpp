@@ -25,7 +25,7 @@ uint64_t hash_bytes(const void* data, size_t bytes);
 // Greedy longest-processing-time placement: ids by descending frequency, each onto
 // the k least-loaded distinct experts (ties to the lower expert id). Ids never seen
 // get the mixed choice, so the table covers the whole vocabulary.
-HashTable build_hash_table(const int64_t* ids, int64_t n, int64_t vocab_size,
-                           int64_t num_experts, int64_t top_k);
+HashTable build_hash_table(const int64_t* ids, int64_t n, int64_t vocab_size, int64_t num_experts,
+                           int64_t top_k);
 
 }  // namespace moe

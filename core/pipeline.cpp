@@ -123,12 +123,10 @@ void backward_typed(Layer& layer, const SavedState& base, const moe_backward_arg
                            dyp.data(), dgate.data());
   const ExpertActivations<S> acts{const_cast<S*>(saved.xp.data()),
                                   const_cast<S*>(saved.h_pre.data()),
-                                  const_cast<S*>(saved.h.data()),
-                                  const_cast<S*>(saved.yp.data())};
+                                  const_cast<S*>(saved.h.data()), const_cast<S*>(saved.yp.data())};
   ExpertGradients<S> grads{static_cast<S*>(g.w1.data), static_cast<S*>(g.b1.data),
                            static_cast<S*>(g.w2.data), static_cast<S*>(g.b2.data)};
-  backend.experts_backward(c, plan, expert_weights<S>(layer), acts, dyp.data(), dxp.data(),
-                           grads);
+  backend.experts_backward(c, plan, expert_weights<S>(layer), acts, dyp.data(), dxp.data(), grads);
   if (dx) backend.permute_backward(c, plan, dxp.data(), dx);
 
   if (c.learned_router()) {

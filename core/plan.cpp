@@ -12,8 +12,7 @@ int64_t Plan::dropped_total() const {
   return total;
 }
 
-int64_t capacity_for(double capacity_factor, int64_t tokens, int64_t top_k,
-                     int64_t num_experts) {
+int64_t capacity_for(double capacity_factor, int64_t tokens, int64_t top_k, int64_t num_experts) {
   const double c = std::ceil(capacity_factor * static_cast<double>(tokens * top_k) /
                              static_cast<double>(num_experts));
   const double limit = static_cast<double>(int64_t{1} << 62);
@@ -48,9 +47,8 @@ void decide_drops(const LayerConfig& config, const std::vector<int32_t>& expert,
   for (int64_t e = 0; e < E; ++e) {
     auto& list = by_expert[e];
     if (static_cast<int64_t>(list.size()) <= plan.capacity) continue;
-    std::stable_sort(list.begin(), list.end(), [&](int64_t a, int64_t b) {
-      return gate_rank[a] > gate_rank[b];
-    });
+    std::stable_sort(list.begin(), list.end(),
+                     [&](int64_t a, int64_t b) { return gate_rank[a] > gate_rank[b]; });
     for (size_t i = static_cast<size_t>(plan.capacity); i < list.size(); ++i)
       plan.dropped[list[i]] = 1;
   }

@@ -12,13 +12,13 @@ namespace moe {
 struct Plan {
   int64_t tokens = 0;
   int64_t slots = 0;
-  int64_t capacity = 0;             // C as METRICS.md defines it (dropless: max demand)
-  int64_t rows = 0;                 // rows of the expert-contiguous buffer
-  std::vector<int64_t> demand;      // [E] d_e
-  std::vector<int64_t> served;      // [E] s_e
-  std::vector<int64_t> offset;      // [E+1] first buffer row of each expert
-  std::vector<uint8_t> dropped;     // [T*slots] 1: chosen but over capacity
-  std::vector<int64_t> row;         // [T*slots] buffer row of a kept copy, else -1
+  int64_t capacity = 0;               // C as METRICS.md defines it (dropless: max demand)
+  int64_t rows = 0;                   // rows of the expert-contiguous buffer
+  std::vector<int64_t> demand;        // [E] d_e
+  std::vector<int64_t> served;        // [E] s_e
+  std::vector<int64_t> offset;        // [E+1] first buffer row of each expert
+  std::vector<uint8_t> dropped;       // [T*slots] 1: chosen but over capacity
+  std::vector<int64_t> row;           // [T*slots] buffer row of a kept copy, else -1
   std::vector<int64_t> token_of_row;  // [rows] source token, -1 for padding
 
   int64_t rows_of(int64_t expert) const { return offset[expert + 1] - offset[expert]; }
@@ -32,7 +32,6 @@ Plan make_plan(const LayerConfig& config, int64_t tokens, const std::vector<int3
                const std::vector<double>& gate_rank, int64_t fixed_capacity);
 
 // C = ceil(capacity_factor * T*k/E), saturated so that it never overflows.
-int64_t capacity_for(double capacity_factor, int64_t tokens, int64_t top_k,
-                     int64_t num_experts);
+int64_t capacity_for(double capacity_factor, int64_t tokens, int64_t top_k, int64_t num_experts);
 
 }  // namespace moe

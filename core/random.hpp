@@ -16,7 +16,9 @@ inline uint64_t mix64(uint64_t x) {
   return x ^ (x >> 31);
 }
 
-inline uint64_t mix64(uint64_t a, uint64_t b) { return mix64(a ^ mix64(b)); }
+inline uint64_t mix64(uint64_t a, uint64_t b) {
+  return mix64(a ^ mix64(b));
+}
 
 // A uniform double in the open interval (0, 1).
 inline double uniform_open(uint64_t bits) {

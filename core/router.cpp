@@ -46,9 +46,9 @@ void route_hash(const LayerConfig& config, const RouterState& state, const S* x,
   const int64_t E = config.num_experts, k = config.top_k, d = config.d_model;
   moe_hash_mode_t mode = config.hash_mode;
   if (mode == MOE_HASH_AUTO) {
-    mode = token_ids == nullptr                                  ? MOE_HASH_CONTENT
+    mode = token_ids == nullptr                               ? MOE_HASH_CONTENT
            : (state.hash_table && !state.hash_table->empty()) ? MOE_HASH_TABLE
-                                                               : MOE_HASH_MIX;
+                                                              : MOE_HASH_MIX;
   }
   require(mode == MOE_HASH_CONTENT || token_ids != nullptr, MOE_STATUS_INVALID_ARGUMENT,
           "the hash router in mode mix/table needs token_ids");
@@ -110,8 +110,7 @@ void select_token_choice(const LayerConfig& config, const RouterState& state,
   for (int64_t t = 0; t < r.tokens; ++t) {
     if (r.nonfinite[t]) continue;
     for (int64_t e = 0; e < E; ++e) {
-      const double noisy =
-          u[t * E + e] + selection_noise(config, noise_std, state.step, t, e);
+      const double noisy = u[t * E + e] + selection_noise(config, noise_std, state.step, t, e);
       key[e] = (sigmoid_router ? sigmoid(noisy) : noisy) + (*state.selection_bias)[e];
     }
     int32_t* chosen = &r.expert[t * k];
@@ -130,8 +129,7 @@ void select_expert_choice(const LayerConfig& config, const RouterState& state,
                           const std::vector<double>& u, double noise_std, Routing& r) {
   const int64_t E = config.num_experts, T = r.tokens;
   const double factor = config.capacity_factor > 0.0 ? config.capacity_factor : 1.0;
-  const int64_t C =
-      std::min(r.valid_tokens, capacity_for(factor, T, config.top_k, E));
+  const int64_t C = std::min(r.valid_tokens, capacity_for(factor, T, config.top_k, E));
   r.fixed_capacity = C;
 
   // Selection keys: P itself, or the softmax of noisy scores in noisy training calls.
@@ -150,11 +148,10 @@ void select_expert_choice(const LayerConfig& config, const RouterState& state,
     if (!r.nonfinite[t]) candidates.push_back(t);
   for (int64_t e = 0; e < E; ++e) {
     std::vector<int64_t> order = candidates;
-    std::partial_sort(order.begin(), order.begin() + C, order.end(),
-                      [&](int64_t a, int64_t b) {
-                        const double ka = key[a * E + e], kb = key[b * E + e];
-                        return ka != kb ? ka > kb : a < b;
-                      });
+    std::partial_sort(order.begin(), order.begin() + C, order.end(), [&](int64_t a, int64_t b) {
+      const double ka = key[a * E + e], kb = key[b * E + e];
+      return ka != kb ? ka > kb : a < b;
+    });
     for (int64_t i = 0; i < C; ++i) {
       const int64_t t = order[i];
       r.expert[t * E + e] = static_cast<int32_t>(e);
@@ -227,10 +224,10 @@ Routing route(const LayerConfig& config, const RouterState& state, const S* x, c
   return r;
 }
 
-template Routing route<float>(const LayerConfig&, const RouterState&, const float*,
-                              const float*, const int64_t*, int64_t);
-template Routing route<double>(const LayerConfig&, const RouterState&, const double*,
-                               const double*, const int64_t*, int64_t);
+template Routing route<float>(const LayerConfig&, const RouterState&, const float*, const float*,
+                              const int64_t*, int64_t);
+template Routing route<double>(const LayerConfig&, const RouterState&, const double*, const double*,
+                               const int64_t*, int64_t);
 
 void route_backward(const LayerConfig& config, const Routing& r, const std::vector<double>& dgate,
                     std::vector<double>& dlogits) {
@@ -266,8 +263,8 @@ void route_backward(const LayerConfig& config, const Routing& r, const std::vect
     }
     // The aux loss reaches P: d(alpha * E * sum_e f_e * mean_t P)/dP[t,e].
     for (int64_t e = 0; e < E; ++e)
-      d_prob[e] = config.load_balance_alpha * static_cast<double>(E) * r.load_fraction[e] *
-                  inv_valid;
+      d_prob[e] =
+          config.load_balance_alpha * static_cast<double>(E) * r.load_fraction[e] * inv_valid;
     double dot = 0.0;
     for (int64_t e = 0; e < E; ++e) dot += d_prob[e] * p[e];
 
@@ -287,8 +284,7 @@ void route_backward(const LayerConfig& config, const Routing& r, const std::vect
     // z-loss: d(coef * mean_t lse_t^2)/dz = coef * 2 lse_t softmax(z_t) / T_valid.
     if (config.z_loss_coef > 0.0) {
       const double scale = config.z_loss_coef * 2.0 * r.lse[t] * inv_valid;
-      for (int64_t e = 0; e < E; ++e)
-        dz[e] += scale * std::exp(r.logits[t * E + e] - r.lse[t]);
+      for (int64_t e = 0; e < E; ++e) dz[e] += scale * std::exp(r.logits[t * E + e] - r.lse[t]);
     }
   }
 }

@@ -24,13 +24,13 @@ struct Routing {
   int64_t slots = 0;  // k, or E for expert choice
   int64_t experts = 0;
   double temperature = 1.0;
-  std::vector<int32_t> expert;     // [T*slots] chosen expert, -1 none
-  std::vector<double> gate;        // [T*slots] gate value (after renormalisation)
-  std::vector<double> prob;        // [T*E] P[t,e] as METRICS.md defines it
-  std::vector<double> sigmoid;     // [T*E] sigmoid(z/tau) (sigmoid router only)
-  std::vector<double> logits;      // [T*E] raw logits z (learned routers)
-  std::vector<double> lse;         // [T] logsumexp of the raw logits
-  std::vector<uint8_t> nonfinite;  // [T] 1: logits (or the row) hold NaN/Inf
+  std::vector<int32_t> expert;        // [T*slots] chosen expert, -1 none
+  std::vector<double> gate;           // [T*slots] gate value (after renormalisation)
+  std::vector<double> prob;           // [T*E] P[t,e] as METRICS.md defines it
+  std::vector<double> sigmoid;        // [T*E] sigmoid(z/tau) (sigmoid router only)
+  std::vector<double> logits;         // [T*E] raw logits z (learned routers)
+  std::vector<double> lse;            // [T] logsumexp of the raw logits
+  std::vector<uint8_t> nonfinite;     // [T] 1: logits (or the row) hold NaN/Inf
   std::vector<double> load_fraction;  // [E] f_e = d_e / sum d (aux loss)
   int64_t nonfinite_rows = 0;
   int64_t valid_tokens = 0;

@@ -4,6 +4,7 @@
 
 #include "core/config.hpp"
 #include "core/error.hpp"
+#include "core/raw_enum.hpp"
 
 namespace moe {
 
@@ -30,10 +31,10 @@ void check_tensor(const moe_tensor_t& t, const char* name, moe_dtype_t dtype,
                 expected);
     elements *= want[i];
   }
-  require(t.dtype == dtype, MOE_STATUS_SHAPE_MISMATCH,
-          std::string(name) + " has dtype " + dtype_name(t.dtype) + ", the layer's is " +
-              dtype_name(dtype));
-  require(t.device == MOE_DEVICE_CPU, MOE_STATUS_UNSUPPORTED,
+  require(raw_enum(t.dtype) == dtype, MOE_STATUS_SHAPE_MISMATCH,
+          std::string(name) + " has dtype " + std::to_string(raw_enum(t.dtype)) +
+              ", the layer's is " + dtype_name(dtype) + " (" + std::to_string(dtype) + ")");
+  require(raw_enum(t.device) == MOE_DEVICE_CPU, MOE_STATUS_UNSUPPORTED,
           std::string(name) + " is not in CPU memory; this layer's backend runs on the CPU");
   require(t.data != nullptr || elements == 0, MOE_STATUS_NULL_POINTER,
           std::string(name) + ".data is NULL");

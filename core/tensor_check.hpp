@@ -16,7 +16,9 @@ void check_tensor(const moe_tensor_t& t, const char* name, moe_dtype_t dtype,
                   std::initializer_list<int64_t> shape);
 
 // A tensor the caller left out: data NULL, ndim 0.
-inline bool tensor_is_empty(const moe_tensor_t& t) { return t.data == nullptr && t.ndim == 0; }
+inline bool tensor_is_empty(const moe_tensor_t& t) {
+  return t.data == nullptr && t.ndim == 0;
+}
 
 std::string shape_string(const int64_t* shape, int64_t ndim);
 

@@ -9,9 +9,8 @@ namespace moe {
 
 // C[M,N] = (accumulate ? C : 0) + op(A)[M,K] op(B)[K,N]; op transposes when asked.
 template <typename S>
-void reference_gemm(bool transpose_a, bool transpose_b, int64_t M, int64_t N, int64_t K,
-                    const S* A, int64_t lda, const S* B, int64_t ldb, S* C, int64_t ldc,
-                    bool accumulate) {
+void reference_gemm(bool transpose_a, bool transpose_b, int64_t M, int64_t N, int64_t K, const S* A,
+                    int64_t lda, const S* B, int64_t ldb, S* C, int64_t ldc, bool accumulate) {
   std::vector<double> acc(static_cast<size_t>(N));
   for (int64_t i = 0; i < M; ++i) {
     std::fill(acc.begin(), acc.end(), 0.0);

@@ -79,8 +79,8 @@ void combine_ref(const LayerConfig& c, const Plan& plan, const double* gate, con
 }
 
 template <typename S>
-void combine_backward_ref(const LayerConfig& c, const Plan& plan, const double* gate,
-                          const S* yp, const S* dy, S* dyp, double* dgate) {
+void combine_backward_ref(const LayerConfig& c, const Plan& plan, const double* gate, const S* yp,
+                          const S* dy, S* dyp, double* dgate) {
   const int64_t d = c.d_model, slots = plan.slots;
   std::fill_n(dyp, plan.rows * d, S(0));
   for (int64_t t = 0; t < plan.tokens; ++t) {
@@ -131,7 +131,8 @@ void experts_backward_ref(const LayerConfig& c, const Plan& plan, const ExpertWe
         const double grad = dh[i * dff + j];
         if (c.gated()) {
           const double up = h_pre[i * F + dff + j];
-          dh_pre[i * F + j] = static_cast<S>(grad * up * activate_derivative(c.activation, gate_in));
+          dh_pre[i * F + j] =
+              static_cast<S>(grad * up * activate_derivative(c.activation, gate_in));
           dh_pre[i * F + dff + j] = static_cast<S>(grad * activate(c.activation, gate_in));
         } else {
           dh_pre[i * F + j] = static_cast<S>(grad * activate_derivative(c.activation, gate_in));
@@ -158,38 +159,36 @@ void permute_backward_ref(const LayerConfig& c, const Plan& plan, const S* dxp, 
 
 }  // namespace
 
-#define MOE_DEFINE_REFERENCE_STAGES(S)                                                       \
-  void Backend::router_logits(const LayerConfig& c, int64_t T, const S* x, const S* wr,     \
-                              S* z) {                                                      \
-    router_logits_ref(c, T, x, wr, z);                                                     \
-  }                                                                                        \
-  void Backend::router_logits_backward(const LayerConfig& c, int64_t T, const S* x,         \
-                                       const S* wr, const S* dz, S* dx, S* dwr) {          \
-    router_logits_backward_ref(c, T, x, wr, dz, dx, dwr);                                  \
-  }                                                                                        \
-  void Backend::permute(const LayerConfig& c, const Plan& plan, const S* x, S* xp) {        \
-    permute_ref(c, plan, x, xp);                                                           \
-  }                                                                                        \
-  void Backend::experts_forward(const LayerConfig& c, const Plan& plan,                    \
-                                const ExpertWeights<S>& w, ExpertActivations<S>& a) {      \
-    experts_forward_ref(c, plan, w, a);                                                    \
-  }                                                                                        \
-  void Backend::combine(const LayerConfig& c, const Plan& plan, const double* gate,         \
-                        const S* yp, S* y) {                                               \
-    combine_ref(c, plan, gate, yp, y);                                                     \
-  }                                                                                        \
-  void Backend::combine_backward(const LayerConfig& c, const Plan& plan, const double* gate, \
-                                 const S* yp, const S* dy, S* dyp, double* dgate) {        \
-    combine_backward_ref(c, plan, gate, yp, dy, dyp, dgate);                               \
-  }                                                                                        \
-  void Backend::experts_backward(const LayerConfig& c, const Plan& plan,                   \
-                                 const ExpertWeights<S>& w, const ExpertActivations<S>& a, \
-                                 const S* dyp, S* dxp, ExpertGradients<S>& g) {            \
-    experts_backward_ref(c, plan, w, a, dyp, dxp, g);                                      \
-  }                                                                                        \
-  void Backend::permute_backward(const LayerConfig& c, const Plan& plan, const S* dxp,      \
-                                 S* dx) {                                                  \
-    permute_backward_ref(c, plan, dxp, dx);                                                \
+#define MOE_DEFINE_REFERENCE_STAGES(S)                                                             \
+  void Backend::router_logits(const LayerConfig& c, int64_t T, const S* x, const S* wr, S* z) {    \
+    router_logits_ref(c, T, x, wr, z);                                                             \
+  }                                                                                                \
+  void Backend::router_logits_backward(const LayerConfig& c, int64_t T, const S* x, const S* wr,   \
+                                       const S* dz, S* dx, S* dwr) {                               \
+    router_logits_backward_ref(c, T, x, wr, dz, dx, dwr);                                          \
+  }                                                                                                \
+  void Backend::permute(const LayerConfig& c, const Plan& plan, const S* x, S* xp) {               \
+    permute_ref(c, plan, x, xp);                                                                   \
+  }                                                                                                \
+  void Backend::experts_forward(const LayerConfig& c, const Plan& plan, const ExpertWeights<S>& w, \
+                                ExpertActivations<S>& a) {                                         \
+    experts_forward_ref(c, plan, w, a);                                                            \
+  }                                                                                                \
+  void Backend::combine(const LayerConfig& c, const Plan& plan, const double* gate, const S* yp,   \
+                        S* y) {                                                                    \
+    combine_ref(c, plan, gate, yp, y);                                                             \
+  }                                                                                                \
+  void Backend::combine_backward(const LayerConfig& c, const Plan& plan, const double* gate,       \
+                                 const S* yp, const S* dy, S* dyp, double* dgate) {                \
+    combine_backward_ref(c, plan, gate, yp, dy, dyp, dgate);                                       \
+  }                                                                                                \
+  void Backend::experts_backward(const LayerConfig& c, const Plan& plan,                           \
+                                 const ExpertWeights<S>& w, const ExpertActivations<S>& a,         \
+                                 const S* dyp, S* dxp, ExpertGradients<S>& g) {                    \
+    experts_backward_ref(c, plan, w, a, dyp, dxp, g);                                              \
+  }                                                                                                \
+  void Backend::permute_backward(const LayerConfig& c, const Plan& plan, const S* dxp, S* dx) {    \
+    permute_backward_ref(c, plan, dxp, dx);                                                        \
   }
 
 MOE_DEFINE_REFERENCE_STAGES(float)

@@ -14,9 +14,13 @@ namespace moe_test {
 template <typename S>
 moe_dtype_t dtype_of();
 template <>
-inline moe_dtype_t dtype_of<float>() { return MOE_DTYPE_F32; }
+inline moe_dtype_t dtype_of<float>() {
+  return MOE_DTYPE_F32;
+}
 template <>
-inline moe_dtype_t dtype_of<double>() { return MOE_DTYPE_F64; }
+inline moe_dtype_t dtype_of<double>() {
+  return MOE_DTYPE_F64;
+}
 
 inline bool is_gated(moe_activation_t a) {
   return a == MOE_ACTIVATION_SWIGLU || a == MOE_ACTIVATION_GEGLU;
@@ -125,7 +129,8 @@ struct Problem {
   double loss(bool train = false) {
     moe::Context ctx = forward(train);
     double sum = 0.0;
-    for (int64_t i = 0; i < T * d; ++i) sum += static_cast<double>(y[i]) * static_cast<double>(dy[i]);
+    for (int64_t i = 0; i < T * d; ++i)
+      sum += static_cast<double>(y[i]) * static_cast<double>(dy[i]);
     const moe_losses_t l = ctx.losses();
     return sum + l.aux_loss_scaled + l.z_loss_scaled;
   }

@@ -3,6 +3,7 @@
 // and the handle stays usable with unchanged results afterwards.
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <string>
 
 #include "problem.hpp"
@@ -12,14 +13,14 @@ namespace {
 using moe_test::make_config;
 using moe_test::Problem;
 
-#define EXPECT_STATUS(call, status)                                               \
-  do {                                                                            \
-    const moe_status_t got = (call);                                              \
-    EXPECT_EQ(got, status) << #call << " -> " << moe_status_string(got) << ": "   \
-                           << moe_last_error();                                   \
-    if (got != MOE_STATUS_SUCCESS) {                                              \
+#define EXPECT_STATUS(call, status)                                                \
+  do {                                                                             \
+    const moe_status_t got = (call);                                               \
+    EXPECT_EQ(got, status) << #call << " -> " << moe_status_string(got) << ": "    \
+                           << moe_last_error();                                    \
+    if (got != MOE_STATUS_SUCCESS) {                                               \
       EXPECT_GT(std::string(moe_last_error()).size(), 10u) << "no useful message"; \
-    }                                                                             \
+    }                                                                              \
   } while (0)
 
 TEST(BadInput, ConfigValidation) {
@@ -168,6 +169,11 @@ TEST(BadInput, ShapesAndDtypesAreChecked) {
                 MOE_STATUS_SHAPE_MISMATCH);
   EXPECT_STATUS(forward_with([](moe_forward_args_t& a) { a.x.dtype = MOE_DTYPE_F64; }),
                 MOE_STATUS_SHAPE_MISMATCH);
+  EXPECT_STATUS(forward_with([](moe_forward_args_t& a) {
+                  const int junk = 77;
+                  std::memcpy(&a.x.dtype, &junk, sizeof junk);
+                }),
+                MOE_STATUS_SHAPE_MISMATCH);
   EXPECT_STATUS(forward_with([](moe_forward_args_t& a) { a.x.device = MOE_DEVICE_CUDA; }),
                 MOE_STATUS_UNSUPPORTED);
   EXPECT_STATUS(forward_with([](moe_forward_args_t& a) { a.x.shape[0] = -1; }),
@@ -231,8 +237,7 @@ TEST(BadInput, StateErrors) {
   moe_forward_args_t ha = h.forward_args();
   EXPECT_STATUS(moe_layer_forward(h.layer.get(), &ha, nullptr), MOE_STATUS_NULL_POINTER);
   const int64_t ids[] = {0, 1, 99};
-  EXPECT_STATUS(moe_layer_build_hash_table(h.layer.get(), ids, 3, 10),
-                MOE_STATUS_INVALID_ARGUMENT);
+  EXPECT_STATUS(moe_layer_build_hash_table(h.layer.get(), ids, 3, 10), MOE_STATUS_INVALID_ARGUMENT);
   moe_weights_t w = h.weights(h.router, h.w1, h.b1, h.w2, h.b2);
   w.router = moe::tensor(h.router.data(), {8, 4});
   EXPECT_STATUS(moe_layer_set_weights(h.layer.get(), &w), MOE_STATUS_INVALID_ARGUMENT);

@@ -84,7 +84,7 @@ TEST(EdgeInputs, AllTokensToOneExpert) {
     const auto s = ctx.stats(4);
     EXPECT_EQ(s.demand, (std::vector<int64_t>{0, 0, 0, 40}));
     EXPECT_EQ(s.summary.dropped_total, factor > 0 ? 30 : 0);  // C = ceil(40/4) = 10
-    EXPECT_NEAR(ctx.losses().aux_loss, 4.0, 1e-2);  // E * 1 * P_3, P_3 close to 1
+    EXPECT_NEAR(ctx.losses().aux_loss, 4.0, 1e-2);            // E * 1 * P_3, P_3 close to 1
     p.backward(ctx);
     EXPECT_TRUE(all_finite(p.g_router) && all_finite(p.g_w1) && all_finite(p.dx));
   }
@@ -112,8 +112,8 @@ TEST_P(NonFiniteRows, AreCountedAndRoutedNowhere) {
     }
     p.bind();
   }
-  const std::vector<int64_t> bad = learned ? std::vector<int64_t>{2, 5, 7, 9}
-                                           : std::vector<int64_t>{2, 5, 7};
+  const std::vector<int64_t> bad =
+      learned ? std::vector<int64_t>{2, 5, 7, 9} : std::vector<int64_t>{2, 5, 7};
   moe::Context ctx = p.forward();
   const auto s = ctx.stats(4);
   EXPECT_EQ(s.summary.nonfinite_rows, static_cast<int64_t>(bad.size()));

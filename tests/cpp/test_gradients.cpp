@@ -34,8 +34,8 @@ double selection_margin(Problem<double>& p) {
       for (int64_t e = 0; e < E; ++e) s += (prob[t * E + e] = std::exp(z[t * E + e] - m));
       for (int64_t e = 0; e < E; ++e) prob[t * E + e] /= s;
     }
-    const int64_t C = std::min<int64_t>(T, static_cast<int64_t>(std::ceil(
-                                               1.0 * static_cast<double>(T * k) / E)));
+    const int64_t C =
+        std::min<int64_t>(T, static_cast<int64_t>(std::ceil(1.0 * static_cast<double>(T * k) / E)));
     for (int64_t e = 0; e < E; ++e) {
       v.clear();
       for (int64_t t = 0; t < T; ++t) v.push_back(prob[t * E + e]);
@@ -102,8 +102,8 @@ TEST_P(GradientCheck, MatchesCentralDifferences) {
       worst = std::max(worst, std::abs(numeric - grad[i]));
       scale = std::max(scale, std::abs(numeric));
     }
-    EXPECT_LE(worst, 1e-6 * std::max(scale, 1.0)) << name << ": max abs error " << worst
-                                                  << " at gradient scale " << scale;
+    EXPECT_LE(worst, 1e-6 * std::max(scale, 1.0))
+        << name << ": max abs error " << worst << " at gradient scale " << scale;
   };
   check(p.x, p.dx, "dx", false);
   check(p.router, p.g_router, "d router", true);
@@ -122,12 +122,11 @@ std::string case_name(const ::testing::TestParamInfo<Case>& info) {
 
 INSTANTIATE_TEST_SUITE_P(
     AllLearnedRouters, GradientCheck,
-    ::testing::Combine(::testing::Values(MOE_ROUTER_SOFTMAX, MOE_ROUTER_SIGMOID,
-                                         MOE_ROUTER_EXPERT_CHOICE),
-                       ::testing::Values(MOE_ACTIVATION_RELU, MOE_ACTIVATION_GELU,
-                                         MOE_ACTIVATION_GELU_TANH, MOE_ACTIVATION_SILU,
-                                         MOE_ACTIVATION_SWIGLU, MOE_ACTIVATION_GEGLU),
-                       ::testing::Bool()),
+    ::testing::Combine(
+        ::testing::Values(MOE_ROUTER_SOFTMAX, MOE_ROUTER_SIGMOID, MOE_ROUTER_EXPERT_CHOICE),
+        ::testing::Values(MOE_ACTIVATION_RELU, MOE_ACTIVATION_GELU, MOE_ACTIVATION_GELU_TANH,
+                          MOE_ACTIVATION_SILU, MOE_ACTIVATION_SWIGLU, MOE_ACTIVATION_GEGLU),
+        ::testing::Bool()),
     case_name);
 
 }  // namespace
