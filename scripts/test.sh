@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The whole test suite: sets up and builds (scripts/setup.sh), runs every test in the
+# release build, then builds again with AddressSanitizer + UndefinedBehaviorSanitizer
+# and runs the suite there too. Exits non-zero on any failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+jobs=$(nproc)
+
+scripts/setup.sh
+echo "== release build: ctest" >&2
+ctest --test-dir build --output-on-failure -j"$jobs"
+
+echo "== ASan + UBSan build: ctest" >&2
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DMOE_SANITIZE=ON >/dev/null
+cmake --build build-asan -j"$jobs" >&2
+ctest --test-dir build-asan --output-on-failure -j"$jobs"
