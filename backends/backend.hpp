@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "core/config.hpp"
@@ -62,12 +63,36 @@ struct ExpertGradients {
   /* dx[t] += sum over kept slots, in slot order, of dxp[row] */                                   \
   virtual void permute_backward(const LayerConfig& c, const Plan& plan, const S* dxp, S* dx);
 
+class Layer;
+struct SavedState;
+
+// Per-layer state a backend keeps (handles, device copies); owned by the layer.
+class BackendState {
+ public:
+  virtual ~BackendState() = default;
+};
+
+// A backend whose data lives on its own device runs the whole pipeline there,
+// rather than stage by stage on host memory.
+class DevicePipeline {
+ public:
+  virtual ~DevicePipeline() = default;
+  virtual std::unique_ptr<SavedState> forward(Layer& layer, const moe_forward_args_t& args) = 0;
+  virtual void backward(Layer& layer, const SavedState& saved, const moe_backward_args_t& args) = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
   virtual const char* name() const = 0;
-  // Whether this backend can run a layer of this config (dtype, device).
-  virtual bool supports(const LayerConfig& config) const = 0;
+  // "" when this backend can run a layer of this config, else why not.
+  virtual std::string unsupported_reason(const LayerConfig& config) const = 0;
+  // Where the layer's tensors must live.
+  virtual moe_device_t device() const { return MOE_DEVICE_CPU; }
+  // "auto" only picks backends that take host memory, like the default tensors.
+  virtual bool selectable_by_auto() const { return device() == MOE_DEVICE_CPU; }
+  virtual std::unique_ptr<BackendState> create_state(const LayerConfig&) { return nullptr; }
+  virtual DevicePipeline* device_pipeline() { return nullptr; }
 
   MOE_BACKEND_STAGES(float)
   MOE_BACKEND_STAGES(double)
@@ -76,8 +101,8 @@ class Backend {
 // The registry: the one place that knows which backends exist.
 int backend_count();
 Backend& backend_at(int index);
-// "auto" picks the first registered backend (fastest first, cpu_ref last) that
-// supports the config; a name picks that backend or throws.
+// "auto" picks the first registered host-memory backend (fastest first, cpu_ref last)
+// that supports the config; a name picks that backend or throws.
 Backend& select_backend(const std::string& name, const LayerConfig& config);
 
 }  // namespace moe

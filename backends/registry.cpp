@@ -4,6 +4,9 @@
 
 #include "backends/backend.hpp"
 #include "backends/cpu_ref/cpu_ref_backend.hpp"
+#ifdef MOE_WITH_CUDA
+#include "backends/cuda/cuda_backend.hpp"
+#endif
 #include "core/error.hpp"
 
 namespace moe {
@@ -11,8 +14,14 @@ namespace {
 
 std::vector<Backend*>& registered() {
   static CpuRefBackend cpu_ref;
+#ifdef MOE_WITH_CUDA
+  static CudaBackend cuda;
+#endif
   static std::vector<Backend*> list = {
-      // Accelerated backends register here, each behind its CMake switch.
+  // Accelerated backends register here, each behind its CMake switch.
+#ifdef MOE_WITH_CUDA
+      &cuda,
+#endif
       &cpu_ref,
   };
   return list;
@@ -29,18 +38,24 @@ Backend& backend_at(int index) {
 }
 
 Backend& select_backend(const std::string& name, const LayerConfig& config) {
+  std::string reasons;
   for (Backend* backend : registered()) {
-    if (name == "auto" ? backend->supports(config) : name == backend->name()) {
-      require(backend->supports(config), MOE_STATUS_UNSUPPORTED,
-              std::string("backend '") + backend->name() + "' does not support dtype " +
-                  dtype_name(config.dtype));
+    if (name == "auto") {
+      if (!backend->selectable_by_auto()) continue;
+      const std::string why = backend->unsupported_reason(config);
+      if (why.empty()) return *backend;
+      reasons += std::string(" ") + backend->name() + ": " + why + ";";
+    } else if (name == backend->name()) {
+      const std::string why = backend->unsupported_reason(config);
+      require(why.empty(), MOE_STATUS_UNSUPPORTED,
+              std::string("backend '") + backend->name() + "' does not support " + why);
       return *backend;
     }
   }
   std::string known;
   for (Backend* backend : registered()) known += std::string(" ") + backend->name();
   require(name != "auto", MOE_STATUS_UNSUPPORTED,
-          std::string("no compiled-in backend supports dtype ") + dtype_name(config.dtype));
+          "no compiled-in backend supports this config:" + reasons);
   throw Error(MOE_STATUS_UNSUPPORTED,
               "unknown or not compiled-in backend '" + name + "'; available:" + known);
 }

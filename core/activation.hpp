@@ -1,26 +1,27 @@
 // Expert activations and their derivatives, evaluated in double precision.
 #pragma once
 
-#include <cmath>
+#include <math.h>
 
+#include "core/portable.hpp"
 #include "moe/moe.h"
 
 namespace moe {
 
-inline double sigmoid(double x) {
-  return x >= 0 ? 1.0 / (1.0 + std::exp(-x)) : std::exp(x) / (1.0 + std::exp(x));
+MOE_HOST_DEVICE inline double sigmoid(double x) {
+  return x >= 0 ? 1.0 / (1.0 + ::exp(-x)) : ::exp(x) / (1.0 + ::exp(x));
 }
 
 // The scalar activation (for gated kinds: the one applied to the gate half).
-inline double activate(moe_activation_t kind, double x) {
+MOE_HOST_DEVICE inline double activate(moe_activation_t kind, double x) {
   constexpr double kInvSqrt2 = 0.70710678118654752440;
   constexpr double kSqrt2OverPi = 0.79788456080286535588;
   switch (kind) {
     case MOE_ACTIVATION_RELU: return x > 0 ? x : 0.0;
     case MOE_ACTIVATION_GELU:
-    case MOE_ACTIVATION_GEGLU: return 0.5 * x * (1.0 + std::erf(x * kInvSqrt2));
+    case MOE_ACTIVATION_GEGLU: return 0.5 * x * (1.0 + ::erf(x * kInvSqrt2));
     case MOE_ACTIVATION_GELU_TANH:
-      return 0.5 * x * (1.0 + std::tanh(kSqrt2OverPi * (x + 0.044715 * x * x * x)));
+      return 0.5 * x * (1.0 + ::tanh(kSqrt2OverPi * (x + 0.044715 * x * x * x)));
     case MOE_ACTIVATION_SILU:
     case MOE_ACTIVATION_SWIGLU: return x * sigmoid(x);
   }
@@ -28,7 +29,7 @@ inline double activate(moe_activation_t kind, double x) {
 }
 
 // d activate(kind, x) / dx. relu'(0) = 0, as PyTorch.
-inline double activate_derivative(moe_activation_t kind, double x) {
+MOE_HOST_DEVICE inline double activate_derivative(moe_activation_t kind, double x) {
   constexpr double kInvSqrt2 = 0.70710678118654752440;
   constexpr double kInvSqrt2Pi = 0.39894228040143267794;
   constexpr double kSqrt2OverPi = 0.79788456080286535588;
@@ -36,10 +37,10 @@ inline double activate_derivative(moe_activation_t kind, double x) {
     case MOE_ACTIVATION_RELU: return x > 0 ? 1.0 : 0.0;
     case MOE_ACTIVATION_GELU:
     case MOE_ACTIVATION_GEGLU:
-      return 0.5 * (1.0 + std::erf(x * kInvSqrt2)) + x * kInvSqrt2Pi * std::exp(-0.5 * x * x);
+      return 0.5 * (1.0 + ::erf(x * kInvSqrt2)) + x * kInvSqrt2Pi * ::exp(-0.5 * x * x);
     case MOE_ACTIVATION_GELU_TANH: {
       const double inner = kSqrt2OverPi * (x + 0.044715 * x * x * x);
-      const double t = std::tanh(inner);
+      const double t = ::tanh(inner);
       const double d_inner = kSqrt2OverPi * (1.0 + 3.0 * 0.044715 * x * x);
       return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * d_inner;
     }

@@ -171,6 +171,10 @@ moe_status_t moe_layer_backward(moe_layer_t layer, const_moe_ctx_t ctx,
   });
 }
 
+moe_status_t moe_layer_set_stream(moe_layer_t layer, void* stream) {
+  return guarded(__func__, [&] { layer_of(layer).stream = stream; });
+}
+
 moe_status_t moe_layer_get_step(const_moe_layer_t layer, int64_t* step) {
   return guarded(__func__, [&] {
     const moe::Layer& l = layer_of(layer);
@@ -245,13 +249,7 @@ moe_status_t moe_ctx_routing_shape(const_moe_ctx_t ctx, int64_t* tokens, int64_t
 
 moe_status_t moe_ctx_routing(const_moe_ctx_t ctx, int32_t* experts, float* gates,
                              uint8_t* dropped) {
-  return guarded(__func__, [&] {
-    const moe::SavedState& s = state_of(ctx);
-    const size_t n = s.routing.expert.size();
-    if (experts) std::memcpy(experts, s.routing.expert.data(), n * sizeof(int32_t));
-    for (size_t i = 0; gates && i < n; ++i) gates[i] = static_cast<float>(s.routing.gate[i]);
-    if (dropped) std::memcpy(dropped, s.plan.dropped.data(), n);
-  });
+  return guarded(__func__, [&] { state_of(ctx).copy_routing(experts, gates, dropped); });
 }
 
 moe_status_t moe_ctx_losses(const_moe_ctx_t ctx, moe_losses_t* losses) {

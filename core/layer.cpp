@@ -1,5 +1,6 @@
 #include "core/layer.hpp"
 
+#include <algorithm>
 #include <atomic>
 
 namespace moe {
@@ -11,6 +12,14 @@ Layer::Layer(const LayerConfig& cfg)
     : config(cfg),
       backend(select_backend(cfg.backend, cfg)),
       serial(next_serial.fetch_add(1)),
-      selection_bias(static_cast<size_t>(cfg.num_experts), 0.0) {}
+      selection_bias(static_cast<size_t>(cfg.num_experts), 0.0),
+      backend_state(backend.create_state(cfg)) {}
+
+void SavedState::copy_routing(int32_t* experts, float* gates, uint8_t* dropped) const {
+  const size_t n = routing.expert.size();
+  if (experts) std::copy(routing.expert.begin(), routing.expert.end(), experts);
+  for (size_t i = 0; gates && i < n; ++i) gates[i] = static_cast<float>(routing.gate[i]);
+  if (dropped) std::copy(plan.dropped.begin(), plan.dropped.end(), dropped);
+}
 
 }  // namespace moe

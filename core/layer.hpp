@@ -30,11 +30,15 @@ class Layer {
   std::vector<double> selection_bias;  // [E]
   int64_t step = 0;
   HashTable hash_table;
+  void* stream = nullptr;  // the caller's device stream (cudaStream_t), if any
+  std::unique_ptr<BackendState> backend_state;
 };
 
 // What forward leaves for backward. Typed buffers live in SavedTensors<S>.
 struct SavedState {
   virtual ~SavedState() = default;
+  // The routing decision into caller host buffers of T*slots (each may be null).
+  virtual void copy_routing(int32_t* experts, float* gates, uint8_t* dropped) const;
   uint64_t layer_serial = 0;
   moe_dtype_t dtype = MOE_DTYPE_F32;
   Routing routing;

@@ -19,8 +19,8 @@ ExpertWeights<S> expert_weights(const Layer& layer) {
   return {data_of<S>(w.w1), data_of<S>(w.b1), data_of<S>(w.w2), data_of<S>(w.b2)};
 }
 
-void check_weight_set(const LayerConfig& c, const moe_weights_t& w, const char* prefix,
-                      bool allow_missing) {
+void check_weight_set(const LayerConfig& c, moe_device_t device, const moe_weights_t& w,
+                      const char* prefix, bool allow_missing) {
   const int64_t d = c.d_model, E = c.num_experts, F = c.ff_width();
   const std::string p(prefix);
   auto check = [&](const moe_tensor_t& t, const std::string& name,
@@ -32,7 +32,7 @@ void check_weight_set(const LayerConfig& c, const moe_weights_t& w, const char* 
     require(wanted, MOE_STATUS_INVALID_ARGUMENT,
             p + name + " was given, but the layer has no such parameter (" +
                 (name == "router" ? "the hash router has no weights" : "expert_bias is 0") + ")");
-    check_tensor(t, (p + name).c_str(), c.dtype, shape);
+    check_tensor(t, (p + name).c_str(), c.dtype, device, shape);
   };
   check(w.router, "router", {d, E}, c.learned_router());
   check(w.w1, "w1", {E, d, F}, true);
@@ -61,10 +61,6 @@ std::unique_ptr<SavedState> forward_typed(Layer& layer, const moe_forward_args_t
   const RouterState state{&layer.selection_bias, &layer.hash_table, layer.step, args.train != 0};
   saved->routing = route<S>(c, state, x, logits.data(), args.token_ids, T);
   const Routing& routing = saved->routing;
-  saved->losses.aux_loss = routing.aux_loss;
-  saved->losses.aux_loss_scaled = c.load_balance_alpha * routing.aux_loss;
-  saved->losses.z_loss = routing.z_loss;
-  saved->losses.z_loss_scaled = c.z_loss_coef * routing.z_loss;
 
   saved->x.assign(x, x + T * d);
   for (int64_t t = 0; t < T; ++t)
@@ -84,11 +80,6 @@ std::unique_ptr<SavedState> forward_typed(Layer& layer, const moe_forward_args_t
   backend.experts_forward(c, plan, expert_weights<S>(layer), acts);
   // (expert parallelism: exchange results back here)
   backend.combine(c, plan, routing.gate.data(), acts.yp, y);
-
-  if (args.train) {
-    update_selection_bias(c, plan.demand, layer.selection_bias);
-    ++layer.step;
-  }
   return saved;
 }
 
@@ -141,7 +132,7 @@ void backward_typed(Layer& layer, const SavedState& base, const moe_backward_arg
 }  // namespace
 
 void bind_weights(Layer& layer, const moe_weights_t& w) {
-  check_weight_set(layer.config, w, "weights.", false);
+  check_weight_set(layer.config, layer.backend.device(), w, "weights.", false);
   layer.weights.router = w.router;
   layer.weights.w1 = w.w1;
   layer.weights.b1 = w.b1;
@@ -158,8 +149,9 @@ std::unique_ptr<SavedState> forward(Layer& layer, const moe_forward_args_t& args
           "args.x must have rank 2 [T, d], got rank " + std::to_string(args.x.ndim));
   const int64_t T = args.x.shape[0];
   require(T >= 0, MOE_STATUS_SHAPE_MISMATCH, "args.x has a negative token count");
-  check_tensor(args.x, "args.x", c.dtype, {T, c.d_model});
-  check_tensor(args.y, "args.y", c.dtype, {T, c.d_model});
+  const moe_device_t device = layer.backend.device();
+  check_tensor(args.x, "args.x", c.dtype, device, {T, c.d_model});
+  check_tensor(args.y, "args.y", c.dtype, device, {T, c.d_model});
   require(args.seq_len >= 0, MOE_STATUS_INVALID_ARGUMENT, "args.seq_len must be >= 0");
   require(args.train == 0 || args.train == 1, MOE_STATUS_INVALID_ARGUMENT,
           "args.train must be 0 or 1");
@@ -167,8 +159,24 @@ std::unique_ptr<SavedState> forward(Layer& layer, const moe_forward_args_t& args
             (c.hash_mode == MOE_HASH_MIX || c.hash_mode == MOE_HASH_TABLE)),
           MOE_STATUS_NULL_POINTER,
           "args.token_ids is NULL, but the hash router's mode (mix/table) needs token ids");
-  if (c.dtype == MOE_DTYPE_F64) return forward_typed<double>(layer, args);
-  return forward_typed<float>(layer, args);
+  std::unique_ptr<SavedState> saved;
+  if (DevicePipeline* pipeline = layer.backend.device_pipeline()) {
+    saved = pipeline->forward(layer, args);
+  } else if (c.dtype == MOE_DTYPE_F64) {
+    saved = forward_typed<double>(layer, args);
+  } else {
+    saved = forward_typed<float>(layer, args);
+  }
+  saved->losses.aux_loss = saved->routing.aux_loss;
+  saved->losses.aux_loss_scaled = c.load_balance_alpha * saved->routing.aux_loss;
+  saved->losses.z_loss = saved->routing.z_loss;
+  saved->losses.z_loss_scaled = c.z_loss_coef * saved->routing.z_loss;
+  // Training-only state changes come last, once nothing can fail any more.
+  if (args.train) {
+    update_selection_bias(c, saved->plan.demand, layer.selection_bias);
+    ++layer.step;
+  }
+  return saved;
 }
 
 void backward(Layer& layer, const SavedState& saved, const moe_backward_args_t& args) {
@@ -177,12 +185,15 @@ void backward(Layer& layer, const SavedState& saved, const moe_backward_args_t& 
           "ctx was produced by a different layer");
   require(layer.weights.bound, MOE_STATUS_INVALID_STATE, "backward before set_weights");
   const int64_t T = saved.plan.tokens;
-  check_tensor(args.dy, "args.dy", c.dtype, {T, c.d_model});
-  if (!tensor_is_empty(args.dx)) check_tensor(args.dx, "args.dx", c.dtype, {T, c.d_model});
+  const moe_device_t device = layer.backend.device();
+  check_tensor(args.dy, "args.dy", c.dtype, device, {T, c.d_model});
+  if (!tensor_is_empty(args.dx)) check_tensor(args.dx, "args.dx", c.dtype, device, {T, c.d_model});
   require((args.flags & ~MOE_BACKWARD_ACCUMULATE) == 0, MOE_STATUS_INVALID_ARGUMENT,
           "args.flags has unknown bits");
-  check_weight_set(c, args.grads, "args.grads.", true);
-  if (c.dtype == MOE_DTYPE_F64) {
+  check_weight_set(c, device, args.grads, "args.grads.", true);
+  if (DevicePipeline* pipeline = layer.backend.device_pipeline()) {
+    pipeline->backward(layer, saved, args);
+  } else if (c.dtype == MOE_DTYPE_F64) {
     backward_typed<double>(layer, saved, args);
   } else {
     backward_typed<float>(layer, saved, args);

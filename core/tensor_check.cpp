@@ -14,7 +14,7 @@ std::string shape_string(const int64_t* shape, int64_t ndim) {
   return s + "]";
 }
 
-void check_tensor(const moe_tensor_t& t, const char* name, moe_dtype_t dtype,
+void check_tensor(const moe_tensor_t& t, const char* name, moe_dtype_t dtype, moe_device_t device,
                   std::initializer_list<int64_t> shape) {
   const std::vector<int64_t> want(shape);
   const std::string expected = shape_string(want.data(), static_cast<int64_t>(want.size()));
@@ -34,8 +34,11 @@ void check_tensor(const moe_tensor_t& t, const char* name, moe_dtype_t dtype,
   require(raw_enum(t.dtype) == dtype, MOE_STATUS_SHAPE_MISMATCH,
           std::string(name) + " has dtype " + std::to_string(raw_enum(t.dtype)) +
               ", the layer's is " + dtype_name(dtype) + " (" + std::to_string(dtype) + ")");
-  require(raw_enum(t.device) == MOE_DEVICE_CPU, MOE_STATUS_UNSUPPORTED,
-          std::string(name) + " is not in CPU memory; this layer's backend runs on the CPU");
+  require(raw_enum(t.device) == device, MOE_STATUS_UNSUPPORTED,
+          std::string(name) + (device == MOE_DEVICE_CPU
+                                   ? " is not in host memory; this layer's backend runs on the CPU"
+                                   : " is not in CUDA device memory; this layer's backend runs "
+                                     "on the GPU"));
   require(t.data != nullptr || elements == 0, MOE_STATUS_NULL_POINTER,
           std::string(name) + ".data is NULL");
 }

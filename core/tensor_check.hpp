@@ -10,9 +10,9 @@
 
 namespace moe {
 
-// Throws unless `t` is a CPU tensor of `dtype` with exactly `shape`. A tensor whose
-// shape holds no element may have data == NULL.
-void check_tensor(const moe_tensor_t& t, const char* name, moe_dtype_t dtype,
+// Throws unless `t` is a tensor of `dtype` on `device` with exactly `shape`. A tensor
+// whose shape holds no element may have data == NULL.
+void check_tensor(const moe_tensor_t& t, const char* name, moe_dtype_t dtype, moe_device_t device,
                   std::initializer_list<int64_t> shape);
 
 // A tensor the caller left out: data NULL, ndim 0.

@@ -9,8 +9,9 @@ namespace moe {
 class CpuRefBackend final : public Backend {
  public:
   const char* name() const override { return "cpu_ref"; }
-  bool supports(const LayerConfig& config) const override {
-    return config.dtype == MOE_DTYPE_F32 || config.dtype == MOE_DTYPE_F64;
+  std::string unsupported_reason(const LayerConfig& config) const override {
+    if (config.dtype == MOE_DTYPE_F32 || config.dtype == MOE_DTYPE_F64) return "";
+    return std::string("dtype ") + dtype_name(config.dtype) + " (cpu_ref runs float32 and float64)";
   }
 };
 

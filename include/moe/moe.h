@@ -70,7 +70,7 @@ MOE_API moe_status_t moe_version(int32_t *major, int32_t *minor, int32_t *patch)
 typedef enum moe_dtype {
   MOE_DTYPE_F32 = 0,
   MOE_DTYPE_F64 = 1, /* cpu_ref only: for gradient checks by finite differences */
-  MOE_DTYPE_BF16 = 2 /* reserved for accelerated backends */
+  MOE_DTYPE_BF16 = 2 /* bfloat16 (cuda backend), with float32 accumulation */
 } moe_dtype_t;
 
 typedef enum moe_device { MOE_DEVICE_CPU = 0, MOE_DEVICE_CUDA = 1 } moe_device_t;
@@ -315,6 +315,14 @@ MOE_API moe_status_t moe_layer_forward(moe_layer_t layer, const moe_forward_args
  * gradients. ctx stays valid: backward may be called again. */
 MOE_API moe_status_t moe_layer_backward(moe_layer_t layer, const_moe_ctx_t ctx,
                                         const moe_backward_args_t *args);
+
+/* The device stream (a cudaStream_t for the cuda backend; see moe_cuda.h) on which
+ * the layer's later calls enqueue their work; NULL is the default stream. Device
+ * backends do not synchronise with the host except where a call says so: forward reads
+ * the per-expert counts back once (they size the expert GEMMs and are the routing
+ * telemetry), and outputs are ready when the stream reaches them. CPU backends
+ * ignore the stream. */
+MOE_API moe_status_t moe_layer_set_stream(moe_layer_t layer, void *stream);
 
 /* Step counter (training forward calls so far); set it to resume a run. */
 MOE_API moe_status_t moe_layer_get_step(const_moe_layer_t layer, int64_t *step);

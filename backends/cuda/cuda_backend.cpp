@@ -1,0 +1,340 @@
+#include "backends/cuda/cuda_backend.hpp"
+
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "backends/cuda/cuda_check.hpp"
+#include "backends/cuda/device_buffer.hpp"
+#include "backends/cuda/gemm.hpp"
+#include "backends/cuda/kernels.hpp"
+#include "core/layer.hpp"
+#include "core/tensor_check.hpp"
+
+namespace moe {
+namespace {
+
+using cuda::check;
+using cuda::DeviceBuffer;
+using cuda::ExpertOperand;
+using cuda::GroupedProblem;
+constexpr int64_t kRows = GroupedProblem::kRows;
+
+class CudaLayerState final : public BackendState {
+ public:
+  explicit CudaLayerState(int64_t experts) {
+    check(cublasCreate(&cublas), "cublasCreate");
+    check(cublasSetMathMode(cublas, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
+    check(cudaMalloc(reinterpret_cast<void**>(&selection_bias),
+                     static_cast<size_t>(experts) * sizeof(double)),
+          "cudaMalloc");
+    check(cudaMallocHost(reinterpret_cast<void**>(&readback),
+                         static_cast<size_t>(4 * experts + 8) * sizeof(int64_t)),
+          "cudaMallocHost");
+  }
+  ~CudaLayerState() override {
+    cudaFree(selection_bias);
+    cudaFreeHost(readback);
+    cublasDestroy(cublas);
+  }
+  cublasHandle_t cublas = nullptr;
+  cuda::GroupedGemm grouped;
+  double* selection_bias = nullptr;  // device copy, uploaded before each forward
+  int64_t* readback = nullptr;       // pinned: the summary words, then two doubles
+};
+
+// What forward leaves on the device for backward (and for routing()).
+struct CudaSavedState final : SavedState {
+  cudaStream_t stream = nullptr;
+  cuda::RouteParams params;
+  DeviceBuffer x, logits, prob, sig, lse, nonfinite, experts, gates, row, dropped, row_token,
+      row_expert, summary, loss_sums, xp, h_pre, h, yp;
+
+  void copy_routing(int32_t* out_experts, float* out_gates, uint8_t* out_dropped) const override {
+    const size_t n = static_cast<size_t>(params.tokens * params.top_k);
+    if (n == 0) return;
+    if (out_experts)
+      check(cudaMemcpyAsync(out_experts, experts.get(), n * sizeof(int32_t), cudaMemcpyDeviceToHost,
+                            stream),
+            "cudaMemcpyAsync");
+    if (out_gates)
+      check(cudaMemcpyAsync(out_gates, gates.get(), n * sizeof(float), cudaMemcpyDeviceToHost,
+                            stream),
+            "cudaMemcpyAsync");
+    if (out_dropped)
+      check(cudaMemcpyAsync(out_dropped, dropped.get(), n, cudaMemcpyDeviceToHost, stream),
+            "cudaMemcpyAsync");
+    check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+  }
+};
+
+// A pointer labelled as CUDA memory must really be device memory: a host pointer
+// would otherwise crash a kernel instead of returning a status.
+void require_device_pointer(const moe_tensor_t& t, const char* name) {
+  if (t.data == nullptr) return;
+  cudaPointerAttributes attributes{};
+  const cudaError_t status = cudaPointerGetAttributes(&attributes, t.data);
+  if (status != cudaSuccess) cudaGetLastError();  // clear the sticky-free error
+  require(status == cudaSuccess &&
+              (attributes.type == cudaMemoryTypeDevice || attributes.type == cudaMemoryTypeManaged),
+          MOE_STATUS_INVALID_ARGUMENT,
+          std::string(name) + ".data is not CUDA device memory (allocate it with cudaMalloc)");
+}
+
+cuda::RouteParams route_params(const Layer& layer, int64_t tokens, bool train) {
+  const LayerConfig& c = layer.config;
+  cuda::RouteParams p;
+  p.tokens = tokens;
+  p.experts = c.num_experts;
+  p.top_k = c.top_k;
+  p.sigmoid_router = c.router == MOE_ROUTER_SIGMOID;
+  p.renormalize = c.renormalize;
+  p.temperature = c.temperature(layer.step);
+  p.noise_std = train ? c.noise_std(layer.step) : 0.0;
+  p.noise_type = c.noise_type;
+  p.seed = c.seed;
+  p.step = layer.step;
+  return p;
+}
+
+ExpertOperand rows_of(const void* base, int64_t ld, bool transpose = false) {
+  return {base, ld, transpose, 0, true};
+}
+
+ExpertOperand per_expert(const void* base, int64_t ld, int64_t stride, bool transpose = false) {
+  return {base, ld, transpose, stride, false};
+}
+
+}  // namespace
+
+std::string CudaBackend::unsupported_reason(const LayerConfig& c) const {
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+    cudaGetLastError();
+    return "this machine: no CUDA device found";
+  }
+  if (c.dtype != MOE_DTYPE_F32 && c.dtype != MOE_DTYPE_BF16)
+    return std::string("dtype ") + dtype_name(c.dtype) + " (cuda runs float32 and bfloat16)";
+  if (c.router != MOE_ROUTER_SOFTMAX && c.router != MOE_ROUTER_SIGMOID)
+    return std::string("router '") + router_name(c.router) +
+           "' yet (cuda routes softmax and sigmoid; use cpu_ref)";
+  if (!c.dropless() && c.drop_policy != MOE_DROP_POSITION)
+    return "drop_policy 'probability' yet (cuda drops by position)";
+  if (c.pad_to_capacity) return "pad_to_capacity yet";
+  return "";
+}
+
+std::unique_ptr<BackendState> CudaBackend::create_state(const LayerConfig& config) {
+  return std::make_unique<CudaLayerState>(config.num_experts);
+}
+
+std::unique_ptr<SavedState> CudaBackend::forward(Layer& layer, const moe_forward_args_t& args) {
+  const LayerConfig& c = layer.config;
+  auto& state = static_cast<CudaLayerState&>(*layer.backend_state);
+  const BoundWeights& w = layer.weights;
+  require_device_pointer(args.x, "args.x");
+  require_device_pointer(args.y, "args.y");
+  require_device_pointer(w.router, "weights.router");
+  require_device_pointer(w.w1, "weights.w1");
+  require_device_pointer(w.b1, "weights.b1");
+  require_device_pointer(w.w2, "weights.w2");
+  require_device_pointer(w.b2, "weights.b2");
+
+  auto stream = static_cast<cudaStream_t>(layer.stream);
+  check(cublasSetStream(state.cublas, stream), "cublasSetStream");
+  const moe_dtype_t dtype = c.dtype;
+  const size_t es = dtype_size(dtype);
+  const int64_t T = args.x.shape[0], d = c.d_model, E = c.num_experts, k = c.top_k;
+  const int64_t F = c.ff_width(), dff = c.d_ff;
+  const cuda::SummaryLayout L{E};
+
+  auto s = std::make_unique<CudaSavedState>();
+  s->layer_serial = layer.serial;
+  s->dtype = dtype;
+  s->stream = stream;
+  s->params = route_params(layer, T, args.train != 0);
+  const cuda::RouteParams& p = s->params;
+  const int64_t fixed_capacity = c.dropless() ? -1 : capacity_for(c.capacity_factor, T, k, E);
+
+  s->summary = DeviceBuffer(L.words() * sizeof(int64_t), stream);
+  s->loss_sums = DeviceBuffer((E + 4) * sizeof(double), stream);
+  check(cudaMemsetAsync(s->summary.get(), 0, s->summary.bytes(), stream), "cudaMemsetAsync");
+  s->logits = DeviceBuffer(T * E * sizeof(float), stream);
+  s->prob = DeviceBuffer(T * E * sizeof(float), stream);
+  s->sig = DeviceBuffer(p.sigmoid_router ? T * E * sizeof(float) : 0, stream);
+  s->lse = DeviceBuffer(T * sizeof(float), stream);
+  s->nonfinite = DeviceBuffer(T, stream);
+  s->experts = DeviceBuffer(T * k * sizeof(int32_t), stream);
+  s->gates = DeviceBuffer(T * k * sizeof(float), stream);
+  s->row = DeviceBuffer(T * k * sizeof(int64_t), stream);
+  s->dropped = DeviceBuffer(T * k, stream);
+  s->row_token = DeviceBuffer(T * k * sizeof(int64_t), stream);
+  s->row_expert = DeviceBuffer(T * k * sizeof(int32_t), stream);
+  s->x = DeviceBuffer(T * d * es, stream);
+
+  if (T > 0) {
+    cuda::gemm(state.cublas, dtype, MOE_DTYPE_F32, T, E, d, {args.x.data, d, false},
+               {w.router.data, E, false}, s->logits.get(), E, false);
+    check(cudaMemcpyAsync(state.selection_bias, layer.selection_bias.data(), E * sizeof(double),
+                          cudaMemcpyHostToDevice, stream),
+          "cudaMemcpyAsync");
+    check(cudaMemsetAsync(s->row.get(), 0xff, s->row.bytes(), stream), "cudaMemsetAsync");
+    check(cudaMemsetAsync(s->dropped.get(), 0, s->dropped.bytes(), stream), "cudaMemsetAsync");
+  }
+  cuda::route(p, s->logits.get<float>(), state.selection_bias, s->experts.get<int32_t>(),
+              s->gates.get<float>(), s->prob.get<float>(), s->sig.get<float>(), s->lse.get<float>(),
+              s->nonfinite.get<uint8_t>(), s->summary.get<int64_t>() + L.demand(), stream);
+  cuda::summarize(p, fixed_capacity, s->prob.get<float>(), s->lse.get<float>(),
+                  s->nonfinite.get<uint8_t>(), s->summary.get<int64_t>(),
+                  s->loss_sums.get<double>(), stream);
+  cuda::assign_rows(p, s->experts.get<int32_t>(), s->summary.get<int64_t>(), s->row.get<int64_t>(),
+                    s->dropped.get<uint8_t>(), s->row_token.get<int64_t>(),
+                    s->row_expert.get<int32_t>(), stream);
+
+  // The one read-back of the step: counts (grouped GEMM sizes, telemetry) and losses.
+  int64_t* host = state.readback;
+  check(cudaMemcpyAsync(host, s->summary.get(), L.words() * sizeof(int64_t), cudaMemcpyDeviceToHost,
+                        stream),
+        "cudaMemcpyAsync");
+  check(cudaMemcpyAsync(host + L.words(), s->loss_sums.get(), 2 * sizeof(double),
+                        cudaMemcpyDeviceToHost, stream),
+        "cudaMemcpyAsync");
+  check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+
+  Plan& plan = s->plan;
+  plan.tokens = T;
+  plan.slots = k;
+  plan.capacity = host[L.capacity()];
+  plan.demand.assign(host + L.demand(), host + L.demand() + E);
+  plan.served.assign(host + L.served(), host + L.served() + E);
+  plan.offset.assign(host + L.offsets(), host + L.offsets() + E + 1);
+  plan.rows = plan.offset[E];
+  double losses[2];
+  std::memcpy(losses, host + L.words(), sizeof losses);
+  Routing& routing = s->routing;
+  routing.tokens = T;
+  routing.slots = k;
+  routing.experts = E;
+  routing.temperature = p.temperature;
+  routing.nonfinite_rows = host[L.nonfinite_rows()];
+  routing.valid_tokens = T - routing.nonfinite_rows;
+  routing.aux_loss = losses[0];
+  routing.z_loss = losses[1];
+
+  const int64_t rows = plan.rows;
+  s->xp = DeviceBuffer(rows * d * es, stream);
+  s->h_pre = DeviceBuffer(rows * F * es, stream);
+  s->h = DeviceBuffer(rows * dff * es, stream);
+  s->yp = DeviceBuffer(rows * d * es, stream);
+  cuda::copy_finite_rows(dtype, T, d, args.x.data, s->nonfinite.get<uint8_t>(), s->x.get(), stream);
+  cuda::permute(dtype, rows, d, s->x.get(), s->row_token.get<int64_t>(), s->xp.get(), stream);
+  // (expert parallelism: exchange rows to the experts' owners here)
+  state.grouped.run(state.cublas, stream, dtype, plan.served, plan.offset,
+                    {kRows, F, d, rows_of(s->xp.get(), d), per_expert(w.w1.data, F, d * F),
+                     rows_of(s->h_pre.get(), F), false});
+  cuda::bias_activation(dtype, c.activation, rows, dff, s->h_pre.get(), w.b1.data,
+                        s->row_expert.get<int32_t>(), s->h.get(), stream);
+  state.grouped.run(state.cublas, stream, dtype, plan.served, plan.offset,
+                    {kRows, d, dff, rows_of(s->h.get(), dff), per_expert(w.w2.data, d, dff * d),
+                     rows_of(s->yp.get(), d), false});
+  if (w.b2.data)
+    cuda::add_row_bias(dtype, rows, d, s->yp.get(), w.b2.data, s->row_expert.get<int32_t>(),
+                       stream);
+  // (expert parallelism: exchange results back here)
+  cuda::combine(dtype, T, k, d, s->gates.get<float>(), s->row.get<int64_t>(), s->yp.get(),
+                args.y.data, stream);
+  return s;
+}
+
+void CudaBackend::backward(Layer& layer, const SavedState& saved, const moe_backward_args_t& args) {
+  const LayerConfig& c = layer.config;
+  const auto& s = static_cast<const CudaSavedState&>(saved);
+  auto& state = static_cast<CudaLayerState&>(*layer.backend_state);
+  const BoundWeights& w = layer.weights;
+  const moe_weights_t& g = args.grads;
+  require_device_pointer(args.dy, "args.dy");
+  require_device_pointer(args.dx, "args.dx");
+  require_device_pointer(g.router, "args.grads.router");
+  require_device_pointer(g.w1, "args.grads.w1");
+  require_device_pointer(g.b1, "args.grads.b1");
+  require_device_pointer(g.w2, "args.grads.w2");
+  require_device_pointer(g.b2, "args.grads.b2");
+
+  auto stream = static_cast<cudaStream_t>(layer.stream);
+  check(cublasSetStream(state.cublas, stream), "cublasSetStream");
+  const moe_dtype_t dtype = c.dtype;
+  const size_t es = dtype_size(dtype);
+  const Plan& plan = s.plan;
+  const int64_t T = plan.tokens, d = c.d_model, E = c.num_experts, k = c.top_k;
+  const int64_t F = c.ff_width(), dff = c.d_ff, rows = plan.rows;
+  const bool accumulate = (args.flags & MOE_BACKWARD_ACCUMULATE) != 0;
+
+  if (T == 0) {
+    if (!accumulate)
+      for (const moe_tensor_t* t : {&g.router, &g.w1, &g.b1, &g.w2, &g.b2}) {
+        if (!t->data) continue;
+        int64_t n = 1;
+        for (int i = 0; i < t->ndim; ++i) n *= t->shape[i];
+        check(cudaMemsetAsync(t->data, 0, n * es, stream), "cudaMemsetAsync");
+      }
+    return;
+  }
+
+  DeviceBuffer dyp(rows * d * es, stream), dgate(T * k * sizeof(float), stream);
+  cuda::combine_backward(dtype, T, k, d, s.gates.get<float>(), s.row.get<int64_t>(), s.yp.get(),
+                         args.dy.data, dyp.get(), dgate.get<float>(), stream);
+  DeviceBuffer dh(rows * dff * es, stream);
+  state.grouped.run(state.cublas, stream, dtype, plan.served, plan.offset,
+                    {kRows, dff, d, rows_of(dyp.get(), d), per_expert(w.w2.data, d, dff * d, true),
+                     rows_of(dh.get(), dff), false});
+  if (g.w2.data)
+    state.grouped.run(state.cublas, stream, dtype, plan.served, plan.offset,
+                      {dff, d, kRows, rows_of(s.h.get(), dff, true), rows_of(dyp.get(), d),
+                       per_expert(g.w2.data, d, dff * d), accumulate});
+  if (g.b2.data)
+    cuda::expert_column_sums(dtype, E, d, dyp.get(), s.summary.get<int64_t>(), g.b2.data,
+                             accumulate, stream);
+  DeviceBuffer dh_pre(rows * F * es, stream);
+  cuda::activation_backward(dtype, c.activation, rows, dff, s.h_pre.get(), dh.get(), dh_pre.get(),
+                            stream);
+  if (g.b1.data)
+    cuda::expert_column_sums(dtype, E, F, dh_pre.get(), s.summary.get<int64_t>(), g.b1.data,
+                             accumulate, stream);
+  if (g.w1.data)
+    state.grouped.run(state.cublas, stream, dtype, plan.served, plan.offset,
+                      {d, F, kRows, rows_of(s.xp.get(), d, true), rows_of(dh_pre.get(), F),
+                       per_expert(g.w1.data, F, d * F), accumulate});
+  if (args.dx.data) {
+    DeviceBuffer dxp(rows * d * es, stream);
+    state.grouped.run(state.cublas, stream, dtype, plan.served, plan.offset,
+                      {kRows, d, F, rows_of(dh_pre.get(), F), per_expert(w.w1.data, F, d * F, true),
+                       rows_of(dxp.get(), d), false});
+    cuda::gather_rows(dtype, T, k, d, s.row.get<int64_t>(), dxp.get(), args.dx.data, accumulate,
+                      stream);
+  }
+
+  // Router: logit gradients (gates, aux loss, z-loss), then through x Wr.
+  DeviceBuffer dz(T * E * sizeof(float), stream);
+  cuda::route_backward(s.params, c.load_balance_alpha, c.z_loss_coef, s.experts.get<int32_t>(),
+                       s.gates.get<float>(), dgate.get<float>(), s.prob.get<float>(),
+                       s.sig.get<float>(), s.logits.get<float>(), s.lse.get<float>(),
+                       s.nonfinite.get<uint8_t>(), s.summary.get<int64_t>(), dz.get<float>(),
+                       stream);
+  DeviceBuffer dz_typed;
+  const void* dz_data = dz.get();
+  if (dtype != MOE_DTYPE_F32) {
+    dz_typed = DeviceBuffer(T * E * es, stream);
+    cuda::convert_from_float(dtype, T * E, dz.get<float>(), dz_typed.get(), stream);
+    dz_data = dz_typed.get();
+  }
+  if (args.dx.data)
+    cuda::gemm(state.cublas, dtype, dtype, T, d, E, {dz_data, E, false}, {w.router.data, E, true},
+               args.dx.data, d, true);
+  if (g.router.data)
+    cuda::gemm(state.cublas, dtype, dtype, d, E, T, {s.x.get(), d, true}, {dz_data, E, false},
+               g.router.data, E, accumulate);
+}
+
+}  // namespace moe

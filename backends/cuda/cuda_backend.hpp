@@ -1,0 +1,24 @@
+// cuda: the whole layer on an NVIDIA GPU. Router logits and expert products through
+// cuBLAS (grouped GEMM, one call per matrix), routing, planning, permute, combine and
+// the elementwise work as CUDA kernels; float32 or bfloat16 with float32 accumulation.
+// Forward reads the per-expert counts back to the host once (they size the grouped
+// products and are the step's routing telemetry); backward does not synchronise.
+#pragma once
+
+#include "backends/backend.hpp"
+
+namespace moe {
+
+class CudaBackend final : public Backend, public DevicePipeline {
+ public:
+  const char* name() const override { return "cuda"; }
+  std::string unsupported_reason(const LayerConfig& config) const override;
+  moe_device_t device() const override { return MOE_DEVICE_CUDA; }
+  std::unique_ptr<BackendState> create_state(const LayerConfig& config) override;
+  DevicePipeline* device_pipeline() override { return this; }
+
+  std::unique_ptr<SavedState> forward(Layer& layer, const moe_forward_args_t& args) override;
+  void backward(Layer& layer, const SavedState& saved, const moe_backward_args_t& args) override;
+};
+
+}  // namespace moe

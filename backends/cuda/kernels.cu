@@ -1,0 +1,711 @@
+#include <cuda_bf16.h>
+
+#include <cub/block/block_reduce.cuh>
+#include <cub/block/block_scan.cuh>
+#include <type_traits>
+
+#include "backends/cuda/cuda_check.hpp"
+#include "backends/cuda/kernels.hpp"
+#include "core/activation.hpp"
+#include "core/random.hpp"
+
+namespace moe::cuda {
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+__device__ inline float to_float(float v) {
+  return v;
+}
+__device__ inline float to_float(bf16 v) {
+  return __bfloat162float(v);
+}
+template <typename S>
+__device__ inline S from_float(float v);
+template <>
+__device__ inline float from_float<float>(float v) {
+  return v;
+}
+template <>
+__device__ inline bf16 from_float<bf16>(float v) {
+  return __float2bfloat16(v);
+}
+
+// N consecutive elements moved as one 16-byte access when N * sizeof(S) == 16.
+template <typename S, int N>
+struct Pack {
+  S v[N];
+  __device__ void load(const S* p) {
+    if constexpr (N * sizeof(S) == 16) {
+      *reinterpret_cast<uint4*>(v) = *reinterpret_cast<const uint4*>(p);
+    } else {
+#pragma unroll
+      for (int i = 0; i < N; ++i) v[i] = p[i];
+    }
+  }
+  __device__ void store(S* p) const {
+    if constexpr (N * sizeof(S) == 16) {
+      *reinterpret_cast<uint4*>(p) = *reinterpret_cast<const uint4*>(v);
+    } else {
+#pragma unroll
+      for (int i = 0; i < N; ++i) p[i] = v[i];
+    }
+  }
+};
+
+template <typename S>
+constexpr int kVec = 16 / sizeof(S);
+
+// Vector width usable for rows of `width` elements (rows stay 16-byte aligned).
+template <typename S>
+bool vectorizable(int64_t width) {
+  return width % kVec<S> == 0;
+}
+
+constexpr int kThreads = 256;
+
+inline unsigned blocks_for(int64_t n, int threads = kThreads) {
+  return static_cast<unsigned>((n + threads - 1) / threads);
+}
+
+// ---------------------------------------------------------------- routing
+
+__global__ void route_kernel(RouteParams p, const float* logits, const double* bias,
+                             int32_t* experts, float* gates, float* prob, float* sig, float* lse,
+                             uint8_t* nonfinite, unsigned long long* demand) {
+  const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (t >= p.tokens) return;
+  const int64_t E = p.experts, k = p.top_k;
+  const float* z = logits + t * E;
+  int32_t* chosen = experts + t * k;
+  bool finite = true;
+  for (int64_t e = 0; e < E; ++e) finite = finite && isfinite(z[e]);
+  if (!finite) {
+    nonfinite[t] = 1;
+    lse[t] = 0.f;
+    for (int64_t j = 0; j < k; ++j) {
+      chosen[j] = -1;
+      gates[t * k + j] = 0.f;
+    }
+    for (int64_t e = 0; e < E; ++e) prob[t * E + e] = 0.f;
+    return;
+  }
+  nonfinite[t] = 0;
+  double m = z[0];
+  for (int64_t e = 1; e < E; ++e) m = fmax(m, static_cast<double>(z[e]));
+  double sum = 0.0;
+  for (int64_t e = 0; e < E; ++e) sum += exp(z[e] - m);
+  lse[t] = static_cast<float>(m + log(sum));
+
+  // Probabilities P and the gate base a_e (P for softmax, sigmoid(u) for sigmoid).
+  const double tau = p.temperature;
+  double total = 0.0, um = -INFINITY;
+  if (p.sigmoid_router) {
+    for (int64_t e = 0; e < E; ++e) total += sigmoid(z[e] / tau);
+  } else {
+    for (int64_t e = 0; e < E; ++e) um = fmax(um, z[e] / tau);
+    for (int64_t e = 0; e < E; ++e) total += exp(z[e] / tau - um);
+  }
+  for (int64_t e = 0; e < E; ++e) {
+    const double u = z[e] / tau;
+    if (p.sigmoid_router) {
+      const double s = sigmoid(u);
+      sig[t * E + e] = static_cast<float>(s);
+      prob[t * E + e] = static_cast<float>(s / total);
+    } else {
+      prob[t * E + e] = static_cast<float>(exp(u - um) / total);
+    }
+  }
+
+  // Top-k by selection key; equal keys go to the lower expert id (as cpu_ref).
+  double base_sum = 0.0;
+  for (int64_t j = 0; j < k; ++j) {
+    int64_t best = -1;
+    double best_key = 0.0;
+    for (int64_t e = 0; e < E; ++e) {
+      bool taken = false;
+      for (int64_t i = 0; i < j; ++i) taken = taken || chosen[i] == e;
+      if (taken) continue;
+      double noisy = z[e] / tau;
+      if (p.noise_std > 0.0) {
+        noisy += p.noise_std * (p.noise_type == MOE_NOISE_GUMBEL
+                                    ? standard_gumbel(p.seed, p.step, t, e)
+                                    : standard_normal(p.seed, p.step, t, e));
+      }
+      const double key = (p.sigmoid_router ? sigmoid(noisy) : noisy) + bias[e];
+      if (best < 0 || key > best_key) {
+        best = e;
+        best_key = key;
+      }
+    }
+    chosen[j] = static_cast<int32_t>(best);
+    atomicAdd(&demand[best], 1ULL);
+    const double a = p.sigmoid_router ? sigmoid(z[best] / tau) : exp(z[best] / tau - um) / total;
+    gates[t * k + j] = static_cast<float>(a);
+    base_sum += a;
+  }
+  if (p.renormalize)
+    for (int64_t j = 0; j < k; ++j)
+      gates[t * k + j] = static_cast<float>(static_cast<double>(gates[t * k + j]) / base_sum);
+}
+
+// Block e < E: sum of P[:, e] over finite rows; block E: sum of lse^2 and the count
+// of finite rows. Fixed thread mapping and tree reduction: deterministic.
+__global__ void routing_sums_kernel(int64_t T, int64_t E, const float* prob, const float* lse,
+                                    const uint8_t* nonfinite, double* scratch) {
+  using Reduce = cub::BlockReduce<double, kThreads>;
+  __shared__ typename Reduce::TempStorage storage;
+  const int64_t e = blockIdx.x;
+  double a = 0.0, b = 0.0;
+  for (int64_t t = threadIdx.x; t < T; t += kThreads) {
+    if (nonfinite[t]) continue;
+    if (e < E) {
+      a += prob[t * E + e];
+    } else {
+      a += static_cast<double>(lse[t]) * lse[t];
+      b += 1.0;
+    }
+  }
+  const double sa = Reduce(storage).Sum(a);
+  __syncthreads();
+  const double sb = Reduce(storage).Sum(b);
+  if (threadIdx.x == 0) {
+    if (e < E) {
+      scratch[e] = sa;
+    } else {
+      scratch[E] = sa;
+      scratch[E + 1] = sb;
+    }
+  }
+}
+
+__global__ void finalize_kernel(int64_t E, int64_t T, int64_t fixed_capacity, int64_t* summary,
+                                double* losses) {
+  const SummaryLayout L{E};
+  const double* scratch = losses + 2;
+  int64_t total = 0, max_demand = 0;
+  for (int64_t e = 0; e < E; ++e) {
+    total += summary[L.demand() + e];
+    max_demand = max(max_demand, summary[L.demand() + e]);
+  }
+  const int64_t C = fixed_capacity >= 0 ? fixed_capacity : max_demand;
+  int64_t offset = 0, dropped = 0;
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t d = summary[L.demand() + e];
+    const int64_t s = min(d, C);
+    summary[L.served() + e] = s;
+    summary[L.offsets() + e] = offset;
+    offset += s;
+    dropped += d - s;
+  }
+  summary[L.offsets() + E] = offset;
+  summary[L.capacity()] = C;
+  summary[L.dropped_total()] = dropped;
+  const double valid = scratch[E + 1];
+  summary[L.nonfinite_rows()] = T - static_cast<int64_t>(valid);
+  double aux = 0.0;
+  if (valid > 0 && total > 0)
+    for (int64_t e = 0; e < E; ++e)
+      aux += static_cast<double>(summary[L.demand() + e]) / static_cast<double>(total) *
+             (scratch[e] / valid);
+  losses[0] = static_cast<double>(E) * aux;
+  losses[1] = valid > 0 ? scratch[E] / valid : 0.0;
+}
+
+constexpr int kScanThreads = 512;
+
+// One block per expert scans all copies in token order: the rank of each copy within
+// its expert gives its buffer row (position drop policy).
+__global__ void assign_rows_kernel(int64_t copies, int64_t slots, const int32_t* experts,
+                                   const int64_t* summary, SummaryLayout L, int64_t* row,
+                                   uint8_t* dropped, int64_t* row_token, int32_t* row_expert) {
+  using Scan = cub::BlockScan<int64_t, kScanThreads>;
+  __shared__ typename Scan::TempStorage storage;
+  const int32_t e = blockIdx.x;
+  const int64_t C = summary[L.capacity()];
+  const int64_t first_row = summary[L.offsets() + e];
+  int64_t running = 0;
+  for (int64_t base = 0; base < copies; base += kScanThreads) {
+    const int64_t c = base + threadIdx.x;
+    const int64_t flag = c < copies && experts[c] == e ? 1 : 0;
+    int64_t prefix, block_total;
+    Scan(storage).ExclusiveSum(flag, prefix, block_total);
+    __syncthreads();
+    if (flag) {
+      const int64_t rank = running + prefix;
+      if (rank < C) {
+        const int64_t r = first_row + rank;
+        row[c] = r;
+        row_token[r] = c / slots;
+        row_expert[r] = e;
+      } else {
+        dropped[c] = 1;
+      }
+    }
+    running += block_total;
+  }
+}
+
+// ---------------------------------------------------------------- data movement
+
+template <typename S, int N>
+__global__ void copy_rows_kernel(int64_t rows, int64_t width, const S* src,
+                                 const int64_t* source_row, const uint8_t* zero_row, S* dst) {
+  const int64_t r = blockIdx.x;
+  const int64_t from = source_row ? source_row[r] : r;
+  const bool zero = zero_row && zero_row[r];
+  for (int64_t i = threadIdx.x * N; i < width; i += blockDim.x * N) {
+    Pack<S, N> pack;
+    if (zero) {
+#pragma unroll
+      for (int j = 0; j < N; ++j) pack.v[j] = from_float<S>(0.f);
+    } else {
+      pack.load(src + from * width + i);
+    }
+    pack.store(dst + r * width + i);
+  }
+}
+
+template <typename S, int N>
+__global__ void combine_kernel(int64_t slots, int64_t width, const float* gates, const int64_t* row,
+                               const S* yp, S* y) {
+  const int64_t t = blockIdx.x;
+  for (int64_t i = threadIdx.x * N; i < width; i += blockDim.x * N) {
+    float acc[N] = {};
+    for (int64_t j = 0; j < slots; ++j) {
+      const int64_t r = row[t * slots + j];
+      if (r < 0) continue;
+      const float g = gates[t * slots + j];
+      Pack<S, N> pack;
+      pack.load(yp + r * width + i);
+#pragma unroll
+      for (int q = 0; q < N; ++q) acc[q] += g * to_float(pack.v[q]);
+    }
+    Pack<S, N> out;
+#pragma unroll
+    for (int q = 0; q < N; ++q) out.v[q] = from_float<S>(acc[q]);
+    out.store(y + t * width + i);
+  }
+}
+
+template <typename S, int N>
+__global__ void combine_backward_kernel(int64_t slots, int64_t width, const float* gates,
+                                        const int64_t* row, const S* yp, const S* dy, S* dyp,
+                                        float* dgate) {
+  using Reduce = cub::BlockReduce<float, kThreads>;
+  __shared__ typename Reduce::TempStorage storage;
+  const int64_t c = blockIdx.x, t = c / slots;
+  const int64_t r = row[c];
+  if (r < 0) {
+    if (threadIdx.x == 0) dgate[c] = 0.f;
+    return;
+  }
+  const float g = gates[c];
+  float dot = 0.f;
+  for (int64_t i = threadIdx.x * N; i < width; i += blockDim.x * N) {
+    Pack<S, N> d, y, out;
+    d.load(dy + t * width + i);
+    y.load(yp + r * width + i);
+#pragma unroll
+    for (int q = 0; q < N; ++q) {
+      const float dv = to_float(d.v[q]);
+      dot += dv * to_float(y.v[q]);
+      out.v[q] = from_float<S>(g * dv);
+    }
+    out.store(dyp + r * width + i);
+  }
+  const float total = Reduce(storage).Sum(dot);
+  if (threadIdx.x == 0) dgate[c] = total;
+}
+
+template <typename S, int N>
+__global__ void gather_rows_kernel(int64_t slots, int64_t width, const int64_t* row, const S* dxp,
+                                   S* dx, bool accumulate) {
+  const int64_t t = blockIdx.x;
+  for (int64_t i = threadIdx.x * N; i < width; i += blockDim.x * N) {
+    float acc[N] = {};
+    if (accumulate) {
+      Pack<S, N> prior;
+      prior.load(dx + t * width + i);
+#pragma unroll
+      for (int q = 0; q < N; ++q) acc[q] = to_float(prior.v[q]);
+    }
+    for (int64_t j = 0; j < slots; ++j) {
+      const int64_t r = row[t * slots + j];
+      if (r < 0) continue;
+      Pack<S, N> pack;
+      pack.load(dxp + r * width + i);
+#pragma unroll
+      for (int q = 0; q < N; ++q) acc[q] += to_float(pack.v[q]);
+    }
+    Pack<S, N> out;
+#pragma unroll
+    for (int q = 0; q < N; ++q) out.v[q] = from_float<S>(acc[q]);
+    out.store(dx + t * width + i);
+  }
+}
+
+// ---------------------------------------------------------------- expert elementwise
+
+template <typename S, int N>
+__global__ void bias_activation_kernel(moe_activation_t act, bool gated, int64_t d_ff, S* h_pre,
+                                       const S* b1, const int32_t* row_expert, S* h) {
+  const int64_t r = blockIdx.x;
+  const int64_t F = gated ? 2 * d_ff : d_ff;
+  const int32_t e = row_expert[r];
+  for (int64_t j = threadIdx.x * N; j < d_ff; j += blockDim.x * N) {
+    Pack<S, N> gate, up, out;
+    gate.load(h_pre + r * F + j);
+    if (gated) up.load(h_pre + r * F + d_ff + j);
+    if (b1) {
+      Pack<S, N> bg, bu;
+      bg.load(b1 + e * F + j);
+      if (gated) bu.load(b1 + e * F + d_ff + j);
+#pragma unroll
+      for (int q = 0; q < N; ++q) {
+        gate.v[q] = from_float<S>(to_float(gate.v[q]) + to_float(bg.v[q]));
+        if (gated) up.v[q] = from_float<S>(to_float(up.v[q]) + to_float(bu.v[q]));
+      }
+      gate.store(h_pre + r * F + j);
+      if (gated) up.store(h_pre + r * F + d_ff + j);
+    }
+#pragma unroll
+    for (int q = 0; q < N; ++q) {
+      const float a = static_cast<float>(activate(act, to_float(gate.v[q])));
+      out.v[q] = from_float<S>(gated ? a * to_float(up.v[q]) : a);
+    }
+    out.store(h + r * d_ff + j);
+  }
+}
+
+template <typename S, int N>
+__global__ void add_row_bias_kernel(int64_t width, S* y, const S* b, const int32_t* row_expert) {
+  const int64_t r = blockIdx.x;
+  const int32_t e = row_expert[r];
+  for (int64_t i = threadIdx.x * N; i < width; i += blockDim.x * N) {
+    Pack<S, N> v, bias;
+    v.load(y + r * width + i);
+    bias.load(b + e * width + i);
+#pragma unroll
+    for (int q = 0; q < N; ++q) v.v[q] = from_float<S>(to_float(v.v[q]) + to_float(bias.v[q]));
+    v.store(y + r * width + i);
+  }
+}
+
+template <typename S, int N>
+__global__ void activation_backward_kernel(moe_activation_t act, bool gated, int64_t d_ff,
+                                           const S* h_pre, const S* dh, S* dh_pre) {
+  const int64_t r = blockIdx.x;
+  const int64_t F = gated ? 2 * d_ff : d_ff;
+  for (int64_t j = threadIdx.x * N; j < d_ff; j += blockDim.x * N) {
+    Pack<S, N> gate, up, grad, dgate, dup;
+    gate.load(h_pre + r * F + j);
+    grad.load(dh + r * d_ff + j);
+    if (gated) up.load(h_pre + r * F + d_ff + j);
+#pragma unroll
+    for (int q = 0; q < N; ++q) {
+      const double g = to_float(gate.v[q]);
+      const float dv = to_float(grad.v[q]);
+      if (gated) {
+        const float u = to_float(up.v[q]);
+        dgate.v[q] = from_float<S>(dv * u * static_cast<float>(activate_derivative(act, g)));
+        dup.v[q] = from_float<S>(dv * static_cast<float>(activate(act, g)));
+      } else {
+        dgate.v[q] = from_float<S>(dv * static_cast<float>(activate_derivative(act, g)));
+      }
+    }
+    dgate.store(dh_pre + r * F + j);
+    if (gated) dup.store(dh_pre + r * F + d_ff + j);
+  }
+}
+
+template <typename S>
+__global__ void expert_column_sums_kernel(int64_t width, const S* m, const int64_t* summary,
+                                          SummaryLayout L, S* out, bool accumulate) {
+  const int64_t e = blockIdx.y;
+  const int64_t col = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (col >= width) return;
+  const int64_t begin = summary[L.offsets() + e], end = summary[L.offsets() + e + 1];
+  float acc = accumulate ? to_float(out[e * width + col]) : 0.f;
+  for (int64_t r = begin; r < end; ++r) acc += to_float(m[r * width + col]);
+  out[e * width + col] = from_float<S>(acc);
+}
+
+__global__ void route_backward_kernel(RouteParams p, double alpha, double z_coef,
+                                      const int32_t* experts, const float* gates,
+                                      const float* dgate, const float* prob, const float* sig,
+                                      const float* logits, const float* lse,
+                                      const uint8_t* nonfinite, const int64_t* summary, float* dz) {
+  const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (t >= p.tokens) return;
+  const int64_t E = p.experts, k = p.top_k;
+  const SummaryLayout L{E};
+  float* out = dz + t * E;
+  const double valid = static_cast<double>(p.tokens - summary[L.nonfinite_rows()]);
+  if (nonfinite[t] || valid <= 0) {
+    for (int64_t e = 0; e < E; ++e) out[e] = 0.f;
+    return;
+  }
+  int64_t total = 0;
+  for (int64_t e = 0; e < E; ++e) total += summary[L.demand() + e];
+  const double tau = p.temperature;
+  const int32_t* chosen = experts + t * k;
+  const float* g = gates + t * k;
+  const float* dg = dgate + t * k;
+  const float* P = prob + t * E;
+
+  // d(loss)/d(gate base) for the chosen experts (renormalisation couples them).
+  double renorm_total = 0.0, dg_dot_g = 0.0;
+  if (p.renormalize) {
+    for (int64_t j = 0; j < k; ++j) {
+      renorm_total += p.sigmoid_router ? sig[t * E + chosen[j]] : P[chosen[j]];
+      dg_dot_g += static_cast<double>(dg[j]) * g[j];
+    }
+  }
+  auto d_base = [&](int64_t e) {
+    double acc = 0.0;
+    for (int64_t j = 0; j < k; ++j)
+      if (chosen[j] == e) acc += p.renormalize ? (dg[j] - dg_dot_g) / renorm_total : dg[j];
+    return acc;
+  };
+  auto d_prob_aux = [&](int64_t e) {
+    return alpha * static_cast<double>(E) * static_cast<double>(summary[L.demand() + e]) /
+           static_cast<double>(total) / valid;
+  };
+  if (p.sigmoid_router) {
+    const float* s = sig + t * E;
+    double s_total = 0.0, dot = 0.0;
+    for (int64_t e = 0; e < E; ++e) {
+      s_total += s[e];
+      dot += d_prob_aux(e) * P[e];
+    }
+    for (int64_t e = 0; e < E; ++e) {
+      const double ds = d_base(e) + (d_prob_aux(e) - dot) / s_total;
+      out[e] = static_cast<float>(ds * s[e] * (1.0 - s[e]) / tau);
+    }
+  } else {
+    double dot = 0.0;
+    for (int64_t e = 0; e < E; ++e) dot += (d_prob_aux(e) + d_base(e)) * P[e];
+    for (int64_t e = 0; e < E; ++e)
+      out[e] = static_cast<float>(P[e] * (d_prob_aux(e) + d_base(e) - dot) / tau);
+  }
+  if (z_coef > 0.0) {
+    const double scale = z_coef * 2.0 * lse[t] / valid;
+    for (int64_t e = 0; e < E; ++e)
+      out[e] += static_cast<float>(scale * exp(static_cast<double>(logits[t * E + e]) - lse[t]));
+  }
+}
+
+template <typename S>
+__global__ void convert_kernel(int64_t n, const float* src, S* dst) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i < n) dst[i] = from_float<S>(src[i]);
+}
+
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
+template <int N>
+using Width = std::integral_constant<int, N>;
+
+// Calls f(TypeTag<S>, Width<N>) for the dtype, with the widest vector that divides
+// `width`.
+template <typename F>
+void dispatch(moe_dtype_t dtype, int64_t width, F&& f) {
+  if (dtype == MOE_DTYPE_BF16) {
+    if (vectorizable<bf16>(width)) {
+      f(TypeTag<bf16>{}, Width<kVec<bf16>>{});
+    } else {
+      f(TypeTag<bf16>{}, Width<1>{});
+    }
+  } else {
+    if (vectorizable<float>(width)) {
+      f(TypeTag<float>{}, Width<kVec<float>>{});
+    } else {
+      f(TypeTag<float>{}, Width<1>{});
+    }
+  }
+}
+
+}  // namespace
+
+void route(const RouteParams& p, const float* logits, const double* selection_bias,
+           int32_t* experts, float* gates, float* prob, float* sig, float* lse, uint8_t* nonfinite,
+           int64_t* demand, cudaStream_t stream) {
+  if (p.tokens == 0) return;
+  route_kernel<<<blocks_for(p.tokens, 128), 128, 0, stream>>>(
+      p, logits, selection_bias, experts, gates, prob, sig, lse, nonfinite,
+      reinterpret_cast<unsigned long long*>(demand));
+  check_launch("route");
+}
+
+void summarize(const RouteParams& p, int64_t fixed_capacity, const float* prob, const float* lse,
+               const uint8_t* nonfinite, int64_t* summary, double* losses, cudaStream_t stream) {
+  routing_sums_kernel<<<static_cast<unsigned>(p.experts + 1), kThreads, 0, stream>>>(
+      p.tokens, p.experts, prob, lse, nonfinite, losses + 2);
+  check_launch("routing_sums");
+  finalize_kernel<<<1, 1, 0, stream>>>(p.experts, p.tokens, fixed_capacity, summary, losses);
+  check_launch("finalize");
+}
+
+void assign_rows(const RouteParams& p, const int32_t* experts, const int64_t* summary, int64_t* row,
+                 uint8_t* dropped, int64_t* row_token, int32_t* row_expert, cudaStream_t stream) {
+  if (p.tokens == 0) return;
+  assign_rows_kernel<<<static_cast<unsigned>(p.experts), kScanThreads, 0, stream>>>(
+      p.tokens * p.top_k, p.top_k, experts, summary, SummaryLayout{p.experts}, row, dropped,
+      row_token, row_expert);
+  check_launch("assign_rows");
+}
+
+void copy_finite_rows(moe_dtype_t dtype, int64_t tokens, int64_t width, const void* src,
+                      const uint8_t* nonfinite, void* dst, cudaStream_t stream) {
+  if (tokens == 0) return;
+  dispatch(dtype, width, [&](auto s_tag, auto n_tag) {
+    using S = typename decltype(s_tag)::type;
+    constexpr int N = decltype(n_tag)::value;
+    (void)N;
+    copy_rows_kernel<S, N><<<static_cast<unsigned>(tokens), kThreads, 0, stream>>>(
+        tokens, width, static_cast<const S*>(src), nullptr, nonfinite, static_cast<S*>(dst));
+  });
+  check_launch("copy_finite_rows");
+}
+
+void permute(moe_dtype_t dtype, int64_t rows, int64_t width, const void* x,
+             const int64_t* row_token, void* xp, cudaStream_t stream) {
+  if (rows == 0) return;
+  dispatch(dtype, width, [&](auto s_tag, auto n_tag) {
+    using S = typename decltype(s_tag)::type;
+    constexpr int N = decltype(n_tag)::value;
+    (void)N;
+    copy_rows_kernel<S, N><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(
+        rows, width, static_cast<const S*>(x), row_token, nullptr, static_cast<S*>(xp));
+  });
+  check_launch("permute");
+}
+
+void bias_activation(moe_dtype_t dtype, moe_activation_t act, int64_t rows, int64_t d_ff,
+                     void* h_pre, const void* b1, const int32_t* row_expert, void* h,
+                     cudaStream_t stream) {
+  if (rows == 0) return;
+  const bool gated = act == MOE_ACTIVATION_SWIGLU || act == MOE_ACTIVATION_GEGLU;
+  dispatch(dtype, d_ff, [&](auto s_tag, auto n_tag) {
+    using S = typename decltype(s_tag)::type;
+    constexpr int N = decltype(n_tag)::value;
+    (void)N;
+    bias_activation_kernel<S, N><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(
+        act, gated, d_ff, static_cast<S*>(h_pre), static_cast<const S*>(b1), row_expert,
+        static_cast<S*>(h));
+  });
+  check_launch("bias_activation");
+}
+
+void add_row_bias(moe_dtype_t dtype, int64_t rows, int64_t width, void* y, const void* b,
+                  const int32_t* row_expert, cudaStream_t stream) {
+  if (rows == 0) return;
+  dispatch(dtype, width, [&](auto s_tag, auto n_tag) {
+    using S = typename decltype(s_tag)::type;
+    constexpr int N = decltype(n_tag)::value;
+    (void)N;
+    add_row_bias_kernel<S, N><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(
+        width, static_cast<S*>(y), static_cast<const S*>(b), row_expert);
+  });
+  check_launch("add_row_bias");
+}
+
+void combine(moe_dtype_t dtype, int64_t tokens, int64_t slots, int64_t width, const float* gates,
+             const int64_t* row, const void* yp, void* y, cudaStream_t stream) {
+  if (tokens == 0) return;
+  dispatch(dtype, width, [&](auto s_tag, auto n_tag) {
+    using S = typename decltype(s_tag)::type;
+    constexpr int N = decltype(n_tag)::value;
+    (void)N;
+    combine_kernel<S, N><<<static_cast<unsigned>(tokens), kThreads, 0, stream>>>(
+        slots, width, gates, row, static_cast<const S*>(yp), static_cast<S*>(y));
+  });
+  check_launch("combine");
+}
+
+void combine_backward(moe_dtype_t dtype, int64_t tokens, int64_t slots, int64_t width,
+                      const float* gates, const int64_t* row, const void* yp, const void* dy,
+                      void* dyp, float* dgate, cudaStream_t stream) {
+  if (tokens == 0) return;
+  dispatch(dtype, width, [&](auto s_tag, auto n_tag) {
+    using S = typename decltype(s_tag)::type;
+    constexpr int N = decltype(n_tag)::value;
+    (void)N;
+    combine_backward_kernel<S, N><<<static_cast<unsigned>(tokens * slots), kThreads, 0, stream>>>(
+        slots, width, gates, row, static_cast<const S*>(yp), static_cast<const S*>(dy),
+        static_cast<S*>(dyp), dgate);
+  });
+  check_launch("combine_backward");
+}
+
+void activation_backward(moe_dtype_t dtype, moe_activation_t act, int64_t rows, int64_t d_ff,
+                         const void* h_pre, const void* dh, void* dh_pre, cudaStream_t stream) {
+  if (rows == 0) return;
+  const bool gated = act == MOE_ACTIVATION_SWIGLU || act == MOE_ACTIVATION_GEGLU;
+  dispatch(dtype, d_ff, [&](auto s_tag, auto n_tag) {
+    using S = typename decltype(s_tag)::type;
+    constexpr int N = decltype(n_tag)::value;
+    (void)N;
+    activation_backward_kernel<S, N><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(
+        act, gated, d_ff, static_cast<const S*>(h_pre), static_cast<const S*>(dh),
+        static_cast<S*>(dh_pre));
+  });
+  check_launch("activation_backward");
+}
+
+void expert_column_sums(moe_dtype_t dtype, int64_t experts, int64_t width, const void* m,
+                        const int64_t* summary, void* out, bool accumulate, cudaStream_t stream) {
+  const dim3 grid(blocks_for(width), static_cast<unsigned>(experts));
+  dispatch(dtype, 1, [&](auto s_tag, auto n_tag) {
+    using S = typename decltype(s_tag)::type;
+    constexpr int N = decltype(n_tag)::value;
+    (void)N;
+    expert_column_sums_kernel<S><<<grid, kThreads, 0, stream>>>(width, static_cast<const S*>(m),
+                                                                summary, SummaryLayout{experts},
+                                                                static_cast<S*>(out), accumulate);
+  });
+  check_launch("expert_column_sums");
+}
+
+void gather_rows(moe_dtype_t dtype, int64_t tokens, int64_t slots, int64_t width,
+                 const int64_t* row, const void* dxp, void* dx, bool accumulate,
+                 cudaStream_t stream) {
+  if (tokens == 0) return;
+  dispatch(dtype, width, [&](auto s_tag, auto n_tag) {
+    using S = typename decltype(s_tag)::type;
+    constexpr int N = decltype(n_tag)::value;
+    (void)N;
+    gather_rows_kernel<S, N><<<static_cast<unsigned>(tokens), kThreads, 0, stream>>>(
+        slots, width, row, static_cast<const S*>(dxp), static_cast<S*>(dx), accumulate);
+  });
+  check_launch("gather_rows");
+}
+
+void route_backward(const RouteParams& p, double load_balance_alpha, double z_loss_coef,
+                    const int32_t* experts, const float* gates, const float* dgate,
+                    const float* prob, const float* sig, const float* logits, const float* lse,
+                    const uint8_t* nonfinite, const int64_t* summary, float* dz,
+                    cudaStream_t stream) {
+  if (p.tokens == 0) return;
+  route_backward_kernel<<<blocks_for(p.tokens, 128), 128, 0, stream>>>(
+      p, load_balance_alpha, z_loss_coef, experts, gates, dgate, prob, sig, logits, lse, nonfinite,
+      summary, dz);
+  check_launch("route_backward");
+}
+
+void convert_from_float(moe_dtype_t dtype, int64_t n, const float* src, void* dst,
+                        cudaStream_t stream) {
+  if (n == 0) return;
+  dispatch(dtype, 1, [&](auto s_tag, auto n_tag) {
+    using S = typename decltype(s_tag)::type;
+    constexpr int N = decltype(n_tag)::value;
+    (void)N;
+    convert_kernel<S><<<blocks_for(n), kThreads, 0, stream>>>(n, src, static_cast<S*>(dst));
+  });
+  check_launch("convert_from_float");
+}
+
+}  // namespace moe::cuda

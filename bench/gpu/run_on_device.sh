@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Everything that needs a GPU, in one go (for a lent H100/H200 machine): builds the
+# cuda backend, runs the CUDA tests, compute-sanitizer memcheck over them, the layer
+# benchmark and the PyTorch eager baseline at the issue's shape. Logs go to $OUT.
+# GoogleTest comes from .deps/googletest when the machine has no libgtest-dev
+# (scripts/fetch_gtest_source.sh copies Debian's sources there).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-/tmp/moe-gpu-out}
+mkdir -p "$OUT"
+step() { echo "== $*" | tee -a "$OUT/summary.txt"; }
+
+step "device"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee -a "$OUT/summary.txt"
+nvcc --version | tail -2 | tee -a "$OUT/summary.txt"
+
+step "build (sm_90)"
+gtest_args=()
+[ -d .deps/googletest ] && gtest_args=(-DMOE_GTEST_SOURCE_DIR="$PWD/.deps/googletest")
+cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOE_WITH_CUDA=ON \
+  -DMOE_CUDA_ARCHITECTURES=90 "${gtest_args[@]}" >"$OUT/configure.log" 2>&1 || { tail -30 "$OUT/configure.log"; exit 1; }
+cmake --build build-gpu -j"$(nproc)" >"$OUT/build.log" 2>&1 || { grep -E "error" "$OUT/build.log" | head -30; exit 1; }
+
+step "CUDA tests"
+(cd build-gpu && ctest -R 'Cuda' -j4 --output-on-failure) >"$OUT/cuda_tests.log" 2>&1
+tests_rc=$?
+grep -E "tests passed|tests failed|Failed|Failure|Expected|Which is|error" "$OUT/cuda_tests.log" | head -60 | tee -a "$OUT/summary.txt"
+
+step "compute-sanitizer memcheck"
+compute-sanitizer --tool memcheck --error-exitcode 1 build-gpu/tests/test_cuda_backend \
+  --gtest_filter='CudaBackend.*:CudaShapes.*:All/CudaParity.MatchesCpuRef/softmax_swiglu*:All/CudaParity.MatchesCpuRef/sigmoid_gelu_capacity*' \
+  >"$OUT/memcheck.log" 2>&1
+echo "memcheck exit $?" | tee -a "$OUT/summary.txt"
+grep -E "ERROR SUMMARY|PASSED|FAILED" "$OUT/memcheck.log" | tail -5 | tee -a "$OUT/summary.txt"
+
+step "layer benchmark: grouped GEMM"
+build-gpu/bench/moe-cuda-bench --json "$OUT/bench_grouped.json" 2>&1 | tee -a "$OUT/summary.txt"
+step "layer benchmark: one cublasGemmEx per expert (MOE_CUDA_GEMM=loop)"
+MOE_CUDA_GEMM=loop build-gpu/bench/moe-cuda-bench --json "$OUT/bench_loop.json" 2>&1 | tee -a "$OUT/summary.txt"
+
+step "PyTorch eager MoE, same shape and GPU"
+python3 bench/torch_moe_eager.py --device cuda --dtype bfloat16 2>&1 | tee "$OUT/torch_eager.json" | tee -a "$OUT/summary.txt"
+exit $tests_rc
