@@ -41,6 +41,7 @@ class CudaLayerState final : public BackendState {
   }
   cublasHandle_t cublas = nullptr;
   cuda::GroupedGemm grouped;
+  cuda::GemmMode grouped_mode = cuda::gemm_mode_from_environment();
   double* selection_bias = nullptr;  // device copy, uploaded before each forward
   int64_t* readback = nullptr;       // pinned: the summary words, then two doubles
 };
@@ -49,6 +50,7 @@ class CudaLayerState final : public BackendState {
 struct CudaSavedState final : SavedState {
   cudaStream_t stream = nullptr;
   cuda::RouteParams params;
+  cuda::ExpertLayout layout;
   DeviceBuffer x, logits, prob, sig, lse, nonfinite, experts, gates, row, dropped, row_token,
       row_expert, summary, loss_sums, xp, h_pre, h, yp;
 
@@ -170,8 +172,6 @@ std::unique_ptr<SavedState> CudaBackend::forward(Layer& layer, const moe_forward
   s->gates = DeviceBuffer(T * k * sizeof(float), stream);
   s->row = DeviceBuffer(T * k * sizeof(int64_t), stream);
   s->dropped = DeviceBuffer(T * k, stream);
-  s->row_token = DeviceBuffer(T * k * sizeof(int64_t), stream);
-  s->row_expert = DeviceBuffer(T * k * sizeof(int32_t), stream);
   s->x = DeviceBuffer(T * d * es, stream);
 
   if (T > 0) {
@@ -189,10 +189,6 @@ std::unique_ptr<SavedState> CudaBackend::forward(Layer& layer, const moe_forward
   cuda::summarize(p, fixed_capacity, s->prob.get<float>(), s->lse.get<float>(),
                   s->nonfinite.get<uint8_t>(), s->summary.get<int64_t>(),
                   s->loss_sums.get<double>(), stream);
-  cuda::assign_rows(p, s->experts.get<int32_t>(), s->summary.get<int64_t>(), s->row.get<int64_t>(),
-                    s->dropped.get<uint8_t>(), s->row_token.get<int64_t>(),
-                    s->row_expert.get<int32_t>(), stream);
-
   // The one read-back of the step: counts (grouped GEMM sizes, telemetry) and losses.
   int64_t* host = state.readback;
   check(cudaMemcpyAsync(host, s->summary.get(), L.words() * sizeof(int64_t), cudaMemcpyDeviceToHost,
@@ -209,7 +205,10 @@ std::unique_ptr<SavedState> CudaBackend::forward(Layer& layer, const moe_forward
   plan.capacity = host[L.capacity()];
   plan.demand.assign(host + L.demand(), host + L.demand() + E);
   plan.served.assign(host + L.served(), host + L.served() + E);
-  plan.offset.assign(host + L.offsets(), host + L.offsets() + E + 1);
+  // The buffer layout follows the counts: padded for one batched product per matrix
+  // when that wastes little, packed otherwise.
+  s->layout = cuda::choose_layout(plan.served, state.grouped_mode);
+  plan.offset = s->layout.offsets;
   plan.rows = plan.offset[E];
   double losses[2];
   std::memcpy(losses, host + L.words(), sizeof losses);
@@ -224,6 +223,17 @@ std::unique_ptr<SavedState> CudaBackend::forward(Layer& layer, const moe_forward
   routing.z_loss = losses[1];
 
   const int64_t rows = plan.rows;
+  check(cudaMemcpyAsync(s->summary.get<int64_t>() + L.offsets(), plan.offset.data(),
+                        (E + 1) * sizeof(int64_t), cudaMemcpyHostToDevice, stream),
+        "cudaMemcpyAsync");
+  s->row_token = DeviceBuffer(rows * sizeof(int64_t), stream);
+  s->row_expert = DeviceBuffer(rows * sizeof(int32_t), stream);
+  check(cudaMemsetAsync(s->row_token.get(), 0xff, s->row_token.bytes(), stream),
+        "cudaMemsetAsync");
+  cuda::assign_rows(p, s->experts.get<int32_t>(), s->summary.get<int64_t>(),
+                    s->row.get<int64_t>(), s->dropped.get<uint8_t>(),
+                    s->row_token.get<int64_t>(), stream);
+  cuda::row_experts(E, rows, s->summary.get<int64_t>(), s->row_expert.get<int32_t>(), stream);
   s->xp = DeviceBuffer(rows * d * es, stream);
   s->h_pre = DeviceBuffer(rows * F * es, stream);
   s->h = DeviceBuffer(rows * dff * es, stream);
@@ -231,12 +241,12 @@ std::unique_ptr<SavedState> CudaBackend::forward(Layer& layer, const moe_forward
   cuda::copy_finite_rows(dtype, T, d, args.x.data, s->nonfinite.get<uint8_t>(), s->x.get(), stream);
   cuda::permute(dtype, rows, d, s->x.get(), s->row_token.get<int64_t>(), s->xp.get(), stream);
   // (expert parallelism: exchange rows to the experts' owners here)
-  state.grouped.run(state.cublas, stream, dtype, plan.served, plan.offset,
+  state.grouped.run(state.cublas, stream, dtype, s->layout,
                     {kRows, F, d, rows_of(s->xp.get(), d), per_expert(w.w1.data, F, d * F),
                      rows_of(s->h_pre.get(), F), false});
   cuda::bias_activation(dtype, c.activation, rows, dff, s->h_pre.get(), w.b1.data,
                         s->row_expert.get<int32_t>(), s->h.get(), stream);
-  state.grouped.run(state.cublas, stream, dtype, plan.served, plan.offset,
+  state.grouped.run(state.cublas, stream, dtype, s->layout,
                     {kRows, d, dff, rows_of(s->h.get(), dff), per_expert(w.w2.data, d, dff * d),
                      rows_of(s->yp.get(), d), false});
   if (w.b2.data)
@@ -283,14 +293,16 @@ void CudaBackend::backward(Layer& layer, const SavedState& saved, const moe_back
   }
 
   DeviceBuffer dyp(rows * d * es, stream), dgate(T * k * sizeof(float), stream);
+  if (s.layout.padded)  // padding rows get no gradient
+    check(cudaMemsetAsync(dyp.get(), 0, dyp.bytes(), stream), "cudaMemsetAsync");
   cuda::combine_backward(dtype, T, k, d, s.gates.get<float>(), s.row.get<int64_t>(), s.yp.get(),
                          args.dy.data, dyp.get(), dgate.get<float>(), stream);
   DeviceBuffer dh(rows * dff * es, stream);
-  state.grouped.run(state.cublas, stream, dtype, plan.served, plan.offset,
+  state.grouped.run(state.cublas, stream, dtype, s.layout,
                     {kRows, dff, d, rows_of(dyp.get(), d), per_expert(w.w2.data, d, dff * d, true),
                      rows_of(dh.get(), dff), false});
   if (g.w2.data)
-    state.grouped.run(state.cublas, stream, dtype, plan.served, plan.offset,
+    state.grouped.run(state.cublas, stream, dtype, s.layout,
                       {dff, d, kRows, rows_of(s.h.get(), dff, true), rows_of(dyp.get(), d),
                        per_expert(g.w2.data, d, dff * d), accumulate});
   if (g.b2.data)
@@ -303,12 +315,12 @@ void CudaBackend::backward(Layer& layer, const SavedState& saved, const moe_back
     cuda::expert_column_sums(dtype, E, F, dh_pre.get(), s.summary.get<int64_t>(), g.b1.data,
                              accumulate, stream);
   if (g.w1.data)
-    state.grouped.run(state.cublas, stream, dtype, plan.served, plan.offset,
+    state.grouped.run(state.cublas, stream, dtype, s.layout,
                       {d, F, kRows, rows_of(s.xp.get(), d, true), rows_of(dh_pre.get(), F),
                        per_expert(g.w1.data, F, d * F), accumulate});
   if (args.dx.data) {
     DeviceBuffer dxp(rows * d * es, stream);
-    state.grouped.run(state.cublas, stream, dtype, plan.served, plan.offset,
+    state.grouped.run(state.cublas, stream, dtype, s.layout,
                       {kRows, d, F, rows_of(dh_pre.get(), F), per_expert(w.w1.data, F, d * F, true),
                        rows_of(dxp.get(), d), false});
     cuda::gather_rows(dtype, T, k, d, s.row.get<int64_t>(), dxp.get(), args.dx.data, accumulate,

@@ -1,5 +1,6 @@
 #include "backends/cuda/gemm.hpp"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
@@ -17,10 +18,6 @@ cublasOperation_t op(bool transpose) {
   return transpose ? CUBLAS_OP_T : CUBLAS_OP_N;
 }
 
-bool loop_requested() {
-  const char* mode = std::getenv("MOE_CUDA_GEMM");
-  return mode && std::strcmp(mode, "loop") == 0;
-}
 
 const void* operand_pointer(const ExpertOperand& o, int64_t e, const std::vector<int64_t>& offsets,
                             size_t element) {
@@ -29,6 +26,31 @@ const void* operand_pointer(const ExpertOperand& o, int64_t e, const std::vector
 }
 
 }  // namespace
+
+GemmMode gemm_mode_from_environment() {
+  const char* mode = std::getenv("MOE_CUDA_GEMM");
+  if (mode == nullptr) return GemmMode::Auto;
+  if (std::strcmp(mode, "batched") == 0) return GemmMode::Batched;
+  if (std::strcmp(mode, "grouped") == 0) return GemmMode::Grouped;
+  if (std::strcmp(mode, "loop") == 0) return GemmMode::Loop;
+  return GemmMode::Auto;
+}
+
+ExpertLayout choose_layout(const std::vector<int64_t>& served, GemmMode mode) {
+  const int64_t E = static_cast<int64_t>(served.size());
+  int64_t total = 0, most = 0;
+  for (int64_t s : served) {
+    total += s;
+    most = std::max(most, s);
+  }
+  ExpertLayout layout;
+  layout.padded = mode == GemmMode::Batched ||
+                  (mode == GemmMode::Auto && total > 0 && 4 * E * most <= 5 * total);
+  layout.offsets.assign(E + 1, 0);
+  layout.rows = layout.padded ? std::vector<int64_t>(E, most) : served;
+  for (int64_t e = 0; e < E; ++e) layout.offsets[e + 1] = layout.offsets[e] + layout.rows[e];
+  return layout;
+}
 
 void gemm(cublasHandle_t handle, moe_dtype_t dtype, moe_dtype_t c_dtype, int64_t M, int64_t N,
           int64_t K, MatrixRef A, MatrixRef B, void* C, int64_t ldc, bool accumulate) {
@@ -44,10 +66,31 @@ GroupedGemm::~GroupedGemm() {
   if (device_pointers_) cudaFree(device_pointers_);
 }
 
+void GroupedGemm::run_batched(cublasHandle_t handle, moe_dtype_t dtype,
+                              const ExpertLayout& layout, const GroupedProblem& p) {
+  const int64_t E = static_cast<int64_t>(layout.rows.size());
+  const int64_t m = layout.rows.empty() ? 0 : layout.rows[0];
+  auto dim = [&](int64_t d) { return d == GroupedProblem::kRows ? m : d; };
+  auto stride = [&](const ExpertOperand& o) { return o.by_rows ? m * o.ld : o.expert_stride; };
+  const float alpha = 1.f, beta = p.accumulate ? 1.f : 0.f;
+  const cudaDataType_t type = cuda_type(dtype);
+  check(cublasGemmStridedBatchedEx_64(handle, op(p.B.transpose), op(p.A.transpose), dim(p.N),
+                                      dim(p.M), dim(p.K), &alpha, p.B.base, type, p.B.ld,
+                                      stride(p.B), p.A.base, type, p.A.ld, stride(p.A), &beta,
+                                      const_cast<void*>(p.C.base), type, p.C.ld, stride(p.C), E,
+                                      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+        "cublasGemmStridedBatchedEx");
+}
+
 void GroupedGemm::run(cublasHandle_t handle, cudaStream_t stream, moe_dtype_t dtype,
-                      const std::vector<int64_t>& rows, const std::vector<int64_t>& offsets,
-                      const GroupedProblem& p) {
+                      const ExpertLayout& layout, const GroupedProblem& p) {
+  const std::vector<int64_t>& rows = layout.rows;
+  const std::vector<int64_t>& offsets = layout.offsets;
   const int64_t E = static_cast<int64_t>(rows.size());
+  if (layout.padded && E > 0 && rows[0] > 0) {
+    run_batched(handle, dtype, layout, p);
+    return;
+  }
   const size_t element = dtype_size(dtype);
   auto dim = [&](int64_t d, int64_t e) { return d == GroupedProblem::kRows ? rows[e] : d; };
 
@@ -83,7 +126,7 @@ void GroupedGemm::run(cublasHandle_t handle, cudaStream_t stream, moe_dtype_t dt
     pointers[2 * groups + g] = operand_pointer(p.C, e, offsets, element);
   }
 
-  if (!loop_requested()) {
+  if (mode_ == GemmMode::Grouped) {
     if (capacity_ < pointers.size()) {
       if (device_pointers_) check(cudaFree(device_pointers_), "cudaFree");
       device_pointers_ = nullptr;

@@ -43,9 +43,29 @@ struct GroupedProblem {
   bool accumulate;
 };
 
-// Issues a GroupedProblem as one cublasGemmGroupedBatchedEx call over the experts that
-// have rows, or as a loop of cublasGemmEx when MOE_CUDA_GEMM=loop is set or the grouped
-// call is unsupported for the types. When overwriting weight-shaped outputs, experts
+// How the expert-grouped buffers are laid out: packed (expert e's rows start at
+// offsets[e], rows[e] of them) or padded (every expert has the same row count, so
+// that one strided-batched product serves all experts).
+struct ExpertLayout {
+  std::vector<int64_t> rows;     // rows the products use, per expert
+  std::vector<int64_t> offsets;  // first buffer row per expert, E + 1 entries
+  bool padded = false;
+};
+
+// How per-expert products are issued (MOE_CUDA_GEMM overrides "auto"):
+//  batched  one cublasGemmStridedBatchedEx over the padded layout;
+//  grouped  one cublasGemmGroupedBatchedEx over the experts that have rows;
+//  loop     one cublasGemmEx per expert with rows.
+// "auto" pads when padding costs at most 25% more rows, else loops: on an H100 with
+// cuBLAS 13.0 the grouped call ran 2.1x slower than the loop at the benchmark shape
+// (bench/results/gpu-h100.md).
+enum class GemmMode { Auto, Batched, Grouped, Loop };
+GemmMode gemm_mode_from_environment();
+
+// Chooses the layout for served counts under `mode`.
+ExpertLayout choose_layout(const std::vector<int64_t>& served, GemmMode mode);
+
+// Issues a GroupedProblem over `layout`. When overwriting weight-shaped outputs, experts
 // without rows get zeros.
 class GroupedGemm {
  public:
@@ -55,12 +75,14 @@ class GroupedGemm {
   ~GroupedGemm();
 
   void run(cublasHandle_t handle, cudaStream_t stream, moe_dtype_t dtype,
-           const std::vector<int64_t>& rows, const std::vector<int64_t>& offsets,
-           const GroupedProblem& problem);
+           const ExpertLayout& layout, const GroupedProblem& problem);
 
  private:
+  void run_batched(cublasHandle_t handle, moe_dtype_t dtype, const ExpertLayout& layout,
+                   const GroupedProblem& p);
   void** device_pointers_ = nullptr;  // 3 pointers per expert, reused in stream order
   size_t capacity_ = 0;
+  GemmMode mode_ = gemm_mode_from_environment();
 };
 
 }  // namespace moe::cuda

@@ -218,7 +218,7 @@ constexpr int kScanThreads = 512;
 // its expert gives its buffer row (position drop policy).
 __global__ void assign_rows_kernel(int64_t copies, int64_t slots, const int32_t* experts,
                                    const int64_t* summary, SummaryLayout L, int64_t* row,
-                                   uint8_t* dropped, int64_t* row_token, int32_t* row_expert) {
+                                   uint8_t* dropped, int64_t* row_token) {
   using Scan = cub::BlockScan<int64_t, kScanThreads>;
   __shared__ typename Scan::TempStorage storage;
   const int32_t e = blockIdx.x;
@@ -237,13 +237,29 @@ __global__ void assign_rows_kernel(int64_t copies, int64_t slots, const int32_t*
         const int64_t r = first_row + rank;
         row[c] = r;
         row_token[r] = c / slots;
-        row_expert[r] = e;
       } else {
         dropped[c] = 1;
       }
     }
     running += block_total;
   }
+}
+
+// The expert owning each buffer row: the last e with offsets[e] <= r.
+__global__ void row_experts_kernel(int64_t E, int64_t rows, const int64_t* summary,
+                                   SummaryLayout L, int32_t* row_expert) {
+  const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (r >= rows) return;
+  int64_t lo = 0, hi = E - 1;
+  while (lo < hi) {
+    const int64_t mid = (lo + hi + 1) / 2;
+    if (summary[L.offsets() + mid] <= r) {
+      lo = mid;
+    } else {
+      hi = mid - 1;
+    }
+  }
+  row_expert[r] = static_cast<int32_t>(lo);
 }
 
 // ---------------------------------------------------------------- data movement
@@ -253,7 +269,7 @@ __global__ void copy_rows_kernel(int64_t rows, int64_t width, const S* src,
                                  const int64_t* source_row, const uint8_t* zero_row, S* dst) {
   const int64_t r = blockIdx.x;
   const int64_t from = source_row ? source_row[r] : r;
-  const bool zero = zero_row && zero_row[r];
+  const bool zero = (zero_row && zero_row[r]) || from < 0;  // padding rows are zeros
   for (int64_t i = threadIdx.x * N; i < width; i += blockDim.x * N) {
     Pack<S, N> pack;
     if (zero) {
@@ -550,12 +566,20 @@ void summarize(const RouteParams& p, int64_t fixed_capacity, const float* prob, 
 }
 
 void assign_rows(const RouteParams& p, const int32_t* experts, const int64_t* summary, int64_t* row,
-                 uint8_t* dropped, int64_t* row_token, int32_t* row_expert, cudaStream_t stream) {
+                 uint8_t* dropped, int64_t* row_token, cudaStream_t stream) {
   if (p.tokens == 0) return;
   assign_rows_kernel<<<static_cast<unsigned>(p.experts), kScanThreads, 0, stream>>>(
       p.tokens * p.top_k, p.top_k, experts, summary, SummaryLayout{p.experts}, row, dropped,
-      row_token, row_expert);
+      row_token);
   check_launch("assign_rows");
+}
+
+void row_experts(int64_t experts, int64_t rows, const int64_t* summary, int32_t* row_expert,
+                 cudaStream_t stream) {
+  if (rows == 0) return;
+  row_experts_kernel<<<blocks_for(rows), kThreads, 0, stream>>>(experts, rows, summary,
+                                                                 SummaryLayout{experts}, row_expert);
+  check_launch("row_experts");
 }
 
 void copy_finite_rows(moe_dtype_t dtype, int64_t tokens, int64_t width, const void* src,

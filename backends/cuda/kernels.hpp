@@ -49,16 +49,21 @@ void route(const RouteParams& p, const float* logits, const double* selection_bi
 void summarize(const RouteParams& p, int64_t fixed_capacity, const float* prob, const float* lse,
                const uint8_t* nonfinite, int64_t* summary, double* losses, cudaStream_t stream);
 
-// Buffer row of every copy (token order within each expert; -1 when dropped or
-// unrouted), the dropped flags, and each row's token and expert.
-void assign_rows(const RouteParams& p, const int32_t* experts, const int64_t* summary, int64_t* row,
-                 uint8_t* dropped, int64_t* row_token, int32_t* row_expert, cudaStream_t stream);
+// Buffer row of every copy (token order within each expert from summary's offsets; -1
+// when dropped or unrouted), the dropped flags, and each kept row's token (row_token
+// is pre-filled with -1, which padding rows keep).
+void assign_rows(const RouteParams& p, const int32_t* experts, const int64_t* summary,
+                 int64_t* row, uint8_t* dropped, int64_t* row_token, cudaStream_t stream);
+
+// The expert of every buffer row, from summary's offsets.
+void row_experts(int64_t experts, int64_t rows, const int64_t* summary, int32_t* row_expert,
+                 cudaStream_t stream);
 
 // dst[t] = src[t], rows flagged non-finite set to zero.
 void copy_finite_rows(moe_dtype_t dtype, int64_t tokens, int64_t width, const void* src,
                       const uint8_t* nonfinite, void* dst, cudaStream_t stream);
 
-// xp[r] = x[row_token[r]].
+// xp[r] = x[row_token[r]], or zeros where row_token[r] < 0 (padding).
 void permute(moe_dtype_t dtype, int64_t rows, int64_t width, const void* x,
              const int64_t* row_token, void* xp, cudaStream_t stream);
 

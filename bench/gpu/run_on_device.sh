@@ -33,10 +33,10 @@ compute-sanitizer --tool memcheck --error-exitcode 1 build-gpu/tests/test_cuda_b
 echo "memcheck exit $?" | tee -a "$OUT/summary.txt"
 grep -E "ERROR SUMMARY|PASSED|FAILED" "$OUT/memcheck.log" | tail -5 | tee -a "$OUT/summary.txt"
 
-step "layer benchmark: grouped GEMM"
-build-gpu/bench/moe-cuda-bench --json "$OUT/bench_grouped.json" 2>&1 | tee -a "$OUT/summary.txt"
-step "layer benchmark: one cublasGemmEx per expert (MOE_CUDA_GEMM=loop)"
-MOE_CUDA_GEMM=loop build-gpu/bench/moe-cuda-bench --json "$OUT/bench_loop.json" 2>&1 | tee -a "$OUT/summary.txt"
+for mode in auto batched grouped loop; do
+  step "layer benchmark: MOE_CUDA_GEMM=$mode"
+  MOE_CUDA_GEMM=$mode build-gpu/bench/moe-cuda-bench --json "$OUT/bench_$mode.json" 2>&1 | tee -a "$OUT/summary.txt"
+done
 
 step "PyTorch eager MoE, same shape and GPU"
 python3 bench/torch_moe_eager.py --device cuda --dtype bfloat16 2>&1 | tee "$OUT/torch_eager.json" | tee -a "$OUT/summary.txt"
