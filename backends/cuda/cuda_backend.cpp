@@ -4,6 +4,10 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
 #include <cstring>
 
 #include "backends/cuda/cuda_check.hpp"
@@ -101,6 +105,48 @@ cuda::RouteParams route_params(const Layer& layer, int64_t tokens, bool train) {
   return p;
 }
 
+// Opt-in stage timing (MOE_CUDA_PROFILE=1): an event after each stage, and the times
+// between them printed to stderr when the call ends (this synchronises, so it is for
+// finding where time goes, not for production).
+class StageTimer {
+ public:
+  StageTimer(cudaStream_t stream, const char* call)
+      : enabled_(std::getenv("MOE_CUDA_PROFILE") != nullptr), stream_(stream), call_(call) {
+    mark("begin");
+  }
+  StageTimer(const StageTimer&) = delete;
+  StageTimer& operator=(const StageTimer&) = delete;
+  void mark(const char* stage) {
+    if (!enabled_) return;
+    cudaEvent_t event;
+    cudaEventCreate(&event);
+    cudaEventRecord(event, stream_);
+    marks_.push_back({stage, event});
+  }
+  ~StageTimer() {
+    if (!enabled_ || marks_.empty()) return;
+    cudaEventSynchronize(marks_.back().second);
+    std::string line = std::string("moe cuda ") + call_ + ":";
+    float total = 0.f;
+    for (size_t i = 1; i < marks_.size(); ++i) {
+      float ms = 0.f;
+      cudaEventElapsedTime(&ms, marks_[i - 1].second, marks_[i].second);
+      total += ms;
+      char item[96];
+      std::snprintf(item, sizeof item, " %s %.3f", marks_[i].first, ms);
+      line += item;
+    }
+    for (auto& m : marks_) cudaEventDestroy(m.second);
+    std::fprintf(stderr, "%s | total %.3f ms\n", line.c_str(), total);
+  }
+
+ private:
+  bool enabled_;
+  cudaStream_t stream_;
+  const char* call_;
+  std::vector<std::pair<const char*, cudaEvent_t>> marks_;
+};
+
 ExpertOperand rows_of(const void* base, int64_t ld, bool transpose = false) {
   return {base, ld, transpose, 0, true};
 }
@@ -174,6 +220,7 @@ std::unique_ptr<SavedState> CudaBackend::forward(Layer& layer, const moe_forward
   s->dropped = DeviceBuffer(T * k, stream);
   s->x = DeviceBuffer(T * d * es, stream);
 
+  StageTimer timer(stream, "forward");
   if (T > 0) {
     cuda::gemm(state.cublas, dtype, MOE_DTYPE_F32, T, E, d, {args.x.data, d, false},
                {w.router.data, E, false}, s->logits.get(), E, false);
@@ -183,12 +230,14 @@ std::unique_ptr<SavedState> CudaBackend::forward(Layer& layer, const moe_forward
     check(cudaMemsetAsync(s->row.get(), 0xff, s->row.bytes(), stream), "cudaMemsetAsync");
     check(cudaMemsetAsync(s->dropped.get(), 0, s->dropped.bytes(), stream), "cudaMemsetAsync");
   }
+  timer.mark("router_logits");
   cuda::route(p, s->logits.get<float>(), state.selection_bias, s->experts.get<int32_t>(),
               s->gates.get<float>(), s->prob.get<float>(), s->sig.get<float>(), s->lse.get<float>(),
               s->nonfinite.get<uint8_t>(), s->summary.get<int64_t>() + L.demand(), stream);
   cuda::summarize(p, fixed_capacity, s->prob.get<float>(), s->lse.get<float>(),
                   s->nonfinite.get<uint8_t>(), s->summary.get<int64_t>(),
                   s->loss_sums.get<double>(), stream);
+  timer.mark("route");
   // The one read-back of the step: counts (grouped GEMM sizes, telemetry) and losses.
   int64_t* host = state.readback;
   check(cudaMemcpyAsync(host, s->summary.get(), L.words() * sizeof(int64_t), cudaMemcpyDeviceToHost,
@@ -234,16 +283,19 @@ std::unique_ptr<SavedState> CudaBackend::forward(Layer& layer, const moe_forward
                     s->row.get<int64_t>(), s->dropped.get<uint8_t>(),
                     s->row_token.get<int64_t>(), stream);
   cuda::row_experts(E, rows, s->summary.get<int64_t>(), s->row_expert.get<int32_t>(), stream);
+  timer.mark("readback");
   s->xp = DeviceBuffer(rows * d * es, stream);
   s->h_pre = DeviceBuffer(rows * F * es, stream);
   s->h = DeviceBuffer(rows * dff * es, stream);
   s->yp = DeviceBuffer(rows * d * es, stream);
   cuda::copy_finite_rows(dtype, T, d, args.x.data, s->nonfinite.get<uint8_t>(), s->x.get(), stream);
   cuda::permute(dtype, rows, d, s->x.get(), s->row_token.get<int64_t>(), s->xp.get(), stream);
+  timer.mark("plan_permute");
   // (expert parallelism: exchange rows to the experts' owners here)
   state.grouped.run(state.cublas, stream, dtype, s->layout,
                     {kRows, F, d, rows_of(s->xp.get(), d), per_expert(w.w1.data, F, d * F),
                      rows_of(s->h_pre.get(), F), false});
+  timer.mark("gemm1");
   cuda::bias_activation(dtype, c.activation, rows, dff, s->h_pre.get(), w.b1.data,
                         s->row_expert.get<int32_t>(), s->h.get(), stream);
   state.grouped.run(state.cublas, stream, dtype, s->layout,
@@ -252,9 +304,11 @@ std::unique_ptr<SavedState> CudaBackend::forward(Layer& layer, const moe_forward
   if (w.b2.data)
     cuda::add_row_bias(dtype, rows, d, s->yp.get(), w.b2.data, s->row_expert.get<int32_t>(),
                        stream);
+  timer.mark("gemm2");
   // (expert parallelism: exchange results back here)
   cuda::combine(dtype, T, k, d, s->gates.get<float>(), s->row.get<int64_t>(), s->yp.get(),
                 args.y.data, stream);
+  timer.mark("combine");
   return s;
 }
 
@@ -292,15 +346,18 @@ void CudaBackend::backward(Layer& layer, const SavedState& saved, const moe_back
     return;
   }
 
+  StageTimer timer(stream, "backward");
   DeviceBuffer dyp(rows * d * es, stream), dgate(T * k * sizeof(float), stream);
   if (s.layout.padded)  // padding rows get no gradient
     check(cudaMemsetAsync(dyp.get(), 0, dyp.bytes(), stream), "cudaMemsetAsync");
   cuda::combine_backward(dtype, T, k, d, s.gates.get<float>(), s.row.get<int64_t>(), s.yp.get(),
                          args.dy.data, dyp.get(), dgate.get<float>(), stream);
+  timer.mark("combine_backward");
   DeviceBuffer dh(rows * dff * es, stream);
   state.grouped.run(state.cublas, stream, dtype, s.layout,
                     {kRows, dff, d, rows_of(dyp.get(), d), per_expert(w.w2.data, d, dff * d, true),
                      rows_of(dh.get(), dff), false});
+  timer.mark("dh");
   if (g.w2.data)
     state.grouped.run(state.cublas, stream, dtype, s.layout,
                       {dff, d, kRows, rows_of(s.h.get(), dff, true), rows_of(dyp.get(), d),
@@ -308,16 +365,19 @@ void CudaBackend::backward(Layer& layer, const SavedState& saved, const moe_back
   if (g.b2.data)
     cuda::expert_column_sums(dtype, E, d, dyp.get(), s.summary.get<int64_t>(), g.b2.data,
                              accumulate, stream);
+  timer.mark("dw2_db2");
   DeviceBuffer dh_pre(rows * F * es, stream);
   cuda::activation_backward(dtype, c.activation, rows, dff, s.h_pre.get(), dh.get(), dh_pre.get(),
                             stream);
   if (g.b1.data)
     cuda::expert_column_sums(dtype, E, F, dh_pre.get(), s.summary.get<int64_t>(), g.b1.data,
                              accumulate, stream);
+  timer.mark("activation_backward");
   if (g.w1.data)
     state.grouped.run(state.cublas, stream, dtype, s.layout,
                       {d, F, kRows, rows_of(s.xp.get(), d, true), rows_of(dh_pre.get(), F),
                        per_expert(g.w1.data, F, d * F), accumulate});
+  timer.mark("dw1");
   if (args.dx.data) {
     DeviceBuffer dxp(rows * d * es, stream);
     state.grouped.run(state.cublas, stream, dtype, s.layout,
@@ -327,6 +387,7 @@ void CudaBackend::backward(Layer& layer, const SavedState& saved, const moe_back
                       stream);
   }
 
+  timer.mark("dx_experts");
   // Router: logit gradients (gates, aux loss, z-loss), then through x Wr.
   DeviceBuffer dz(T * E * sizeof(float), stream);
   cuda::route_backward(s.params, c.load_balance_alpha, c.z_loss_coef, s.experts.get<int32_t>(),
@@ -347,6 +408,7 @@ void CudaBackend::backward(Layer& layer, const SavedState& saved, const moe_back
   if (g.router.data)
     cuda::gemm(state.cublas, dtype, dtype, d, E, T, {s.x.get(), d, true}, {dz_data, E, false},
                g.router.data, E, accumulate);
+  timer.mark("router");
 }
 
 }  // namespace moe

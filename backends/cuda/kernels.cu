@@ -6,7 +6,7 @@
 
 #include "backends/cuda/cuda_check.hpp"
 #include "backends/cuda/kernels.hpp"
-#include "core/activation.hpp"
+#include "core/activation.hpp"  // sigmoid() in double, for routing
 #include "core/random.hpp"
 
 namespace moe::cuda {
@@ -63,6 +63,44 @@ bool vectorizable(int64_t width) {
 }
 
 constexpr int kThreads = 256;
+
+// Activations in float: the double forms in core/activation.hpp would run on the GPU's
+// slow float64 units, over every element of the hidden layer.
+__device__ inline float sigmoid_f(float x) { return 1.f / (1.f + __expf(-x)); }
+
+__device__ inline float activate_f(moe_activation_t kind, float x) {
+  switch (kind) {
+    case MOE_ACTIVATION_RELU: return x > 0.f ? x : 0.f;
+    case MOE_ACTIVATION_GELU:
+    case MOE_ACTIVATION_GEGLU: return 0.5f * x * (1.f + erff(x * 0.70710678118654752f));
+    case MOE_ACTIVATION_GELU_TANH:
+      return 0.5f * x * (1.f + tanhf(0.79788456080286536f * (x + 0.044715f * x * x * x)));
+    case MOE_ACTIVATION_SILU:
+    case MOE_ACTIVATION_SWIGLU: return x * sigmoid_f(x);
+  }
+  return 0.f;
+}
+
+__device__ inline float activate_derivative_f(moe_activation_t kind, float x) {
+  switch (kind) {
+    case MOE_ACTIVATION_RELU: return x > 0.f ? 1.f : 0.f;
+    case MOE_ACTIVATION_GELU:
+    case MOE_ACTIVATION_GEGLU:
+      return 0.5f * (1.f + erff(x * 0.70710678118654752f)) +
+             x * 0.39894228040143268f * __expf(-0.5f * x * x);
+    case MOE_ACTIVATION_GELU_TANH: {
+      const float t = tanhf(0.79788456080286536f * (x + 0.044715f * x * x * x));
+      const float d_inner = 0.79788456080286536f * (1.f + 3.f * 0.044715f * x * x);
+      return 0.5f * (1.f + t) + 0.5f * x * (1.f - t * t) * d_inner;
+    }
+    case MOE_ACTIVATION_SILU:
+    case MOE_ACTIVATION_SWIGLU: {
+      const float s = sigmoid_f(x);
+      return s * (1.f + x * (1.f - s));
+    }
+  }
+  return 0.f;
+}
 
 inline unsigned blocks_for(int64_t n, int threads = kThreads) {
   return static_cast<unsigned>((n + threads - 1) / threads);
@@ -387,7 +425,7 @@ __global__ void bias_activation_kernel(moe_activation_t act, bool gated, int64_t
     }
 #pragma unroll
     for (int q = 0; q < N; ++q) {
-      const float a = static_cast<float>(activate(act, to_float(gate.v[q])));
+      const float a = activate_f(act, to_float(gate.v[q]));
       out.v[q] = from_float<S>(gated ? a * to_float(up.v[q]) : a);
     }
     out.store(h + r * d_ff + j);
@@ -420,14 +458,14 @@ __global__ void activation_backward_kernel(moe_activation_t act, bool gated, int
     if (gated) up.load(h_pre + r * F + d_ff + j);
 #pragma unroll
     for (int q = 0; q < N; ++q) {
-      const double g = to_float(gate.v[q]);
+      const float g = to_float(gate.v[q]);
       const float dv = to_float(grad.v[q]);
       if (gated) {
         const float u = to_float(up.v[q]);
-        dgate.v[q] = from_float<S>(dv * u * static_cast<float>(activate_derivative(act, g)));
-        dup.v[q] = from_float<S>(dv * static_cast<float>(activate(act, g)));
+        dgate.v[q] = from_float<S>(dv * u * activate_derivative_f(act, g));
+        dup.v[q] = from_float<S>(dv * activate_f(act, g));
       } else {
-        dgate.v[q] = from_float<S>(dv * static_cast<float>(activate_derivative(act, g)));
+        dgate.v[q] = from_float<S>(dv * activate_derivative_f(act, g));
       }
     }
     dgate.store(dh_pre + r * F + j);

@@ -18,8 +18,8 @@ step "build (sm_90)"
 gtest_args=()
 [ -d .deps/googletest ] && gtest_args=(-DMOE_GTEST_SOURCE_DIR="$PWD/.deps/googletest")
 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOE_WITH_CUDA=ON \
-  -DMOE_CUDA_ARCHITECTURES=90 "${gtest_args[@]}" >"$OUT/configure.log" 2>&1 || { tail -30 "$OUT/configure.log"; exit 1; }
-cmake --build build-gpu -j"$(nproc)" >"$OUT/build.log" 2>&1 || { grep -E "error" "$OUT/build.log" | head -30; exit 1; }
+  -DMOE_CUDA_ARCHITECTURES=90 "${gtest_args[@]}" >/tmp/configure.log 2>&1 || { tail -30 /tmp/configure.log; exit 1; }
+cmake --build build-gpu -j"$(nproc)" >/tmp/build.log 2>&1 || { grep -E "error" /tmp/build.log | head -30; exit 1; }
 
 step "CUDA tests"
 (cd build-gpu && ctest -R 'Cuda' -j4 --output-on-failure) >"$OUT/cuda_tests.log" 2>&1
@@ -37,6 +37,9 @@ for mode in auto batched grouped loop; do
   step "layer benchmark: MOE_CUDA_GEMM=$mode"
   MOE_CUDA_GEMM=$mode build-gpu/bench/moe-cuda-bench --json "$OUT/bench_$mode.json" 2>&1 | tee -a "$OUT/summary.txt"
 done
+
+step "where the time goes (MOE_CUDA_PROFILE=1, one forward and backward)"
+MOE_CUDA_PROFILE=1 build-gpu/bench/moe-cuda-bench --iters 1 2>&1 | grep "moe cuda" | tail -2 | tee -a "$OUT/summary.txt"
 
 step "PyTorch eager MoE, same shape and GPU"
 python3 bench/torch_moe_eager.py --device cuda --dtype bfloat16 2>&1 | tee "$OUT/torch_eager.json" | tee -a "$OUT/summary.txt"
