@@ -1,4 +1,7 @@
-// Stream-ordered device memory (cudaMallocAsync / cudaFreeAsync on one stream).
+// Stream-ordered device memory from the library's pool (one per device). The pool keeps
+// freed memory cached instead of returning it at every synchronisation (the default
+// pool's behaviour), as a framework's caching allocator does: forward synchronises
+// once per step, and re-mapping gigabytes of activations each time cost 2 ms a step.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -10,11 +13,15 @@
 
 namespace moe::cuda {
 
+cudaMemPool_t memory_pool();
+
 class DeviceBuffer {
  public:
   DeviceBuffer() = default;
   DeviceBuffer(size_t bytes, cudaStream_t stream) : stream_(stream), bytes_(bytes) {
-    if (bytes > 0) check(cudaMallocAsync(&data_, bytes, stream), "cudaMallocAsync");
+    if (bytes > 0)
+      check(cudaMallocFromPoolAsync(&data_, bytes, memory_pool(), stream),
+            "cudaMallocFromPoolAsync");
   }
   DeviceBuffer(DeviceBuffer&& other) noexcept { *this = std::move(other); }
   DeviceBuffer& operator=(DeviceBuffer&& other) noexcept {
