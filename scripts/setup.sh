@@ -22,6 +22,16 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 fi
 
+# The cuda backend is built wherever the CUDA toolkit is (its tests skip, saying so,
+# on machines without a GPU).
+cuda_args=(-DMOE_WITH_CUDA=OFF)
+nvcc=$(command -v nvcc || true)
+[ -z "$nvcc" ] && [ -x /usr/local/cuda/bin/nvcc ] && nvcc=/usr/local/cuda/bin/nvcc
+if [ -n "$nvcc" ]; then
+  cuda_args=(-DMOE_WITH_CUDA=ON -DCMAKE_CUDA_COMPILER="$nvcc")
+  echo "setup: building the cuda backend with $nvcc" >&2
+fi
+
 jobs=$(nproc)
-cmake -S . -B build -DCMAKE_BUILD_TYPE=Release "$@" >/dev/null
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release "${cuda_args[@]}" "$@" >/dev/null
 cmake --build build -j"$jobs" >&2
