@@ -93,6 +93,8 @@ class Backend {
   virtual bool selectable_by_auto() const { return device() == MOE_DEVICE_CPU; }
   virtual std::unique_ptr<BackendState> create_state(const LayerConfig&) { return nullptr; }
   virtual DevicePipeline* device_pipeline() { return nullptr; }
+  // Copies a tensor of this backend's device into host memory (weight metrics).
+  virtual void read_to_host(const moe_tensor_t& tensor, void* host, size_t bytes);
 
   MOE_BACKEND_STAGES(float)
   MOE_BACKEND_STAGES(double)

@@ -1,8 +1,10 @@
 // The one file with extern "C": every entry point validates its arguments, runs the
 // C++ core inside try/catch, and maps exceptions to a status and a thread-local
 // message (the faiss C API's pattern). Nothing thrown crosses the ABI.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <vector>
 #include <new>
 #include <string>
 
@@ -12,6 +14,9 @@
 #include "core/layer.hpp"
 #include "core/pipeline.hpp"
 #include "core/raw_enum.hpp"
+#include "core/telemetry/export.hpp"
+#include "core/telemetry/verdicts.hpp"
+#include "core/telemetry/weight_metrics.hpp"
 #include "core/sized_struct.hpp"
 #include "moe/moe.h"
 
@@ -61,7 +66,57 @@ void require_expert_count(const moe::Layer& layer, int64_t count) {
                    std::to_string(layer.config.num_experts) + " experts");
 }
 
+moe_split_t checked_split(moe_split_t split) {
+  const int raw = moe::raw_enum(split);
+  moe::require(raw == MOE_SPLIT_TRAIN || raw == MOE_SPLIT_EVAL, MOE_STATUS_INVALID_ARGUMENT,
+               "split is not a moe_split_t: " + std::to_string(raw));
+  return split;
+}
+
+moe_scope_t checked_scope(moe_scope_t scope) {
+  const int raw = moe::raw_enum(scope);
+  moe::require(raw >= MOE_SCOPE_LAST && raw <= MOE_SCOPE_EMA, MOE_STATUS_INVALID_ARGUMENT,
+               "scope is not a moe_scope_t: " + std::to_string(raw));
+  return scope;
+}
+
+moe::MetricSet metrics_of(const moe::Layer& l, moe_split_t split, moe_scope_t scope) {
+  return l.telemetry.metrics(checked_split(split), checked_scope(scope), l.config);
+}
+
+// A host copy, in double, of one bound weight tensor.
+std::vector<double> host_values(moe::Layer& l, const moe_tensor_t& t) {
+  if (t.data == nullptr) return {};
+  int64_t n = 1;
+  for (int i = 0; i < t.ndim; ++i) n *= t.shape[i];
+  const size_t element = moe::dtype_size(l.config.dtype);
+  std::vector<unsigned char> raw(static_cast<size_t>(n) * element);
+  l.backend.read_to_host(t, raw.data(), raw.size());
+  std::vector<double> out(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    if (l.config.dtype == MOE_DTYPE_F64) {
+      std::memcpy(&out[i], &raw[i * 8], 8);
+    } else if (l.config.dtype == MOE_DTYPE_F32) {
+      float f;
+      std::memcpy(&f, &raw[i * 4], 4);
+      out[i] = f;
+    } else {
+      uint16_t h;
+      std::memcpy(&h, &raw[i * 2], 2);
+      const uint32_t bits = static_cast<uint32_t>(h) << 16;
+      float f;
+      std::memcpy(&f, &bits, 4);
+      out[i] = f;
+    }
+  }
+  return out;
+}
+
 }  // namespace
+
+struct moe_group {
+  std::vector<const moe_layer*> layers;
+};
 
 extern "C" {
 
@@ -272,6 +327,240 @@ moe_status_t moe_ctx_routing_stats(const_moe_ctx_t ctx, moe_routing_stats_t* sta
     if (out.demand) std::memcpy(out.demand, s.plan.demand.data(), E * sizeof(int64_t));
     if (out.served) std::memcpy(out.served, s.plan.served.data(), E * sizeof(int64_t));
     moe::write_sized(stats, out, "stats");
+  });
+}
+
+moe_status_t moe_metric_count(int32_t* count) {
+  return guarded(__func__, [&] {
+    require_pointer(count, "count");
+    *count = static_cast<int32_t>(moe::catalogue().size());
+  });
+}
+
+moe_status_t moe_metric_info(int32_t index, const char** name, moe_metric_shape_t* shape,
+                             const char** help) {
+  return guarded(__func__, [&] {
+    const auto& list = moe::catalogue();
+    moe::require(index >= 0 && index < static_cast<int32_t>(list.size()),
+                 MOE_STATUS_INVALID_ARGUMENT,
+                 "metric index " + std::to_string(index) + " is out of range [0, " +
+                     std::to_string(list.size()) + ")");
+    if (name) *name = list[index].name;
+    if (shape) *shape = list[index].shape;
+    if (help) *help = list[index].help;
+  });
+}
+
+moe_status_t moe_layer_metric(const_moe_layer_t layer, moe_split_t split, moe_scope_t scope,
+                              const char* name, double* values, int64_t capacity, int64_t* count) {
+  return guarded(__func__, [&] {
+    const moe::Layer& l = layer_of(layer);
+    require_pointer(name, "name");
+    const int index = moe::metric_index(name);
+    moe::require(index >= 0, MOE_STATUS_INVALID_ARGUMENT,
+                 std::string("unknown metric '") + name + "' (see moe_metric_info)");
+    const moe::MetricSet m = metrics_of(l, split, scope);
+    const std::vector<double>& v = m.values[index];
+    if (count) *count = static_cast<int64_t>(v.size());
+    if (values) {
+      moe::require(capacity >= static_cast<int64_t>(v.size()), MOE_STATUS_INVALID_ARGUMENT,
+                   std::string("metric '") + name + "' has " + std::to_string(v.size()) +
+                       " values; capacity is " + std::to_string(capacity));
+      std::copy(v.begin(), v.end(), values);
+    }
+  });
+}
+
+moe_status_t moe_layer_telemetry(const_moe_layer_t layer, moe_telemetry_snapshot_t* snapshot) {
+  return guarded(__func__, [&] {
+    const moe::Layer& l = layer_of(layer);
+    const moe_telemetry_snapshot_t defaults = MOE_TELEMETRY_SNAPSHOT_INIT;
+    moe_telemetry_snapshot_t out = moe::read_sized(snapshot, defaults, "snapshot");
+    const moe::MetricSet m = metrics_of(l, out.split, out.scope);
+    const int64_t E = l.config.num_experts;
+    int32_t scalars = 0, vectors = 0;
+    for (size_t i = 0; i < moe::catalogue().size(); ++i) {
+      const auto& v = m.values[i];
+      switch (moe::catalogue()[i].shape) {
+        case MOE_METRIC_SCALAR:
+          if (out.scalars) out.scalars[scalars] = v[0];
+          ++scalars;
+          break;
+        case MOE_METRIC_PER_EXPERT:
+          if (out.per_expert) std::copy(v.begin(), v.end(), out.per_expert + vectors * E);
+          ++vectors;
+          break;
+        case MOE_METRIC_MATRIX:
+          if (out.coactivation) std::copy(v.begin(), v.end(), out.coactivation);
+          break;
+      }
+    }
+    out.num_scalars = scalars;
+    out.num_per_expert = vectors;
+    out.num_experts = E;
+    out.step = l.telemetry.recorded_step(out.split);
+    moe::write_sized(snapshot, out, "snapshot");
+  });
+}
+
+moe_status_t moe_layer_telemetry_reset(moe_layer_t layer) {
+  return guarded(__func__, [&] { layer_of(layer).telemetry.reset(); });
+}
+
+moe_status_t moe_layer_set_name(moe_layer_t layer, const char* name) {
+  return guarded(__func__, [&] {
+    moe::Layer& l = layer_of(layer);
+    require_pointer(name, "name");
+    l.name = name;
+  });
+}
+
+moe_status_t moe_layer_telemetry_export(const_moe_layer_t layer, moe_export_format_t format,
+                                        moe_split_t split, moe_scope_t scope, char* buffer,
+                                        size_t capacity, size_t* length) {
+  return guarded(__func__, [&] {
+    const moe::Layer& l = layer_of(layer);
+    require_pointer(length, "length");
+    const int raw = moe::raw_enum(format);
+    moe::require(raw >= MOE_EXPORT_JSONL && raw <= MOE_EXPORT_PROMETHEUS,
+                 MOE_STATUS_INVALID_ARGUMENT,
+                 "format is not a moe_export_format_t: " + std::to_string(raw));
+    const moe::MetricSet m = metrics_of(l, split, scope);
+    const std::string text = moe::export_metrics(
+        format, m, {l.name, split, scope, l.telemetry.recorded_step(split)}, l.config.num_experts);
+    *length = text.size();
+    if (buffer && capacity > text.size()) std::memcpy(buffer, text.c_str(), text.size() + 1);
+  });
+}
+
+moe_status_t moe_layer_set_verdict_thresholds(moe_layer_t layer,
+                                              const moe_verdict_thresholds_t* thresholds) {
+  return guarded(__func__, [&] {
+    moe::Layer& l = layer_of(layer);
+    l.thresholds = moe::read_sized(thresholds, moe::default_thresholds(), "thresholds");
+  });
+}
+
+moe_status_t moe_layer_verdicts(const_moe_layer_t layer, moe_split_t split, moe_scope_t scope,
+                                moe_verdicts_t* verdicts) {
+  return guarded(__func__, [&] {
+    const moe::Layer& l = layer_of(layer);
+    const moe_verdicts_t defaults = MOE_VERDICTS_INIT;
+    moe::read_sized(verdicts, defaults, "verdicts");
+    const moe::MetricSet m = metrics_of(l, split, scope);
+    moe::write_sized(verdicts, moe::judge(m, l.config, l.thresholds, l.step), "verdicts");
+  });
+}
+
+moe_status_t moe_ctx_compare_routing(const_moe_ctx_t a, const_moe_ctx_t b, double* consistency,
+                                     double* topk_consistency) {
+  return guarded(__func__, [&] {
+    const moe::SavedState& sa = state_of(a);
+    const moe::SavedState& sb = state_of(b);
+    const int64_t T = sa.routing.tokens, slots = sa.routing.slots;
+    moe::require(T == sb.routing.tokens && slots == sb.routing.slots, MOE_STATUS_SHAPE_MISMATCH,
+                 "the two contexts routed different shapes (" + std::to_string(T) + "x" +
+                     std::to_string(slots) + " and " + std::to_string(sb.routing.tokens) + "x" +
+                     std::to_string(sb.routing.slots) + ")");
+    std::vector<int32_t> ea(T * slots), eb(T * slots);
+    std::vector<float> ga(T * slots), gb(T * slots);
+    sa.copy_routing(ea.data(), ga.data(), nullptr);
+    sb.copy_routing(eb.data(), gb.data(), nullptr);
+    const bool expert_choice = slots != sa.plan.slots || slots == sa.routing.experts;
+    auto top1 = [&](const std::vector<int32_t>& e, const std::vector<float>& g, int64_t t) {
+      if (!expert_choice) return e[t * slots];
+      int32_t best = -1;
+      for (int64_t j = 0; j < slots; ++j)
+        if (e[t * slots + j] >= 0 && (best < 0 || g[t * slots + j] > g[t * slots + best]))
+          best = static_cast<int32_t>(j);
+      return best < 0 ? -1 : e[t * slots + best];
+    };
+    double same = 0, overlap = 0;
+    for (int64_t t = 0; t < T; ++t) {
+      same += top1(ea, ga, t) == top1(eb, gb, t);
+      int64_t shared = 0, chosen = 0;
+      for (int64_t i = 0; i < slots; ++i) {
+        if (ea[t * slots + i] < 0) continue;
+        ++chosen;
+        for (int64_t j = 0; j < slots; ++j) shared += ea[t * slots + i] == eb[t * slots + j];
+      }
+      overlap += chosen ? static_cast<double>(shared) / static_cast<double>(chosen) : 0.0;
+    }
+    if (consistency) *consistency = T ? same / static_cast<double>(T) : std::nan("");
+    if (topk_consistency) *topk_consistency = T ? overlap / static_cast<double>(T) : std::nan("");
+  });
+}
+
+moe_status_t moe_layer_weight_metrics(const_moe_layer_t layer, moe_weight_metrics_t* metrics) {
+  return guarded(__func__, [&] {
+    moe::Layer& l = layer_of(layer);
+    const moe_weight_metrics_t defaults = MOE_WEIGHT_METRICS_INIT;
+    moe::read_sized(metrics, defaults, "metrics");
+    moe::require(l.weights.bound, MOE_STATUS_INVALID_STATE, "no weights are bound");
+    const std::vector<double> router = host_values(l, l.weights.router);
+    const std::vector<double> w1 = host_values(l, l.weights.w1);
+    moe::write_sized(metrics,
+                     moe::weight_metrics(router, l.config.d_model, l.config.num_experts, w1),
+                     "metrics");
+  });
+}
+
+moe_status_t moe_group_create(moe_group_t* group) {
+  return guarded(__func__, [&] {
+    require_pointer(group, "group");
+    auto* g = new moe_group();
+    moe::HandleRegistry::instance().add(g, moe::HandleKind::Group);
+    *group = g;
+  });
+}
+
+moe_status_t moe_group_destroy(moe_group_t group) {
+  return guarded(__func__, [&] {
+    if (group == nullptr) return;
+    moe::HandleRegistry::instance().check(group, moe::HandleKind::Group, "group");
+    moe::HandleRegistry::instance().remove(group);
+    delete group;
+  });
+}
+
+moe_status_t moe_group_add(moe_group_t group, const_moe_layer_t layer) {
+  return guarded(__func__, [&] {
+    moe::HandleRegistry::instance().check(group, moe::HandleKind::Group, "group");
+    layer_of(layer);
+    group->layers.push_back(layer);
+  });
+}
+
+moe_status_t moe_group_get_metrics(moe_group_t group, moe_split_t split, moe_scope_t scope,
+                               moe_group_metrics_t* metrics) {
+  return guarded(__func__, [&] {
+    moe::HandleRegistry::instance().check(group, moe::HandleKind::Group, "group");
+    const moe_group_metrics_t defaults = MOE_GROUP_METRICS_INIT;
+    moe_group_metrics_t out = moe::read_sized(metrics, defaults, "metrics");
+    const double nan = std::nan("");
+    double frac_sum = 0, frac_max = nan, active_min = nan, aux_sum = 0, drop_sum = 0;
+    int64_t counted = 0;
+    for (const moe_layer* layer : group->layers) {
+      const moe::MetricSet m = metrics_of(layer_of(layer), split, scope);
+      const double max_frac = m.scalar("max_frac");
+      if (std::isnan(max_frac)) continue;
+      frac_sum += max_frac;
+      frac_max = counted ? std::max(frac_max, max_frac) : max_frac;
+      const double active = m.scalar("active_experts");
+      active_min = counted ? std::min(active_min, active) : active;
+      const double aux = m.scalar("aux_loss_scaled");
+      aux_sum += std::isnan(aux) ? 0.0 : aux;
+      drop_sum += m.scalar("drop_rate");
+      ++counted;
+    }
+    out.layers = static_cast<int64_t>(group->layers.size());
+    out.max_frac_mean = counted ? frac_sum / static_cast<double>(counted) : nan;
+    out.max_frac_max = frac_max;
+    out.active_min = active_min;
+    out.aux_mean = counted ? aux_sum / static_cast<double>(counted) : nan;
+    out.drop_frac_mean = counted ? drop_sum / static_cast<double>(counted) : nan;
+    out.collapsed = counted && (frac_max >= 0.90 || active_min <= 1) ? 1 : 0;
+    moe::write_sized(metrics, out, "metrics");
   });
 }
 

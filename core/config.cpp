@@ -127,6 +127,12 @@ LayerConfig config_from_abi(const moe_layer_config_t* abi) {
   require(!(in.pad_to_capacity && in.capacity_factor <= 0.0), MOE_STATUS_INVALID_ARGUMENT,
           "config.pad_to_capacity needs a capacity_factor > 0 (dropless has no fixed C)");
 
+  require(in.telemetry_interval >= 0, MOE_STATUS_INVALID_ARGUMENT,
+          "config.telemetry_interval must be >= 0 (0 = off)");
+  require(std::isfinite(in.telemetry_ema_decay) && in.telemetry_ema_decay >= 0.0 &&
+              in.telemetry_ema_decay < 1.0,
+          MOE_STATUS_INVALID_ARGUMENT, "config.telemetry_ema_decay must be in [0, 1)");
+
   LayerConfig c;
   c.d_model = in.d_model;
   c.d_ff = in.d_ff;
@@ -152,6 +158,8 @@ LayerConfig config_from_abi(const moe_layer_config_t* abi) {
   c.pad_to_capacity = in.pad_to_capacity != 0;
   c.hash_mode = in.hash_mode;
   c.seed = in.seed;
+  c.telemetry_interval = in.telemetry_interval;
+  c.telemetry_ema_decay = in.telemetry_ema_decay;
   return c;
 }
 
@@ -181,6 +189,8 @@ moe_layer_config_t config_to_abi(const LayerConfig& c) {
   out.pad_to_capacity = c.pad_to_capacity ? 1 : 0;
   out.hash_mode = c.hash_mode;
   out.seed = c.seed;
+  out.telemetry_interval = c.telemetry_interval;
+  out.telemetry_ema_decay = c.telemetry_ema_decay;
   return out;
 }
 

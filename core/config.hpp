@@ -34,6 +34,8 @@ struct LayerConfig {
   bool pad_to_capacity = false;
   moe_hash_mode_t hash_mode = MOE_HASH_AUTO;
   uint64_t seed = 0;
+  int64_t telemetry_interval = 1;
+  double telemetry_ema_decay = 0.9;
 
   bool gated() const {
     return activation == MOE_ACTIVATION_SWIGLU || activation == MOE_ACTIVATION_GEGLU;

@@ -11,7 +11,7 @@
 
 namespace moe {
 
-enum class HandleKind { Layer, Ctx };
+enum class HandleKind { Layer, Ctx, Group };
 
 class HandleRegistry {
  public:

@@ -1,5 +1,7 @@
 #include "core/layer.hpp"
 
+#include "core/telemetry/verdicts.hpp"
+
 #include <algorithm>
 #include <atomic>
 
@@ -13,7 +15,14 @@ Layer::Layer(const LayerConfig& cfg)
       backend(select_backend(cfg.backend, cfg)),
       serial(next_serial.fetch_add(1)),
       selection_bias(static_cast<size_t>(cfg.num_experts), 0.0),
-      backend_state(backend.create_state(cfg)) {}
+      backend_state(backend.create_state(cfg)),
+      telemetry(cfg.num_experts, cfg.telemetry_interval, cfg.telemetry_ema_decay),
+      name("layer" + std::to_string(serial)),
+      thresholds(default_thresholds()) {}
+
+StepStats SavedState::step_stats(const LayerConfig& config, int64_t seq_len) const {
+  return collect_step_stats(config, routing, plan, seq_len);
+}
 
 void SavedState::copy_routing(int32_t* experts, float* gates, uint8_t* dropped) const {
   const size_t n = routing.expert.size();

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "backends/backend.hpp"
@@ -11,6 +12,7 @@
 #include "core/hash_router.hpp"
 #include "core/plan.hpp"
 #include "core/router.hpp"
+#include "core/telemetry/layer_telemetry.hpp"
 
 namespace moe {
 
@@ -32,6 +34,9 @@ class Layer {
   HashTable hash_table;
   void* stream = nullptr;  // the caller's device stream (cudaStream_t), if any
   std::unique_ptr<BackendState> backend_state;
+  LayerTelemetry telemetry;
+  std::string name;
+  moe_verdict_thresholds_t thresholds;
 };
 
 // What forward leaves for backward. Typed buffers live in SavedTensors<S>.
@@ -39,6 +44,8 @@ struct SavedState {
   virtual ~SavedState() = default;
   // The routing decision into caller host buffers of T*slots (each may be null).
   virtual void copy_routing(int32_t* experts, float* gates, uint8_t* dropped) const;
+  // The routing statistics of this call, for telemetry.
+  virtual StepStats step_stats(const LayerConfig& config, int64_t seq_len) const;
   uint64_t layer_serial = 0;
   moe_dtype_t dtype = MOE_DTYPE_F32;
   Routing routing;

@@ -171,6 +171,8 @@ std::unique_ptr<SavedState> forward(Layer& layer, const moe_forward_args_t& args
   saved->losses.aux_loss_scaled = c.load_balance_alpha * saved->routing.aux_loss;
   saved->losses.z_loss = saved->routing.z_loss;
   saved->losses.z_loss_scaled = c.z_loss_coef * saved->routing.z_loss;
+  if (layer.telemetry.due())
+    layer.telemetry.record(args.train != 0, saved->step_stats(c, args.seq_len), c, layer.step);
   // Training-only state changes come last, once nothing can fail any more.
   if (args.train) {
     update_selection_bias(c, saved->plan.demand, layer.selection_bias);

@@ -8,6 +8,7 @@ packages=(
   cmake make g++ pkg-config                 # the build
   libgtest-dev libbenchmark-dev             # tests and benchmarks
   python3 python3-numpy python3-torch python3-pytest  # binding tests, PyTorch parity
+  prometheus                                # promtool checks the Prometheus export
 )
 
 missing=()

@@ -1,5 +1,6 @@
 // The reference implementation of every Backend stage (see backend.hpp).
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "backends/backend.hpp"
@@ -190,6 +191,10 @@ void permute_backward_ref(const LayerConfig& c, const Plan& plan, const S* dxp, 
   void Backend::permute_backward(const LayerConfig& c, const Plan& plan, const S* dxp, S* dx) {    \
     permute_backward_ref(c, plan, dxp, dx);                                                        \
   }
+
+void Backend::read_to_host(const moe_tensor_t& tensor, void* host, size_t bytes) {
+  std::memcpy(host, tensor.data, bytes);
+}
 
 MOE_DEFINE_REFERENCE_STAGES(float)
 MOE_DEFINE_REFERENCE_STAGES(double)

@@ -128,7 +128,7 @@ typedef struct moe_tensor {
 
 /* ------------------------------------------------------------------ layer config */
 
-#define MOE_LAYER_CONFIG_VERSION 1
+#define MOE_LAYER_CONFIG_VERSION 2
 
 typedef struct moe_layer_config {
   uint32_t size;    /* sizeof(moe_layer_config_t) as the caller compiled it */
@@ -166,6 +166,11 @@ typedef struct moe_layer_config {
   int32_t pad_to_capacity; /* 1: expert buffers hold exactly C rows each */
   moe_hash_mode_t hash_mode;
   uint64_t seed; /* every random choice (noise) derives from it */
+  /* version 2 */
+  int64_t telemetry_interval;   /* record routing telemetry every N-th forward call; 0 = off;
+                                   default 1 */
+  double telemetry_ema_decay;   /* EMA of every scalar: ema = decay*ema + (1-decay)*x;
+                                   default 0.9 */
 } moe_layer_config_t;
 
 #define MOE_LAYER_CONFIG_INIT                                                          \
@@ -173,7 +178,7 @@ typedef struct moe_layer_config {
     sizeof(moe_layer_config_t), MOE_LAYER_CONFIG_VERSION, 0, 0, 0, 1,                   \
         MOE_ACTIVATION_GELU, MOE_ROUTER_SOFTMAX, MOE_DTYPE_F32, 0, NULL, 1.0, 1.0, 0,   \
         MOE_NOISE_NONE, 0.0, 0, 0.0, 0.0, 0.0, -1, 0.0, MOE_DROP_POSITION, 0,           \
-        MOE_HASH_AUTO, 0                                                                \
+        MOE_HASH_AUTO, 0, 1, 0.9                                                        \
   }
 
 /* ------------------------------------------------------------------ weights */
@@ -358,6 +363,194 @@ MOE_API moe_status_t moe_ctx_routing(const_moe_ctx_t ctx, int32_t *experts, floa
 
 MOE_API moe_status_t moe_ctx_losses(const_moe_ctx_t ctx, moe_losses_t *losses);
 MOE_API moe_status_t moe_ctx_routing_stats(const_moe_ctx_t ctx, moe_routing_stats_t *stats);
+
+/* ------------------------------------------------------------------ telemetry */
+/* Every forward call that telemetry samples (config.telemetry_interval) records the
+ * routing statistics of the call, from the very counts and probabilities that the
+ * dispatch used. Training and eval calls are kept apart (split); each split has the
+ * last call, a window summed since the last reset, and an EMA of every scalar (scope).
+ * Metric names and definitions: docs/telemetry.md (METRICS.md). */
+
+typedef enum moe_split { MOE_SPLIT_TRAIN = 0, MOE_SPLIT_EVAL = 1 } moe_split_t;
+
+typedef enum moe_scope {
+  MOE_SCOPE_LAST = 0,   /* the last sampled call */
+  MOE_SCOPE_WINDOW = 1, /* counts summed since the last reset; per-token means token-weighted */
+  MOE_SCOPE_EMA = 2     /* exponential moving average of each scalar (vectors: window) */
+} moe_scope_t;
+
+typedef enum moe_metric_shape {
+  MOE_METRIC_SCALAR = 0,
+  MOE_METRIC_PER_EXPERT = 1, /* E values */
+  MOE_METRIC_MATRIX = 2      /* E x E values, row-major */
+} moe_metric_shape_t;
+
+/* The catalogue of metric names (scalars first, then per-expert, then matrix), so that
+ * bindings never hard-code a layout. `help` may be NULL. */
+MOE_API moe_status_t moe_metric_count(int32_t *count);
+MOE_API moe_status_t moe_metric_info(int32_t index, const char **name, moe_metric_shape_t *shape,
+                                     const char **help);
+
+/* One metric by name: writes up to `capacity` values (1, E or E*E) and the number the
+ * metric has in *count (query with values NULL). Undefined values (no tokens yet, no
+ * sequence pairs) are NaN. */
+MOE_API moe_status_t moe_layer_metric(const_moe_layer_t layer, moe_split_t split,
+                                      moe_scope_t scope, const char *name, double *values,
+                                      int64_t capacity, int64_t *count);
+
+#define MOE_TELEMETRY_SNAPSHOT_VERSION 1
+
+/* Every metric at once, in catalogue order. The arrays are caller-owned and may be NULL:
+ * scalars [number of scalar metrics], per_expert [number of per-expert metrics * E],
+ * coactivation [E * E]. */
+typedef struct moe_telemetry_snapshot {
+  uint32_t size;
+  uint32_t version;
+  moe_split_t split;    /* [IN] */
+  moe_scope_t scope;    /* [IN] */
+  double *scalars;      /* [OUT] */
+  double *per_expert;   /* [OUT] */
+  double *coactivation; /* [OUT] */
+  int32_t num_scalars;    /* [OUT] */
+  int32_t num_per_expert; /* [OUT] */
+  int64_t num_experts;    /* [OUT] */
+  int64_t step;           /* [OUT] layer step when the last call of this split was recorded, -1: none */
+} moe_telemetry_snapshot_t;
+
+#define MOE_TELEMETRY_SNAPSHOT_INIT                                                    \
+  {                                                                                    \
+    sizeof(moe_telemetry_snapshot_t), MOE_TELEMETRY_SNAPSHOT_VERSION, MOE_SPLIT_TRAIN,  \
+        MOE_SCOPE_LAST, NULL, NULL, NULL, 0, 0, 0, -1                                   \
+  }
+
+MOE_API moe_status_t moe_layer_telemetry(const_moe_layer_t layer, moe_telemetry_snapshot_t *snapshot);
+
+/* Starts new windows and EMAs (both splits). */
+MOE_API moe_status_t moe_layer_telemetry_reset(moe_layer_t layer);
+
+/* The layer's name in exports (default "layer<serial>"); copied. */
+MOE_API moe_status_t moe_layer_set_name(moe_layer_t layer, const char *name);
+
+typedef enum moe_export_format {
+  MOE_EXPORT_JSONL = 0,     /* one JSON object and a newline */
+  MOE_EXPORT_CSV = 1,       /* a header line and one row (per-expert columns name_e<i>) */
+  MOE_EXPORT_PROMETHEUS = 2 /* text exposition format, gauges named moe_<metric> */
+} moe_export_format_t;
+
+/* Renders every metric of (split, scope) into `buffer` (NUL-terminated). *length gets
+ * the length without the NUL; with buffer NULL or too small nothing is written and
+ * *length says how much is needed. */
+MOE_API moe_status_t moe_layer_telemetry_export(const_moe_layer_t layer, moe_export_format_t format,
+                                                moe_split_t split, moe_scope_t scope,
+                                                char *buffer, size_t capacity, size_t *length);
+
+/* Verdicts (METRICS.md section 7). Each names the metric and threshold that decided it
+ * and a hint; all strings are static. Thresholds are per layer. */
+#define MOE_VERDICT_THRESHOLDS_VERSION 1
+
+typedef struct moe_verdict_thresholds {
+  uint32_t size;
+  uint32_t version;
+  double collapse_max_frac;          /* 0.90 */
+  double collapse_active_experts;    /* 1 */
+  double imbalance_load_cv;          /* 0.6 */
+  double imbalance_entropy_norm;     /* 0.5 */
+  double imbalance_kl;               /* 2.0 */
+  double imbalance_dead_fraction;    /* 0.25 (dead_experts > E/4) */
+  double imbalance_max_frac_floor;   /* 0.35 */
+  double imbalance_max_frac_experts; /* 3.0 (max_frac > max(0.35, 3/E)) */
+  double moderate_load_cv;           /* 0.2 */
+  double diffuse_entropy_norm;       /* 0.95 */
+  double diffuse_top1_experts;       /* 1.2 (top1_p_mean < 1.2/E) */
+  double peaked_top1;                /* 0.8 */
+  double peaked_entropy_norm;        /* 0.2 */
+  int64_t specialization_warmup_steps; /* 100 */
+  double pressure_drop_rate;         /* 0.02 */
+  double pressure_frac_gap;          /* 0.02 (frac_dem_max - frac_srv_max) */
+} moe_verdict_thresholds_t;
+
+#define MOE_VERDICT_THRESHOLDS_INIT                                                    \
+  {                                                                                    \
+    sizeof(moe_verdict_thresholds_t), MOE_VERDICT_THRESHOLDS_VERSION, 0.90, 1, 0.6, 0.5, \
+        2.0, 0.25, 0.35, 3.0, 0.2, 0.95, 1.2, 0.8, 0.2, 100, 0.02, 0.02                 \
+  }
+
+typedef struct moe_verdict {
+  const char *label;  /* balance: balanced|moderate|imbalanced|collapsed; specialization:
+                         healthy|diffuse|peaked|warming_up|not_applicable; capacity:
+                         ok|pressure; any: no_data */
+  const char *metric; /* the metric that decided it ("" for no_data, not_applicable) */
+  double value;       /* its value */
+  double threshold;   /* the threshold it crossed (or stayed within) */
+  const char *hint;   /* what to change (the user's own levers), "" when nothing */
+} moe_verdict_t;
+
+#define MOE_VERDICTS_VERSION 1
+
+typedef struct moe_verdicts {
+  uint32_t size;
+  uint32_t version;
+  moe_verdict_t balance;
+  moe_verdict_t specialization;
+  moe_verdict_t capacity;
+} moe_verdicts_t;
+
+#define MOE_VERDICT_EMPTY { "", "", 0.0, 0.0, "" }
+#define MOE_VERDICTS_INIT                                                              \
+  { sizeof(moe_verdicts_t), MOE_VERDICTS_VERSION, MOE_VERDICT_EMPTY, MOE_VERDICT_EMPTY, \
+    MOE_VERDICT_EMPTY }
+
+MOE_API moe_status_t moe_layer_set_verdict_thresholds(moe_layer_t layer,
+                                                      const moe_verdict_thresholds_t *thresholds);
+MOE_API moe_status_t moe_layer_verdicts(const_moe_layer_t layer, moe_split_t split, moe_scope_t scope,
+                                        moe_verdicts_t *verdicts);
+
+/* Routing consistency between two saved states of the same probe batch (e.g. two
+ * checkpoints): the fraction of tokens with the same top-1 expert, and the mean
+ * |S_A & S_B| / k. */
+MOE_API moe_status_t moe_ctx_compare_routing(const_moe_ctx_t a, const_moe_ctx_t b,
+                                             double *consistency, double *topk_consistency);
+
+#define MOE_WEIGHT_METRICS_VERSION 1
+
+/* Weight metrics (METRICS.md section 5), computed on request from the bound weights. */
+typedef struct moe_weight_metrics {
+  uint32_t size;
+  uint32_t version;
+  double router_gram_orthogonality; /* NaN for the hash router */
+  double expert_similarity_mean;
+  double expert_similarity_std;
+} moe_weight_metrics_t;
+
+#define MOE_WEIGHT_METRICS_INIT { sizeof(moe_weight_metrics_t), MOE_WEIGHT_METRICS_VERSION, 0, 0, 0 }
+
+MOE_API moe_status_t moe_layer_weight_metrics(const_moe_layer_t layer, moe_weight_metrics_t *metrics);
+
+/* A telemetry group: the layers of one model, summarised together. */
+typedef struct moe_group *moe_group_t;
+
+#define MOE_GROUP_METRICS_VERSION 1
+
+typedef struct moe_group_metrics {
+  uint32_t size;
+  uint32_t version;
+  int64_t layers;
+  double max_frac_mean;  /* mean over layers of max_frac */
+  double max_frac_max;
+  double active_min;     /* min over layers of active_experts */
+  double aux_mean;       /* mean of aux_loss_scaled */
+  double drop_frac_mean; /* mean of drop_rate */
+  int32_t collapsed;     /* max_frac_max >= 0.90 or active_min <= 1 */
+} moe_group_metrics_t;
+
+#define MOE_GROUP_METRICS_INIT { sizeof(moe_group_metrics_t), MOE_GROUP_METRICS_VERSION, 0, 0, 0, 0, 0, 0, 0 }
+
+MOE_API moe_status_t moe_group_create(moe_group_t *group);
+MOE_API moe_status_t moe_group_destroy(moe_group_t group);
+/* Adds a layer (not owned; it must stay alive while the group is queried). */
+MOE_API moe_status_t moe_group_add(moe_group_t group, const_moe_layer_t layer);
+MOE_API moe_status_t moe_group_get_metrics(moe_group_t group, moe_split_t split, moe_scope_t scope,
+                                           moe_group_metrics_t *metrics);
 
 #ifdef __cplusplus
 }

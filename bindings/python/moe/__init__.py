@@ -17,7 +17,8 @@ import numpy as np
 
 from . import _abi
 
-__all__ = ["Layer", "MoeError", "backends", "version"]
+__all__ = ["Layer", "Group", "Context", "MoeError", "backends", "version", "metric_names",
+           "compare_routing"]
 
 _lib = _abi.load()
 
@@ -25,7 +26,7 @@ _ROUTER_OPTIONS = {
     "router_temp_init", "router_temp_final", "router_temp_anneal_iters", "router_noise_type",
     "router_noise_std_init", "router_noise_decay_iters", "load_balance_alpha",
     "router_z_loss_coef", "bias_update_rate", "renormalize", "drop_policy", "pad_to_capacity",
-    "hash_mode", "expert_bias", "dtype",
+    "hash_mode", "expert_bias", "dtype", "telemetry_interval", "telemetry_ema_decay",
 }
 
 
@@ -58,6 +59,62 @@ def backends():
         _check(_lib.moe_backend_name(i, C.byref(name)))
         names.append(name.value.decode())
     return names
+
+
+def metric_names():
+    """[(name, shape, help)] in catalogue order; shape: scalar, per_expert or matrix."""
+    count = C.c_int32()
+    _check(_lib.moe_metric_count(C.byref(count)))
+    out = []
+    for i in range(count.value):
+        name, shape, help_ = C.c_char_p(), C.c_int(), C.c_char_p()
+        _check(_lib.moe_metric_info(i, C.byref(name), C.byref(shape), C.byref(help_)))
+        out.append((name.value.decode(), _abi.SHAPES[shape.value], help_.value.decode()))
+    return out
+
+
+class Context:
+    """A saved forward state kept beyond the next forward call (layer.keep_context())."""
+
+    def __init__(self, handle):
+        self._handle = handle
+
+    def __del__(self):
+        if getattr(self, "_handle", None):
+            _lib.moe_ctx_destroy(self._handle)
+
+
+def compare_routing(a, b):
+    """Routing consistency of two Contexts of the same probe batch:
+    {"routing_consistency": .., "routing_topk_consistency": ..}."""
+    top1, topk = C.c_double(), C.c_double()
+    _check(_lib.moe_ctx_compare_routing(a._handle, b._handle, C.byref(top1), C.byref(topk)))
+    return {"routing_consistency": top1.value, "routing_topk_consistency": topk.value}
+
+
+class Group:
+    """The layers of one model, summarised together (max_frac_mean, collapsed, ...)."""
+
+    def __init__(self, layers=()):
+        self._handle = C.c_void_p()
+        _check(_lib.moe_group_create(C.byref(self._handle)))
+        self._layers = []
+        for layer in layers:
+            self.add(layer)
+
+    def __del__(self):
+        if getattr(self, "_handle", None):
+            _lib.moe_group_destroy(self._handle)
+
+    def add(self, layer):
+        _check(_lib.moe_group_add(self._handle, layer._handle))
+        self._layers.append(layer)
+
+    def metrics(self, split="train", scope="last"):
+        m = _abi.sized(_abi.GroupMetrics)
+        _check(_lib.moe_group_get_metrics(self._handle, _enum(_abi.SPLITS, split, "split"),
+                                          _enum(_abi.SCOPES, scope, "scope"), C.byref(m)))
+        return {name: getattr(m, name) for name, _ in _abi.GroupMetrics._fields_[2:]}
 
 
 def _enum(table, value, what):
@@ -98,6 +155,8 @@ class Layer:
         cfg.pad_to_capacity = int(bool(options.pop("pad_to_capacity", False)))
         cfg.hash_mode = _enum(_abi.HASH_MODES, options.pop("hash_mode", "auto"), "hash_mode")
         cfg.seed = seed
+        cfg.telemetry_interval = options.pop("telemetry_interval", 1)
+        cfg.telemetry_ema_decay = options.pop("telemetry_ema_decay", 0.9)
         self._handle = C.c_void_p()
         _check(_lib.moe_layer_create(C.byref(cfg), C.byref(self._handle)))
         self.d_model, self.d_ff, self.num_experts, self.top_k = d_model, d_ff, num_experts, top_k
@@ -248,18 +307,87 @@ class Layer:
         return {"aux_loss": out.aux_loss, "aux_loss_scaled": out.aux_loss_scaled,
                 "z_loss": out.z_loss, "z_loss_scaled": out.z_loss_scaled}
 
-    def telemetry(self):
-        """Routing counts of the last forward call, under the names of METRICS.md."""
-        self._require_ctx()
-        demand = np.zeros(self.num_experts, dtype=np.int64)
-        served = np.zeros(self.num_experts, dtype=np.int64)
-        stats = _abi.sized(_abi.RoutingStats)
-        stats.demand = demand.ctypes.data_as(C.POINTER(C.c_int64))
-        stats.served = served.ctypes.data_as(C.POINTER(C.c_int64))
-        _check(_lib.moe_ctx_routing_stats(self._ctx, C.byref(stats)))
-        out = {"tokens": stats.tokens, "nonfinite_rows": stats.nonfinite_rows,
-               "capacity": stats.capacity, "dropped_total": stats.dropped_total,
-               "expert_counts": demand.tolist(), "expert_served": served.tolist(),
-               "dropped": (demand - served).tolist()}
-        out.update(self.losses())
+    def telemetry(self, split="train", scope="last"):
+        """Every metric of the catalogue (METRICS.md names): float for scalars, a list of
+        E for per-expert metrics, E lists of E for coactivation. NaN where undefined.
+        split: "train" or "eval"; scope: "last" (last sampled call), "window" (since
+        reset_telemetry) or "ema"."""
+        split_id = _enum(_abi.SPLITS, split, "split")
+        scope_id = _enum(_abi.SCOPES, scope, "scope")
+        buffer = np.empty(self.num_experts * self.num_experts, dtype=np.float64)
+        count = C.c_int64()
+        out = {}
+        for name, shape, _ in metric_names():
+            _check(_lib.moe_layer_metric(self._handle, split_id, scope_id, name.encode(),
+                                         buffer.ctypes.data_as(C.POINTER(C.c_double)),
+                                         buffer.size, C.byref(count)))
+            values = buffer[:count.value]
+            if shape == "scalar":
+                out[name] = float(values[0])
+            elif shape == "per_expert":
+                out[name] = values.tolist()
+            else:
+                out[name] = values.reshape(self.num_experts, self.num_experts).tolist()
         return out
+
+    def telemetry_compare(self, scope="window"):
+        """Train against eval: {scalar name: {"train": .., "eval": .., "diff": eval - train}}."""
+        train, evaluation = self.telemetry("train", scope), self.telemetry("eval", scope)
+        return {k: {"train": v, "eval": evaluation[k], "diff": evaluation[k] - v}
+                for k, v in train.items() if isinstance(v, float)}
+
+    def reset_telemetry(self):
+        _check(_lib.moe_layer_telemetry_reset(self._handle))
+
+    def set_name(self, name):
+        _check(_lib.moe_layer_set_name(self._handle, name.encode()))
+
+    def export(self, fmt="jsonl", split="train", scope="last"):
+        """The metrics as text: "jsonl", "csv" or "prometheus"."""
+        args = (self._handle, _enum(_abi.EXPORT_FORMATS, fmt, "format"),
+                _enum(_abi.SPLITS, split, "split"), _enum(_abi.SCOPES, scope, "scope"))
+        length = C.c_size_t()
+        _check(_lib.moe_layer_telemetry_export(*args, None, 0, C.byref(length)))
+        buffer = C.create_string_buffer(length.value + 1)
+        _check(_lib.moe_layer_telemetry_export(*args, buffer, length.value + 1, C.byref(length)))
+        return buffer.value.decode()
+
+    def set_verdict_thresholds(self, **thresholds):
+        t = _abi.sized(_abi.VerdictThresholds)
+        defaults = dict(collapse_max_frac=0.90, collapse_active_experts=1, imbalance_load_cv=0.6,
+                        imbalance_entropy_norm=0.5, imbalance_kl=2.0, imbalance_dead_fraction=0.25,
+                        imbalance_max_frac_floor=0.35, imbalance_max_frac_experts=3.0,
+                        moderate_load_cv=0.2, diffuse_entropy_norm=0.95, diffuse_top1_experts=1.2,
+                        peaked_top1=0.8, peaked_entropy_norm=0.2, specialization_warmup_steps=100,
+                        pressure_drop_rate=0.02, pressure_frac_gap=0.02)
+        unknown = set(thresholds) - set(defaults)
+        if unknown:
+            raise TypeError(f"unknown thresholds {sorted(unknown)}")
+        defaults.update(thresholds)
+        for name, value in defaults.items():
+            setattr(t, name, value)
+        _check(_lib.moe_layer_set_verdict_thresholds(self._handle, C.byref(t)))
+
+    def verdicts(self, split="train", scope="last"):
+        """{"balance"|"specialization"|"capacity": {"label", "metric", "value", "threshold", "hint"}}."""
+        v = _abi.sized(_abi.Verdicts)
+        _check(_lib.moe_layer_verdicts(self._handle, _enum(_abi.SPLITS, split, "split"),
+                                       _enum(_abi.SCOPES, scope, "scope"), C.byref(v)))
+        out = {}
+        for kind in ("balance", "specialization", "capacity"):
+            x = getattr(v, kind)
+            out[kind] = {"label": x.label.decode(), "metric": x.metric.decode(), "value": x.value,
+                         "threshold": x.threshold, "hint": x.hint.decode()}
+        return out
+
+    def weight_metrics(self):
+        m = _abi.sized(_abi.WeightMetrics)
+        _check(_lib.moe_layer_weight_metrics(self._handle, C.byref(m)))
+        return {name: getattr(m, name) for name, _ in _abi.WeightMetrics._fields_[2:]}
+
+    def keep_context(self):
+        """Takes the last forward's saved state out of the layer, so that it survives later
+        forward calls (for compare_routing, or several micro-batches in flight)."""
+        self._require_ctx()
+        ctx, self._ctx = Context(self._ctx), C.c_void_p()
+        return ctx

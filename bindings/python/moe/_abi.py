@@ -35,6 +35,7 @@ class LayerConfig(C.Structure):
         ("bias_update_rate", C.c_double), ("renormalize", C.c_int32),
         ("capacity_factor", C.c_double), ("drop_policy", C.c_int), ("pad_to_capacity", C.c_int32),
         ("hash_mode", C.c_int), ("seed", C.c_uint64),
+        ("telemetry_interval", C.c_int64), ("telemetry_ema_decay", C.c_double),
     ]
 
 
@@ -66,8 +67,49 @@ class RoutingStats(C.Structure):
                 ("served", C.POINTER(C.c_int64))]
 
 
+SPLITS = {"train": 0, "eval": 1}
+SCOPES = {"last": 0, "window": 1, "ema": 2}
+EXPORT_FORMATS = {"jsonl": 0, "csv": 1, "prometheus": 2}
+SHAPES = {0: "scalar", 1: "per_expert", 2: "matrix"}
+
+
+class Verdict(C.Structure):
+    _fields_ = [("label", C.c_char_p), ("metric", C.c_char_p), ("value", C.c_double),
+                ("threshold", C.c_double), ("hint", C.c_char_p)]
+
+
+class Verdicts(C.Structure):
+    _fields_ = [("size", C.c_uint32), ("version", C.c_uint32), ("balance", Verdict),
+                ("specialization", Verdict), ("capacity", Verdict)]
+
+
+class VerdictThresholds(C.Structure):
+    _fields_ = [("size", C.c_uint32), ("version", C.c_uint32)] + [
+        (name, C.c_double) for name in (
+            "collapse_max_frac", "collapse_active_experts", "imbalance_load_cv",
+            "imbalance_entropy_norm", "imbalance_kl", "imbalance_dead_fraction",
+            "imbalance_max_frac_floor", "imbalance_max_frac_experts", "moderate_load_cv",
+            "diffuse_entropy_norm", "diffuse_top1_experts", "peaked_top1", "peaked_entropy_norm")
+    ] + [("specialization_warmup_steps", C.c_int64), ("pressure_drop_rate", C.c_double),
+         ("pressure_frac_gap", C.c_double)]
+
+
+class WeightMetrics(C.Structure):
+    _fields_ = [("size", C.c_uint32), ("version", C.c_uint32),
+                ("router_gram_orthogonality", C.c_double), ("expert_similarity_mean", C.c_double),
+                ("expert_similarity_std", C.c_double)]
+
+
+class GroupMetrics(C.Structure):
+    _fields_ = [("size", C.c_uint32), ("version", C.c_uint32), ("layers", C.c_int64),
+                ("max_frac_mean", C.c_double), ("max_frac_max", C.c_double),
+                ("active_min", C.c_double), ("aux_mean", C.c_double),
+                ("drop_frac_mean", C.c_double), ("collapsed", C.c_int32)]
+
+
 def sized(cls, version=1, **fields):
-    """A struct with its size and version filled, as the *_INIT macros do."""
+    """A struct with its size and version filled, as the *_INIT macros do (fields not
+    given keep zero: fill defaults explicitly where zero is not the default)."""
     s = cls(**fields)
     s.size = C.sizeof(cls)
     s.version = version
@@ -113,6 +155,24 @@ def load():
                                      C.POINTER(C.c_uint8)]),
         "moe_ctx_losses": (status, [ctx, C.POINTER(Losses)]),
         "moe_ctx_routing_stats": (status, [ctx, C.POINTER(RoutingStats)]),
+        "moe_metric_count": (status, [C.POINTER(C.c_int32)]),
+        "moe_metric_info": (status, [C.c_int32, C.POINTER(C.c_char_p), C.POINTER(C.c_int),
+                                     C.POINTER(C.c_char_p)]),
+        "moe_layer_metric": (status, [layer, C.c_int, C.c_int, C.c_char_p,
+                                      C.POINTER(C.c_double), C.c_int64, C.POINTER(C.c_int64)]),
+        "moe_layer_telemetry_reset": (status, [layer]),
+        "moe_layer_set_name": (status, [layer, C.c_char_p]),
+        "moe_layer_telemetry_export": (status, [layer, C.c_int, C.c_int, C.c_int, C.c_char_p,
+                                                C.c_size_t, C.POINTER(C.c_size_t)]),
+        "moe_layer_set_verdict_thresholds": (status, [layer, C.POINTER(VerdictThresholds)]),
+        "moe_layer_verdicts": (status, [layer, C.c_int, C.c_int, C.POINTER(Verdicts)]),
+        "moe_ctx_compare_routing": (status, [ctx, ctx, C.POINTER(C.c_double),
+                                             C.POINTER(C.c_double)]),
+        "moe_layer_weight_metrics": (status, [layer, C.POINTER(WeightMetrics)]),
+        "moe_group_create": (status, [C.POINTER(C.c_void_p)]),
+        "moe_group_destroy": (status, [C.c_void_p]),
+        "moe_group_add": (status, [C.c_void_p, layer]),
+        "moe_group_get_metrics": (status, [C.c_void_p, C.c_int, C.c_int, C.POINTER(GroupMetrics)]),
     }
     for name, (restype, argtypes) in sigs.items():
         fn = getattr(lib, name)

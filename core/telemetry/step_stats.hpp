@@ -1,0 +1,41 @@
+// Sufficient statistics of routing: what one forward call (or a window of them) saw,
+// kept as sums so that a window is the sum of its steps and every metric of
+// METRICS.md derives from it (metrics.hpp).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace moe {
+
+struct Routing;
+struct Plan;
+struct LayerConfig;
+
+struct StepStats {
+  int64_t experts = 0;
+  int64_t steps = 0;
+  int64_t tokens = 0;         // T, summed
+  int64_t valid_tokens = 0;   // tokens with finite logits
+  int64_t nominal_copies = 0; // T * k, summed
+  int64_t nonfinite_rows = 0;
+  int64_t tokens_fully_dropped = 0;
+  int64_t capacity_sum = 0;
+  std::vector<int64_t> demand, served;  // [E]
+  std::vector<int64_t> coactivation;    // [E*E]: tokens that chose both i and j (i == j: d_i)
+  std::vector<double> importance;       // [E]: sum over valid tokens of P[t,e]
+  double entropy_sum = 0, top1_sum = 0, topk_mass_sum = 0, margin_sum = 0;
+  double logit_max_abs = 0;
+  double aux_weighted = 0, z_weighted = 0;  // loss * valid tokens, for token-weighted means
+  int64_t seq_pairs = 0, seq_same_top1 = 0;
+  double seq_overlap_sum = 0, seq_cosine_sum = 0;
+
+  explicit StepStats(int64_t num_experts = 0);
+  void add(const StepStats& other);
+};
+
+// The statistics of one forward call from its routing decision and plan (host data).
+StepStats collect_step_stats(const LayerConfig& config, const Routing& routing, const Plan& plan,
+                             int64_t seq_len);
+
+}  // namespace moe
