@@ -74,6 +74,41 @@ struct CudaSavedState final : SavedState {
             "cudaMemcpyAsync");
     check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
   }
+
+  // The statistics are summed on the host from a copy of the routing decision (a second
+  // read-back in sampled calls; summing them on the device is still to do).
+  StepStats step_stats(const LayerConfig& config, int64_t seq_len) const override {
+    const int64_t T = params.tokens, k = params.top_k, E = params.experts;
+    Routing r = routing;
+    Plan p = plan;
+    r.expert.resize(T * k);
+    r.prob.resize(T * E);
+    r.logits.resize(T * E);
+    r.nonfinite.resize(T);
+    p.dropped.resize(T * k);
+    std::vector<float> prob_f(T * E), logits_f(T * E);
+    if (T > 0) {
+      check(cudaMemcpyAsync(r.expert.data(), experts.get(), T * k * sizeof(int32_t),
+                            cudaMemcpyDeviceToHost, stream),
+            "cudaMemcpyAsync");
+      check(cudaMemcpyAsync(prob_f.data(), prob.get(), T * E * sizeof(float),
+                            cudaMemcpyDeviceToHost, stream),
+            "cudaMemcpyAsync");
+      check(cudaMemcpyAsync(logits_f.data(), logits.get(), T * E * sizeof(float),
+                            cudaMemcpyDeviceToHost, stream),
+            "cudaMemcpyAsync");
+      check(cudaMemcpyAsync(r.nonfinite.data(), nonfinite.get(), T, cudaMemcpyDeviceToHost,
+                            stream),
+            "cudaMemcpyAsync");
+      check(cudaMemcpyAsync(p.dropped.data(), dropped.get(), T * k, cudaMemcpyDeviceToHost,
+                            stream),
+            "cudaMemcpyAsync");
+      check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+    }
+    r.prob.assign(prob_f.begin(), prob_f.end());
+    r.logits.assign(logits_f.begin(), logits_f.end());
+    return collect_step_stats(config, r, p, seq_len);
+  }
 };
 
 // A pointer labelled as CUDA memory must really be device memory: a host pointer

@@ -88,6 +88,7 @@ moe_tensor_t tensor(void* p, std::initializer_list<int64_t> shape) {
 int main(int argc, char** argv) {
   int64_t T = 8192, d = 4096, dff = 14336, E = 8, k = 2;
   int iters = 20;
+  int64_t telemetry = 1;
   const char* json = nullptr;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
@@ -128,6 +129,7 @@ int main(int argc, char** argv) {
   cfg.activation = MOE_ACTIVATION_SWIGLU;
   cfg.dtype = MOE_DTYPE_BF16;
   cfg.backend = "cuda";
+  cfg.telemetry_interval = telemetry;
   moe::Layer layer(cfg);
   moe_weights_t w = MOE_WEIGHTS_INIT;
   w.router = tensor(router.p, {d, E});
@@ -205,8 +207,9 @@ int main(int argc, char** argv) {
   const double expert_flops = 2.0 * R * (static_cast<double>(d) * F + static_cast<double>(dff) * d);
   const double tf = 1e-9;  // flops per ms -> TFLOP/s
   std::printf("device: %s (%d SMs)\n", prop.name, prop.multiProcessorCount);
-  std::printf("shape: T=%lld d=%lld d_ff=%lld E=%lld k=%lld swiglu bf16; demand", (long long)T,
-              (long long)d, (long long)dff, (long long)E, (long long)k);
+  std::printf("shape: T=%lld d=%lld d_ff=%lld E=%lld k=%lld swiglu bf16, telemetry every %lld; demand",
+              (long long)T, (long long)d, (long long)dff, (long long)E, (long long)k,
+              (long long)telemetry);
   for (int64_t c : stats.demand) std::printf(" %lld", (long long)c);
   std::printf("\n%-34s %10s %10s\n", "what", "ms", "TFLOP/s");
   std::printf("%-34s %10.3f %10.1f\n", "layer forward", forward_ms, expert_flops / forward_ms * tf);

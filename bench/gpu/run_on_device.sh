@@ -34,9 +34,11 @@ echo "memcheck exit $?" | tee -a "$OUT/summary.txt"
 grep -E "ERROR SUMMARY|PASSED|FAILED" "$OUT/memcheck.log" | tail -5 | tee -a "$OUT/summary.txt"
 
 for mode in auto batched grouped loop; do
-  step "layer benchmark: MOE_CUDA_GEMM=$mode"
-  MOE_CUDA_GEMM=$mode build-gpu/bench/moe-cuda-bench --json "$OUT/bench_$mode.json" 2>&1 | tee -a "$OUT/summary.txt"
+  step "layer benchmark: MOE_CUDA_GEMM=$mode, telemetry off"
+  MOE_CUDA_GEMM=$mode build-gpu/bench/moe-cuda-bench --telemetry 0 --json "$OUT/bench_$mode.json" 2>&1 | tee -a "$OUT/summary.txt"
 done
+step "layer benchmark: auto, telemetry on every call"
+build-gpu/bench/moe-cuda-bench --telemetry 1 2>&1 | tee -a "$OUT/summary.txt"
 
 step "where the time goes (MOE_CUDA_PROFILE=1, one forward and backward)"
 MOE_CUDA_PROFILE=1 build-gpu/bench/moe-cuda-bench --iters 1 2>&1 | grep "moe cuda" | tail -2 | tee -a "$OUT/summary.txt"

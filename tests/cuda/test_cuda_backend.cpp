@@ -5,6 +5,7 @@
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -222,6 +223,23 @@ Comparison compare(moe_layer_config_t cfg, Shape s, moe_dtype_t dtype, uint64_t 
   const auto rr = rctx.routing(), gr2 = gctx.routing();
   c.same_routing = rr.experts == gr2.experts && rr.dropped == gr2.dropped;
   const auto rs = rctx.stats(s.E), gs = gctx.stats(s.E);
+  // Telemetry: every scalar of the catalogue agrees (float32 probabilities on the GPU).
+  int32_t metrics = 0;
+  moe_metric_count(&metrics);
+  double worst = 0;
+  for (int32_t i = 0; i < metrics; ++i) {
+    const char* name = nullptr;
+    moe_metric_shape_t shape;
+    moe_metric_info(i, &name, &shape, nullptr);
+    if (shape != MOE_METRIC_SCALAR) continue;
+    double a = 0, b = 0;
+    int64_t n = 0;
+    moe_layer_metric(ref.get(), MOE_SPLIT_TRAIN, MOE_SCOPE_LAST, name, &a, 1, &n);
+    moe_layer_metric(gpu.get(), MOE_SPLIT_TRAIN, MOE_SCOPE_LAST, name, &b, 1, &n);
+    if (std::isnan(a) && std::isnan(b)) continue;
+    worst = std::max(worst, std::abs(a - b) / std::max(1.0, std::abs(a)));
+  }
+  c.errors["telemetry"] = worst;
   c.same_counts = rs.demand == gs.demand && rs.served == gs.served &&
                   rs.summary.capacity == gs.summary.capacity &&
                   rs.summary.dropped_total == gs.summary.dropped_total;
