@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 
 packages=(
   cmake make g++ pkg-config                 # the build
+  libcli11-dev nlohmann-json3-dev           # moe-stats
+  clang-14 libclang-rt-14-dev               # the fuzz target (libFuzzer)
   libgtest-dev libbenchmark-dev             # tests and benchmarks
   python3 python3-numpy python3-torch python3-pytest  # binding tests, PyTorch parity
   prometheus                                # promtool checks the Prometheus export

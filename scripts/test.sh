@@ -10,6 +10,9 @@ scripts/setup.sh
 echo "== release build: ctest" >&2
 ctest --test-dir build --output-on-failure -j"$jobs"
 
+echo "== moe-stats parser: libFuzzer for 30 s" >&2
+scripts/fuzz.sh 30
+
 echo "== ASan + UBSan build: ctest" >&2
 # (Without the cuda backend: its tests need a GPU, and ASan does not mix with the CUDA
 # driver's memory mappings.)

@@ -1,0 +1,124 @@
+"""moe-stats on hand-made logs of each format, against a numpy recount; errors name the
+file and line; --lenient; --compare; stdin; the library's own JSONL export."""
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+
+import moe
+from numpy_metrics import load_metrics
+
+BINARY = os.environ.get("MOE_STATS", os.path.join(os.path.dirname(__file__), "..", "..",
+                                                   "build", "tools", "moe-stats"))
+LOGS = os.path.join(os.path.dirname(__file__), "..", "moe_stats")
+
+
+def run(*args, stdin=None):
+    return subprocess.run([BINARY, *args], input=stdin, capture_output=True, text=True)
+
+
+def report(*args, stdin=None):
+    result = run("--json", *args, stdin=stdin)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def check_layer(layer, steps):
+    """steps: the count vectors of one layer, in order."""
+    for got, counts in zip(layer["steps"], steps):
+        want = load_metrics(counts)
+        for name in ("load_cv", "gini", "max_frac", "min_max_ratio", "load_entropy_norm",
+                     "kl_to_uniform", "jain_fairness", "dead_experts"):
+            assert got[name] == pytest.approx(want[name], abs=1e-12), name
+    summed = np.sum(steps, axis=0)
+    want = load_metrics(summed)
+    assert layer["summed"]["expert_counts"] == summed.tolist()
+    for name in ("load_cv", "gini", "max_over_mean", "diversity"):
+        assert layer["summed"][name] == pytest.approx(want[name], abs=1e-12), name
+
+
+def test_torch_print():
+    layers = report(os.path.join(LOGS, "torch_print.log"))[0:2]
+    assert [l["layer"] for l in layers] == ["1", "2"]
+    check_layer(layers[0], [[5295, 4616, 4998, 5647, 5638, 4526], [5301, 4610, 5004, 5650, 5600, 4560]])
+    check_layer(layers[1], [[5514, 4496, 5069, 5121, 5486, 5034], [9000, 100, 5069, 5121, 5486, 5034]])
+
+
+def test_csv_and_verdicts():
+    layers = report(os.path.join(LOGS, "counts.csv"))
+    check_layer(layers[0], [[10, 10, 10, 10], [12, 8, 10, 10]])
+    check_layer(layers[1], [[40, 0, 0, 0], [38, 2, 0, 0]])
+    assert layers[0]["verdicts"]["balance"]["label"] == "balanced"
+    collapsed = layers[1]["verdicts"]["balance"]
+    assert collapsed["label"] == "collapsed" and collapsed["metric"] == "max_frac"
+
+
+def test_jsonl_from_stdin_and_text_output():
+    with open(os.path.join(LOGS, "counts.jsonl")) as f:
+        text = f.read()
+    layers = report("-", stdin=text)
+    check_layer(layers[0], [[3, 3, 3, 3], [6, 0, 3, 3]])
+    plain = run("-", stdin=text)
+    assert plain.returncode == 0 and "layer blk0" in plain.stdout and "balance:" in plain.stdout
+    assert plain.stderr == ""
+
+
+def test_library_jsonl_round_trip(tmp_path):
+    layer = moe.Layer(8, 8, 4, 1, capacity_factor=1.0)
+    layer.set_weights(router=10 * np.eye(8)[:, :4], w1=np.ones((4, 8, 8)), w2=np.ones((4, 8, 8)))
+    path = tmp_path / "metrics.jsonl"
+    with open(path, "w") as f:
+        for experts in ([0, 1, 2, 3] * 2, [0, 0, 0, 1, 2, 3, 3, 3]):
+            layer.forward(np.eye(8)[experts])
+            f.write(layer.export("jsonl"))
+    layers = report(str(path))
+    lib = layer.telemetry()
+    last = layers[0]["steps"][-1]
+    assert last["load_cv"] == pytest.approx(lib["load_cv"])
+    assert last["drop_rate"] == pytest.approx(lib["drop_rate"])
+    assert layers[0]["split"] == "train"
+    assert "capacity" in layers[0]["verdicts"]
+
+
+def test_malformed_lines_name_file_and_line(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("step,layer,e0,e1\n1,0,5,5\n2,0,5,x\n3,0,-1,5\n")
+    result = run(str(bad))
+    assert result.returncode == 1
+    assert f"{bad}:3: not an integer count: 'x'" in result.stderr
+    lenient = run("--lenient", "--json", str(bad))
+    assert lenient.returncode == 0
+    assert "2 malformed lines skipped" in lenient.stderr and ":4: negative count" in lenient.stderr
+    assert len(json.loads(lenient.stdout)[0]["steps"]) == 1
+    for text, message in [("[(1, tensor([1, 2)]\n", "expected"), ('{"counts": "x"}\n', "counts"),
+                          ("{nope\n", "not a JSON object"), ("[(1, tensor([]))]\n", "no counts")]:
+        result = run("-", stdin=text)
+        assert result.returncode == 1 and "<stdin>:1:" in result.stderr and message in result.stderr
+    width = run("-", stdin='{"counts":[1,2]}\n{"counts":[1,2,3]}\n')
+    assert width.returncode == 1 and "changes its number of experts" in width.stderr
+
+
+def test_compare_train_and_validation():
+    out = report("--compare", os.path.join(LOGS, "counts.jsonl"), os.path.join(LOGS, "validation.jsonl"))
+    assert len(out) == 1 and out[0]["layer"] == "blk0"
+    cv = out[0]["metrics"]["load_cv"]
+    a, b = load_metrics([9, 3, 6, 6])["load_cv"], load_metrics([35, 15, 15, 15])["load_cv"]
+    assert cv["a"] == pytest.approx(a) and cv["b"] == pytest.approx(b)
+    assert cv["diff"] == pytest.approx(b - a)
+    text = run("--compare", os.path.join(LOGS, "counts.jsonl"), os.path.join(LOGS, "validation.jsonl"))
+    assert text.returncode == 0 and "load_cv" in text.stdout and "diff" in text.stdout
+
+
+def test_help_and_usage():
+    assert run("--help").returncode == 0
+    usage = run()
+    assert usage.returncode == 2 and "--help" in usage.stderr
+
+
+def test_layer_names_that_are_not_utf8():
+    # Found by the fuzzer: a non-UTF-8 layer name used to abort the JSON output.
+    result = subprocess.run([BINARY, "--json", "-"], input=b"1,\xb0\xb0,4,4\n", capture_output=True)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)[0]["layer"] == "\ufffd\ufffd"

@@ -1,0 +1,209 @@
+#include "tools/moe-stats/counts_log.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <cctype>
+#include <limits>
+
+namespace moe::stats {
+namespace {
+
+struct LineError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+std::string trim(const std::string& s) {
+  size_t a = 0, b = s.size();
+  while (a < b && std::isspace(static_cast<unsigned char>(s[a]))) ++a;
+  while (b > a && std::isspace(static_cast<unsigned char>(s[b - 1]))) --b;
+  return s.substr(a, b - a);
+}
+
+int64_t parse_count(const std::string& text, const char* what) {
+  const std::string t = trim(text);
+  if (t.empty()) throw LineError(std::string("empty ") + what);
+  size_t used = 0;
+  long long v = 0;
+  try {
+    v = std::stoll(t, &used);
+  } catch (const std::exception&) {
+    throw LineError(std::string("not an integer ") + what + ": '" + t + "'");
+  }
+  if (used != t.size()) throw LineError(std::string("not an integer ") + what + ": '" + t + "'");
+  if (v < 0) throw LineError(std::string("negative ") + what + ": " + t);
+  return v;
+}
+
+// A cursor over one line of PyTorch's tuple print.
+class Cursor {
+ public:
+  explicit Cursor(const std::string& s) : s_(s) {}
+  void skip_space() {
+    while (i_ < s_.size() && std::isspace(static_cast<unsigned char>(s_[i_]))) ++i_;
+  }
+  bool peek(char c) {
+    skip_space();
+    return i_ < s_.size() && s_[i_] == c;
+  }
+  void expect(const std::string& token) {
+    skip_space();
+    if (s_.compare(i_, token.size(), token) != 0)
+      throw LineError("expected '" + token + "' at column " + std::to_string(i_ + 1));
+    i_ += token.size();
+  }
+  int64_t integer() {
+    skip_space();
+    const size_t start = i_;
+    while (i_ < s_.size() && std::isdigit(static_cast<unsigned char>(s_[i_]))) ++i_;
+    if (start == i_) throw LineError("expected a number at column " + std::to_string(start + 1));
+    return parse_count(s_.substr(start, i_ - start), "count");
+  }
+  bool done() {
+    skip_space();
+    return i_ == s_.size();
+  }
+  // Skips to the next `c` (not consuming it), e.g. past ", device='cuda:0'".
+  void skip_until(char c) {
+    while (i_ < s_.size() && s_[i_] != c) ++i_;
+  }
+
+ private:
+  const std::string& s_;
+  size_t i_ = 0;
+};
+
+void parse_torch_print(const std::string& line, int64_t step, std::vector<CountsRecord>& out) {
+  Cursor c(line);
+  c.expect("[");
+  std::vector<CountsRecord> records;
+  while (!c.peek(']')) {
+    CountsRecord r;
+    r.step = step;
+    c.expect("(");
+    r.layer = std::to_string(c.integer());
+    c.expect(",");
+    c.expect("tensor(");
+    c.expect("[");
+    while (!c.peek(']')) {
+      r.counts.push_back(c.integer());
+      if (!c.peek(']')) c.expect(",");
+    }
+    c.expect("]");
+    if (c.peek(',')) c.skip_until(')');  // e.g. ", device='cuda:0'"
+    c.expect(")");
+    c.expect(")");
+    if (r.counts.empty()) throw LineError("layer " + r.layer + " has no counts");
+    records.push_back(std::move(r));
+    if (!c.peek(']')) c.expect(",");
+  }
+  c.expect("]");
+  if (!c.done()) throw LineError("trailing text after the list");
+  out.insert(out.end(), records.begin(), records.end());
+}
+
+std::vector<int64_t> json_counts(const nlohmann::json& v, const char* key) {
+  if (!v.is_array() || v.empty()) throw LineError(std::string("'") + key + "' is not a non-empty array");
+  std::vector<int64_t> out;
+  for (const auto& x : v) {
+    if (!x.is_number()) throw LineError(std::string("'") + key + "' holds a non-number");
+    const double d = x.get<double>();
+    if (!(d >= 0) || d > 9.0e18 || d != static_cast<double>(static_cast<int64_t>(d)))
+      throw LineError(std::string("'") + key + "' holds a value that is not a count");
+    out.push_back(static_cast<int64_t>(d));
+  }
+  return out;
+}
+
+std::string json_label(const nlohmann::json& v) {
+  if (v.is_string()) return v.get<std::string>();
+  if (v.is_number_integer()) return std::to_string(v.get<int64_t>());
+  throw LineError("'layer' is neither a string nor an integer");
+}
+
+void parse_json(const std::string& line, int64_t step, std::vector<CountsRecord>& out) {
+  const nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) throw LineError("not a JSON object");
+  CountsRecord r;
+  r.step = step;
+  if (j.contains("step")) {
+    if (!j["step"].is_number_integer()) throw LineError("'step' is not an integer");
+    r.step = j["step"].get<int64_t>();
+  }
+  r.layer = j.contains("layer") ? json_label(j["layer"]) : "0";
+  if (j.contains("split") && j["split"].is_string()) r.split = j["split"].get<std::string>();
+  if (j.contains("counts")) {
+    r.counts = json_counts(j["counts"], "counts");
+  } else if (j.contains("expert_counts")) {
+    r.counts = json_counts(j["expert_counts"], "expert_counts");
+    if (j.contains("expert_served")) r.served = json_counts(j["expert_served"], "expert_served");
+    if (r.served.size() && r.served.size() != r.counts.size())
+      throw LineError("expert_served and expert_counts differ in length");
+    if (j.contains("tokens") && j["tokens"].is_number() && j["tokens"].get<double>() == 0)
+      return;  // a record of a window with nothing in it
+  } else {
+    throw LineError("no 'counts' or 'expert_counts' key");
+  }
+  out.push_back(std::move(r));
+}
+
+void parse_csv(const std::string& line, bool& header_seen, std::vector<CountsRecord>& out) {
+  std::vector<std::string> cells;
+  size_t start = 0;
+  while (true) {
+    const size_t comma = line.find(',', start);
+    cells.push_back(trim(line.substr(start, comma == std::string::npos ? std::string::npos
+                                                                        : comma - start)));
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  if (!header_seen && cells[0] == "step") {
+    header_seen = true;
+    return;
+  }
+  if (cells.size() < 3) throw LineError("a CSV row needs step,layer and at least one count");
+  CountsRecord r;
+  r.step = parse_count(cells[0], "step");
+  if (cells[1].empty()) throw LineError("empty layer");
+  r.layer = cells[1];
+  for (size_t i = 2; i < cells.size(); ++i) r.counts.push_back(parse_count(cells[i], "count"));
+  out.push_back(std::move(r));
+}
+
+}  // namespace
+
+void parse_line(const std::string& raw, const std::string& source, int64_t line_number,
+                int64_t& step_counter, std::vector<CountsRecord>& out, bool& csv_header_seen) {
+  const std::string line = trim(raw);
+  if (line.empty() || line[0] == '#') return;
+  try {
+    if (line[0] == '[') {
+      parse_torch_print(line, ++step_counter, out);
+    } else if (line[0] == '{') {
+      parse_json(line, ++step_counter, out);
+    } else {
+      parse_csv(line, csv_header_seen, out);
+    }
+  } catch (const LineError& e) {
+    throw ParseError(source, line_number, e.what());
+  }
+}
+
+ParseResult parse_counts_log(std::istream& in, const std::string& source, bool lenient) {
+  ParseResult result;
+  std::string line;
+  int64_t number = 0, step_counter = 0;
+  bool header_seen = false;
+  while (std::getline(in, line)) {
+    ++number;
+    try {
+      parse_line(line, source, number, step_counter, result.records, header_seen);
+    } catch (const ParseError& e) {
+      if (!lenient) throw;
+      ++result.skipped_lines;
+      result.skipped_messages.push_back(e.what());
+    }
+  }
+  return result;
+}
+
+}  // namespace moe::stats

@@ -1,0 +1,42 @@
+// Parsing the counts logs that moe-stats reads (METRICS.md section 8), one record a line:
+//   PyTorch's print of [(layer, tensor([c0, c1, ...])), ...]   (one step a line)
+//   CSV  step,layer,e0,e1,...                                  (a header line is skipped)
+//   JSONL {"step": .., "layer": .., "counts": [...]}
+//   the library's own JSONL export (expert_counts, expert_served, split, ...)
+#pragma once
+
+#include <cstdint>
+#include <istream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace moe::stats {
+
+struct CountsRecord {
+  int64_t step = 0;
+  std::string layer;
+  std::string split;              // "" when the log does not say
+  std::vector<int64_t> counts;    // demand per expert
+  std::vector<int64_t> served;    // empty when the log has none
+};
+
+struct ParseError : std::runtime_error {
+  ParseError(const std::string& source, int64_t line, const std::string& what)
+      : std::runtime_error(source + ":" + std::to_string(line) + ": " + what) {}
+};
+
+struct ParseResult {
+  std::vector<CountsRecord> records;
+  int64_t skipped_lines = 0;  // malformed lines skipped under lenient parsing
+  std::vector<std::string> skipped_messages;
+};
+
+// Throws ParseError naming source and line for a malformed line, unless lenient.
+ParseResult parse_counts_log(std::istream& in, const std::string& source, bool lenient);
+
+// One line (exposed for the fuzzer and the tests); appends what it holds to out.
+void parse_line(const std::string& line, const std::string& source, int64_t line_number,
+                int64_t& step_counter, std::vector<CountsRecord>& out, bool& csv_header_seen);
+
+}  // namespace moe::stats

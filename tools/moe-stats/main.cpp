@@ -1,0 +1,71 @@
+// moe-stats: balance metrics and verdicts from expert-count logs (PyTorch's tuple
+// print, CSV, JSONL, or the library's own JSONL export). Results on stdout, messages
+// on stderr.
+#include <CLI/CLI.hpp>
+
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include "tools/moe-stats/counts_log.hpp"
+#include "tools/moe-stats/report.hpp"
+
+namespace {
+
+moe::stats::ParseResult read(const std::string& path, bool lenient) {
+  if (path == "-") return moe::stats::parse_counts_log(std::cin, "<stdin>", lenient);
+  std::ifstream in(path);
+  if (!in) throw std::runtime_error(path + ": cannot open");
+  return moe::stats::parse_counts_log(in, path, lenient);
+}
+
+std::vector<moe::stats::LayerReport> report_of(const std::string& path, bool lenient) {
+  const moe::stats::ParseResult parsed = read(path, lenient);
+  for (const std::string& message : parsed.skipped_messages)
+    std::cerr << "moe-stats: skipped " << message << "\n";
+  if (parsed.skipped_lines)
+    std::cerr << "moe-stats: " << path << ": " << parsed.skipped_lines << " malformed lines skipped\n";
+  if (parsed.records.empty()) std::cerr << "moe-stats: " << path << ": no records\n";
+  return moe::stats::build_report(parsed.records);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "moe-stats: load-balance metrics (METRICS.md section 1) and verdicts per layer from "
+      "expert-count logs: PyTorch's print of [(layer, tensor([...])), ...], CSV "
+      "(step,layer,e0,e1,...), JSONL ({\"step\",\"layer\",\"counts\"}) or moe-runtime's JSONL "
+      "export. '-' reads stdin."};
+  std::vector<std::string> files;
+  std::vector<std::string> compare;
+  bool json = false, lenient = false, quiet_steps = false;
+  app.add_option("files", files, "counts logs to report on");
+  app.add_option("--compare", compare, "two logs (e.g. train and validation) side by side")
+      ->expected(2);
+  app.add_flag("--json", json, "print JSON instead of text");
+  app.add_flag("--lenient", lenient, "skip malformed lines (counted on stderr) instead of failing");
+  app.add_flag("--summary", quiet_steps, "print only the summed figures, not every step");
+  CLI11_PARSE(app, argc, argv);
+  if (files.empty() && compare.empty()) {
+    std::cerr << "moe-stats: give a log file (or - for stdin), or --compare A B; see --help\n";
+    return 2;
+  }
+  try {
+    if (!compare.empty()) {
+      const auto comparison =
+          moe::stats::compare_json(report_of(compare[0], lenient), report_of(compare[1], lenient));
+      std::cout << (json ? moe::stats::json_text(comparison)
+                         : moe::stats::compare_text(comparison, compare[0], compare[1]));
+    }
+    for (const std::string& file : files) {
+      const auto report = report_of(file, lenient);
+      std::cout << (json ? moe::stats::json_text(moe::stats::report_json(report))
+                         : moe::stats::report_text(report, !quiet_steps));
+    }
+  } catch (const std::exception& e) {
+    std::cerr << "moe-stats: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}
