@@ -132,6 +132,29 @@ int main(void) {
   fwd.x.shape[1] = D;
   CHECK_OK(moe_layer_forward(layer, &fwd, NULL));
 
+  /* Telemetry: the catalogue, one metric by name, a snapshot, verdicts, an export. */
+  {
+    int32_t metrics = 0;
+    double load_cv = -1, scalars[256];
+    int64_t count = 0;
+    size_t length = 0;
+    char text[65536];
+    moe_telemetry_snapshot_t snapshot = MOE_TELEMETRY_SNAPSHOT_INIT;
+    moe_verdicts_t verdicts = MOE_VERDICTS_INIT;
+    CHECK_OK(moe_metric_count(&metrics));
+    CHECK(metrics > 50 && metrics < 256);
+    CHECK_OK(moe_layer_metric(layer, MOE_SPLIT_TRAIN, MOE_SCOPE_LAST, "load_cv", &load_cv, 1, &count));
+    CHECK(count == 1 && load_cv >= 0);
+    snapshot.scalars = scalars;
+    CHECK_OK(moe_layer_telemetry(layer, &snapshot));
+    CHECK(snapshot.num_experts == E && snapshot.step == 1); /* the second training call */
+    CHECK_OK(moe_layer_verdicts(layer, MOE_SPLIT_TRAIN, MOE_SCOPE_WINDOW, &verdicts));
+    CHECK(strlen(verdicts.balance.label) > 0);
+    CHECK_OK(moe_layer_telemetry_export(layer, MOE_EXPORT_PROMETHEUS, MOE_SPLIT_TRAIN, MOE_SCOPE_LAST,
+                                        text, sizeof text, &length));
+    CHECK(length > 0 && strstr(text, "moe_load_cv{") != NULL);
+  }
+
   CHECK_OK(moe_ctx_destroy(ctx));
   CHECK(moe_ctx_destroy(ctx) == MOE_STATUS_INVALID_HANDLE);
   CHECK_OK(moe_layer_destroy(layer));
