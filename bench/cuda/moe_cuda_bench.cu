@@ -105,6 +105,8 @@ int main(int argc, char** argv) {
       k = v;
     else if (a == "--iters")
       iters = static_cast<int>(v);
+    else if (a == "--telemetry")
+      telemetry = v;
     else if (a == "--json")
       json = argv[i + 1];
   }
