@@ -95,8 +95,17 @@ void BM_TelemetryStage(benchmark::State& state) {
 
 BENCHMARK(BM_Forward)
     ->ArgNames({"tokens", "telemetry_every"})
-    ->Args({4096, 0})->Args({4096, 1})->Args({4096, 10})
-    ->Args({64, 0})->Args({64, 1})->Args({64, 10})
-    ->Unit(benchmark::kMillisecond)->MinTime(2.0);
-BENCHMARK(BM_TelemetryStage)->ArgNames({"tokens"})->Arg(4096)->Arg(64)->Unit(benchmark::kMicrosecond);
+    ->Args({4096, 0})
+    ->Args({4096, 1})
+    ->Args({4096, 10})
+    ->Args({64, 0})
+    ->Args({64, 1})
+    ->Args({64, 10})
+    ->Unit(benchmark::kMillisecond)
+    ->MinTime(2.0);
+BENCHMARK(BM_TelemetryStage)
+    ->ArgNames({"tokens"})
+    ->Arg(4096)
+    ->Arg(64)
+    ->Unit(benchmark::kMicrosecond);
 BENCHMARK_MAIN();

@@ -4,9 +4,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <vector>
 #include <new>
 #include <string>
+#include <vector>
 
 #include "backends/backend.hpp"
 #include "core/error.hpp"
@@ -14,10 +14,10 @@
 #include "core/layer.hpp"
 #include "core/pipeline.hpp"
 #include "core/raw_enum.hpp"
+#include "core/sized_struct.hpp"
 #include "core/telemetry/export.hpp"
 #include "core/telemetry/verdicts.hpp"
 #include "core/telemetry/weight_metrics.hpp"
-#include "core/sized_struct.hpp"
 #include "moe/moe.h"
 
 namespace {
@@ -66,21 +66,22 @@ void require_expert_count(const moe::Layer& layer, int64_t count) {
                    std::to_string(layer.config.num_experts) + " experts");
 }
 
-moe_split_t checked_split(moe_split_t split) {
+// By reference: reading an out-of-range enum by value is undefined behaviour.
+moe_split_t checked_split(const moe_split_t& split) {
   const int raw = moe::raw_enum(split);
   moe::require(raw == MOE_SPLIT_TRAIN || raw == MOE_SPLIT_EVAL, MOE_STATUS_INVALID_ARGUMENT,
                "split is not a moe_split_t: " + std::to_string(raw));
   return split;
 }
 
-moe_scope_t checked_scope(moe_scope_t scope) {
+moe_scope_t checked_scope(const moe_scope_t& scope) {
   const int raw = moe::raw_enum(scope);
   moe::require(raw >= MOE_SCOPE_LAST && raw <= MOE_SCOPE_EMA, MOE_STATUS_INVALID_ARGUMENT,
                "scope is not a moe_scope_t: " + std::to_string(raw));
   return scope;
 }
 
-moe::MetricSet metrics_of(const moe::Layer& l, moe_split_t split, moe_scope_t scope) {
+moe::MetricSet metrics_of(const moe::Layer& l, const moe_split_t& split, const moe_scope_t& scope) {
   return l.telemetry.metrics(checked_split(split), checked_scope(scope), l.config);
 }
 
@@ -532,9 +533,11 @@ moe_status_t moe_group_add(moe_group_t group, const_moe_layer_t layer) {
 }
 
 moe_status_t moe_group_get_metrics(moe_group_t group, moe_split_t split, moe_scope_t scope,
-                               moe_group_metrics_t* metrics) {
+                                   moe_group_metrics_t* metrics) {
   return guarded(__func__, [&] {
     moe::HandleRegistry::instance().check(group, moe::HandleKind::Group, "group");
+    checked_split(split);
+    checked_scope(scope);
     const moe_group_metrics_t defaults = MOE_GROUP_METRICS_INIT;
     moe_group_metrics_t out = moe::read_sized(metrics, defaults, "metrics");
     const double nan = std::nan("");

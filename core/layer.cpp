@@ -1,9 +1,9 @@
 #include "core/layer.hpp"
 
-#include "core/telemetry/verdicts.hpp"
-
 #include <algorithm>
 #include <atomic>
+
+#include "core/telemetry/verdicts.hpp"
 
 namespace moe {
 namespace {

@@ -6,9 +6,9 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <vector>
-#include <cstring>
 
 #include "backends/cuda/cuda_check.hpp"
 #include "backends/cuda/device_buffer.hpp"
@@ -97,11 +97,9 @@ struct CudaSavedState final : SavedState {
       check(cudaMemcpyAsync(logits_f.data(), logits.get(), T * E * sizeof(float),
                             cudaMemcpyDeviceToHost, stream),
             "cudaMemcpyAsync");
-      check(cudaMemcpyAsync(r.nonfinite.data(), nonfinite.get(), T, cudaMemcpyDeviceToHost,
-                            stream),
+      check(cudaMemcpyAsync(r.nonfinite.data(), nonfinite.get(), T, cudaMemcpyDeviceToHost, stream),
             "cudaMemcpyAsync");
-      check(cudaMemcpyAsync(p.dropped.data(), dropped.get(), T * k, cudaMemcpyDeviceToHost,
-                            stream),
+      check(cudaMemcpyAsync(p.dropped.data(), dropped.get(), T * k, cudaMemcpyDeviceToHost, stream),
             "cudaMemcpyAsync");
       check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
     }
@@ -312,11 +310,9 @@ std::unique_ptr<SavedState> CudaBackend::forward(Layer& layer, const moe_forward
         "cudaMemcpyAsync");
   s->row_token = DeviceBuffer(rows * sizeof(int64_t), stream);
   s->row_expert = DeviceBuffer(rows * sizeof(int32_t), stream);
-  check(cudaMemsetAsync(s->row_token.get(), 0xff, s->row_token.bytes(), stream),
-        "cudaMemsetAsync");
-  cuda::assign_rows(p, s->experts.get<int32_t>(), s->summary.get<int64_t>(),
-                    s->row.get<int64_t>(), s->dropped.get<uint8_t>(),
-                    s->row_token.get<int64_t>(), stream);
+  check(cudaMemsetAsync(s->row_token.get(), 0xff, s->row_token.bytes(), stream), "cudaMemsetAsync");
+  cuda::assign_rows(p, s->experts.get<int32_t>(), s->summary.get<int64_t>(), s->row.get<int64_t>(),
+                    s->dropped.get<uint8_t>(), s->row_token.get<int64_t>(), stream);
   cuda::row_experts(E, rows, s->summary.get<int64_t>(), s->row_expert.get<int32_t>(), stream);
   timer.mark("readback");
   s->xp = DeviceBuffer(rows * d * es, stream);

@@ -18,7 +18,6 @@ cublasOperation_t op(bool transpose) {
   return transpose ? CUBLAS_OP_T : CUBLAS_OP_N;
 }
 
-
 const void* operand_pointer(const ExpertOperand& o, int64_t e, const std::vector<int64_t>& offsets,
                             size_t element) {
   const int64_t elements = o.by_rows ? offsets[e] * o.ld : e * o.expert_stride;
@@ -66,8 +65,8 @@ GroupedGemm::~GroupedGemm() {
   if (device_pointers_) cudaFree(device_pointers_);
 }
 
-void GroupedGemm::run_batched(cublasHandle_t handle, moe_dtype_t dtype,
-                              const ExpertLayout& layout, const GroupedProblem& p) {
+void GroupedGemm::run_batched(cublasHandle_t handle, moe_dtype_t dtype, const ExpertLayout& layout,
+                              const GroupedProblem& p) {
   const int64_t E = static_cast<int64_t>(layout.rows.size());
   const int64_t m = layout.rows.empty() ? 0 : layout.rows[0];
   auto dim = [&](int64_t d) { return d == GroupedProblem::kRows ? m : d; };

@@ -94,7 +94,9 @@ std::string prometheus(const MetricSet& m, const ExportLabels& l, int64_t E) {
 
 }  // namespace
 
-const char* split_name(moe_split_t split) { return split == MOE_SPLIT_EVAL ? "eval" : "train"; }
+const char* split_name(moe_split_t split) {
+  return split == MOE_SPLIT_EVAL ? "eval" : "train";
+}
 
 const char* scope_name(moe_scope_t scope) {
   return scope == MOE_SCOPE_WINDOW ? "window" : scope == MOE_SCOPE_EMA ? "ema" : "last";

@@ -9,7 +9,9 @@ LayerTelemetry::LayerTelemetry(int64_t experts, int64_t interval, double ema_dec
   reset();
 }
 
-bool LayerTelemetry::due() { return interval_ > 0 && calls_++ % interval_ == 0; }
+bool LayerTelemetry::due() {
+  return interval_ > 0 && calls_++ % interval_ == 0;
+}
 
 void LayerTelemetry::record(bool train, const StepStats& stats, const LayerConfig& config,
                             int64_t step) {

@@ -13,10 +13,10 @@ constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
 // Section 1 of METRICS.md over one count vector.
 struct LoadMetrics {
-  double entropy = kNaN, entropy_norm = kNaN, kl = kNaN, std_pct = kNaN, cv = kNaN,
-         variance = kNaN, std_tokens = kNaN, max_pct = kNaN, max_frac = kNaN,
-         min_max = kNaN, max_over_mean = kNaN, maxvio = kNaN, gini = kNaN, jain = kNaN,
-         diversity = kNaN, dead = kNaN, active = kNaN, fraction_active = kNaN;
+  double entropy = kNaN, entropy_norm = kNaN, kl = kNaN, std_pct = kNaN, cv = kNaN, variance = kNaN,
+         std_tokens = kNaN, max_pct = kNaN, max_frac = kNaN, min_max = kNaN, max_over_mean = kNaN,
+         maxvio = kNaN, gini = kNaN, jain = kNaN, diversity = kNaN, dead = kNaN, active = kNaN,
+         fraction_active = kNaN;
 };
 
 double population_std(const std::vector<double>& v) {
@@ -165,7 +165,9 @@ int metric_index(const std::string& name) {
   return it == index.end() ? -1 : it->second;
 }
 
-double MetricSet::scalar(const char* name) const { return values[metric_index(name)][0]; }
+double MetricSet::scalar(const char* name) const {
+  return values[metric_index(name)][0];
+}
 
 MetricSet compute_metrics(const StepStats& s, const LayerConfig& config) {
   const int64_t E = s.experts;
@@ -258,7 +260,8 @@ MetricSet compute_metrics(const StepStats& s, const LayerConfig& config) {
   for (int64_t i = 0; i < E; ++i)
     for (int64_t j = i + 1; j < E; ++j) {
       const double both = static_cast<double>(s.coactivation[i * E + j]);
-      const double either = static_cast<double>(s.coactivation[i * E + i] + s.coactivation[j * E + j]) - both;
+      const double either =
+          static_cast<double>(s.coactivation[i * E + i] + s.coactivation[j * E + j]) - both;
       if (either <= 0) continue;
       const double jac = both / either;
       jaccard_sum += jac;
@@ -281,8 +284,7 @@ MetricSet compute_metrics(const StepStats& s, const LayerConfig& config) {
   per_expert("expert_served", [&](int64_t e) { return static_cast<double>(s.served[e]); });
   per_expert("frac_dem", [&](int64_t e) { return ratio(static_cast<double>(s.demand[e]), Tk); });
   per_expert("frac_srv", [&](int64_t e) { return ratio(static_cast<double>(s.served[e]), Tk); });
-  per_expert("dropped",
-             [&](int64_t e) { return static_cast<double>(s.demand[e] - s.served[e]); });
+  per_expert("dropped", [&](int64_t e) { return static_cast<double>(s.demand[e] - s.served[e]); });
   out.values[metric_index("coactivation")].assign(s.coactivation.begin(), s.coactivation.end());
   return out;
 }

@@ -52,8 +52,8 @@ int32_t top1_of(const Routing& r, int64_t t, bool expert_choice) {
   if (!expert_choice) return chosen[0];
   int32_t best = -1;
   for (int64_t j = 0; j < r.slots; ++j)
-    if (chosen[j] >= 0 && (best < 0 || r.prob[t * r.experts + chosen[j]] >
-                                           r.prob[t * r.experts + best]))
+    if (chosen[j] >= 0 &&
+        (best < 0 || r.prob[t * r.experts + chosen[j]] > r.prob[t * r.experts + best]))
       best = chosen[j];
   return best;
 }

@@ -15,9 +15,9 @@ struct LayerConfig;
 struct StepStats {
   int64_t experts = 0;
   int64_t steps = 0;
-  int64_t tokens = 0;         // T, summed
-  int64_t valid_tokens = 0;   // tokens with finite logits
-  int64_t nominal_copies = 0; // T * k, summed
+  int64_t tokens = 0;          // T, summed
+  int64_t valid_tokens = 0;    // tokens with finite logits
+  int64_t nominal_copies = 0;  // T * k, summed
   int64_t nonfinite_rows = 0;
   int64_t tokens_fully_dropped = 0;
   int64_t capacity_sum = 0;

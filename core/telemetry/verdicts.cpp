@@ -38,7 +38,8 @@ moe_verdicts_t judge(const MetricSet& m, const LayerConfig& config,
   const double max_frac = m.scalar("max_frac"), active = m.scalar("active_experts");
   const double cv = m.scalar("load_cv"), entropy_norm = m.scalar("load_entropy_norm");
   const double kl = m.scalar("kl_to_uniform"), dead = m.scalar("dead_experts");
-  const double max_frac_limit = std::max(t.imbalance_max_frac_floor, t.imbalance_max_frac_experts / E);
+  const double max_frac_limit =
+      std::max(t.imbalance_max_frac_floor, t.imbalance_max_frac_experts / E);
 
   if (std::isnan(max_frac)) {
     out.balance = verdict("no_data", "", 0, 0, "");
@@ -50,13 +51,13 @@ moe_verdicts_t judge(const MetricSet& m, const LayerConfig& config,
   } else if (cv > t.imbalance_load_cv) {
     out.balance = verdict("imbalanced", "load_cv", cv, t.imbalance_load_cv, kBalanceHint);
   } else if (E > 1 && entropy_norm < t.imbalance_entropy_norm) {
-    out.balance = verdict("imbalanced", "load_entropy_norm", entropy_norm,
-                          t.imbalance_entropy_norm, kBalanceHint);
+    out.balance = verdict("imbalanced", "load_entropy_norm", entropy_norm, t.imbalance_entropy_norm,
+                          kBalanceHint);
   } else if (kl > t.imbalance_kl) {
     out.balance = verdict("imbalanced", "kl_to_uniform", kl, t.imbalance_kl, kBalanceHint);
   } else if (dead > E * t.imbalance_dead_fraction) {
-    out.balance = verdict("imbalanced", "dead_experts", dead, E * t.imbalance_dead_fraction,
-                          kBalanceHint);
+    out.balance =
+        verdict("imbalanced", "dead_experts", dead, E * t.imbalance_dead_fraction, kBalanceHint);
   } else if (max_frac > max_frac_limit) {
     out.balance = verdict("imbalanced", "max_frac", max_frac, max_frac_limit, kBalanceHint);
   } else if (cv > t.moderate_load_cv) {
@@ -95,8 +96,8 @@ moe_verdicts_t judge(const MetricSet& m, const LayerConfig& config,
   } else if (drop_rate > t.pressure_drop_rate) {
     out.capacity = verdict("pressure", "drop_rate", drop_rate, t.pressure_drop_rate, kPressureHint);
   } else if (gap > t.pressure_frac_gap) {
-    out.capacity = verdict("pressure", "frac_dem_max-frac_srv_max", gap, t.pressure_frac_gap,
-                           kPressureHint);
+    out.capacity =
+        verdict("pressure", "frac_dem_max-frac_srv_max", gap, t.pressure_frac_gap, kPressureHint);
   } else {
     out.capacity = verdict("ok", "drop_rate", drop_rate, t.pressure_drop_rate, "");
   }

@@ -47,7 +47,8 @@ moe_weight_metrics_t weight_metrics(const std::vector<double>& router, int64_t d
     }
   const double mean = sum / static_cast<double>(pairs);
   out.expert_similarity_mean = mean;
-  out.expert_similarity_std = std::sqrt(std::max(0.0, sq / static_cast<double>(pairs) - mean * mean));
+  out.expert_similarity_std =
+      std::sqrt(std::max(0.0, sq / static_cast<double>(pairs) - mean * mean));
   return out;
 }
 

@@ -32,18 +32,60 @@ TEST(TelemetryApi, CatalogueNamesAreUniqueAndCoverTheContract) {
     for (const std::string& seen : names) EXPECT_NE(seen, name);
     names.emplace_back(name);
   }
-  for (const char* required :
-       {"tokens", "expert_counts", "expert_served", "frac_dem", "frac_dem_max", "frac_srv",
-        "frac_srv_max", "load_entropy", "load_entropy_norm", "kl_to_uniform", "load_std_pct",
-        "load_cv", "load_variance", "std_tokens_per_expert", "max_load_pct", "max_frac",
-        "min_max_ratio", "max_over_mean", "maxvio", "gini", "jain_fairness", "diversity",
-        "dead_experts", "active_experts", "fraction_active", "router_entropy_mean",
-        "router_entropy_norm_mean", "top1_p_mean", "topk_mass_mean", "top1_margin_mean",
-        "importance_cv", "aux_loss", "aux_loss_scaled", "z_loss", "z_loss_scaled",
-        "logit_max_abs", "nonfinite_rows", "capacity", "ideal_capacity", "capacity_factor",
-        "capacity_usage", "capacity_utilization", "dropped", "dropped_total", "drop_rate",
-        "tokens_fully_dropped", "avg_experts_per_token", "routing_sparsity", "coactivation",
-        "jaccard_mean", "jaccard_max", "seq_consistency", "seq_topk_overlap", "routing_locality"})
+  for (const char* required : {"tokens",
+                               "expert_counts",
+                               "expert_served",
+                               "frac_dem",
+                               "frac_dem_max",
+                               "frac_srv",
+                               "frac_srv_max",
+                               "load_entropy",
+                               "load_entropy_norm",
+                               "kl_to_uniform",
+                               "load_std_pct",
+                               "load_cv",
+                               "load_variance",
+                               "std_tokens_per_expert",
+                               "max_load_pct",
+                               "max_frac",
+                               "min_max_ratio",
+                               "max_over_mean",
+                               "maxvio",
+                               "gini",
+                               "jain_fairness",
+                               "diversity",
+                               "dead_experts",
+                               "active_experts",
+                               "fraction_active",
+                               "router_entropy_mean",
+                               "router_entropy_norm_mean",
+                               "top1_p_mean",
+                               "topk_mass_mean",
+                               "top1_margin_mean",
+                               "importance_cv",
+                               "aux_loss",
+                               "aux_loss_scaled",
+                               "z_loss",
+                               "z_loss_scaled",
+                               "logit_max_abs",
+                               "nonfinite_rows",
+                               "capacity",
+                               "ideal_capacity",
+                               "capacity_factor",
+                               "capacity_usage",
+                               "capacity_utilization",
+                               "dropped",
+                               "dropped_total",
+                               "drop_rate",
+                               "tokens_fully_dropped",
+                               "avg_experts_per_token",
+                               "routing_sparsity",
+                               "coactivation",
+                               "jaccard_mean",
+                               "jaccard_max",
+                               "seq_consistency",
+                               "seq_topk_overlap",
+                               "routing_locality"})
     EXPECT_NE(std::find(names.begin(), names.end(), required), names.end()) << required;
   EXPECT_EQ(moe_metric_info(n, nullptr, nullptr, nullptr), MOE_STATUS_INVALID_ARGUMENT);
   EXPECT_EQ(moe_metric_count(nullptr), MOE_STATUS_NULL_POINTER);
@@ -97,23 +139,24 @@ TEST(TelemetryApi, BadInputIsRefusedAndChangesNothing) {
   moe_layer_t layer = p.layer.get();
   double v[16];
   int64_t count = 0;
-  EXPECT_EQ(moe_layer_metric(layer, MOE_SPLIT_TRAIN, MOE_SCOPE_LAST, "no_such_metric", v, 16, &count),
-            MOE_STATUS_INVALID_ARGUMENT);
+  EXPECT_EQ(
+      moe_layer_metric(layer, MOE_SPLIT_TRAIN, MOE_SCOPE_LAST, "no_such_metric", v, 16, &count),
+      MOE_STATUS_INVALID_ARGUMENT);
   EXPECT_NE(std::string(moe_last_error()).find("no_such_metric"), std::string::npos);
   EXPECT_EQ(moe_layer_metric(layer, MOE_SPLIT_TRAIN, MOE_SCOPE_LAST, "expert_counts", v, 3, &count),
             MOE_STATUS_INVALID_ARGUMENT);
   EXPECT_EQ(moe_layer_metric(layer, MOE_SPLIT_TRAIN, MOE_SCOPE_LAST, nullptr, v, 16, &count),
             MOE_STATUS_NULL_POINTER);
-  EXPECT_EQ(moe_layer_metric(layer, static_cast<moe_split_t>(7), MOE_SCOPE_LAST, "gini", v, 16,
-                             &count),
-            MOE_STATUS_INVALID_ARGUMENT);
-  EXPECT_EQ(moe_layer_metric(layer, MOE_SPLIT_TRAIN, static_cast<moe_scope_t>(-1), "gini", v, 16,
-                             &count),
-            MOE_STATUS_INVALID_ARGUMENT);
+  EXPECT_EQ(
+      moe_layer_metric(layer, static_cast<moe_split_t>(7), MOE_SCOPE_LAST, "gini", v, 16, &count),
+      MOE_STATUS_INVALID_ARGUMENT);
+  EXPECT_EQ(
+      moe_layer_metric(layer, MOE_SPLIT_TRAIN, static_cast<moe_scope_t>(-1), "gini", v, 16, &count),
+      MOE_STATUS_INVALID_ARGUMENT);
   EXPECT_EQ(moe_layer_telemetry(layer, nullptr), MOE_STATUS_NULL_POINTER);
   size_t length = 0;
-  EXPECT_EQ(moe_layer_telemetry_export(layer, static_cast<moe_export_format_t>(9),
-                                       MOE_SPLIT_TRAIN, MOE_SCOPE_LAST, nullptr, 0, &length),
+  EXPECT_EQ(moe_layer_telemetry_export(layer, static_cast<moe_export_format_t>(9), MOE_SPLIT_TRAIN,
+                                       MOE_SCOPE_LAST, nullptr, 0, &length),
             MOE_STATUS_INVALID_ARGUMENT);
   EXPECT_EQ(moe_layer_telemetry_export(layer, MOE_EXPORT_JSONL, MOE_SPLIT_TRAIN, MOE_SCOPE_LAST,
                                        nullptr, 0, nullptr),
@@ -151,11 +194,14 @@ TEST(TelemetryApi, GroupsCheckTheirHandles) {
   ASSERT_EQ(moe_group_create(&group), MOE_STATUS_SUCCESS);
   EXPECT_EQ(moe_group_add(group, nullptr), MOE_STATUS_NULL_POINTER);
   moe_group_metrics_t m = MOE_GROUP_METRICS_INIT;
+  EXPECT_EQ(moe_group_get_metrics(group, static_cast<moe_split_t>(5), MOE_SCOPE_LAST, &m),
+            MOE_STATUS_INVALID_ARGUMENT);
   {
     Problem<float> p(make_config(8, 8, 4, 2), 20, 1);
     p.forward();
     ASSERT_EQ(moe_group_add(group, p.layer.get()), MOE_STATUS_SUCCESS);
-    ASSERT_EQ(moe_group_get_metrics(group, MOE_SPLIT_TRAIN, MOE_SCOPE_LAST, &m), MOE_STATUS_SUCCESS);
+    ASSERT_EQ(moe_group_get_metrics(group, MOE_SPLIT_TRAIN, MOE_SCOPE_LAST, &m),
+              MOE_STATUS_SUCCESS);
     EXPECT_EQ(m.layers, 1);
   }
   // The layer is gone: the group says so instead of reading freed memory.

@@ -1,9 +1,8 @@
 #include "tools/moe-stats/counts_log.hpp"
 
-#include <nlohmann/json.hpp>
-
 #include <cctype>
 #include <limits>
+#include <nlohmann/json.hpp>
 
 namespace moe::stats {
 namespace {
@@ -102,7 +101,8 @@ void parse_torch_print(const std::string& line, int64_t step, std::vector<Counts
 }
 
 std::vector<int64_t> json_counts(const nlohmann::json& v, const char* key) {
-  if (!v.is_array() || v.empty()) throw LineError(std::string("'") + key + "' is not a non-empty array");
+  if (!v.is_array() || v.empty())
+    throw LineError(std::string("'") + key + "' is not a non-empty array");
   std::vector<int64_t> out;
   for (const auto& x : v) {
     if (!x.is_number()) throw LineError(std::string("'") + key + "' holds a non-number");
@@ -151,8 +151,8 @@ void parse_csv(const std::string& line, bool& header_seen, std::vector<CountsRec
   size_t start = 0;
   while (true) {
     const size_t comma = line.find(',', start);
-    cells.push_back(trim(line.substr(start, comma == std::string::npos ? std::string::npos
-                                                                        : comma - start)));
+    cells.push_back(
+        trim(line.substr(start, comma == std::string::npos ? std::string::npos : comma - start)));
     if (comma == std::string::npos) break;
     start = comma + 1;
   }

@@ -16,9 +16,9 @@ namespace moe::stats {
 struct CountsRecord {
   int64_t step = 0;
   std::string layer;
-  std::string split;              // "" when the log does not say
-  std::vector<int64_t> counts;    // demand per expert
-  std::vector<int64_t> served;    // empty when the log has none
+  std::string split;            // "" when the log does not say
+  std::vector<int64_t> counts;  // demand per expert
+  std::vector<int64_t> served;  // empty when the log has none
 };
 
 struct ParseError : std::runtime_error {

@@ -2,7 +2,6 @@
 // print, CSV, JSONL, or the library's own JSONL export). Results on stdout, messages
 // on stderr.
 #include <CLI/CLI.hpp>
-
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -24,7 +23,8 @@ std::vector<moe::stats::LayerReport> report_of(const std::string& path, bool len
   for (const std::string& message : parsed.skipped_messages)
     std::cerr << "moe-stats: skipped " << message << "\n";
   if (parsed.skipped_lines)
-    std::cerr << "moe-stats: " << path << ": " << parsed.skipped_lines << " malformed lines skipped\n";
+    std::cerr << "moe-stats: " << path << ": " << parsed.skipped_lines
+              << " malformed lines skipped\n";
   if (parsed.records.empty()) std::cerr << "moe-stats: " << path << ": no records\n";
   return moe::stats::build_report(parsed.records);
 }

@@ -12,13 +12,15 @@ namespace moe::stats {
 namespace {
 
 const std::vector<std::string> kCountMetrics = {
-    "frac_dem_max", "load_entropy", "load_entropy_norm", "kl_to_uniform", "load_std_pct",
-    "load_cv", "load_variance", "std_tokens_per_expert", "max_load_pct", "max_frac",
-    "min_max_ratio", "max_over_mean", "maxvio", "gini", "jain_fairness", "diversity",
+    "frac_dem_max", "load_entropy",   "load_entropy_norm", "kl_to_uniform",
+    "load_std_pct", "load_cv",        "load_variance",     "std_tokens_per_expert",
+    "max_load_pct", "max_frac",       "min_max_ratio",     "max_over_mean",
+    "maxvio",       "gini",           "jain_fairness",     "diversity",
     "dead_experts", "active_experts", "fraction_active"};
 const std::vector<std::string> kServedMetrics = {
-    "frac_srv_max", "dropped_total", "drop_rate", "load_cv_served", "max_frac_served",
-    "gini_served", "min_max_ratio_served", "dead_experts_served"};
+    "frac_srv_max",         "dropped_total",      "drop_rate",
+    "load_cv_served",       "max_frac_served",    "gini_served",
+    "min_max_ratio_served", "dead_experts_served"};
 
 int64_t checked_add(int64_t a, int64_t b) {
   int64_t out;
@@ -50,11 +52,14 @@ LayerConfig config_of(int64_t experts) {
 
 std::map<std::string, double> pick(const MetricSet& m, bool with_served) {
   std::map<std::string, double> out;
-  for (const std::string& name : report_metric_names(with_served)) out[name] = m.scalar(name.c_str());
+  for (const std::string& name : report_metric_names(with_served))
+    out[name] = m.scalar(name.c_str());
   return out;
 }
 
-nlohmann::json number(double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(); }
+nlohmann::json number(double v) {
+  return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json();
+}
 
 std::string format(double v) {
   if (std::isnan(v)) return "nan";
@@ -95,10 +100,9 @@ std::vector<LayerReport> build_report(const std::vector<CountsRecord>& records) 
     }
     StepStats& sum = sums.at(key);
     if (static_cast<int64_t>(r.counts.size()) != sum.experts)
-      throw std::runtime_error("layer " + key + " changes its number of experts from " +
-                               std::to_string(sum.experts) + " to " +
-                               std::to_string(r.counts.size()) + " at step " +
-                               std::to_string(r.step));
+      throw std::runtime_error(
+          "layer " + key + " changes its number of experts from " + std::to_string(sum.experts) +
+          " to " + std::to_string(r.counts.size()) + " at step " + std::to_string(r.step));
     const StepStats step = stats_of(r.counts, r.served);
     // Check the window's sums before StepStats::add makes them (it does not check).
     for (size_t e = 0; e < r.counts.size(); ++e) {
@@ -120,8 +124,11 @@ std::vector<LayerReport> build_report(const std::vector<CountsRecord>& records) 
     l.summed_counts.assign(sum.demand.begin(), sum.demand.end());
     const moe_verdicts_t v = judge(m, config, default_thresholds(), 0);
     auto json_of = [](const moe_verdict_t& x) {
-      return nlohmann::json{{"label", x.label}, {"metric", x.metric}, {"value", number(x.value)},
-                            {"threshold", number(x.threshold)}, {"hint", x.hint}};
+      return nlohmann::json{{"label", x.label},
+                            {"metric", x.metric},
+                            {"value", number(x.value)},
+                            {"threshold", number(x.threshold)},
+                            {"hint", x.hint}};
     };
     l.verdicts["balance"] = json_of(v.balance);
     if (served_seen[key]) l.verdicts["capacity"] = json_of(v.capacity);
@@ -145,7 +152,10 @@ nlohmann::json report_json(const std::vector<LayerReport>& report) {
     nlohmann::json summed;
     for (const auto& [k, v] : l.summed) summed[k] = number(v);
     summed["expert_counts"] = l.summed_counts;
-    out.push_back({{"layer", l.layer}, {"split", l.split}, {"steps", steps}, {"summed", summed},
+    out.push_back({{"layer", l.layer},
+                   {"split", l.split},
+                   {"steps", steps},
+                   {"summed", summed},
                    {"verdicts", l.verdicts}});
   }
   return out;
@@ -153,8 +163,8 @@ nlohmann::json report_json(const std::vector<LayerReport>& report) {
 
 std::string report_text(const std::vector<LayerReport>& report, bool per_step) {
   std::string out;
-  const std::vector<std::string> columns = {"load_cv", "max_frac", "load_entropy_norm",
-                                            "kl_to_uniform", "gini", "min_max_ratio",
+  const std::vector<std::string> columns = {"load_cv",       "max_frac", "load_entropy_norm",
+                                            "kl_to_uniform", "gini",     "min_max_ratio",
                                             "dead_experts"};
   for (const LayerReport& l : report) {
     out += "layer " + l.layer + (l.split.empty() ? "" : " (" + l.split + ")") + ": " +
@@ -178,8 +188,9 @@ std::string report_text(const std::vector<LayerReport>& report, bool per_step) {
     for (const auto& [kind, v] : l.verdicts) {
       out += "  " + kind + ": " + v["label"].get<std::string>();
       if (!v["metric"].get<std::string>().empty())
-        out += " (" + v["metric"].get<std::string>() + " " + format(v["value"].is_null() ? NAN : v["value"].get<double>()) +
-               " vs " + format(v["threshold"].is_null() ? NAN : v["threshold"].get<double>()) + ")";
+        out += " (" + v["metric"].get<std::string>() + " " +
+               format(v["value"].is_null() ? NAN : v["value"].get<double>()) + " vs " +
+               format(v["threshold"].is_null() ? NAN : v["threshold"].get<double>()) + ")";
       if (!v["hint"].get<std::string>().empty()) out += "; hint: " + v["hint"].get<std::string>();
       out += "\n";
     }
@@ -196,11 +207,14 @@ nlohmann::json compare_json(const std::vector<LayerReport>& a, const std::vector
       for (const auto& [k, va] : la.summed) {
         auto it = lb.summed.find(k);
         if (it == lb.summed.end()) continue;
-        metrics[k] = {{"a", number(va)}, {"b", number(it->second)},
-                      {"diff", number(it->second - va)}};
+        metrics[k] = {
+            {"a", number(va)}, {"b", number(it->second)}, {"diff", number(it->second - va)}};
       }
-      out.push_back({{"layer", la.layer}, {"split_a", la.split}, {"split_b", lb.split},
-                     {"metrics", metrics}, {"balance_a", la.verdicts.at("balance")["label"]},
+      out.push_back({{"layer", la.layer},
+                     {"split_a", la.split},
+                     {"split_b", lb.split},
+                     {"metrics", metrics},
+                     {"balance_a", la.verdicts.at("balance")["label"]},
                      {"balance_b", lb.verdicts.at("balance")["label"]}});
     }
   return out;
@@ -209,13 +223,16 @@ nlohmann::json compare_json(const std::vector<LayerReport>& a, const std::vector
 std::string compare_text(const nlohmann::json& comparison, const std::string& name_a,
                          const std::string& name_b) {
   std::string out;
-  auto cell = [](const nlohmann::json& v) { return v.is_null() ? std::string("nan") : format(v.get<double>()); };
+  auto cell = [](const nlohmann::json& v) {
+    return v.is_null() ? std::string("nan") : format(v.get<double>());
+  };
   for (const auto& layer : comparison) {
     char line[256];
     out += "layer " + layer["layer"].get<std::string>() + ": balance " +
-           layer["balance_a"].get<std::string>() + " -> " + layer["balance_b"].get<std::string>() + "\n";
-    std::snprintf(line, sizeof line, "  %-24s %12s %12s %12s\n", "metric", name_a.substr(0, 12).c_str(),
-                  name_b.substr(0, 12).c_str(), "diff");
+           layer["balance_a"].get<std::string>() + " -> " + layer["balance_b"].get<std::string>() +
+           "\n";
+    std::snprintf(line, sizeof line, "  %-24s %12s %12s %12s\n", "metric",
+                  name_a.substr(0, 12).c_str(), name_b.substr(0, 12).c_str(), "diff");
     out += line;
     for (const auto& [k, v] : layer["metrics"].items()) {
       std::snprintf(line, sizeof line, "  %-24s %12s %12s %12s\n", k.c_str(), cell(v["a"]).c_str(),
