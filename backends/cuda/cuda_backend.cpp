@@ -122,6 +122,16 @@ void require_device_pointer(const moe_tensor_t& t, const char* name) {
           std::string(name) + ".data is not CUDA device memory (allocate it with cudaMalloc)");
 }
 
+// Every tensor of a weight set (bound weights, or gradient buffers) that is given.
+template <typename WeightSet>
+void require_device_weights(const WeightSet& w, const std::string& prefix) {
+  require_device_pointer(w.router, (prefix + "router").c_str());
+  require_device_pointer(w.w1, (prefix + "w1").c_str());
+  require_device_pointer(w.b1, (prefix + "b1").c_str());
+  require_device_pointer(w.w2, (prefix + "w2").c_str());
+  require_device_pointer(w.b2, (prefix + "b2").c_str());
+}
+
 cuda::RouteParams route_params(const Layer& layer, int64_t tokens, bool train) {
   const LayerConfig& c = layer.config;
   cuda::RouteParams p;
@@ -217,11 +227,7 @@ std::unique_ptr<SavedState> CudaBackend::forward(Layer& layer, const moe_forward
   const BoundWeights& w = layer.weights;
   require_device_pointer(args.x, "args.x");
   require_device_pointer(args.y, "args.y");
-  require_device_pointer(w.router, "weights.router");
-  require_device_pointer(w.w1, "weights.w1");
-  require_device_pointer(w.b1, "weights.b1");
-  require_device_pointer(w.w2, "weights.w2");
-  require_device_pointer(w.b2, "weights.b2");
+  require_device_weights(w, "weights.");
 
   auto stream = static_cast<cudaStream_t>(layer.stream);
   check(cublasSetStream(state.cublas, stream), "cublasSetStream");
@@ -351,11 +357,7 @@ void CudaBackend::backward(Layer& layer, const SavedState& saved, const moe_back
   const moe_weights_t& g = args.grads;
   require_device_pointer(args.dy, "args.dy");
   require_device_pointer(args.dx, "args.dx");
-  require_device_pointer(g.router, "args.grads.router");
-  require_device_pointer(g.w1, "args.grads.w1");
-  require_device_pointer(g.b1, "args.grads.b1");
-  require_device_pointer(g.w2, "args.grads.w2");
-  require_device_pointer(g.b2, "args.grads.b2");
+  require_device_weights(g, "args.grads.");
 
   auto stream = static_cast<cudaStream_t>(layer.stream);
   check(cublasSetStream(state.cublas, stream), "cublasSetStream");

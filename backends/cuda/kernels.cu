@@ -563,6 +563,12 @@ struct TypeTag {
 template <int N>
 using Width = std::integral_constant<int, N>;
 
+// Inside a dispatched lambda: names the element type S and the vector width N.
+#define MOE_TAG_TYPES(s_tag, n_tag)              \
+  using S = typename decltype(s_tag)::type;      \
+  constexpr int N = decltype(n_tag)::value;      \
+  (void)N
+
 // Calls f(TypeTag<S>, Width<N>) for the dtype, with the widest vector that divides
 // `width`.
 template <typename F>
@@ -624,9 +630,7 @@ void copy_finite_rows(moe_dtype_t dtype, int64_t tokens, int64_t width, const vo
                       const uint8_t* nonfinite, void* dst, cudaStream_t stream) {
   if (tokens == 0) return;
   dispatch(dtype, width, [&](auto s_tag, auto n_tag) {
-    using S = typename decltype(s_tag)::type;
-    constexpr int N = decltype(n_tag)::value;
-    (void)N;
+    MOE_TAG_TYPES(s_tag, n_tag);
     copy_rows_kernel<S, N><<<static_cast<unsigned>(tokens), kThreads, 0, stream>>>(
         tokens, width, static_cast<const S*>(src), nullptr, nonfinite, static_cast<S*>(dst));
   });
@@ -637,9 +641,7 @@ void permute(moe_dtype_t dtype, int64_t rows, int64_t width, const void* x,
              const int64_t* row_token, void* xp, cudaStream_t stream) {
   if (rows == 0) return;
   dispatch(dtype, width, [&](auto s_tag, auto n_tag) {
-    using S = typename decltype(s_tag)::type;
-    constexpr int N = decltype(n_tag)::value;
-    (void)N;
+    MOE_TAG_TYPES(s_tag, n_tag);
     copy_rows_kernel<S, N><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(
         rows, width, static_cast<const S*>(x), row_token, nullptr, static_cast<S*>(xp));
   });
@@ -652,9 +654,7 @@ void bias_activation(moe_dtype_t dtype, moe_activation_t act, int64_t rows, int6
   if (rows == 0) return;
   const bool gated = act == MOE_ACTIVATION_SWIGLU || act == MOE_ACTIVATION_GEGLU;
   dispatch(dtype, d_ff, [&](auto s_tag, auto n_tag) {
-    using S = typename decltype(s_tag)::type;
-    constexpr int N = decltype(n_tag)::value;
-    (void)N;
+    MOE_TAG_TYPES(s_tag, n_tag);
     bias_activation_kernel<S, N><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(
         act, gated, d_ff, static_cast<S*>(h_pre), static_cast<const S*>(b1), row_expert,
         static_cast<S*>(h));
@@ -666,9 +666,7 @@ void add_row_bias(moe_dtype_t dtype, int64_t rows, int64_t width, void* y, const
                   const int32_t* row_expert, cudaStream_t stream) {
   if (rows == 0) return;
   dispatch(dtype, width, [&](auto s_tag, auto n_tag) {
-    using S = typename decltype(s_tag)::type;
-    constexpr int N = decltype(n_tag)::value;
-    (void)N;
+    MOE_TAG_TYPES(s_tag, n_tag);
     add_row_bias_kernel<S, N><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(
         width, static_cast<S*>(y), static_cast<const S*>(b), row_expert);
   });
@@ -679,9 +677,7 @@ void combine(moe_dtype_t dtype, int64_t tokens, int64_t slots, int64_t width, co
              const int64_t* row, const void* yp, void* y, cudaStream_t stream) {
   if (tokens == 0) return;
   dispatch(dtype, width, [&](auto s_tag, auto n_tag) {
-    using S = typename decltype(s_tag)::type;
-    constexpr int N = decltype(n_tag)::value;
-    (void)N;
+    MOE_TAG_TYPES(s_tag, n_tag);
     combine_kernel<S, N><<<static_cast<unsigned>(tokens), kThreads, 0, stream>>>(
         slots, width, gates, row, static_cast<const S*>(yp), static_cast<S*>(y));
   });
@@ -693,9 +689,7 @@ void combine_backward(moe_dtype_t dtype, int64_t tokens, int64_t slots, int64_t 
                       void* dyp, float* dgate, cudaStream_t stream) {
   if (tokens == 0) return;
   dispatch(dtype, width, [&](auto s_tag, auto n_tag) {
-    using S = typename decltype(s_tag)::type;
-    constexpr int N = decltype(n_tag)::value;
-    (void)N;
+    MOE_TAG_TYPES(s_tag, n_tag);
     combine_backward_kernel<S, N><<<static_cast<unsigned>(tokens * slots), kThreads, 0, stream>>>(
         slots, width, gates, row, static_cast<const S*>(yp), static_cast<const S*>(dy),
         static_cast<S*>(dyp), dgate);
@@ -708,9 +702,7 @@ void activation_backward(moe_dtype_t dtype, moe_activation_t act, int64_t rows, 
   if (rows == 0) return;
   const bool gated = act == MOE_ACTIVATION_SWIGLU || act == MOE_ACTIVATION_GEGLU;
   dispatch(dtype, d_ff, [&](auto s_tag, auto n_tag) {
-    using S = typename decltype(s_tag)::type;
-    constexpr int N = decltype(n_tag)::value;
-    (void)N;
+    MOE_TAG_TYPES(s_tag, n_tag);
     activation_backward_kernel<S, N><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(
         act, gated, d_ff, static_cast<const S*>(h_pre), static_cast<const S*>(dh),
         static_cast<S*>(dh_pre));
@@ -722,9 +714,7 @@ void expert_column_sums(moe_dtype_t dtype, int64_t experts, int64_t width, const
                         const int64_t* summary, void* out, bool accumulate, cudaStream_t stream) {
   const dim3 grid(blocks_for(width), static_cast<unsigned>(experts));
   dispatch(dtype, 1, [&](auto s_tag, auto n_tag) {
-    using S = typename decltype(s_tag)::type;
-    constexpr int N = decltype(n_tag)::value;
-    (void)N;
+    MOE_TAG_TYPES(s_tag, n_tag);
     expert_column_sums_kernel<S><<<grid, kThreads, 0, stream>>>(width, static_cast<const S*>(m),
                                                                 summary, SummaryLayout{experts},
                                                                 static_cast<S*>(out), accumulate);
@@ -737,9 +727,7 @@ void gather_rows(moe_dtype_t dtype, int64_t tokens, int64_t slots, int64_t width
                  cudaStream_t stream) {
   if (tokens == 0) return;
   dispatch(dtype, width, [&](auto s_tag, auto n_tag) {
-    using S = typename decltype(s_tag)::type;
-    constexpr int N = decltype(n_tag)::value;
-    (void)N;
+    MOE_TAG_TYPES(s_tag, n_tag);
     gather_rows_kernel<S, N><<<static_cast<unsigned>(tokens), kThreads, 0, stream>>>(
         slots, width, row, static_cast<const S*>(dxp), static_cast<S*>(dx), accumulate);
   });
@@ -762,9 +750,7 @@ void convert_from_float(moe_dtype_t dtype, int64_t n, const float* src, void* ds
                         cudaStream_t stream) {
   if (n == 0) return;
   dispatch(dtype, 1, [&](auto s_tag, auto n_tag) {
-    using S = typename decltype(s_tag)::type;
-    constexpr int N = decltype(n_tag)::value;
-    (void)N;
+    MOE_TAG_TYPES(s_tag, n_tag);
     convert_kernel<S><<<blocks_for(n), kThreads, 0, stream>>>(n, src, static_cast<S*>(dst));
   });
   check_launch("convert_from_float");
