@@ -11,6 +11,7 @@ packages=(
   libgtest-dev libbenchmark-dev             # tests and benchmarks
   python3 python3-numpy python3-torch python3-pytest  # binding tests, PyTorch parity
   prometheus                                # promtool checks the Prometheus export
+  python3-matplotlib                        # moe-train draws its dashboard
 )
 
 missing=()

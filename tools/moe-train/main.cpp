@@ -1,0 +1,366 @@
+// moe-train: trains a residual stack of MoE layers on the CPU on a synthetic task where
+// specialisation pays (regression to a hidden teacher MoE over clustered inputs), shows
+// routing health live, streams every metric of every layer to DIR/metrics.jsonl, and
+// ends with a health report, DIR/summary.json and DIR/dashboard.png.
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "tools/moe-train/model.hpp"
+
+#ifndef MOE_TRAIN_PLOT_SCRIPT
+#define MOE_TRAIN_PLOT_SCRIPT "plot_dashboard.py"
+#endif
+
+namespace {
+
+using moe::train::Options;
+using moe::train::Stack;
+
+// Sequences of 32 tokens; a token stays in its predecessor's cluster with probability 0.7,
+// so neighbouring tokens share experts when the router learns the clusters.
+struct Batch {
+  std::vector<float> x;
+  std::vector<int64_t> cluster;
+};
+
+constexpr int64_t kSeqLen = 32;
+
+class Data {
+ public:
+  // The centres share a common offset, as real embeddings do: a router left to itself
+  // can then send everything one way.
+  Data(const Options& o, uint64_t seed) : o_(o), rng_(seed), centres_(o.clusters * o.d_model) {
+    std::normal_distribution<float> normal(0.f, 1.f);
+    std::vector<float> offset(o.d_model);
+    for (float& v : offset) v = normal(rng_);
+    for (size_t i = 0; i < centres_.size(); ++i) centres_[i] = offset[i % o.d_model] + normal(rng_);
+  }
+  Batch next() {
+    Batch b;
+    b.x.resize(o_.batch_size * o_.d_model);
+    b.cluster.resize(o_.batch_size);
+    std::uniform_int_distribution<int64_t> pick(0, o_.clusters - 1);
+    std::uniform_real_distribution<double> coin(0, 1);
+    std::normal_distribution<float> noise(0.f, 0.2f);
+    for (int64_t t = 0; t < o_.batch_size; ++t) {
+      const bool stay = t % kSeqLen != 0 && coin(rng_) < 0.7;
+      b.cluster[t] = stay ? b.cluster[t - 1] : pick(rng_);
+      for (int64_t i = 0; i < o_.d_model; ++i)
+        b.x[t * o_.d_model + i] = centres_[b.cluster[t] * o_.d_model + i] + noise(rng_);
+    }
+    return b;
+  }
+
+ private:
+  Options o_;
+  std::mt19937_64 rng_;
+  std::vector<float> centres_;
+};
+
+double learning_rate(const Options& o, int64_t step) {
+  if (step <= o.warmup_iters) return o.learning_rate * step / std::max<int64_t>(1, o.warmup_iters);
+  const double progress =
+      double(step - o.warmup_iters) / std::max<int64_t>(1, o.max_iters - o.warmup_iters);
+  return o.learning_rate * (0.1 + 0.9 * 0.5 * (1 + std::cos(M_PI * std::min(1.0, progress))));
+}
+
+double mse(const std::vector<float>& y, const std::vector<float>& target, std::vector<float>* dy) {
+  double sum = 0;
+  const double n = static_cast<double>(y.size());
+  if (dy) dy->resize(y.size());
+  for (size_t i = 0; i < y.size(); ++i) {
+    const double diff = y[i] - target[i];
+    sum += diff * diff;
+    if (dy) (*dy)[i] = static_cast<float>(2 * diff / n);
+  }
+  return sum / n;
+}
+
+double scalar(moe_layer_t layer, moe_split_t split, moe_scope_t scope, const char* name) {
+  double v = NAN;
+  int64_t n = 0;
+  moe::check(moe_layer_metric(layer, split, scope, name, &v, 1, &n));
+  return v;
+}
+
+std::string export_of(moe_layer_t layer, moe_split_t split, moe_scope_t scope) {
+  size_t length = 0;
+  moe::check(
+      moe_layer_telemetry_export(layer, MOE_EXPORT_JSONL, split, scope, nullptr, 0, &length));
+  std::string text(length + 1, '\0');
+  moe::check(moe_layer_telemetry_export(layer, MOE_EXPORT_JSONL, split, scope, text.data(),
+                                        text.size(), &length));
+  text.resize(length);
+  return text;
+}
+
+nlohmann::json verdicts_json(const moe_verdicts_t& v) {
+  auto one = [](const moe_verdict_t& x) {
+    return nlohmann::json{
+        {"label", x.label},
+        {"metric", x.metric},
+        {"value", std::isfinite(x.value) ? nlohmann::json(x.value) : nlohmann::json()},
+        {"threshold", x.threshold},
+        {"hint", x.hint}};
+  };
+  return {{"balance", one(v.balance)},
+          {"specialization", one(v.specialization)},
+          {"capacity", one(v.capacity)}};
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  bool dropless = false;
+  CLI::App app{"moe-train: train a stack of MoE layers on the CPU and watch its routing health"};
+  app.set_config("--config", "", "read options from a TOML/INI file (key = value)");
+  app.add_option("--layers", o.layers, "MoE layers in the residual stack")->capture_default_str();
+  app.add_option("--d_model", o.d_model, "model width")->capture_default_str();
+  app.add_option("--d_ff", o.d_ff, "expert hidden width")->capture_default_str();
+  app.add_option("--n_experts", o.n_experts, "experts per layer")->capture_default_str();
+  app.add_option("--top_k", o.top_k, "experts per token")->capture_default_str();
+  app.add_option("--router", o.router, "softmax | sigmoid | hash | expert_choice")
+      ->capture_default_str();
+  app.add_option("--activation", o.activation, "relu | gelu | gelu_tanh | silu | swiglu | geglu")
+      ->capture_default_str();
+  app.add_flag("--dropless", dropless, "no capacity limit (the default unless --capacity_factor)");
+  app.add_option("--capacity_factor", o.capacity_factor, "C = ceil(f T k / E); 0 = dropless")
+      ->capture_default_str();
+  app.add_option("--load_balance_alpha", o.load_balance_alpha, "Switch aux-loss weight")
+      ->capture_default_str();
+  app.add_option("--router_z_loss_coef", o.router_z_loss_coef, "z-loss weight")
+      ->capture_default_str();
+  app.add_option("--router_temp_init", o.router_temp_init, "router temperature at step 0")
+      ->capture_default_str();
+  app.add_option("--router_temp_final", o.router_temp_final, "router temperature after the anneal")
+      ->capture_default_str();
+  app.add_option("--router_temp_anneal_iters", o.router_temp_anneal_iters,
+                 "anneal length (0 = constant)")
+      ->capture_default_str();
+  app.add_option("--router_noise_std_init", o.router_noise_std_init,
+                 "selection noise std at step 0")
+      ->capture_default_str();
+  app.add_option("--router_noise_decay_iters", o.router_noise_decay_iters,
+                 "noise decay length (0 = constant)")
+      ->capture_default_str();
+  app.add_option("--router_noise_type", o.router_noise_type, "gaussian | gumbel")
+      ->capture_default_str();
+  app.add_option("--bias_update_rate", o.bias_update_rate, "aux-loss-free balancing rate (0 = off)")
+      ->capture_default_str();
+  app.add_option("--seed", o.seed, "seed of data, weights and noise")->capture_default_str();
+  app.add_option("--max_iters", o.max_iters, "training steps")->capture_default_str();
+  app.add_option("--eval_interval", o.eval_interval, "steps between evaluations")
+      ->capture_default_str();
+  app.add_option("--log_interval", o.log_interval, "steps between log lines and JSONL records")
+      ->capture_default_str();
+  app.add_option("--batch_size", o.batch_size, "tokens per step")->capture_default_str();
+  app.add_option("--learning_rate", o.learning_rate, "Adam learning rate (warm-up, then cosine)")
+      ->capture_default_str();
+  app.add_option("--backend", o.backend, "compute backend")->capture_default_str();
+  app.add_option("--threads", o.threads, "CPU threads for backends that use them (cpu_ref: 1)")
+      ->capture_default_str();
+  app.add_option("--out", o.out, "output folder")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+  if (dropless) o.capacity_factor = 0.0;
+  if (o.max_iters < 1 || o.batch_size < 1 || o.log_interval < 1 || o.eval_interval < 1 ||
+      o.layers < 1 || o.clusters < 1) {
+    std::cerr << "moe-train: max_iters, batch_size, log_interval, eval_interval and layers must be "
+                 ">= 1\n";
+    return 2;
+  }
+  std::filesystem::create_directories(o.out);
+  std::ofstream jsonl(o.out + "/metrics.jsonl");
+
+  try {
+    Stack teacher(o, true, o.seed + 1000), student(o, false, o.seed);
+    // Evaluation draws the same clusters as training, from a stream one batch ahead.
+    Data train_data(o, o.seed + 7), eval_stream(o, o.seed + 7);
+    eval_stream.next();
+    moe_group_t group = nullptr;
+    moe::check(moe_group_create(&group));
+    for (auto& b : student.blocks()) moe::check(moe_group_add(group, b.layer.get()));
+
+    const bool live = isatty(STDERR_FILENO);
+    std::fprintf(
+        stderr,
+        "moe-train: %lld layers, d=%lld d_ff=%lld E=%lld k=%lld, router %s, %s, backend %s, "
+        "%lld steps of %lld tokens -> %s\n",
+        (long long)o.layers, (long long)o.d_model, (long long)o.d_ff, (long long)o.n_experts,
+        (long long)o.top_k, o.router.c_str(),
+        o.capacity_factor > 0 ? ("capacity factor " + std::to_string(o.capacity_factor)).c_str()
+                              : "dropless",
+        o.backend.c_str(), (long long)o.max_iters, (long long)o.batch_size, o.out.c_str());
+    const auto start = std::chrono::steady_clock::now();
+    double first_loss = NAN, loss = NAN, val_loss = NAN;
+    const int64_t final_window_start = std::max<int64_t>(1, o.max_iters - o.max_iters / 5);
+    std::vector<float> dy;
+    for (int64_t step = 1; step <= o.max_iters; ++step) {
+      // The health report judges the last 20% of training as one window.
+      if (step == final_window_start)
+        for (auto& b : student.blocks()) moe::check(moe_layer_telemetry_reset(b.layer.get()));
+      const Batch batch = train_data.next();
+      const std::vector<float> target = teacher.forward(batch.x, batch.cluster, false, 0);
+      const std::vector<float> y = student.forward(batch.x, batch.cluster, true, kSeqLen);
+      const double fit = mse(y, target, &dy);
+      double aux = 0;
+      for (auto& b : student.blocks()) {
+        const moe_losses_t l = b.ctx.losses();
+        aux += l.aux_loss_scaled + l.z_loss_scaled;
+      }
+      loss = fit + aux;
+      if (step == 1) first_loss = fit;
+      for (auto& b : student.blocks())
+        for (auto* p : {&b.router, &b.w1, &b.w2}) std::fill(p->grad.begin(), p->grad.end(), 0.f);
+      student.backward(dy);
+      const double lr = learning_rate(o, step);
+      student.adam_step(lr, step);
+
+      const bool log_now = step % o.log_interval == 0 || step == 1 || step == o.max_iters;
+      const bool eval_now = step % o.eval_interval == 0 || step == o.max_iters;
+      if (eval_now) {
+        const Batch eb = eval_stream.next();
+        val_loss = mse(student.forward(eb.x, eb.cluster, false, kSeqLen),
+                       teacher.forward(eb.x, eb.cluster, false, 0), nullptr);
+        jsonl << nlohmann::json{{"step", step}, {"kind", "eval"}, {"val_loss", val_loss}}.dump()
+              << "\n";
+        for (auto& b : student.blocks())
+          jsonl << export_of(b.layer.get(), MOE_SPLIT_EVAL, MOE_SCOPE_LAST);
+      }
+      if (log_now) {
+        const double seconds =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        const double tok_s = step * o.batch_size / seconds;
+        moe_group_metrics_t g = MOE_GROUP_METRICS_INIT;
+        moe::check(moe_group_get_metrics(group, MOE_SPLIT_TRAIN, MOE_SCOPE_LAST, &g));
+        jsonl << nlohmann::json{{"step", step},
+                                {"kind", "train"},
+                                {"loss", loss},
+                                {"mse", fit},
+                                {"aux", aux},
+                                {"lr", lr},
+                                {"tok_s", tok_s},
+                                {"max_frac_max", g.max_frac_max},
+                                {"active_min", g.active_min},
+                                {"collapsed", g.collapsed}}
+                     .dump()
+              << "\n";
+        for (auto& b : student.blocks())
+          jsonl << export_of(b.layer.get(), MOE_SPLIT_TRAIN, MOE_SCOPE_LAST);
+        char line[256];
+        std::snprintf(
+            line, sizeof line,
+            "iter %6lld | loss %.4f | lr %.3e | %6.0f tok/s | r_max %.2f act_min %.0f col %d",
+            (long long)step, loss, lr, tok_s, g.max_frac_max, g.active_min, g.collapsed);
+        if (live) {
+          const int width = 24, filled = static_cast<int>(width * step / o.max_iters);
+          std::fprintf(stderr, "\r[%s%s] %s", std::string(filled, '#').c_str(),
+                       std::string(width - filled, '.').c_str(), line);
+          if (step == o.max_iters) std::fprintf(stderr, "\n");
+        } else {
+          std::fprintf(stderr, "%s\n", line);
+        }
+      }
+      if (eval_now) {
+        if (live) std::fprintf(stderr, "\n");
+        std::fprintf(stderr, "eval | step %lld | val_loss %.4f\n", (long long)step, val_loss);
+      }
+    }
+    jsonl.flush();
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+
+    // Health report: verdicts on each layer's training figures pooled over the last 20%
+    // of the steps (the telemetry window restarted there).
+    nlohmann::json layers = nlohmann::json::array();
+    std::printf(
+        "\nhealth report after %lld steps (%.1f s): loss %.4f -> %.4f, val_loss %.4f\n"
+        "(routing pooled over steps %lld-%lld)\n",
+        (long long)o.max_iters, seconds, first_loss, loss, val_loss, (long long)final_window_start,
+        (long long)o.max_iters);
+    for (auto& b : student.blocks()) {
+      moe_verdicts_t v = MOE_VERDICTS_INIT;
+      moe::check(moe_layer_verdicts(b.layer.get(), MOE_SPLIT_TRAIN, MOE_SCOPE_WINDOW, &v));
+      nlohmann::json metrics;
+      for (const char* name :
+           {"max_frac", "load_cv", "load_entropy_norm", "kl_to_uniform", "gini", "min_max_ratio",
+            "dead_experts", "drop_rate", "router_entropy_norm_mean", "top1_p_mean", "aux_loss",
+            "seq_consistency"}) {
+        const double value = scalar(b.layer.get(), MOE_SPLIT_TRAIN, MOE_SCOPE_WINDOW, name);
+        metrics[name] = std::isfinite(value) ? nlohmann::json(value) : nlohmann::json();
+      }
+      const std::string name = "layer" + std::to_string(layers.size());
+      std::printf("  %s: balance %s (%s %.3g vs %.3g)", name.c_str(), v.balance.label,
+                  v.balance.metric, v.balance.value, v.balance.threshold);
+      std::printf(", specialization %s", v.specialization.label);
+      if (*v.specialization.metric)
+        std::printf(" (%s %.3g)", v.specialization.metric, v.specialization.value);
+      std::printf(", capacity %s\n", v.capacity.label);
+      for (const moe_verdict_t* x : {&v.balance, &v.specialization, &v.capacity})
+        if (*x->hint) std::printf("    hint: %s\n", x->hint);
+      std::printf(
+          "    max_frac %.3f  load_cv %.3f  gini %.3f  min/max %.3f  entropy_norm %.3f  top1_p "
+          "%.3f\n",
+          metrics["max_frac"].get<double>(), metrics["load_cv"].get<double>(),
+          metrics["gini"].get<double>(), metrics["min_max_ratio"].get<double>(),
+          metrics["load_entropy_norm"].get<double>(),
+          metrics["top1_p_mean"].is_null() ? NAN : metrics["top1_p_mean"].get<double>());
+      layers.push_back({{"name", name}, {"final_window", metrics}, {"verdicts", verdicts_json(v)}});
+    }
+    moe_group_metrics_t g = MOE_GROUP_METRICS_INIT;
+    moe::check(moe_group_get_metrics(group, MOE_SPLIT_TRAIN, MOE_SCOPE_WINDOW, &g));
+    std::printf("  model: max_frac_mean %.3f max_frac_max %.3f active_min %.0f collapsed %d\n",
+                g.max_frac_mean, g.max_frac_max, g.active_min, g.collapsed);
+    moe_group_destroy(group);
+
+    nlohmann::json summary{{"steps", o.max_iters},
+                           {"seconds", seconds},
+                           {"initial_loss", first_loss},
+                           {"final_loss", loss},
+                           {"final_val_loss", val_loss},
+                           {"layers", layers},
+                           {"model",
+                            {{"max_frac_mean", g.max_frac_mean},
+                             {"max_frac_max", g.max_frac_max},
+                             {"active_min", g.active_min},
+                             {"collapsed", g.collapsed}}},
+                           {"options",
+                            {{"layers", o.layers},
+                             {"d_model", o.d_model},
+                             {"d_ff", o.d_ff},
+                             {"n_experts", o.n_experts},
+                             {"top_k", o.top_k},
+                             {"router", o.router},
+                             {"capacity_factor", o.capacity_factor},
+                             {"load_balance_alpha", o.load_balance_alpha},
+                             {"router_z_loss_coef", o.router_z_loss_coef},
+                             {"router_temp_init", o.router_temp_init},
+                             {"router_temp_final", o.router_temp_final},
+                             {"router_noise_std_init", o.router_noise_std_init},
+                             {"bias_update_rate", o.bias_update_rate},
+                             {"seed", o.seed},
+                             {"batch_size", o.batch_size},
+                             {"backend", o.backend}}}};
+    std::ofstream(o.out + "/summary.json") << summary.dump(2) << "\n";
+
+    const std::string command = std::string("/usr/bin/python3 '") + MOE_TRAIN_PLOT_SCRIPT + "' '" +
+                                o.out + "/metrics.jsonl' '" + o.out + "/dashboard.png'";
+    if (std::system(command.c_str()) != 0)
+      std::fprintf(stderr, "moe-train: drawing the dashboard failed (needs python3-matplotlib)\n");
+    std::printf("wrote %s/metrics.jsonl, %s/summary.json, %s/dashboard.png\n", o.out.c_str(),
+                o.out.c_str(), o.out.c_str());
+  } catch (const std::exception& e) {
+    std::cerr << "moe-train: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}

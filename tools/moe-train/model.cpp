@@ -1,0 +1,142 @@
+#include "tools/moe-train/model.hpp"
+
+#include <cmath>
+#include <stdexcept>
+
+namespace moe::train {
+namespace {
+
+moe_router_t router_of(const std::string& name) {
+  if (name == "softmax") return MOE_ROUTER_SOFTMAX;
+  if (name == "sigmoid") return MOE_ROUTER_SIGMOID;
+  if (name == "hash") return MOE_ROUTER_HASH;
+  if (name == "expert_choice") return MOE_ROUTER_EXPERT_CHOICE;
+  throw std::invalid_argument("unknown router '" + name + "'");
+}
+
+moe_activation_t activation_of(const std::string& name) {
+  const char* names[] = {"relu", "gelu", "gelu_tanh", "silu", "swiglu", "geglu"};
+  for (int i = 0; i < 6; ++i)
+    if (name == names[i]) return static_cast<moe_activation_t>(i);
+  throw std::invalid_argument("unknown activation '" + name + "'");
+}
+
+bool gated(const std::string& activation) {
+  return activation == "swiglu" || activation == "geglu";
+}
+
+}  // namespace
+
+moe_layer_config_t layer_config(const Options& o, bool teacher) {
+  moe_layer_config_t c = MOE_LAYER_CONFIG_INIT;
+  c.d_model = o.d_model;
+  c.d_ff = o.d_ff;
+  c.num_experts = o.n_experts;
+  c.top_k = o.top_k;
+  c.activation = activation_of(o.activation);
+  c.backend = o.backend.c_str();
+  if (teacher) {  // the teacher: a plain softmax MoE, no telemetry
+    c.telemetry_interval = 0;
+    return c;
+  }
+  c.router = router_of(o.router);
+  c.capacity_factor = o.capacity_factor;
+  c.load_balance_alpha = o.load_balance_alpha;
+  c.router_z_loss_coef = o.router_z_loss_coef;
+  c.router_temp_init = o.router_temp_init;
+  c.router_temp_final = o.router_temp_final;
+  c.router_temp_anneal_iters = o.router_temp_anneal_iters;
+  c.router_noise_std_init = o.router_noise_std_init;
+  c.router_noise_decay_iters = o.router_noise_decay_iters;
+  c.router_noise_type =
+      o.router_noise_std_init > 0
+          ? (o.router_noise_type == "gumbel" ? MOE_NOISE_GUMBEL : MOE_NOISE_GAUSSIAN)
+          : MOE_NOISE_NONE;
+  c.bias_update_rate = o.bias_update_rate;
+  c.seed = o.seed;
+  c.telemetry_interval = o.log_interval;
+  return c;
+}
+
+Stack::Stack(const Options& o, bool teacher, uint64_t seed) : options_(o) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  const int64_t d = o.d_model, E = o.n_experts, F = gated(o.activation) ? 2 * o.d_ff : o.d_ff;
+  const moe_layer_config_t config = layer_config(o, teacher);
+  for (int64_t l = 0; l < o.layers; ++l) {
+    Block b{moe::Layer(config), {}, {}, {}, {}, {}, {}};
+    b.router.resize(d * E);
+    b.w1.resize(E * d * F);
+    b.w2.resize(E * o.d_ff * d);
+    // The teacher's router is sharp (its experts own clusters); the student starts soft.
+    const float router_scale = teacher ? 3.f / std::sqrt(float(d)) : 1.f / std::sqrt(float(d));
+    for (float& v : b.router.value) v = router_scale * normal(rng);
+    for (float& v : b.w1.value) v = normal(rng) / std::sqrt(float(d));
+    for (float& v : b.w2.value) v = (teacher ? 1.f : 0.5f) * normal(rng) / std::sqrt(float(o.d_ff));
+    moe_weights_t w = MOE_WEIGHTS_INIT;
+    if (config.router != MOE_ROUTER_HASH) w.router = moe::tensor(b.router.value.data(), {d, E});
+    w.w1 = moe::tensor(b.w1.value.data(), {E, d, F});
+    w.w2 = moe::tensor(b.w2.value.data(), {E, o.d_ff, d});
+    b.layer.set_weights(w);
+    const std::string name = "layer" + std::to_string(l);
+    moe::check(moe_layer_set_name(b.layer.get(), name.c_str()));
+    blocks_.push_back(std::move(b));
+  }
+}
+
+std::vector<float> Stack::forward(const std::vector<float>& x, const std::vector<int64_t>& ids,
+                                  bool train, int64_t seq_len) {
+  const int64_t d = options_.d_model;
+  tokens_ = static_cast<int64_t>(x.size()) / d;
+  std::vector<float> h = x;
+  for (Block& b : blocks_) {
+    b.input = h;
+    b.output.assign(h.size(), 0.f);
+    moe_forward_args_t a = MOE_FORWARD_ARGS_INIT;
+    a.x = moe::tensor(b.input.data(), {tokens_, d});
+    a.y = moe::tensor(b.output.data(), {tokens_, d});
+    a.token_ids = ids.empty() ? nullptr : ids.data();
+    a.seq_len = seq_len;
+    a.train = train ? 1 : 0;
+    if (train) {
+      b.ctx = b.layer.forward(a);
+    } else {
+      moe::check(moe_layer_forward(b.layer.get(), &a, nullptr));
+    }
+    for (size_t i = 0; i < h.size(); ++i) h[i] += b.output[i];
+  }
+  return h;
+}
+
+void Stack::backward(const std::vector<float>& dy) {
+  const int64_t d = options_.d_model, E = options_.n_experts;
+  const int64_t F = gated(options_.activation) ? 2 * options_.d_ff : options_.d_ff;
+  std::vector<float> grad = dy, dx(dy.size());
+  for (auto it = blocks_.rbegin(); it != blocks_.rend(); ++it) {
+    Block& b = *it;
+    moe_backward_args_t a = MOE_BACKWARD_ARGS_INIT;
+    a.dy = moe::tensor(grad.data(), {tokens_, d});
+    a.dx = moe::tensor(dx.data(), {tokens_, d});
+    if (options_.router != "hash") a.grads.router = moe::tensor(b.router.grad.data(), {d, E});
+    a.grads.w1 = moe::tensor(b.w1.grad.data(), {E, d, F});
+    a.grads.w2 = moe::tensor(b.w2.grad.data(), {E, options_.d_ff, d});
+    b.layer.backward(b.ctx, a);
+    b.ctx = moe::Context();
+    for (size_t i = 0; i < grad.size(); ++i) grad[i] += dx[i];  // residual: dh += dMoE/dh
+  }
+}
+
+void Stack::adam_step(double lr, int64_t step) {
+  const float b1 = 0.9f, b2 = 0.999f, eps = 1e-8f;
+  const float c1 = 1.f - std::pow(b1, static_cast<float>(step));
+  const float c2 = 1.f - std::pow(b2, static_cast<float>(step));
+  for (Block& b : blocks_)
+    for (Parameter* p : {&b.router, &b.w1, &b.w2})
+      for (size_t i = 0; i < p->value.size(); ++i) {
+        p->m[i] = b1 * p->m[i] + (1 - b1) * p->grad[i];
+        p->v[i] = b2 * p->v[i] + (1 - b2) * p->grad[i] * p->grad[i];
+        p->value[i] -= static_cast<float>(lr) * (p->m[i] / c1) / (std::sqrt(p->v[i] / c2) + eps);
+      }
+}
+
+}  // namespace moe::train
