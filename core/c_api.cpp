@@ -16,6 +16,7 @@
 #include "core/raw_enum.hpp"
 #include "core/sized_struct.hpp"
 #include "core/telemetry/export.hpp"
+#include "core/telemetry/step_stats.hpp"
 #include "core/telemetry/verdicts.hpp"
 #include "core/telemetry/weight_metrics.hpp"
 #include "moe/moe.h"
@@ -446,8 +447,6 @@ moe_status_t moe_layer_verdicts(const_moe_layer_t layer, moe_split_t split, moe_
                                 moe_verdicts_t* verdicts) {
   return guarded(__func__, [&] {
     const moe::Layer& l = layer_of(layer);
-    const moe_verdicts_t defaults = MOE_VERDICTS_INIT;
-    moe::read_sized(verdicts, defaults, "verdicts");
     const moe::MetricSet m = metrics_of(l, split, scope);
     moe::write_sized(verdicts, moe::judge(m, l.config, l.thresholds, l.step), "verdicts");
   });
@@ -467,18 +466,10 @@ moe_status_t moe_ctx_compare_routing(const_moe_ctx_t a, const_moe_ctx_t b, doubl
     std::vector<float> ga(T * slots), gb(T * slots);
     sa.copy_routing(ea.data(), ga.data(), nullptr);
     sb.copy_routing(eb.data(), gb.data(), nullptr);
-    const bool expert_choice = slots != sa.plan.slots || slots == sa.routing.experts;
-    auto top1 = [&](const std::vector<int32_t>& e, const std::vector<float>& g, int64_t t) {
-      if (!expert_choice) return e[t * slots];
-      int32_t best = -1;
-      for (int64_t j = 0; j < slots; ++j)
-        if (e[t * slots + j] >= 0 && (best < 0 || g[t * slots + j] > g[t * slots + best]))
-          best = static_cast<int32_t>(j);
-      return best < 0 ? -1 : e[t * slots + best];
-    };
     double same = 0, overlap = 0;
     for (int64_t t = 0; t < T; ++t) {
-      same += top1(ea, ga, t) == top1(eb, gb, t);
+      same += moe::first_choice(&ea[t * slots], &ga[t * slots], slots, sa.expert_choice) ==
+              moe::first_choice(&eb[t * slots], &gb[t * slots], slots, sb.expert_choice);
       int64_t shared = 0, chosen = 0;
       for (int64_t i = 0; i < slots; ++i) {
         if (ea[t * slots + i] < 0) continue;
@@ -495,8 +486,6 @@ moe_status_t moe_ctx_compare_routing(const_moe_ctx_t a, const_moe_ctx_t b, doubl
 moe_status_t moe_layer_weight_metrics(const_moe_layer_t layer, moe_weight_metrics_t* metrics) {
   return guarded(__func__, [&] {
     moe::Layer& l = layer_of(layer);
-    const moe_weight_metrics_t defaults = MOE_WEIGHT_METRICS_INIT;
-    moe::read_sized(metrics, defaults, "metrics");
     moe::require(l.weights.bound, MOE_STATUS_INVALID_STATE, "no weights are bound");
     const std::vector<double> router = host_values(l, l.weights.router);
     const std::vector<double> w1 = host_values(l, l.weights.w1);

@@ -48,6 +48,7 @@ struct SavedState {
   virtual StepStats step_stats(const LayerConfig& config, int64_t seq_len) const;
   uint64_t layer_serial = 0;
   moe_dtype_t dtype = MOE_DTYPE_F32;
+  bool expert_choice = false;  // slots are experts, not ranked choices
   Routing routing;
   Plan plan;
   moe_losses_t losses = MOE_LOSSES_INIT;

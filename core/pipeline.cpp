@@ -167,6 +167,7 @@ std::unique_ptr<SavedState> forward(Layer& layer, const moe_forward_args_t& args
   } else {
     saved = forward_typed<float>(layer, args);
   }
+  saved->expert_choice = c.router == MOE_ROUTER_EXPERT_CHOICE;
   saved->losses.aux_loss = saved->routing.aux_loss;
   saved->losses.aux_loss_scaled = c.load_balance_alpha * saved->routing.aux_loss;
   saved->losses.z_loss = saved->routing.z_loss;

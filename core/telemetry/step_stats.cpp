@@ -43,23 +43,6 @@ void StepStats::add(const StepStats& o) {
   seq_cosine_sum += o.seq_cosine_sum;
 }
 
-namespace {
-
-// The router's first choice: slot 0 for token choice, the most probable expert that
-// took the token for expert choice (-1 if none).
-int32_t top1_of(const Routing& r, int64_t t, bool expert_choice) {
-  const int32_t* chosen = &r.expert[t * r.slots];
-  if (!expert_choice) return chosen[0];
-  int32_t best = -1;
-  for (int64_t j = 0; j < r.slots; ++j)
-    if (chosen[j] >= 0 &&
-        (best < 0 || r.prob[t * r.experts + chosen[j]] > r.prob[t * r.experts + best]))
-      best = chosen[j];
-  return best;
-}
-
-}  // namespace
-
 StepStats collect_step_stats(const LayerConfig& config, const Routing& r, const Plan& plan,
                              int64_t seq_len) {
   const int64_t E = config.num_experts, T = r.tokens, slots = r.slots;
@@ -114,7 +97,9 @@ StepStats collect_step_stats(const LayerConfig& config, const Routing& r, const 
     for (int64_t t = 0; t + 1 < T; ++t) {
       if ((t + 1) % seq_len == 0 || r.nonfinite[t] || r.nonfinite[t + 1]) continue;
       ++s.seq_pairs;
-      s.seq_same_top1 += top1_of(r, t, expert_choice) == top1_of(r, t + 1, expert_choice);
+      s.seq_same_top1 +=
+          first_choice(&r.expert[t * slots], &r.gate[t * slots], slots, expert_choice) ==
+          first_choice(&r.expert[(t + 1) * slots], &r.gate[(t + 1) * slots], slots, expert_choice);
       int64_t shared = 0;
       for (int64_t i = 0; i < slots; ++i)
         for (int64_t j = 0; j < slots; ++j)

@@ -34,6 +34,18 @@ struct StepStats {
   void add(const StepStats& other);
 };
 
+// The router's first choice for one token: slot 0 under token choice (the highest
+// selection key); under expert choice, the expert that took the token with the highest
+// gate (there the gate is P[t,e]); -1 if none.
+template <typename Gate>
+int32_t first_choice(const int32_t* experts, const Gate* gates, int64_t slots, bool expert_choice) {
+  if (!expert_choice) return experts[0];
+  int64_t best = -1;
+  for (int64_t j = 0; j < slots; ++j)
+    if (experts[j] >= 0 && (best < 0 || gates[j] > gates[best])) best = j;
+  return best < 0 ? -1 : experts[best];
+}
+
 // The statistics of one forward call from its routing decision and plan (host data).
 StepStats collect_step_stats(const LayerConfig& config, const Routing& routing, const Plan& plan,
                              int64_t seq_len);

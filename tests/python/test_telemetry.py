@@ -263,3 +263,18 @@ def test_weight_metrics():
     m = same.weight_metrics()
     assert m["router_gram_orthogonality"] == pytest.approx(0.0)
     assert m["expert_similarity_mean"] == pytest.approx(1.0)
+
+
+def test_routing_consistency_uses_the_first_choice_when_k_equals_e():
+    # With k = E every token takes every expert with the same gates whatever the
+    # selection bias; only the order of choices, and so the top-1, follows the bias.
+    layer, w, rng = random_layer(E=4, k=4)
+    probe = rng.standard_normal((32, 12))
+    layer.selection_bias = [0, 0, 0, 100.0]
+    layer.forward(probe, train=False)
+    to_three = layer.keep_context()
+    layer.selection_bias = [100.0, 0, 0, 0]
+    layer.forward(probe, train=False)
+    to_zero = layer.keep_context()
+    got = moe.compare_routing(to_three, to_zero)
+    assert got == {"routing_consistency": 0.0, "routing_topk_consistency": 1.0}
