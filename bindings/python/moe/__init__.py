@@ -183,11 +183,8 @@ class Layer:
         t.dtype = _abi.DTYPES[array.dtype.name]
         return t
 
-    def _array(self, value, name):
-        a = np.ascontiguousarray(value, dtype=self.dtype)
-        if a is value and not a.flags.writeable:
-            a = a.copy()
-        return a
+    def _array(self, value):
+        return np.ascontiguousarray(value, dtype=self.dtype)
 
     def config(self):
         cfg = _abi.sized(_abi.LayerConfig)
@@ -224,8 +221,10 @@ class Layer:
 
     # ---------------------------------------------------------------- the layer
     def set_weights(self, router=None, w1=None, w2=None, b1=None, b2=None):
-        """Binds copies of the given arrays (kept alive by this object)."""
-        arrays = {k: (None if v is None else self._array(v, k))
+        """Binds the arrays (kept alive by this object). An array that already is contiguous
+        in the layer's dtype is bound as it is, without a copy, so updating it in place
+        updates the layer's weights; any other is converted into a copy first."""
+        arrays = {k: (None if v is None else self._array(v))
                   for k, v in dict(router=router, w1=w1, b1=b1, w2=w2, b2=b2).items()}
         w = _abi.sized(_abi.Weights)
         for name, array in arrays.items():
@@ -234,7 +233,7 @@ class Layer:
         self._weights = arrays
 
     def forward(self, x, train=True, token_ids=None, seq_len=None):
-        x = self._array(x, "x")
+        x = self._array(x)
         if x.ndim != 2:
             raise ValueError(f"x must be [T, d], got shape {x.shape}")
         y = np.empty_like(x)
@@ -264,7 +263,7 @@ class Layer:
         """Returns (dx, grads). With accumulate_into (a grads dict from an earlier call),
         gradients are added into those arrays (MOE_BACKWARD_ACCUMULATE)."""
         self._require_ctx()
-        dy = self._array(dy, "dy")
+        dy = self._array(dy)
         dx = np.empty_like(dy)
         shapes = {"w1": self._weights["w1"].shape, "w2": self._weights["w2"].shape}
         if self.router != "hash":
