@@ -7,6 +7,7 @@
 #include "core/config.hpp"
 #include "core/telemetry/metrics.hpp"
 #include "core/telemetry/verdicts.hpp"
+#include "tools/common/verdict_json.hpp"
 
 namespace moe::stats {
 namespace {
@@ -57,9 +58,7 @@ std::map<std::string, double> pick(const MetricSet& m, bool with_served) {
   return out;
 }
 
-nlohmann::json number(double v) {
-  return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json();
-}
+nlohmann::json number(double v) { return tools::finite_or_null(v); }
 
 std::string format(double v) {
   if (std::isnan(v)) return "nan";
@@ -123,15 +122,8 @@ std::vector<LayerReport> build_report(const std::vector<CountsRecord>& records) 
     l.summed = pick(m, served_seen[key]);
     l.summed_counts.assign(sum.demand.begin(), sum.demand.end());
     const moe_verdicts_t v = judge(m, config, default_thresholds(), 0);
-    auto json_of = [](const moe_verdict_t& x) {
-      return nlohmann::json{{"label", x.label},
-                            {"metric", x.metric},
-                            {"value", number(x.value)},
-                            {"threshold", number(x.threshold)},
-                            {"hint", x.hint}};
-    };
-    l.verdicts["balance"] = json_of(v.balance);
-    if (served_seen[key]) l.verdicts["capacity"] = json_of(v.capacity);
+    l.verdicts["balance"] = tools::verdict_json(v.balance);
+    if (served_seen[key]) l.verdicts["capacity"] = tools::verdict_json(v.capacity);
   }
   return layers;
 }

@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 #include <random>
 
+#include "tools/common/verdict_json.hpp"
 #include "tools/moe-train/model.hpp"
 
 #ifndef MOE_TRAIN_PLOT_SCRIPT
@@ -104,17 +105,9 @@ std::string export_of(moe_layer_t layer, moe_split_t split, moe_scope_t scope) {
 }
 
 nlohmann::json verdicts_json(const moe_verdicts_t& v) {
-  auto one = [](const moe_verdict_t& x) {
-    return nlohmann::json{
-        {"label", x.label},
-        {"metric", x.metric},
-        {"value", std::isfinite(x.value) ? nlohmann::json(x.value) : nlohmann::json()},
-        {"threshold", x.threshold},
-        {"hint", x.hint}};
-  };
-  return {{"balance", one(v.balance)},
-          {"specialization", one(v.specialization)},
-          {"capacity", one(v.capacity)}};
+  return {{"balance", moe::tools::verdict_json(v.balance)},
+          {"specialization", moe::tools::verdict_json(v.specialization)},
+          {"capacity", moe::tools::verdict_json(v.capacity)}};
 }
 
 }  // namespace
