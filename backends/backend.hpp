@@ -9,6 +9,7 @@
 #include <memory>
 #include <string>
 
+#include "core/bfloat16.hpp"
 #include "core/config.hpp"
 #include "core/plan.hpp"
 
@@ -98,6 +99,7 @@ class Backend {
 
   MOE_BACKEND_STAGES(float)
   MOE_BACKEND_STAGES(double)
+  MOE_BACKEND_STAGES(bfloat16)
 };
 
 // The registry: the one place that knows which backends exist.

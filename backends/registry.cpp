@@ -7,6 +7,9 @@
 #ifdef MOE_WITH_CUDA
 #include "backends/cuda/cuda_backend.hpp"
 #endif
+#ifdef MOE_WITH_ONEDNN
+#include "backends/onednn/onednn_backend.hpp"
+#endif
 #include "core/error.hpp"
 
 namespace moe {
@@ -17,10 +20,16 @@ std::vector<Backend*>& registered() {
 #ifdef MOE_WITH_CUDA
   static CudaBackend cuda;
 #endif
+#ifdef MOE_WITH_ONEDNN
+  static OnednnBackend onednn;
+#endif
   static std::vector<Backend*> list = {
   // Accelerated backends register here, each behind its CMake switch.
 #ifdef MOE_WITH_CUDA
       &cuda,
+#endif
+#ifdef MOE_WITH_ONEDNN
+      &onednn,
 #endif
       &cpu_ref,
   };

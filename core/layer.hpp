@@ -10,6 +10,7 @@
 #include "backends/backend.hpp"
 #include "core/config.hpp"
 #include "core/hash_router.hpp"
+#include "core/host_buffer.hpp"
 #include "core/plan.hpp"
 #include "core/router.hpp"
 #include "core/telemetry/layer_telemetry.hpp"
@@ -56,8 +57,8 @@ struct SavedState {
 
 template <typename S>
 struct SavedTensors final : SavedState {
-  std::vector<S> x;  // [T,d], rows that were routed nowhere are zeroed
-  std::vector<S> xp, h_pre, h, yp;
+  host_buffer<S> x;  // [T,d], rows that were routed nowhere are zeroed
+  host_buffer<S> xp, h_pre, h, yp;
 };
 
 }  // namespace moe

@@ -53,7 +53,7 @@ std::unique_ptr<SavedState> forward_typed(Layer& layer, const moe_forward_args_t
   saved->layer_serial = layer.serial;
   saved->dtype = c.dtype;
 
-  std::vector<S> logits;
+  host_buffer<S> logits;
   if (c.learned_router()) {
     logits.resize(static_cast<size_t>(T * E));
     backend.router_logits(c, T, x, data_of<S>(layer.weights.router), logits.data());
@@ -108,7 +108,7 @@ void backward_typed(Layer& layer, const SavedState& base, const moe_backward_arg
     zero_if_present<S>(g.b2, E * d);
   }
 
-  std::vector<S> dyp(plan.rows * d), dxp(plan.rows * d);
+  host_buffer<S> dyp(plan.rows * d), dxp(plan.rows * d);
   std::vector<double> dgate(T * plan.slots);
   backend.combine_backward(c, plan, routing.gate.data(), saved.yp.data(), data_of<S>(args.dy),
                            dyp.data(), dgate.data());
@@ -123,7 +123,7 @@ void backward_typed(Layer& layer, const SavedState& base, const moe_backward_arg
   if (c.learned_router()) {
     std::vector<double> dlogits;
     route_backward(c, routing, dgate, dlogits);
-    const std::vector<S> dz(dlogits.begin(), dlogits.end());
+    const host_buffer<S> dz(dlogits.begin(), dlogits.end());
     backend.router_logits_backward(c, T, saved.x.data(), data_of<S>(layer.weights.router),
                                    dz.data(), dx, static_cast<S*>(g.router.data));
   }
@@ -164,6 +164,8 @@ std::unique_ptr<SavedState> forward(Layer& layer, const moe_forward_args_t& args
     saved = pipeline->forward(layer, args);
   } else if (c.dtype == MOE_DTYPE_F64) {
     saved = forward_typed<double>(layer, args);
+  } else if (c.dtype == MOE_DTYPE_BF16) {
+    saved = forward_typed<bfloat16>(layer, args);
   } else {
     saved = forward_typed<float>(layer, args);
   }
@@ -198,6 +200,8 @@ void backward(Layer& layer, const SavedState& saved, const moe_backward_args_t& 
     pipeline->backward(layer, saved, args);
   } else if (c.dtype == MOE_DTYPE_F64) {
     backward_typed<double>(layer, saved, args);
+  } else if (c.dtype == MOE_DTYPE_BF16) {
+    backward_typed<bfloat16>(layer, saved, args);
   } else {
     backward_typed<float>(layer, saved, args);
   }

@@ -5,6 +5,7 @@
 #include <numeric>
 
 #include "core/activation.hpp"
+#include "core/bfloat16.hpp"
 #include "core/error.hpp"
 #include "core/plan.hpp"
 #include "core/random.hpp"
@@ -228,6 +229,8 @@ template Routing route<float>(const LayerConfig&, const RouterState&, const floa
                               const int64_t*, int64_t);
 template Routing route<double>(const LayerConfig&, const RouterState&, const double*, const double*,
                                const int64_t*, int64_t);
+template Routing route<bfloat16>(const LayerConfig&, const RouterState&, const bfloat16*,
+                                 const bfloat16*, const int64_t*, int64_t);
 
 void route_backward(const LayerConfig& config, const Routing& r, const std::vector<double>& dgate,
                     std::vector<double>& dlogits) {

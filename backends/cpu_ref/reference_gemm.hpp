@@ -7,13 +7,15 @@
 
 namespace moe {
 
-// C[M,N] = (accumulate ? C : 0) + op(A)[M,K] op(B)[K,N]; op transposes when asked.
+// C[M,N] = (accumulate ? C : 0) + op(A)[M,K] op(B)[K,N] (+ bias[N] on every row, if
+// given); op transposes when asked. Each element of C is rounded to S once.
 template <typename S>
 void reference_gemm(bool transpose_a, bool transpose_b, int64_t M, int64_t N, int64_t K, const S* A,
-                    int64_t lda, const S* B, int64_t ldb, S* C, int64_t ldc, bool accumulate) {
+                    int64_t lda, const S* B, int64_t ldb, S* C, int64_t ldc, bool accumulate,
+                    const S* bias = nullptr) {
   std::vector<double> acc(static_cast<size_t>(N));
   for (int64_t i = 0; i < M; ++i) {
-    std::fill(acc.begin(), acc.end(), 0.0);
+    for (int64_t j = 0; j < N; ++j) acc[j] = bias ? static_cast<double>(bias[j]) : 0.0;
     for (int64_t p = 0; p < K; ++p) {
       const double a = transpose_a ? A[p * lda + i] : A[i * lda + p];
       if (transpose_b) {

@@ -47,19 +47,15 @@ void experts_forward_ref(const LayerConfig& c, const Plan& plan, const ExpertWei
     S* h_pre = a.h_pre + r0 * F;
     S* h = a.h + r0 * dff;
     S* yp = a.yp + r0 * d;
-    reference_gemm(false, false, n, F, d, a.xp + r0 * d, d, w.w1 + e * d * F, F, h_pre, F, false);
-    if (w.b1)
-      for (int64_t i = 0; i < n; ++i)
-        for (int64_t j = 0; j < F; ++j) h_pre[i * F + j] += w.b1[e * F + j];
+    reference_gemm(false, false, n, F, d, a.xp + r0 * d, d, w.w1 + e * d * F, F, h_pre, F, false,
+                   w.b1 ? w.b1 + e * F : nullptr);
     for (int64_t i = 0; i < n; ++i)
       for (int64_t j = 0; j < dff; ++j) {
         const double act = activate(c.activation, h_pre[i * F + j]);
         h[i * dff + j] = static_cast<S>(c.gated() ? act * h_pre[i * F + dff + j] : act);
       }
-    reference_gemm(false, false, n, d, dff, h, dff, w.w2 + e * dff * d, d, yp, d, false);
-    if (w.b2)
-      for (int64_t i = 0; i < n; ++i)
-        for (int64_t j = 0; j < d; ++j) yp[i * d + j] += w.b2[e * d + j];
+    reference_gemm(false, false, n, d, dff, h, dff, w.w2 + e * dff * d, d, yp, d, false,
+                   w.b2 ? w.b2 + e * d : nullptr);
   }
 }
 
@@ -154,7 +150,8 @@ void permute_backward_ref(const LayerConfig& c, const Plan& plan, const S* dxp, 
     for (int64_t j = 0; j < slots; ++j) {
       const int64_t r = plan.row[t * slots + j];
       if (r < 0) continue;
-      for (int64_t i = 0; i < d; ++i) dx[t * d + i] += dxp[r * d + i];
+      for (int64_t i = 0; i < d; ++i)
+        dx[t * d + i] = static_cast<S>(static_cast<double>(dx[t * d + i]) + dxp[r * d + i]);
     }
 }
 
@@ -198,5 +195,6 @@ void Backend::read_to_host(const moe_tensor_t& tensor, void* host, size_t bytes)
 
 MOE_DEFINE_REFERENCE_STAGES(float)
 MOE_DEFINE_REFERENCE_STAGES(double)
+MOE_DEFINE_REFERENCE_STAGES(bfloat16)
 
 }  // namespace moe

@@ -70,7 +70,7 @@ MOE_API moe_status_t moe_version(int32_t *major, int32_t *minor, int32_t *patch)
 typedef enum moe_dtype {
   MOE_DTYPE_F32 = 0,
   MOE_DTYPE_F64 = 1, /* cpu_ref only: for gradient checks by finite differences */
-  MOE_DTYPE_BF16 = 2 /* bfloat16 (cuda backend), with float32 accumulation */
+  MOE_DTYPE_BF16 = 2 /* bfloat16 storage, float32 (or wider) accumulation */
 } moe_dtype_t;
 
 typedef enum moe_device { MOE_DEVICE_CPU = 0, MOE_DEVICE_CUDA = 1 } moe_device_t;

@@ -49,6 +49,15 @@ inline moe_tensor_t tensor<double>(double* data, std::initializer_list<int64_t> 
   return t;
 }
 
+// A dense row-major view of any dtype (bfloat16 included: pass the caller's 2-byte
+// type's storage).
+inline moe_tensor_t tensor(void* data, moe_dtype_t dtype, std::initializer_list<int64_t> shape) {
+  moe_tensor_t t = tensor<float>(nullptr, shape);
+  t.data = data;
+  t.dtype = dtype;
+  return t;
+}
+
 // Saved state of one forward call; consumed by Layer::backward.
 class Context {
  public:

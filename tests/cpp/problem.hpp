@@ -4,9 +4,11 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <random>
 #include <vector>
 
+#include "core/bfloat16.hpp"
 #include "moe/moe.hpp"
 
 namespace moe_test {
@@ -21,6 +23,17 @@ template <>
 inline moe_dtype_t dtype_of<double>() {
   return MOE_DTYPE_F64;
 }
+template <>
+inline moe_dtype_t dtype_of<moe::bfloat16>() {
+  return MOE_DTYPE_BF16;
+}
+
+// The backend the suites run on: cpu_ref, or the one named by MOE_TEST_BACKEND (ctest
+// runs the float32 suites once more on onednn that way). float64 is cpu_ref's alone.
+inline const char* test_backend() {
+  const char* name = std::getenv("MOE_TEST_BACKEND");
+  return name && *name ? name : "cpu_ref";
+}
 
 inline bool is_gated(moe_activation_t a) {
   return a == MOE_ACTIVATION_SWIGLU || a == MOE_ACTIVATION_GEGLU;
@@ -32,7 +45,7 @@ inline moe_layer_config_t make_config(int64_t d, int64_t d_ff, int64_t E, int64_
   c.d_ff = d_ff;
   c.num_experts = E;
   c.top_k = k;
-  c.backend = "cpu_ref";
+  c.backend = test_backend();
   return c;
 }
 
@@ -82,6 +95,7 @@ struct Problem {
 
   static moe_layer_config_t with_dtype(moe_layer_config_t c) {
     c.dtype = dtype_of<S>();
+    if (c.dtype == MOE_DTYPE_F64) c.backend = "cpu_ref";
     return c;
   }
 
@@ -90,12 +104,12 @@ struct Problem {
   moe_weights_t weights(std::vector<S>& r, std::vector<S>& a1, std::vector<S>& c1,
                         std::vector<S>& a2, std::vector<S>& c2) {
     moe_weights_t w = MOE_WEIGHTS_INIT;
-    if (learned()) w.router = moe::tensor(r.data(), {d, E});
-    w.w1 = moe::tensor(a1.data(), {E, d, F});
-    w.w2 = moe::tensor(a2.data(), {E, d_ff, d});
+    if (learned()) w.router = moe::tensor(r.data(), dtype_of<S>(), {d, E});
+    w.w1 = moe::tensor(a1.data(), dtype_of<S>(), {E, d, F});
+    w.w2 = moe::tensor(a2.data(), dtype_of<S>(), {E, d_ff, d});
     if (config.expert_bias) {
-      w.b1 = moe::tensor(c1.data(), {E, F});
-      w.b2 = moe::tensor(c2.data(), {E, d});
+      w.b1 = moe::tensor(c1.data(), dtype_of<S>(), {E, F});
+      w.b2 = moe::tensor(c2.data(), dtype_of<S>(), {E, d});
     }
     return w;
   }
@@ -104,8 +118,8 @@ struct Problem {
 
   moe_forward_args_t forward_args(bool train = true) {
     moe_forward_args_t a = MOE_FORWARD_ARGS_INIT;
-    a.x = moe::tensor(x.data(), {T, d});
-    a.y = moe::tensor(y.data(), {T, d});
+    a.x = moe::tensor(x.data(), dtype_of<S>(), {T, d});
+    a.y = moe::tensor(y.data(), dtype_of<S>(), {T, d});
     a.train = train ? 1 : 0;
     return a;
   }
@@ -114,8 +128,8 @@ struct Problem {
 
   moe_backward_args_t backward_args(uint32_t flags = 0) {
     moe_backward_args_t a = MOE_BACKWARD_ARGS_INIT;
-    a.dy = moe::tensor(dy.data(), {T, d});
-    a.dx = moe::tensor(dx.data(), {T, d});
+    a.dy = moe::tensor(dy.data(), dtype_of<S>(), {T, d});
+    a.dx = moe::tensor(dx.data(), dtype_of<S>(), {T, d});
     a.grads = weights(g_router, g_w1, g_b1, g_w2, g_b2);
     a.flags = flags;
     return a;

@@ -1,5 +1,7 @@
 """Runs one configuration through the library and through the PyTorch reference and
 returns the relative errors max|lib - ref| / max|ref| of every output and gradient."""
+import os
+
 import numpy as np
 import torch
 
@@ -37,9 +39,13 @@ def compare(T, d, d_ff, E, k, *, router="softmax", activation="gelu", capacity_f
             drop_policy="position", expert_bias=False, seed=0, dtype=np.float32, **options):
     rng = np.random.default_rng(seed)
     x, dy, w = random_case(rng, T, d, d_ff, E, activation, expert_bias, dtype)
+    # MOE_TEST_BACKEND (ctest's python_parity_onednn) runs the float32 cases on another
+    # backend; float64 is cpu_ref's alone.
+    backend = os.environ.get("MOE_TEST_BACKEND", "cpu_ref") if dtype == np.float32 else "cpu_ref"
     layer = moe.Layer(d, d_ff, E, k, activation=activation, router=router,
                       capacity_factor=capacity_factor, drop_policy=drop_policy,
-                      expert_bias=expert_bias, dtype=np.dtype(dtype).name, **options)
+                      expert_bias=expert_bias, dtype=np.dtype(dtype).name, backend=backend,
+                      **options)
     layer.set_weights(**w)
     y = layer.forward(x)
     dx, grads = layer.backward(dy)
