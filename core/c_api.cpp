@@ -240,6 +240,20 @@ moe_status_t moe_layer_get_step(const_moe_layer_t layer, int64_t* step) {
   });
 }
 
+moe_status_t moe_layer_stage_profile(moe_layer_t layer, moe_stage_profile_t* profile,
+                                     int32_t reset) {
+  return guarded(__func__, [&] {
+    moe::Layer& l = layer_of(layer);
+    moe_stage_profile_t out = l.profile;
+    out.forward_other = out.forward_total - out.router - out.plan - out.permute - out.experts -
+                        out.combine - out.telemetry;
+    out.backward_other = out.backward_total - out.combine_backward - out.experts_backward -
+                         out.permute_backward - out.router_backward;
+    moe::write_sized(profile, out, "profile");
+    if (reset) l.profile = MOE_STAGE_PROFILE_INIT;
+  });
+}
+
 moe_status_t moe_layer_set_step(moe_layer_t layer, int64_t step) {
   return guarded(__func__, [&] {
     moe::Layer& l = layer_of(layer);

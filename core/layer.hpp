@@ -38,6 +38,7 @@ class Layer {
   LayerTelemetry telemetry;
   std::string name;
   moe_verdict_thresholds_t thresholds;
+  moe_stage_profile_t profile = MOE_STAGE_PROFILE_INIT;
 };
 
 // What forward leaves for backward. Typed buffers live in SavedTensors<S>.

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "core/error.hpp"
+#include "core/stage_timer.hpp"
 #include "core/tensor_check.hpp"
 
 namespace moe {
@@ -48,6 +49,8 @@ std::unique_ptr<SavedState> forward_typed(Layer& layer, const moe_forward_args_t
   const S* x = data_of<S>(args.x);
   S* y = static_cast<S*>(args.y.data);
   Backend& backend = layer.backend;
+  moe_stage_profile_t& profile = layer.profile;
+  StageTimer timer;
 
   auto saved = std::make_unique<SavedTensors<S>>();
   saved->layer_serial = layer.serial;
@@ -61,13 +64,16 @@ std::unique_ptr<SavedState> forward_typed(Layer& layer, const moe_forward_args_t
   const RouterState state{&layer.selection_bias, &layer.hash_table, layer.step, args.train != 0};
   saved->routing = route<S>(c, state, x, logits.data(), args.token_ids, T);
   const Routing& routing = saved->routing;
+  profile.router += timer.lap();
 
   saved->x.assign(x, x + T * d);
   for (int64_t t = 0; t < T; ++t)
     if (routing.nonfinite[t]) std::fill_n(&saved->x[t * d], d, S(0));
+  timer.lap();  // saving the input counts as "other"
 
   saved->plan = make_plan(c, T, routing.expert, routing.gate, routing.fixed_capacity);
   const Plan& plan = saved->plan;
+  profile.plan += timer.lap();
 
   saved->xp.resize(plan.rows * d);
   saved->h_pre.resize(plan.rows * c.ff_width());
@@ -75,11 +81,15 @@ std::unique_ptr<SavedState> forward_typed(Layer& layer, const moe_forward_args_t
   saved->yp.resize(plan.rows * d);
   ExpertActivations<S> acts{saved->xp.data(), saved->h_pre.data(), saved->h.data(),
                             saved->yp.data()};
+  timer.lap();  // allocation counts as "other"
   backend.permute(c, plan, saved->x.data(), acts.xp);
+  profile.permute += timer.lap();
   // (expert parallelism: exchange rows to the experts' owners here)
   backend.experts_forward(c, plan, expert_weights<S>(layer), acts);
+  profile.experts += timer.lap();
   // (expert parallelism: exchange results back here)
   backend.combine(c, plan, routing.gate.data(), acts.yp, y);
+  profile.combine += timer.lap();
   return saved;
 }
 
@@ -98,6 +108,8 @@ void backward_typed(Layer& layer, const SavedState& base, const moe_backward_arg
   const moe_weights_t& g = args.grads;
   S* dx = static_cast<S*>(args.dx.data);
   Backend& backend = layer.backend;
+  moe_stage_profile_t& profile = layer.profile;
+  StageTimer timer;
 
   if (!(args.flags & MOE_BACKWARD_ACCUMULATE)) {
     zero_if_present<S>(args.dx, T * d);
@@ -110,15 +122,19 @@ void backward_typed(Layer& layer, const SavedState& base, const moe_backward_arg
 
   host_buffer<S> dyp(plan.rows * d), dxp(plan.rows * d);
   std::vector<double> dgate(T * plan.slots);
+  timer.lap();  // zeroing and allocation count as "other"
   backend.combine_backward(c, plan, routing.gate.data(), saved.yp.data(), data_of<S>(args.dy),
                            dyp.data(), dgate.data());
+  profile.combine_backward += timer.lap();
   const ExpertActivations<S> acts{const_cast<S*>(saved.xp.data()),
                                   const_cast<S*>(saved.h_pre.data()),
                                   const_cast<S*>(saved.h.data()), const_cast<S*>(saved.yp.data())};
   ExpertGradients<S> grads{static_cast<S*>(g.w1.data), static_cast<S*>(g.b1.data),
                            static_cast<S*>(g.w2.data), static_cast<S*>(g.b2.data)};
   backend.experts_backward(c, plan, expert_weights<S>(layer), acts, dyp.data(), dxp.data(), grads);
+  profile.experts_backward += timer.lap();
   if (dx) backend.permute_backward(c, plan, dxp.data(), dx);
+  profile.permute_backward += timer.lap();
 
   if (c.learned_router()) {
     std::vector<double> dlogits;
@@ -126,6 +142,7 @@ void backward_typed(Layer& layer, const SavedState& base, const moe_backward_arg
     const host_buffer<S> dz(dlogits.begin(), dlogits.end());
     backend.router_logits_backward(c, T, saved.x.data(), data_of<S>(layer.weights.router),
                                    dz.data(), dx, static_cast<S*>(g.router.data));
+    profile.router_backward += timer.lap();
   }
 }
 
@@ -159,6 +176,7 @@ std::unique_ptr<SavedState> forward(Layer& layer, const moe_forward_args_t& args
             (c.hash_mode == MOE_HASH_MIX || c.hash_mode == MOE_HASH_TABLE)),
           MOE_STATUS_NULL_POINTER,
           "args.token_ids is NULL, but the hash router's mode (mix/table) needs token ids");
+  StageTimer total;
   std::unique_ptr<SavedState> saved;
   if (DevicePipeline* pipeline = layer.backend.device_pipeline()) {
     saved = pipeline->forward(layer, args);
@@ -174,13 +192,17 @@ std::unique_ptr<SavedState> forward(Layer& layer, const moe_forward_args_t& args
   saved->losses.aux_loss_scaled = c.load_balance_alpha * saved->routing.aux_loss;
   saved->losses.z_loss = saved->routing.z_loss;
   saved->losses.z_loss_scaled = c.z_loss_coef * saved->routing.z_loss;
+  StageTimer telemetry;
   if (layer.telemetry.due())
     layer.telemetry.record(args.train != 0, saved->step_stats(c, args.seq_len), c, layer.step);
+  layer.profile.telemetry += telemetry.lap();
   // Training-only state changes come last, once nothing can fail any more.
   if (args.train) {
     update_selection_bias(c, saved->plan.demand, layer.selection_bias);
     ++layer.step;
   }
+  layer.profile.forward_total += total.lap();
+  ++layer.profile.forward_calls;
   return saved;
 }
 
@@ -196,6 +218,7 @@ void backward(Layer& layer, const SavedState& saved, const moe_backward_args_t& 
   require((args.flags & ~MOE_BACKWARD_ACCUMULATE) == 0, MOE_STATUS_INVALID_ARGUMENT,
           "args.flags has unknown bits");
   check_weight_set(c, device, args.grads, "args.grads.", true);
+  StageTimer total;
   if (DevicePipeline* pipeline = layer.backend.device_pipeline()) {
     pipeline->backward(layer, saved, args);
   } else if (c.dtype == MOE_DTYPE_F64) {
@@ -205,6 +228,8 @@ void backward(Layer& layer, const SavedState& saved, const moe_backward_args_t& 
   } else {
     backward_typed<float>(layer, saved, args);
   }
+  layer.profile.backward_total += total.lap();
+  ++layer.profile.backward_calls;
 }
 
 }  // namespace moe

@@ -7,6 +7,7 @@
 #include "core/activation.hpp"
 #include "core/bfloat16.hpp"
 #include "core/error.hpp"
+#include "core/parallel_threshold.hpp"
 #include "core/plan.hpp"
 #include "core/random.hpp"
 
@@ -81,6 +82,8 @@ void route_hash(const LayerConfig& config, const RouterState& state, const S* x,
 void score_rows(const LayerConfig& config, Routing& r, std::vector<double>& u) {
   const int64_t E = config.num_experts;
   u.assign(r.tokens * E, 0.0);
+  // Tokens are independent: each thread writes only its tokens' rows.
+#pragma omp parallel for schedule(static) if (worth_threads(r.tokens * E))
   for (int64_t t = 0; t < r.tokens; ++t) {
     const double* z = &r.logits[t * E];
     if (!std::all_of(z, z + E, [](double v) { return std::isfinite(v); })) {
@@ -107,21 +110,25 @@ void select_token_choice(const LayerConfig& config, const RouterState& state,
                          const std::vector<double>& u, double noise_std, Routing& r) {
   const int64_t E = config.num_experts, k = config.top_k;
   const bool sigmoid_router = config.router == MOE_ROUTER_SIGMOID;
-  std::vector<double> key(E);
-  for (int64_t t = 0; t < r.tokens; ++t) {
-    if (r.nonfinite[t]) continue;
-    for (int64_t e = 0; e < E; ++e) {
-      const double noisy = u[t * E + e] + selection_noise(config, noise_std, state.step, t, e);
-      key[e] = (sigmoid_router ? sigmoid(noisy) : noisy) + (*state.selection_bias)[e];
-    }
-    int32_t* chosen = &r.expert[t * k];
-    top_k_indices(key.data(), E, k, chosen);
-    const std::vector<double>& base = sigmoid_router ? r.sigmoid : r.prob;
-    double total = 0.0;
-    for (int64_t j = 0; j < k; ++j) total += base[t * E + chosen[j]];
-    for (int64_t j = 0; j < k; ++j) {
-      const double a = base[t * E + chosen[j]];
-      r.gate[t * k + j] = config.renormalize ? a / total : a;
+#pragma omp parallel if (worth_threads(r.tokens * E * k))
+  {
+    std::vector<double> key(E);
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < r.tokens; ++t) {
+      if (r.nonfinite[t]) continue;
+      for (int64_t e = 0; e < E; ++e) {
+        const double noisy = u[t * E + e] + selection_noise(config, noise_std, state.step, t, e);
+        key[e] = (sigmoid_router ? sigmoid(noisy) : noisy) + (*state.selection_bias)[e];
+      }
+      int32_t* chosen = &r.expert[t * k];
+      top_k_indices(key.data(), E, k, chosen);
+      const std::vector<double>& base = sigmoid_router ? r.sigmoid : r.prob;
+      double total = 0.0;
+      for (int64_t j = 0; j < k; ++j) total += base[t * E + chosen[j]];
+      for (int64_t j = 0; j < k; ++j) {
+        const double a = base[t * E + chosen[j]];
+        r.gate[t * k + j] = config.renormalize ? a / total : a;
+      }
     }
   }
 }
@@ -242,52 +249,56 @@ void route_backward(const LayerConfig& config, const Routing& r, const std::vect
   const bool sigmoid_router = config.router == MOE_ROUTER_SIGMOID;
   const bool token_choice = config.router != MOE_ROUTER_EXPERT_CHOICE;
 
-  std::vector<double> d_base(E), d_prob(E);
-  for (int64_t t = 0; t < T; ++t) {
-    if (r.nonfinite[t]) continue;
-    const double* p = &r.prob[t * E];
-    double* dz = &dlogits[t * E];
-    // d(loss)/d(gate base): P for softmax and expert choice, sigmoid(u) for sigmoid.
-    std::fill(d_base.begin(), d_base.end(), 0.0);
-    const int32_t* chosen = &r.expert[t * slots];
-    const double* g = &r.gate[t * slots];
-    const double* dg = &dgate[t * slots];
-    if (token_choice && config.renormalize) {
-      const std::vector<double>& base = sigmoid_router ? r.sigmoid : r.prob;
-      double total = 0.0, dg_dot_g = 0.0;
-      for (int64_t j = 0; j < slots; ++j) {
-        total += base[t * E + chosen[j]];
-        dg_dot_g += dg[j] * g[j];
+#pragma omp parallel if (worth_threads(T * E))
+  {
+    std::vector<double> d_base(E), d_prob(E);
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < T; ++t) {
+      if (r.nonfinite[t]) continue;
+      const double* p = &r.prob[t * E];
+      double* dz = &dlogits[t * E];
+      // d(loss)/d(gate base): P for softmax and expert choice, sigmoid(u) for sigmoid.
+      std::fill(d_base.begin(), d_base.end(), 0.0);
+      const int32_t* chosen = &r.expert[t * slots];
+      const double* g = &r.gate[t * slots];
+      const double* dg = &dgate[t * slots];
+      if (token_choice && config.renormalize) {
+        const std::vector<double>& base = sigmoid_router ? r.sigmoid : r.prob;
+        double total = 0.0, dg_dot_g = 0.0;
+        for (int64_t j = 0; j < slots; ++j) {
+          total += base[t * E + chosen[j]];
+          dg_dot_g += dg[j] * g[j];
+        }
+        for (int64_t j = 0; j < slots; ++j) d_base[chosen[j]] += (dg[j] - dg_dot_g) / total;
+      } else {
+        for (int64_t j = 0; j < slots; ++j)
+          if (chosen[j] >= 0) d_base[chosen[j]] += dg[j];
       }
-      for (int64_t j = 0; j < slots; ++j) d_base[chosen[j]] += (dg[j] - dg_dot_g) / total;
-    } else {
-      for (int64_t j = 0; j < slots; ++j)
-        if (chosen[j] >= 0) d_base[chosen[j]] += dg[j];
-    }
-    // The aux loss reaches P: d(alpha * E * sum_e f_e * mean_t P)/dP[t,e].
-    for (int64_t e = 0; e < E; ++e)
-      d_prob[e] =
-          config.load_balance_alpha * static_cast<double>(E) * r.load_fraction[e] * inv_valid;
-    double dot = 0.0;
-    for (int64_t e = 0; e < E; ++e) dot += d_prob[e] * p[e];
+      // The aux loss reaches P: d(alpha * E * sum_e f_e * mean_t P)/dP[t,e].
+      for (int64_t e = 0; e < E; ++e)
+        d_prob[e] =
+            config.load_balance_alpha * static_cast<double>(E) * r.load_fraction[e] * inv_valid;
+      double dot = 0.0;
+      for (int64_t e = 0; e < E; ++e) dot += d_prob[e] * p[e];
 
-    if (sigmoid_router) {
-      const double* s = &r.sigmoid[t * E];
-      const double total = std::accumulate(s, s + E, 0.0);
-      for (int64_t e = 0; e < E; ++e) {
-        const double ds = d_base[e] + (d_prob[e] - dot) / total;
-        dz[e] = ds * s[e] * (1.0 - s[e]) / tau;
+      if (sigmoid_router) {
+        const double* s = &r.sigmoid[t * E];
+        const double total = std::accumulate(s, s + E, 0.0);
+        for (int64_t e = 0; e < E; ++e) {
+          const double ds = d_base[e] + (d_prob[e] - dot) / total;
+          dz[e] = ds * s[e] * (1.0 - s[e]) / tau;
+        }
+      } else {
+        for (int64_t e = 0; e < E; ++e) d_prob[e] += d_base[e];
+        double dot_all = 0.0;
+        for (int64_t e = 0; e < E; ++e) dot_all += d_prob[e] * p[e];
+        for (int64_t e = 0; e < E; ++e) dz[e] = p[e] * (d_prob[e] - dot_all) / tau;
       }
-    } else {
-      for (int64_t e = 0; e < E; ++e) d_prob[e] += d_base[e];
-      double dot_all = 0.0;
-      for (int64_t e = 0; e < E; ++e) dot_all += d_prob[e] * p[e];
-      for (int64_t e = 0; e < E; ++e) dz[e] = p[e] * (d_prob[e] - dot_all) / tau;
-    }
-    // z-loss: d(coef * mean_t lse_t^2)/dz = coef * 2 lse_t softmax(z_t) / T_valid.
-    if (config.z_loss_coef > 0.0) {
-      const double scale = config.z_loss_coef * 2.0 * r.lse[t] * inv_valid;
-      for (int64_t e = 0; e < E; ++e) dz[e] += scale * std::exp(r.logits[t * E + e] - r.lse[t]);
+      // z-loss: d(coef * mean_t lse_t^2)/dz = coef * 2 lse_t softmax(z_t) / T_valid.
+      if (config.z_loss_coef > 0.0) {
+        const double scale = config.z_loss_coef * 2.0 * r.lse[t] * inv_valid;
+        for (int64_t e = 0; e < E; ++e) dz[e] += scale * std::exp(r.logits[t * E + e] - r.lse[t]);
+      }
     }
   }
 }

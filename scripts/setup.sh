@@ -6,10 +6,12 @@ cd "$(dirname "$0")/.."
 
 packages=(
   cmake make g++ pkg-config                 # the build
+  libdnnl-dev                               # the onednn backend (oneDNN 2.x)
   libcli11-dev nlohmann-json3-dev           # moe-stats
   clang-14 libclang-rt-14-dev               # the fuzz target (libFuzzer)
   libgtest-dev libbenchmark-dev             # tests and benchmarks
   python3 python3-numpy python3-torch python3-pytest  # binding tests, PyTorch parity
+  libopenblas0-openmp                       # PyTorch's BLAS (else the slow reference BLAS)
   prometheus                                # promtool checks the Prometheus export
   python3-matplotlib                        # moe-train draws its dashboard
 )

@@ -5,6 +5,8 @@
 
 #include <vector>
 
+#include "core/parallel_threshold.hpp"
+
 extern "C" {
 float expf(float) noexcept __attribute__((__simd__("notinbranch")));
 float erff(float) noexcept __attribute__((__simd__("notinbranch")));
@@ -117,7 +119,7 @@ template <typename S>
 void activation_forward(moe_activation_t kind, bool gated, int64_t rows, int64_t d_ff,
                         const S* h_pre, S* h) {
   const int64_t F = gated ? 2 * d_ff : d_ff;
-#pragma omp parallel
+#pragma omp parallel if (worth_threads(rows * F))
   {
     std::vector<float> gate_scratch, up_scratch, out_scratch;
 #pragma omp for schedule(static)
@@ -135,7 +137,7 @@ template <typename S>
 void activation_backward(moe_activation_t kind, bool gated, int64_t rows, int64_t d_ff,
                          const S* h_pre, const S* dh, S* dh_pre) {
   const int64_t F = gated ? 2 * d_ff : d_ff;
-#pragma omp parallel
+#pragma omp parallel if (worth_threads(rows * F))
   {
     std::vector<float> gate_scratch, up_scratch, dh_scratch, d_act, act, out_scratch;
 #pragma omp for schedule(static)

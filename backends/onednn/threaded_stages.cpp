@@ -3,11 +3,13 @@
 #include <algorithm>
 #include <vector>
 
+#include "core/parallel_threshold.hpp"
+
 namespace moe::onednn {
 
 template <typename S>
 void permute_rows(const Plan& plan, int64_t d, const S* x, S* xp) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(plan.rows * d))
   for (int64_t r = 0; r < plan.rows; ++r) {
     const int64_t t = plan.token_of_row[r];
     if (t >= 0) {
@@ -21,7 +23,7 @@ void permute_rows(const Plan& plan, int64_t d, const S* x, S* xp) {
 template <typename S>
 void combine_rows(const Plan& plan, int64_t d, const double* gate, const S* yp, S* y) {
   const int64_t slots = plan.slots;
-#pragma omp parallel
+#pragma omp parallel if (worth_threads(plan.tokens * slots * d))
   {
     std::vector<float> acc(static_cast<size_t>(d));
 #pragma omp for schedule(static)
@@ -44,10 +46,10 @@ template <typename S>
 void combine_rows_backward(const Plan& plan, int64_t d, const double* gate, const S* yp,
                            const S* dy, S* dyp, double* dgate) {
   const int64_t slots = plan.slots;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(plan.rows * d))
   for (int64_t r = 0; r < plan.rows; ++r)
     if (plan.token_of_row[r] < 0) std::fill_n(dyp + r * d, d, S(0.0f));
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(plan.tokens * slots * d))
   for (int64_t t = 0; t < plan.tokens; ++t) {
     const S* grad = dy + t * d;
     for (int64_t j = 0; j < slots; ++j) {
@@ -71,7 +73,7 @@ void combine_rows_backward(const Plan& plan, int64_t d, const double* gate, cons
 template <typename S>
 void permute_rows_backward(const Plan& plan, int64_t d, const S* dxp, S* dx) {
   const int64_t slots = plan.slots;
-#pragma omp parallel
+#pragma omp parallel if (worth_threads(plan.tokens * slots * d))
   {
     std::vector<float> acc(static_cast<size_t>(d));
 #pragma omp for schedule(static)
@@ -94,7 +96,7 @@ template <typename S>
 void add_column_sums(const S* m, int64_t rows, int64_t cols, S* out) {
   constexpr int64_t kBlock = 64;  // columns per task: rows are read a block at a time
   const int64_t blocks = (cols + kBlock - 1) / kBlock;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(rows * cols))
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t j0 = b * kBlock, width = std::min(kBlock, cols - j0);
     double sum[kBlock] = {};

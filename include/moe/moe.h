@@ -425,6 +425,31 @@ typedef struct moe_telemetry_snapshot {
 
 MOE_API moe_status_t moe_layer_telemetry(const_moe_layer_t layer, moe_telemetry_snapshot_t *snapshot);
 
+/* Where the time goes: wall-clock seconds spent in each pipeline stage, summed over
+ * the calls since the layer was created or the profile last reset. Host backends
+ * (cpu_ref, onednn) time every stage; the cuda backend, whose stages run
+ * asynchronously on the stream, fills the totals only. "other" is the rest of the
+ * call (checks, saving the input, buffer allocation). */
+#define MOE_STAGE_PROFILE_VERSION 1
+typedef struct moe_stage_profile {
+  uint32_t size;
+  uint32_t version;
+  int64_t forward_calls;  /* [OUT] */
+  int64_t backward_calls; /* [OUT] */
+  double forward_total, router, plan, permute, experts, combine, telemetry,
+      forward_other; /* [OUT] seconds */
+  double backward_total, combine_backward, experts_backward, permute_backward, router_backward,
+      backward_other; /* [OUT] seconds */
+} moe_stage_profile_t;
+
+#define MOE_STAGE_PROFILE_INIT \
+  { sizeof(moe_stage_profile_t), MOE_STAGE_PROFILE_VERSION, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, \
+    0, 0, 0, 0, 0, 0 }
+
+/* Reads the profile; with reset != 0 also starts a new one. */
+MOE_API moe_status_t moe_layer_stage_profile(moe_layer_t layer, moe_stage_profile_t *profile,
+                                             int32_t reset);
+
 /* Starts new windows and EMAs (both splits). */
 MOE_API moe_status_t moe_layer_telemetry_reset(moe_layer_t layer);
 

@@ -153,6 +153,11 @@ class Layer {
     check(moe_layer_get_step(layer_, &s));
     return s;
   }
+  moe_stage_profile_t stage_profile(bool reset = false) {
+    moe_stage_profile_t p = MOE_STAGE_PROFILE_INIT;
+    check(moe_layer_stage_profile(layer_, &p, reset ? 1 : 0));
+    return p;
+  }
 
  private:
   moe_layer_t layer_ = nullptr;

@@ -201,6 +201,15 @@ class Layer:
     def step(self, value):
         _check(_lib.moe_layer_set_step(self._handle, value))
 
+    def stage_profile(self, reset=False):
+        """Seconds spent per pipeline stage since creation or the last reset, with the
+        call counts (moe_layer_stage_profile)."""
+        p = _abi.sized(_abi.StageProfile)
+        _check(_lib.moe_layer_stage_profile(self._handle, C.byref(p), 1 if reset else 0))
+        out = {"forward_calls": p.forward_calls, "backward_calls": p.backward_calls}
+        out.update({name: getattr(p, name) for name in _abi.STAGE_PROFILE_FIELDS})
+        return out
+
     @property
     def selection_bias(self):
         out = np.zeros(self.num_experts, dtype=np.float64)

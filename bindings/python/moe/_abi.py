@@ -107,6 +107,18 @@ class GroupMetrics(C.Structure):
                 ("drop_frac_mean", C.c_double), ("collapsed", C.c_int32)]
 
 
+STAGE_PROFILE_FIELDS = ("forward_total", "router", "plan", "permute", "experts", "combine",
+                        "telemetry", "forward_other", "backward_total", "combine_backward",
+                        "experts_backward", "permute_backward", "router_backward",
+                        "backward_other")
+
+
+class StageProfile(C.Structure):
+    _fields_ = ([("size", C.c_uint32), ("version", C.c_uint32), ("forward_calls", C.c_int64),
+                 ("backward_calls", C.c_int64)] +
+                [(name, C.c_double) for name in STAGE_PROFILE_FIELDS])
+
+
 def sized(cls, version=1, **fields):
     """A struct with its size and version filled, as the *_INIT macros do (fields not
     given keep zero: fill defaults explicitly where zero is not the default)."""
@@ -145,6 +157,7 @@ def load():
         "moe_layer_forward": (status, [layer, C.POINTER(ForwardArgs), C.POINTER(ctx)]),
         "moe_layer_backward": (status, [layer, ctx, C.POINTER(BackwardArgs)]),
         "moe_layer_get_step": (status, [layer, C.POINTER(C.c_int64)]),
+        "moe_layer_stage_profile": (status, [layer, C.POINTER(StageProfile), C.c_int32]),
         "moe_layer_set_step": (status, [layer, C.c_int64]),
         "moe_layer_get_selection_bias": (status, [layer, C.POINTER(C.c_double), C.c_int64]),
         "moe_layer_set_selection_bias": (status, [layer, C.POINTER(C.c_double), C.c_int64]),

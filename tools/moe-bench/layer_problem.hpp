@@ -1,0 +1,75 @@
+// One benchmark layer: a MoE layer of a standard shape with random weights, inputs and
+// gradient buffers, ready for timed forward and backward calls.
+#pragma once
+
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "moe/moe.hpp"
+#include "tools/moe-bench/shapes.hpp"
+
+namespace moe::bench {
+
+inline moe_layer_config_t layer_config(const Shape& s, moe_dtype_t dtype, const char* backend) {
+  moe_layer_config_t c = MOE_LAYER_CONFIG_INIT;
+  c.d_model = s.d_model;
+  c.d_ff = s.d_ff;
+  c.num_experts = s.experts;
+  c.top_k = s.top_k;
+  c.activation = s.activation;
+  c.dtype = dtype;
+  c.backend = backend;
+  return c;
+}
+
+template <typename S>
+class LayerProblem {
+ public:
+  LayerProblem(const Shape& s, moe_dtype_t dtype, const std::string& backend)
+      : layer(layer_config(s, dtype, backend.c_str())) {
+    const int64_t T = s.tokens, d = s.d_model, E = s.experts, F = s.ff_width();
+    std::mt19937 rng(1);
+    std::normal_distribution<float> normal(0.f, 1.f);
+    auto random = [&](std::vector<S>& v, int64_t n, float scale) {
+      v.resize(static_cast<size_t>(n));
+      for (S& e : v) e = S(scale * normal(rng));
+    };
+    random(x_, T * d, 1.f);
+    random(dy_, T * d, 1.f);
+    random(router_, d * E, 1.f / std::sqrt(float(d)));
+    random(w1_, E * d * F, 1.f / std::sqrt(float(d)));
+    random(w2_, E * s.d_ff * d, 1.f / std::sqrt(float(s.d_ff)));
+    y_.resize(x_.size());
+    dx_.resize(x_.size());
+    g_router_.resize(router_.size());
+    g_w1_.resize(w1_.size());
+    g_w2_.resize(w2_.size());
+    moe_weights_t w = MOE_WEIGHTS_INIT;
+    w.router = moe::tensor(router_.data(), dtype, {d, E});
+    w.w1 = moe::tensor(w1_.data(), dtype, {E, d, F});
+    w.w2 = moe::tensor(w2_.data(), dtype, {E, s.d_ff, d});
+    layer.set_weights(w);
+    forward_args_.x = moe::tensor(x_.data(), dtype, {T, d});
+    forward_args_.y = moe::tensor(y_.data(), dtype, {T, d});
+    forward_args_.train = 1;
+    backward_args_.dy = moe::tensor(dy_.data(), dtype, {T, d});
+    backward_args_.dx = moe::tensor(dx_.data(), dtype, {T, d});
+    backward_args_.grads.router = moe::tensor(g_router_.data(), dtype, {d, E});
+    backward_args_.grads.w1 = moe::tensor(g_w1_.data(), dtype, {E, d, F});
+    backward_args_.grads.w2 = moe::tensor(g_w2_.data(), dtype, {E, s.d_ff, d});
+  }
+
+  moe::Context forward() { return layer.forward(forward_args_); }
+  void backward(const moe::Context& ctx) { layer.backward(ctx, backward_args_); }
+
+  moe::Layer layer;
+
+ private:
+  std::vector<S> x_, dy_, y_, dx_, router_, w1_, w2_, g_router_, g_w1_, g_w2_;
+  moe_forward_args_t forward_args_ = MOE_FORWARD_ARGS_INIT;
+  moe_backward_args_t backward_args_ = MOE_BACKWARD_ARGS_INIT;
+};
+
+}  // namespace moe::bench

@@ -1,0 +1,190 @@
+// moe-bench: times the MoE layer forward, backward and both on the standard shapes,
+// beside a dense oneDNN FFN of the same FLOPs measured in the same run, with the share
+// of each pipeline stage (moe_layer_stage_profile). Prints a table; --json writes the
+// figures for bench/cpu_report.py, which adds PyTorch eager in the same run.
+#include <omp.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "core/bfloat16.hpp"
+#include "moe/moe.hpp"
+#include "tools/moe-bench/dense_ffn.hpp"
+#include "tools/moe-bench/layer_problem.hpp"
+#include "tools/moe-bench/shapes.hpp"
+
+namespace {
+
+using moe::bench::Shape;
+using Clock = std::chrono::steady_clock;
+
+struct Options {
+  std::vector<std::string> shapes = {"mixtral-small", "fine-grained", "decode"};
+  std::string backend = "onednn";
+  std::string dtype = "f32";
+  int iters = 10;
+  int warmup = 2;
+  bool dense = true;
+  std::string json_path;
+};
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+double ms_since(Clock::time_point start) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+}
+
+struct Timings {
+  double forward_ms, backward_ms, train_ms;
+};
+
+// Runs warmup + iters (forward, backward) pairs; the medians of the timed ones.
+template <typename Forward, typename Backward>
+Timings time_pairs(const Options& o, Forward&& forward, Backward&& backward,
+                   const std::function<void()>& after_warmup) {
+  std::vector<double> fwd, bwd, both;
+  for (int i = 0; i < o.warmup + o.iters; ++i) {
+    if (i == o.warmup) after_warmup();
+    const auto t0 = Clock::now();
+    auto saved = forward();
+    const double f = ms_since(t0);
+    const auto t1 = Clock::now();
+    backward(saved);
+    const double b = ms_since(t1);
+    if (i < o.warmup) continue;
+    fwd.push_back(f);
+    bwd.push_back(b);
+    both.push_back(f + b);
+  }
+  return {median(fwd), median(bwd), median(both)};
+}
+
+template <typename S>
+nlohmann::json run_shape(const Options& o, const Shape& s, moe_dtype_t dtype) {
+  moe::bench::LayerProblem<S> problem(s, dtype, o.backend);
+  moe::Layer& layer = problem.layer;
+  const int64_t T = s.tokens, d = s.d_model, E = s.experts;
+  const Timings moe_t = time_pairs(
+      o, [&] { return problem.forward(); }, [&](moe::Context& ctx) { problem.backward(ctx); },
+      [&] { layer.stage_profile(true); });
+  const moe_stage_profile_t p = layer.stage_profile();
+
+  nlohmann::json j = {{"shape", s.name},
+                      {"T", T},
+                      {"d", d},
+                      {"d_ff", s.d_ff},
+                      {"E", E},
+                      {"k", s.top_k},
+                      {"activation", s.activation == MOE_ACTIVATION_SWIGLU ? "swiglu" : "gelu"},
+                      {"backend", layer.config().backend},
+                      {"dtype", o.dtype},
+                      {"threads", omp_get_max_threads()},
+                      {"iters", o.iters},
+                      {"forward_ms", moe_t.forward_ms},
+                      {"backward_ms", moe_t.backward_ms},
+                      {"train_ms", moe_t.train_ms}};
+  const double fwd_flops = s.forward_flops(), bwd_flops = s.backward_flops();
+  j["forward_gflops"] = fwd_flops / moe_t.forward_ms / 1e6;
+  j["backward_gflops"] = bwd_flops / moe_t.backward_ms / 1e6;
+  j["train_gflops"] = (fwd_flops + bwd_flops) / moe_t.train_ms / 1e6;
+
+  const double n = static_cast<double>(p.forward_calls);
+  auto share = [&](double seconds, double total) { return total > 0 ? seconds / total : 0.0; };
+  j["forward_stages"] = {{"router", share(p.router, p.forward_total)},
+                         {"plan", share(p.plan, p.forward_total)},
+                         {"permute", share(p.permute, p.forward_total)},
+                         {"experts", share(p.experts, p.forward_total)},
+                         {"combine", share(p.combine, p.forward_total)},
+                         {"telemetry", share(p.telemetry, p.forward_total)},
+                         {"other", share(p.forward_other, p.forward_total)}};
+  j["backward_stages"] = {{"combine", share(p.combine_backward, p.backward_total)},
+                          {"experts", share(p.experts_backward, p.backward_total)},
+                          {"permute", share(p.permute_backward, p.backward_total)},
+                          {"router", share(p.router_backward, p.backward_total)},
+                          {"other", share(p.backward_other, p.backward_total)}};
+  const double train_total = p.forward_total + p.backward_total;
+  j["non_expert_share_train"] = share(train_total - p.experts - p.experts_backward, train_total);
+  j["profiled_forward_ms"] = n > 0 ? 1e3 * p.forward_total / n : 0.0;
+
+  if (o.dense) {
+    moe::bench::DenseFfn<S> dense(s);
+    const Timings dense_t = time_pairs(
+        o,
+        [&] {
+          dense.forward();
+          return 0;
+        },
+        [&](int) { dense.backward(); }, [] {});
+    j["dense_forward_ms"] = dense_t.forward_ms;
+    j["dense_backward_ms"] = dense_t.backward_ms;
+    j["dense_train_ms"] = dense_t.train_ms;
+    // Throughput relative to the dense FFN of the same FLOPs (1.0 = as fast).
+    j["forward_vs_dense"] = dense_t.forward_ms / moe_t.forward_ms;
+    j["backward_vs_dense"] = dense_t.backward_ms / moe_t.backward_ms;
+    j["train_vs_dense"] = dense_t.train_ms / moe_t.train_ms;
+  }
+  return j;
+}
+
+void print_row(const nlohmann::json& j) {
+  std::printf(
+      "%-14s %-6s %-5s fwd %8.2f ms %7.1f GFLOP/s | bwd %8.2f ms %7.1f GFLOP/s | both %8.2f ms",
+      j["shape"].get<std::string>().c_str(), j["backend"].get<std::string>().c_str(),
+      j["dtype"].get<std::string>().c_str(), j["forward_ms"].get<double>(),
+      j["forward_gflops"].get<double>(), j["backward_ms"].get<double>(),
+      j["backward_gflops"].get<double>(), j["train_ms"].get<double>());
+  if (j.contains("forward_vs_dense"))
+    std::printf(" | vs dense: fwd %.2fx both %.2fx", j["forward_vs_dense"].get<double>(),
+                j["train_vs_dense"].get<double>());
+  std::printf(" | non-expert %.1f%%\n", 100.0 * j["non_expert_share_train"].get<double>());
+  std::printf("    forward stages:");
+  for (auto& [stage, v] : j["forward_stages"].items())
+    std::printf(" %s %.1f%%", stage.c_str(), 100.0 * v.get<double>());
+  std::printf("\n    backward stages:");
+  for (auto& [stage, v] : j["backward_stages"].items())
+    std::printf(" %s %.1f%%", stage.c_str(), 100.0 * v.get<double>());
+  std::printf("\n");
+  std::fflush(stdout);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  CLI::App app{"moe-bench: MoE layer throughput against a dense FFN of the same FLOPs"};
+  app.add_option("--shape", o.shapes, "shapes to run")
+      ->check(CLI::IsMember({"mixtral-small", "fine-grained", "decode"}));
+  app.add_option("--backend", o.backend, "backend name (onednn, cpu_ref, auto)");
+  app.add_option("--dtype", o.dtype, "f32 or bf16")->check(CLI::IsMember({"f32", "bf16"}));
+  app.add_option("--iters", o.iters, "timed iterations (median reported)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--warmup", o.warmup, "untimed iterations first")->check(CLI::NonNegativeNumber);
+  app.add_flag("!--no-dense", o.dense, "skip the dense FFN baseline");
+  app.add_option("--json", o.json_path, "write the results as JSON to this file");
+  CLI11_PARSE(app, argc, argv);
+
+  nlohmann::json results = nlohmann::json::array();
+  try {
+    for (const Shape& s : moe::bench::standard_shapes()) {
+      if (std::find(o.shapes.begin(), o.shapes.end(), s.name) == o.shapes.end()) continue;
+      nlohmann::json j = o.dtype == "bf16" ? run_shape<moe::bfloat16>(o, s, MOE_DTYPE_BF16)
+                                           : run_shape<float>(o, s, MOE_DTYPE_F32);
+      print_row(j);
+      results.push_back(j);
+    }
+  } catch (const moe::Exception& e) {
+    std::cerr << "moe-bench: " << e.what() << "\n";
+    return 1;
+  }
+  if (!o.json_path.empty()) std::ofstream(o.json_path) << results.dump(2) << "\n";
+  return 0;
+}
