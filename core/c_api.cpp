@@ -19,6 +19,7 @@
 #include "core/telemetry/step_stats.hpp"
 #include "core/telemetry/verdicts.hpp"
 #include "core/telemetry/weight_metrics.hpp"
+#include "dist/communicator.hpp"
 #include "moe/moe.h"
 
 namespace {
@@ -119,6 +120,19 @@ std::vector<double> host_values(moe::Layer& l, const moe_tensor_t& t) {
 struct moe_group {
   std::vector<const moe_layer*> layers;
 };
+
+struct moe_comm : moe::dist::Communicator {
+  using Communicator::Communicator;
+};
+
+namespace {
+
+moe::dist::Communicator& comm_of(moe_comm_t comm) {
+  moe::HandleRegistry::instance().check(comm, moe::HandleKind::Comm, "comm");
+  return *comm;
+}
+
+}  // namespace
 
 extern "C" {
 
@@ -507,6 +521,47 @@ moe_status_t moe_layer_weight_metrics(const_moe_layer_t layer, moe_weight_metric
                      moe::weight_metrics(router, l.config.d_model, l.config.num_experts, w1),
                      "metrics");
   });
+}
+
+moe_status_t moe_comm_create(const moe_comm_ops_t* ops, double timeout_s, moe_comm_t* comm) {
+  return guarded(__func__, [&] {
+    require_pointer(comm, "comm");
+    const moe_comm_ops_t defaults{};
+    const moe_comm_ops_t in = moe::read_sized(ops, defaults, "ops");
+    auto created = std::make_unique<moe_comm>(in, timeout_s);
+    moe::HandleRegistry::instance().add(created.get(), moe::HandleKind::Comm);
+    *comm = created.release();
+  });
+}
+
+moe_status_t moe_comm_destroy(moe_comm_t comm) {
+  return guarded(__func__, [&] {
+    if (comm == nullptr) return;
+    moe::HandleRegistry::instance().check(comm, moe::HandleKind::Comm, "comm");
+    moe::HandleRegistry::instance().remove(comm);
+    delete comm;
+  });
+}
+
+moe_status_t moe_comm_rank(moe_comm_t comm, int32_t* rank, int32_t* world) {
+  return guarded(__func__, [&] {
+    const moe::dist::Communicator& c = comm_of(comm);
+    if (rank) *rank = c.rank();
+    if (world) *world = c.world();
+  });
+}
+
+moe_status_t moe_comm_all_to_all(moe_comm_t comm, const void* send, const int64_t* send_bytes,
+                                 void* recv, const int64_t* recv_bytes) {
+  return guarded(__func__, [&] { comm_of(comm).all_to_all(send, send_bytes, recv, recv_bytes); });
+}
+
+moe_status_t moe_comm_all_reduce_sum(moe_comm_t comm, double* data, int64_t count) {
+  return guarded(__func__, [&] { comm_of(comm).all_reduce_sum(data, count); });
+}
+
+moe_status_t moe_comm_barrier(moe_comm_t comm) {
+  return guarded(__func__, [&] { comm_of(comm).barrier(); });
 }
 
 moe_status_t moe_group_create(moe_group_t* group) {

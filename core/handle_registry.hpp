@@ -11,7 +11,7 @@
 
 namespace moe {
 
-enum class HandleKind { Layer, Ctx, Group };
+enum class HandleKind { Layer, Ctx, Group, Comm };
 
 class HandleRegistry {
  public:

@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 packages=(
   cmake make g++ pkg-config                 # the build
   libdnnl-dev                               # the onednn backend (oneDNN 2.x)
+  libopenmpi-dev openmpi-bin                # communicators over MPI (expert parallelism)
   libcli11-dev nlohmann-json3-dev           # moe-stats
   clang-14 libclang-rt-14-dev               # the fuzz target (libFuzzer)
   libgtest-dev libbenchmark-dev             # tests and benchmarks

@@ -551,6 +551,51 @@ typedef struct moe_weight_metrics {
 
 MOE_API moe_status_t moe_layer_weight_metrics(const_moe_layer_t layer, moe_weight_metrics_t *metrics);
 
+/* ------------------------------------------------------------------------------
+ * Communicators (expert parallelism). moe.h holds no MPI, NCCL or CUDA type: a
+ * communicator is a table of callbacks over the caller's own transport. moe_mpi.h and
+ * moe_nccl.h fill one from an MPI_Comm or an ncclComm_t (inline, compiled with the
+ * caller's MPI or NCCL); a caller may also bring its own.
+ * Each callback returns 0 on success; on failure it returns nonzero and writes a
+ * message into err (errlen bytes, NUL-terminated). timeout_s > 0 bounds the wait. */
+#define MOE_COMM_OPS_VERSION 1
+typedef struct moe_comm_ops {
+  uint32_t size;
+  uint32_t version;
+  int32_t rank;       /* this process's rank in [0, world) */
+  int32_t world;      /* number of ranks */
+  moe_device_t device; /* where the buffers handed to the callbacks live */
+  void *state;        /* the callbacks' first argument */
+  /* Rank p receives send_bytes[p] bytes from this rank, packed in rank order in
+   * `send`; this rank receives recv_bytes[p] bytes from rank p, packed in rank order
+   * in `recv`. Counts may be zero and uneven. */
+  int (*all_to_all)(void *state, const void *send, const int64_t *send_bytes, void *recv,
+                    const int64_t *recv_bytes, double timeout_s, char *err, size_t errlen);
+  /* In-place sum over the ranks of `count` doubles (host memory). */
+  int (*all_reduce_sum)(void *state, double *data, int64_t count, double timeout_s, char *err,
+                        size_t errlen);
+  int (*barrier)(void *state, double timeout_s, char *err, size_t errlen);
+  /* Called once by moe_comm_destroy; may be NULL. */
+  void (*destroy)(void *state);
+} moe_comm_ops_t;
+
+typedef struct moe_comm *moe_comm_t;
+
+/* A communicator over `ops` (copied; ops->state must outlive it). timeout_s applies to
+ * every collective (0 = wait forever). After a failed or timed-out collective the
+ * communicator refuses further use (MOE_STATUS_COMM_ERROR), as a peer may be gone. */
+MOE_API moe_status_t moe_comm_create(const moe_comm_ops_t *ops, double timeout_s,
+                                     moe_comm_t *comm);
+MOE_API moe_status_t moe_comm_destroy(moe_comm_t comm);
+MOE_API moe_status_t moe_comm_rank(moe_comm_t comm, int32_t *rank, int32_t *world);
+/* The collectives, for tests and for callers' own use (e.g. all-reducing the router
+ * gradient): the same checks and timeout as the layer's exchanges. */
+MOE_API moe_status_t moe_comm_all_to_all(moe_comm_t comm, const void *send,
+                                         const int64_t *send_bytes, void *recv,
+                                         const int64_t *recv_bytes);
+MOE_API moe_status_t moe_comm_all_reduce_sum(moe_comm_t comm, double *data, int64_t count);
+MOE_API moe_status_t moe_comm_barrier(moe_comm_t comm);
+
 /* A telemetry group: the layers of one model, summarised together. */
 typedef struct moe_group *moe_group_t;
 

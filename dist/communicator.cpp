@@ -1,0 +1,61 @@
+#include "dist/communicator.hpp"
+
+#include "core/error.hpp"
+
+namespace moe::dist {
+
+Communicator::Communicator(const moe_comm_ops_t& ops, double timeout_s)
+    : ops_(ops), timeout_s_(timeout_s) {
+  require(ops.world >= 1, MOE_STATUS_INVALID_ARGUMENT,
+          "ops->world must be >= 1, got " + std::to_string(ops.world));
+  require(ops.rank >= 0 && ops.rank < ops.world, MOE_STATUS_INVALID_ARGUMENT,
+          "ops->rank must be in [0, world), got " + std::to_string(ops.rank));
+  require(ops.all_to_all && ops.all_reduce_sum && ops.barrier, MOE_STATUS_NULL_POINTER,
+          "ops->all_to_all, all_reduce_sum and barrier are required");
+  require(timeout_s >= 0.0, MOE_STATUS_INVALID_ARGUMENT, "timeout_s must be >= 0");
+}
+
+Communicator::~Communicator() {
+  if (ops_.destroy) ops_.destroy(ops_.state);
+}
+
+template <typename Call>
+void Communicator::run(const char* what, Call&& call) {
+  require(!broken_, MOE_STATUS_COMM_ERROR,
+          std::string("the communicator is unusable after an earlier failure (") + broken_reason_ +
+              ")");
+  char err[512] = "";
+  if (call(err, sizeof err) != 0) {
+    err[sizeof err - 1] = '\0';
+    broken_ = true;
+    broken_reason_ = std::string(what) + ": " + (err[0] ? err : "the transport reported an error");
+    throw Error(MOE_STATUS_COMM_ERROR, "rank " + std::to_string(rank()) + ": " + broken_reason_);
+  }
+}
+
+void Communicator::all_to_all(const void* send, const int64_t* send_bytes, void* recv,
+                              const int64_t* recv_bytes) {
+  require(send_bytes && recv_bytes, MOE_STATUS_NULL_POINTER,
+          "send_bytes and recv_bytes are required");
+  for (int p = 0; p < world(); ++p)
+    require(send_bytes[p] >= 0 && recv_bytes[p] >= 0, MOE_STATUS_INVALID_ARGUMENT,
+            "byte counts must be >= 0 (peer " + std::to_string(p) + ")");
+  run("all_to_all", [&](char* err, size_t len) {
+    return ops_.all_to_all(ops_.state, send, send_bytes, recv, recv_bytes, timeout_s_, err, len);
+  });
+}
+
+void Communicator::all_reduce_sum(double* data, int64_t count) {
+  require(count >= 0, MOE_STATUS_INVALID_ARGUMENT, "count must be >= 0");
+  require(data || count == 0, MOE_STATUS_NULL_POINTER, "data is NULL");
+  run("all_reduce_sum", [&](char* err, size_t len) {
+    return ops_.all_reduce_sum(ops_.state, data, count, timeout_s_, err, len);
+  });
+}
+
+void Communicator::barrier() {
+  run("barrier",
+      [&](char* err, size_t len) { return ops_.barrier(ops_.state, timeout_s_, err, len); });
+}
+
+}  // namespace moe::dist

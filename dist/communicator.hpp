@@ -1,0 +1,41 @@
+// A communicator: the caller's transport (MPI, NCCL, their own) behind the callback
+// table of moe.h, with the checks, the timeout and the broken state in one place.
+// The expert-parallel pipeline exchanges rows and sums counts through it.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "moe/moe.h"
+
+namespace moe::dist {
+
+class Communicator {
+ public:
+  Communicator(const moe_comm_ops_t& ops, double timeout_s);
+  ~Communicator();
+  Communicator(const Communicator&) = delete;
+  Communicator& operator=(const Communicator&) = delete;
+
+  int rank() const { return ops_.rank; }
+  int world() const { return ops_.world; }
+  moe_device_t device() const { return ops_.device; }
+
+  // Each throws moe::Error(MOE_STATUS_COMM_ERROR) on failure or timeout, after which
+  // the communicator is broken and every later call throws at once.
+  void all_to_all(const void* send, const int64_t* send_bytes, void* recv,
+                  const int64_t* recv_bytes);
+  void all_reduce_sum(double* data, int64_t count);
+  void barrier();
+
+ private:
+  template <typename Call>
+  void run(const char* what, Call&& call);
+
+  moe_comm_ops_t ops_;
+  double timeout_s_;
+  bool broken_ = false;
+  std::string broken_reason_;
+};
+
+}  // namespace moe::dist

@@ -1,0 +1,147 @@
+/* moe_mpi.h: a moe communicator over an MPI communicator.
+ *
+ * Header-only and inline: it compiles with the caller's MPI (libmoe itself does not
+ * link MPI), duplicates the caller's communicator so that the layer's traffic never
+ * matches the caller's own messages, and runs every collective non-blocking
+ * (MPI_Ialltoallv, MPI_Iallreduce, MPI_Ibarrier), polling until it completes or the
+ * communicator's timeout passes. A timed-out collective is abandoned (MPI cannot
+ * cancel one): the communicator then refuses further use, and the caller should end
+ * the job. */
+#ifndef MOE_MPI_H
+#define MOE_MPI_H
+
+#include <limits.h>
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "moe.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct moe_mpi_state {
+  MPI_Comm comm;
+  int world;
+  int* counts; /* [4 * world]: send counts, send displacements, recv counts, recv displ. */
+} moe_mpi_state_t;
+
+/* Polls `request` until done or `timeout_s` (> 0) passes. 0: done. */
+static inline int moe_mpi_wait_(MPI_Request* request, double timeout_s, const char* what, char* err,
+                                size_t errlen) {
+  const double start = MPI_Wtime();
+  for (;;) {
+    int done = 0;
+    const int rc = MPI_Test(request, &done, MPI_STATUS_IGNORE);
+    if (rc != MPI_SUCCESS) {
+      char text[MPI_MAX_ERROR_STRING];
+      int len = 0;
+      MPI_Error_string(rc, text, &len);
+      snprintf(err, errlen, "%s failed: %s", what, text);
+      return 1;
+    }
+    if (done) return 0;
+    if (timeout_s > 0 && MPI_Wtime() - start > timeout_s) {
+      snprintf(err, errlen, "%s timed out after %.1f s (a peer may have exited)", what, timeout_s);
+      return 1;
+    }
+  }
+}
+
+static inline int moe_mpi_all_to_all_(void* state, const void* send, const int64_t* send_bytes,
+                                      void* recv, const int64_t* recv_bytes, double timeout_s,
+                                      char* err, size_t errlen) {
+  moe_mpi_state_t* s = (moe_mpi_state_t*)state;
+  int *sc = s->counts, *sd = sc + s->world, *rc = sd + s->world, *rd = rc + s->world;
+  int64_t soff = 0, roff = 0;
+  int p;
+  MPI_Request request;
+  for (p = 0; p < s->world; ++p) {
+    if (send_bytes[p] > INT_MAX || recv_bytes[p] > INT_MAX || soff > INT_MAX || roff > INT_MAX) {
+      snprintf(err, errlen, "all_to_all: more than INT_MAX bytes for one peer");
+      return 1;
+    }
+    sc[p] = (int)send_bytes[p];
+    sd[p] = (int)soff;
+    rc[p] = (int)recv_bytes[p];
+    rd[p] = (int)roff;
+    soff += send_bytes[p];
+    roff += recv_bytes[p];
+  }
+  if (MPI_Ialltoallv(send, sc, sd, MPI_BYTE, recv, rc, rd, MPI_BYTE, s->comm, &request) !=
+      MPI_SUCCESS) {
+    snprintf(err, errlen, "MPI_Ialltoallv could not start");
+    return 1;
+  }
+  return moe_mpi_wait_(&request, timeout_s, "MPI_Ialltoallv", err, errlen);
+}
+
+static inline int moe_mpi_all_reduce_sum_(void* state, double* data, int64_t count,
+                                          double timeout_s, char* err, size_t errlen) {
+  moe_mpi_state_t* s = (moe_mpi_state_t*)state;
+  MPI_Request request;
+  if (count > INT_MAX) {
+    snprintf(err, errlen, "all_reduce_sum: more than INT_MAX values");
+    return 1;
+  }
+  if (MPI_Iallreduce(MPI_IN_PLACE, data, (int)count, MPI_DOUBLE, MPI_SUM, s->comm, &request) !=
+      MPI_SUCCESS) {
+    snprintf(err, errlen, "MPI_Iallreduce could not start");
+    return 1;
+  }
+  return moe_mpi_wait_(&request, timeout_s, "MPI_Iallreduce", err, errlen);
+}
+
+static inline int moe_mpi_barrier_(void* state, double timeout_s, char* err, size_t errlen) {
+  moe_mpi_state_t* s = (moe_mpi_state_t*)state;
+  MPI_Request request;
+  if (MPI_Ibarrier(s->comm, &request) != MPI_SUCCESS) {
+    snprintf(err, errlen, "MPI_Ibarrier could not start");
+    return 1;
+  }
+  return moe_mpi_wait_(&request, timeout_s, "MPI_Ibarrier", err, errlen);
+}
+
+static inline void moe_mpi_destroy_(void* state) {
+  moe_mpi_state_t* s = (moe_mpi_state_t*)state;
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized) MPI_Comm_free(&s->comm);
+  free(s->counts);
+  free(s);
+}
+
+/* A communicator over (a duplicate of) `comm`; destroy it with moe_comm_destroy, before
+ * MPI_Finalize. timeout_s bounds every collective (0 = wait forever). */
+static inline moe_status_t moe_comm_create_mpi(MPI_Comm comm, double timeout_s, moe_comm_t* out) {
+  moe_comm_ops_t ops;
+  moe_status_t status;
+  moe_mpi_state_t* s = (moe_mpi_state_t*)malloc(sizeof(moe_mpi_state_t));
+  if (s == NULL) return MOE_STATUS_OUT_OF_MEMORY;
+  if (MPI_Comm_dup(comm, &s->comm) != MPI_SUCCESS) {
+    free(s);
+    return MOE_STATUS_COMM_ERROR;
+  }
+  MPI_Comm_size(s->comm, &s->world);
+  s->counts = (int*)malloc(sizeof(int) * 4 * (size_t)s->world);
+  ops.size = sizeof(moe_comm_ops_t);
+  ops.version = MOE_COMM_OPS_VERSION;
+  MPI_Comm_rank(s->comm, &ops.rank);
+  ops.world = s->world;
+  ops.device = MOE_DEVICE_CPU;
+  ops.state = s;
+  ops.all_to_all = moe_mpi_all_to_all_;
+  ops.all_reduce_sum = moe_mpi_all_reduce_sum_;
+  ops.barrier = moe_mpi_barrier_;
+  ops.destroy = moe_mpi_destroy_;
+  status = moe_comm_create(&ops, timeout_s, out);
+  if (status != MOE_STATUS_SUCCESS) moe_mpi_destroy_(s);
+  return status;
+}
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MOE_MPI_H */
