@@ -85,10 +85,4 @@ void host_block_give(void* block, size_t granted) {
   }
 }
 
-size_t host_cache_bytes() {
-  Cache& c = cache();
-  std::lock_guard<std::mutex> lock(c.mutex);
-  return c.bytes;
-}
-
 }  // namespace moe

@@ -16,8 +16,6 @@ namespace moe {
 // little share blocks; at most MOE_HOST_CACHE_MB (default 4096) MiB stay cached.
 void* host_block_take(size_t bytes, size_t* granted);
 void host_block_give(void* block, size_t granted);
-// Bytes currently held in the cache (for tests).
-size_t host_cache_bytes();
 
 template <typename T>
 class host_buffer {

@@ -2,7 +2,6 @@
 
 #include <oneapi/dnnl/dnnl_debug.h>
 
-#include <algorithm>
 #include <map>
 #include <mutex>
 #include <oneapi/dnnl/dnnl.hpp>
@@ -106,12 +105,5 @@ template void matmul<float>(bool, bool, int64_t, int64_t, int64_t, const float*,
                             float*, bool, const float*);
 template void matmul<bfloat16>(bool, bool, int64_t, int64_t, int64_t, const bfloat16*,
                                const bfloat16*, bfloat16*, bool, const bfloat16*);
-
-const char* matmul_implementation(bool bf16) {
-  static const std::string names[2] = {
-      describe({memory::data_type::f32, false, false, false, false}).impl_info_str(),
-      describe({memory::data_type::bf16, false, false, false, false}).impl_info_str()};
-  return names[bf16 ? 1 : 0].c_str();
-}
 
 }  // namespace moe::onednn

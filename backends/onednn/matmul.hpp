@@ -22,7 +22,4 @@ extern template void matmul<float>(bool, bool, int64_t, int64_t, int64_t, const 
 extern template void matmul<bfloat16>(bool, bool, int64_t, int64_t, int64_t, const bfloat16*,
                                       const bfloat16*, bfloat16*, bool, const bfloat16*);
 
-// The oneDNN implementation that runs products of this dtype ("gemm:jit", ...).
-const char* matmul_implementation(bool bf16);
-
 }  // namespace moe::onednn
