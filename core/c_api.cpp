@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "backends/backend.hpp"
+#include "core/bfloat16.hpp"
 #include "core/error.hpp"
 #include "core/handle_registry.hpp"
 #include "core/layer.hpp"
@@ -104,12 +105,9 @@ std::vector<double> host_values(moe::Layer& l, const moe_tensor_t& t) {
       std::memcpy(&f, &raw[i * 4], 4);
       out[i] = f;
     } else {
-      uint16_t h;
+      moe::bfloat16 h;
       std::memcpy(&h, &raw[i * 2], 2);
-      const uint32_t bits = static_cast<uint32_t>(h) << 16;
-      float f;
-      std::memcpy(&f, &bits, 4);
-      out[i] = f;
+      out[i] = h;
     }
   }
   return out;

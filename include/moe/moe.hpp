@@ -28,34 +28,28 @@ inline void check(moe_status_t status) {
   if (status != MOE_STATUS_SUCCESS) throw Exception(status, moe_last_error());
 }
 
-// A dense row-major tensor view over caller memory.
+// A dense row-major view of caller memory of any dtype (bfloat16 included: pass the
+// storage of the caller's 2-byte type).
+inline moe_tensor_t tensor(void* data, moe_dtype_t dtype, std::initializer_list<int64_t> shape) {
+  moe_tensor_t t{};
+  t.data = data;
+  t.dtype = dtype;
+  for (int64_t s : shape) t.shape[t.ndim++] = s;
+  return t;
+}
+
+// The same, with the dtype taken from the element type.
 template <typename T>
 moe_tensor_t tensor(T* data, std::initializer_list<int64_t> shape);
 
 template <>
 inline moe_tensor_t tensor<float>(float* data, std::initializer_list<int64_t> shape) {
-  moe_tensor_t t{};
-  t.data = data;
-  t.dtype = MOE_DTYPE_F32;
-  for (int64_t s : shape) t.shape[t.ndim++] = s;
-  return t;
+  return tensor(static_cast<void*>(data), MOE_DTYPE_F32, shape);
 }
 
 template <>
 inline moe_tensor_t tensor<double>(double* data, std::initializer_list<int64_t> shape) {
-  moe_tensor_t t = tensor<float>(nullptr, shape);
-  t.data = data;
-  t.dtype = MOE_DTYPE_F64;
-  return t;
-}
-
-// A dense row-major view of any dtype (bfloat16 included: pass the caller's 2-byte
-// type's storage).
-inline moe_tensor_t tensor(void* data, moe_dtype_t dtype, std::initializer_list<int64_t> shape) {
-  moe_tensor_t t = tensor<float>(nullptr, shape);
-  t.data = data;
-  t.dtype = dtype;
-  return t;
+  return tensor(static_cast<void*>(data), MOE_DTYPE_F64, shape);
 }
 
 // Saved state of one forward call; consumed by Layer::backward.

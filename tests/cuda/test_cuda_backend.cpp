@@ -8,13 +8,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
-#include <cstring>
 #include <map>
 #include <random>
 #include <string>
 #include <tuple>
 #include <vector>
 
+#include "core/bfloat16.hpp"
 #include "moe/moe.hpp"
 #include "moe/moe_cuda.h"
 
@@ -36,20 +36,6 @@ void cuda_ok(cudaError_t e) {
   ASSERT_EQ(e, cudaSuccess) << cudaGetErrorString(e);
 }
 
-uint16_t to_bf16(float f) {
-  uint32_t bits;
-  std::memcpy(&bits, &f, 4);
-  if (std::isnan(f)) return 0x7fc0;
-  bits += 0x7fff + ((bits >> 16) & 1);  // round to nearest even
-  return static_cast<uint16_t>(bits >> 16);
-}
-float from_bf16(uint16_t h) {
-  const uint32_t bits = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
 // A host float array mirrored on the device in the layer's dtype.
 struct Mirror {
   moe_dtype_t dtype;
@@ -57,7 +43,7 @@ struct Mirror {
   void* device = nullptr;
   Mirror(moe_dtype_t t, std::vector<float> values) : dtype(t), host(std::move(values)) {
     if (dtype == MOE_DTYPE_BF16)
-      for (float& v : host) v = from_bf16(to_bf16(v));
+      for (float& v : host) v = moe::bfloat16(v);
     cudaMalloc(&device, bytes() ? bytes() : 1);
     upload();
   }
@@ -67,8 +53,7 @@ struct Mirror {
   size_t bytes() const { return host.size() * element(); }
   void upload() {
     if (dtype == MOE_DTYPE_BF16) {
-      std::vector<uint16_t> h(host.size());
-      for (size_t i = 0; i < h.size(); ++i) h[i] = to_bf16(host[i]);
+      const std::vector<moe::bfloat16> h(host.begin(), host.end());
       cudaMemcpy(device, h.data(), bytes(), cudaMemcpyHostToDevice);
     } else {
       cudaMemcpy(device, host.data(), bytes(), cudaMemcpyHostToDevice);
@@ -78,9 +63,9 @@ struct Mirror {
     std::vector<float> out(host.size());
     cudaDeviceSynchronize();
     if (dtype == MOE_DTYPE_BF16) {
-      std::vector<uint16_t> h(host.size());
+      std::vector<moe::bfloat16> h(host.size());
       cudaMemcpy(h.data(), device, bytes(), cudaMemcpyDeviceToHost);
-      for (size_t i = 0; i < h.size(); ++i) out[i] = from_bf16(h[i]);
+      out.assign(h.begin(), h.end());
     } else {
       cudaMemcpy(out.data(), device, bytes(), cudaMemcpyDeviceToHost);
     }
