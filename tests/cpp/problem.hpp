@@ -2,6 +2,8 @@
 // gradient buffers, all of one scalar type.
 #pragma once
 
+#include <gtest/gtest.h>
+
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -149,5 +151,17 @@ struct Problem {
     return sum + l.aux_loss_scaled + l.z_loss_scaled;
   }
 };
+
+// Every output and gradient of two problems, bit for bit.
+template <typename S>
+void expect_same_results(const Problem<S>& a, const Problem<S>& b) {
+  EXPECT_EQ(a.y, b.y);
+  EXPECT_EQ(a.dx, b.dx);
+  EXPECT_EQ(a.g_router, b.g_router);
+  EXPECT_EQ(a.g_w1, b.g_w1);
+  EXPECT_EQ(a.g_b1, b.g_b1);
+  EXPECT_EQ(a.g_w2, b.g_w2);
+  EXPECT_EQ(a.g_b2, b.g_b2);
+}
 
 }  // namespace moe_test

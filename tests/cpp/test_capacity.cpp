@@ -109,11 +109,7 @@ TEST(Capacity, HugeCapacityFactorGivesTheSameBitsAsDropless) {
   moe::Context a = dropless.forward(), b = huge.forward();
   dropless.backward(a);
   huge.backward(b);
-  EXPECT_EQ(dropless.y, huge.y);
-  EXPECT_EQ(dropless.dx, huge.dx);
-  EXPECT_EQ(dropless.g_router, huge.g_router);
-  EXPECT_EQ(dropless.g_w1, huge.g_w1);
-  EXPECT_EQ(dropless.g_w2, huge.g_w2);
+  moe_test::expect_same_results(dropless, huge);
   EXPECT_EQ(b.stats(6).summary.dropped_total, 0);
 }
 
@@ -126,11 +122,7 @@ TEST(Capacity, PaddingToCapacityChangesNoResult) {
   moe::Context a = plain.forward(), b = padded.forward();
   plain.backward(a);
   padded.backward(b);
-  EXPECT_EQ(plain.y, padded.y);
-  EXPECT_EQ(plain.dx, padded.dx);
-  EXPECT_EQ(plain.g_w1, padded.g_w1);
-  EXPECT_EQ(plain.g_b1, padded.g_b1);
-  EXPECT_EQ(plain.g_b2, padded.g_b2);
+  moe_test::expect_same_results(plain, padded);
 }
 
 TEST(Capacity, DroplessCapacityIsMaxDemand) {

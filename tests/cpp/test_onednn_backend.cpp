@@ -28,10 +28,24 @@ double relative_error(const std::vector<A>& a, const std::vector<B>& b) {
   return scale > 0.0 ? diff / scale : diff;
 }
 
-template <typename S>
 moe_layer_config_t on_backend(moe_layer_config_t c, const char* backend) {
   c.backend = backend;
   return c;
+}
+
+// Every output and gradient of `lib` within `tolerance` of `ref` (the router's for
+// learned routers; the hash router has none).
+template <typename S>
+void expect_close(const Problem<S>& lib, const Problem<S>& ref, double tolerance) {
+  EXPECT_LE(relative_error(lib.y, ref.y), tolerance) << "y";
+  EXPECT_LE(relative_error(lib.dx, ref.dx), tolerance) << "dx";
+  EXPECT_LE(relative_error(lib.g_w1, ref.g_w1), tolerance) << "d w1";
+  EXPECT_LE(relative_error(lib.g_w2, ref.g_w2), tolerance) << "d w2";
+  EXPECT_LE(relative_error(lib.g_b1, ref.g_b1), tolerance) << "d b1";
+  EXPECT_LE(relative_error(lib.g_b2, ref.g_b2), tolerance) << "d b2";
+  if (ref.learned()) {
+    EXPECT_LE(relative_error(lib.g_router, ref.g_router), tolerance) << "d router";
+  }
 }
 
 struct Case {
@@ -91,8 +105,8 @@ class OnednnMatchesReference : public ::testing::TestWithParam<Case> {};
 
 TEST_P(OnednnMatchesReference, Float32) {
   const Case& c = GetParam();
-  Problem<float> ref(on_backend<float>(config_of(c), "cpu_ref"), c.T, 11);
-  Problem<float> lib(on_backend<float>(config_of(c), "onednn"), c.T, 11);
+  Problem<float> ref(on_backend(config_of(c), "cpu_ref"), c.T, 11);
+  Problem<float> lib(on_backend(config_of(c), "onednn"), c.T, 11);
   for (int step = 0; step < 2; ++step) {  // the second step accumulates into the gradients
     const uint32_t flags = step ? MOE_BACKWARD_ACCUMULATE : 0;
     moe::Context cr = ref.forward(), cl = lib.forward();
@@ -101,15 +115,7 @@ TEST_P(OnednnMatchesReference, Float32) {
     const moe::Context::RoutingDecision rr = cr.routing(), rl = cl.routing();
     ASSERT_EQ(rl.experts, rr.experts) << "routing decisions differ";
     ASSERT_EQ(rl.dropped, rr.dropped) << "drop decisions differ";
-    EXPECT_LE(relative_error(lib.y, ref.y), 1e-5);
-    EXPECT_LE(relative_error(lib.dx, ref.dx), 1e-5);
-    EXPECT_LE(relative_error(lib.g_w1, ref.g_w1), 1e-5);
-    EXPECT_LE(relative_error(lib.g_w2, ref.g_w2), 1e-5);
-    EXPECT_LE(relative_error(lib.g_b1, ref.g_b1), 1e-5);
-    EXPECT_LE(relative_error(lib.g_b2, ref.g_b2), 1e-5);
-    if (c.router != MOE_ROUTER_HASH) {
-      EXPECT_LE(relative_error(lib.g_router, ref.g_router), 1e-5);
-    }
+    expect_close(lib, ref, 1e-5);
     EXPECT_NEAR(cl.losses().aux_loss, cr.losses().aux_loss, 1e-6);
     EXPECT_NEAR(cl.losses().z_loss, cr.losses().z_loss, 1e-5 * std::max(1.0, cr.losses().z_loss));
   }
@@ -117,17 +123,12 @@ TEST_P(OnednnMatchesReference, Float32) {
 
 TEST_P(OnednnMatchesReference, RepeatedRunsAreBitIdentical) {
   const Case& c = GetParam();
-  Problem<float> a(on_backend<float>(config_of(c), "onednn"), c.T, 5);
-  Problem<float> b(on_backend<float>(config_of(c), "onednn"), c.T, 5);
+  Problem<float> a(on_backend(config_of(c), "onednn"), c.T, 5);
+  Problem<float> b(on_backend(config_of(c), "onednn"), c.T, 5);
   moe::Context ca = a.forward(), cb = b.forward();
   a.backward(ca);
   b.backward(cb);
-  EXPECT_EQ(a.y, b.y);
-  EXPECT_EQ(a.dx, b.dx);
-  EXPECT_EQ(a.g_router, b.g_router);
-  EXPECT_EQ(a.g_w1, b.g_w1);
-  EXPECT_EQ(a.g_w2, b.g_w2);
-  EXPECT_EQ(a.g_b1, b.g_b1);
+  moe_test::expect_same_results(a, b);
 }
 
 // bfloat16 on onednn against bfloat16 on cpu_ref (double accumulation, rounded where a
@@ -135,8 +136,8 @@ TEST_P(OnednnMatchesReference, RepeatedRunsAreBitIdentical) {
 // that top-k margins dwarf the last-bit differences of bf16 logits: routing must match.
 TEST_P(OnednnMatchesReference, Bfloat16WithinOnePercent) {
   const Case& c = GetParam();
-  Problem<bfloat16> ref(on_backend<bfloat16>(config_of(c), "cpu_ref"), c.T, 23);
-  Problem<bfloat16> lib(on_backend<bfloat16>(config_of(c), "onednn"), c.T, 23);
+  Problem<bfloat16> ref(on_backend(config_of(c), "cpu_ref"), c.T, 23);
+  Problem<bfloat16> lib(on_backend(config_of(c), "onednn"), c.T, 23);
   for (auto* p : {&ref, &lib}) {
     for (auto& v : p->router) v = static_cast<float>(v) * 8.0f;
     p->bind();
@@ -145,15 +146,7 @@ TEST_P(OnednnMatchesReference, Bfloat16WithinOnePercent) {
   ASSERT_EQ(cl.routing().experts, cr.routing().experts);
   ref.backward(cr);
   lib.backward(cl);
-  EXPECT_LE(relative_error(lib.y, ref.y), 1e-2);
-  EXPECT_LE(relative_error(lib.dx, ref.dx), 1e-2);
-  EXPECT_LE(relative_error(lib.g_w1, ref.g_w1), 1e-2);
-  EXPECT_LE(relative_error(lib.g_w2, ref.g_w2), 1e-2);
-  EXPECT_LE(relative_error(lib.g_b1, ref.g_b1), 1e-2);
-  EXPECT_LE(relative_error(lib.g_b2, ref.g_b2), 1e-2);
-  if (c.router != MOE_ROUTER_HASH) {
-    EXPECT_LE(relative_error(lib.g_router, ref.g_router), 1e-2);
-  }
+  expect_close(lib, ref, 1e-2);
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, OnednnMatchesReference, ::testing::ValuesIn(cases()),
