@@ -125,6 +125,10 @@ static inline moe_status_t moe_comm_create_mpi(MPI_Comm comm, double timeout_s, 
   }
   MPI_Comm_size(s->comm, &s->world);
   s->counts = (int*)malloc(sizeof(int) * 4 * (size_t)s->world);
+  if (s->counts == NULL) {
+    moe_mpi_destroy_(s); /* frees the duplicate and s */
+    return MOE_STATUS_OUT_OF_MEMORY;
+  }
   ops.size = sizeof(moe_comm_ops_t);
   ops.version = MOE_COMM_OPS_VERSION;
   MPI_Comm_rank(s->comm, &ops.rank);
