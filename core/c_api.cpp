@@ -20,6 +20,7 @@
 #include "core/telemetry/step_stats.hpp"
 #include "core/telemetry/verdicts.hpp"
 #include "core/telemetry/weight_metrics.hpp"
+#include "dist/attach.hpp"
 #include "dist/communicator.hpp"
 #include "moe/moe.h"
 
@@ -258,9 +259,9 @@ moe_status_t moe_layer_stage_profile(moe_layer_t layer, moe_stage_profile_t* pro
     moe::Layer& l = layer_of(layer);
     moe_stage_profile_t out = l.profile;
     out.forward_other = out.forward_total - out.router - out.plan - out.permute - out.experts -
-                        out.combine - out.telemetry;
+                        out.combine - out.telemetry - out.exchange;
     out.backward_other = out.backward_total - out.combine_backward - out.experts_backward -
-                         out.permute_backward - out.router_backward;
+                         out.permute_backward - out.router_backward - out.exchange_backward;
     moe::write_sized(profile, out, "profile");
     if (reset) l.profile = MOE_STAGE_PROFILE_INIT;
   });
@@ -536,6 +537,10 @@ moe_status_t moe_comm_destroy(moe_comm_t comm) {
   return guarded(__func__, [&] {
     if (comm == nullptr) return;
     moe::HandleRegistry::instance().check(comm, moe::HandleKind::Comm, "comm");
+    moe::require(comm->attached_layers() == 0, MOE_STATUS_INVALID_STATE,
+                 std::to_string(comm->attached_layers()) +
+                     " layer(s) still use this communicator: detach them first "
+                     "(moe_layer_set_comm(layer, NULL, NULL, 0)) or destroy them");
     moe::HandleRegistry::instance().remove(comm);
     delete comm;
   });
@@ -560,6 +565,53 @@ moe_status_t moe_comm_all_reduce_sum(moe_comm_t comm, double* data, int64_t coun
 
 moe_status_t moe_comm_barrier(moe_comm_t comm) {
   return guarded(__func__, [&] { comm_of(comm).barrier(); });
+}
+
+moe_status_t moe_layer_set_comm(moe_layer_t layer, moe_comm_t comm, const int32_t* expert_owner,
+                                int64_t count) {
+  return guarded(__func__, [&] {
+    moe::Layer& l = layer_of(layer);
+    moe::dist::attach(l, comm ? &comm_of(comm) : nullptr, expert_owner, count);
+  });
+}
+
+moe_status_t moe_layer_local_experts(const_moe_layer_t layer, int32_t* experts, int64_t capacity,
+                                     int64_t* count) {
+  return guarded(__func__, [&] {
+    const moe::Layer& l = layer_of(layer);
+    require_pointer(count, "count");
+    std::vector<int32_t> mine;
+    if (l.ep) {
+      mine = l.ep->placement.local_experts;
+    } else {
+      for (int32_t e = 0; e < l.config.num_experts; ++e) mine.push_back(e);
+    }
+    const int64_t n = static_cast<int64_t>(mine.size());
+    if (experts) {
+      moe::require(capacity >= n, MOE_STATUS_SHAPE_MISMATCH,
+                   "capacity is " + std::to_string(capacity) + ", this rank has " +
+                       std::to_string(n) + " experts");
+      std::copy(mine.begin(), mine.end(), experts);
+    }
+    *count = n;
+  });
+}
+
+moe_status_t moe_layer_reduce_router_grad(moe_layer_t layer, moe_tensor_t grad) {
+  return guarded(__func__, [&] { moe::dist::reduce_router_grad(layer_of(layer), grad); });
+}
+
+moe_status_t moe_layer_comm_traffic(moe_layer_t layer, moe_comm_traffic_t* traffic,
+                                    moe_peer_traffic_t* peers, int32_t peer_count, int32_t reset) {
+  return guarded(__func__, [&] {
+    moe::Layer& l = layer_of(layer);
+    moe::require(peers == nullptr || peer_count >= 0, MOE_STATUS_INVALID_ARGUMENT,
+                 "peer_count must be >= 0");
+    moe_comm_traffic_t out = MOE_COMM_TRAFFIC_INIT;
+    if (l.ep) l.ep->read_traffic(out, peers, peer_count);
+    moe::write_sized(traffic, out, "traffic");
+    if (reset && l.ep) l.ep->reset_traffic();
+  });
 }
 
 moe_status_t moe_group_create(moe_group_t* group) {

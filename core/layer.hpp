@@ -14,6 +14,8 @@
 #include "core/plan.hpp"
 #include "core/router.hpp"
 #include "core/telemetry/layer_telemetry.hpp"
+#include "dist/dispatch.hpp"
+#include "dist/expert_parallel.hpp"
 
 namespace moe {
 
@@ -39,6 +41,10 @@ class Layer {
   std::string name;
   moe_verdict_thresholds_t thresholds;
   moe_stage_profile_t profile = MOE_STAGE_PROFILE_INIT;
+  std::unique_ptr<dist::ExpertParallel> ep;  // set while a communicator is attached
+
+  // Experts whose weights this rank holds: all, or its share under expert parallelism.
+  int64_t experts_held() const { return ep ? ep->local_expert_count() : config.num_experts; }
 };
 
 // What forward leaves for backward. Typed buffers live in SavedTensors<S>.
@@ -52,14 +58,21 @@ struct SavedState {
   moe_dtype_t dtype = MOE_DTYPE_F32;
   bool expert_choice = false;  // slots are experts, not ranked choices
   Routing routing;
-  Plan plan;
+  Plan plan;  // this rank's tokens; under expert parallelism, rows in send order
+  std::unique_ptr<dist::Dispatch> dispatch;  // expert parallelism only
   moe_losses_t losses = MOE_LOSSES_INIT;
+
+  // The batch's pre-drop demand per expert (the group's under expert parallelism).
+  const std::vector<int64_t>& batch_demand() const {
+    return dispatch ? dispatch->batch_demand : plan.demand;
+  }
 };
 
 template <typename S>
 struct SavedTensors final : SavedState {
-  host_buffer<S> x;  // [T,d], rows that were routed nowhere are zeroed
-  host_buffer<S> xp, h_pre, h, yp;
+  host_buffer<S> x;                 // [T,d], rows that were routed nowhere are zeroed
+  host_buffer<S> xp, h_pre, h, yp;  // the experts' rows (this rank's experts')
+  host_buffer<S> returned;          // expert parallelism: yp of this rank's copies, send order
 };
 
 }  // namespace moe

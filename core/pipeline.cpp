@@ -5,9 +5,18 @@
 #include "core/error.hpp"
 #include "core/stage_timer.hpp"
 #include "core/tensor_check.hpp"
+#include "dist/batch_stats.hpp"
+#include "dist/row_exchange.hpp"
 
 namespace moe {
 namespace {
+
+// Charges a lap to `stage`, less the time its exchanges took, which goes to `exchange`.
+void charge(double& stage, double& exchange, double lap, dist::ExpertParallel* ep) {
+  const double waited = ep ? ep->take_exchange_seconds() : 0.0;
+  stage += lap - waited;
+  exchange += waited;
+}
 
 template <typename S>
 const S* data_of(const moe_tensor_t& t) {
@@ -20,9 +29,11 @@ ExpertWeights<S> expert_weights(const Layer& layer) {
   return {data_of<S>(w.w1), data_of<S>(w.b1), data_of<S>(w.w2), data_of<S>(w.b2)};
 }
 
-void check_weight_set(const LayerConfig& c, moe_device_t device, const moe_weights_t& w,
-                      const char* prefix, bool allow_missing) {
-  const int64_t d = c.d_model, E = c.num_experts, F = c.ff_width();
+// Expert tensors are [experts_held, ...]: every expert, or this rank's under expert
+// parallelism (none at all on a rank that owns no expert).
+void check_weight_set(const LayerConfig& c, int64_t experts_held, moe_device_t device,
+                      const moe_weights_t& w, const char* prefix, bool allow_missing) {
+  const int64_t d = c.d_model, E = c.num_experts, F = c.ff_width(), H = experts_held;
   const std::string p(prefix);
   auto check = [&](const moe_tensor_t& t, const std::string& name,
                    std::initializer_list<int64_t> shape, bool wanted) {
@@ -36,10 +47,57 @@ void check_weight_set(const LayerConfig& c, moe_device_t device, const moe_weigh
     check_tensor(t, (p + name).c_str(), c.dtype, device, shape);
   };
   check(w.router, "router", {d, E}, c.learned_router());
-  check(w.w1, "w1", {E, d, F}, true);
-  check(w.b1, "b1", {E, F}, c.expert_bias);
-  check(w.w2, "w2", {E, c.d_ff, d}, true);
-  check(w.b2, "b2", {E, d}, c.expert_bias);
+  if (H == 0) allow_missing = true;
+  check(w.w1, "w1", {H, d, F}, true);
+  check(w.b1, "b1", {H, F}, c.expert_bias);
+  check(w.w2, "w2", {H, c.d_ff, d}, true);
+  check(w.b2, "b2", {H, d}, c.expert_bias);
+}
+
+// The expert stage of forward: permute, experts, combine; under expert parallelism
+// with the rows' trip to their experts' owners and back in between.
+template <typename S>
+void expert_stage_forward(Layer& layer, SavedTensors<S>& saved, S* y, StageTimer& timer) {
+  const LayerConfig& c = layer.config;
+  const int64_t d = c.d_model;
+  Backend& backend = layer.backend;
+  moe_stage_profile_t& profile = layer.profile;
+  const Plan& plan = saved.plan;
+  const dist::Dispatch* dispatch = saved.dispatch.get();
+  const Plan& expert_plan = dispatch ? dispatch->local : plan;
+  const LayerConfig& expert_config = dispatch ? dispatch->local_config : c;
+
+  saved.xp.resize(expert_plan.rows * d);
+  saved.h_pre.resize(expert_plan.rows * c.ff_width());
+  saved.h.resize(expert_plan.rows * c.d_ff);
+  saved.yp.resize(expert_plan.rows * d);
+  ExpertActivations<S> acts{saved.xp.data(), saved.h_pre.data(), saved.h.data(), saved.yp.data()};
+  timer.lap();  // allocation counts as "other"
+  if (!dispatch) {
+    backend.permute(c, plan, saved.x.data(), acts.xp);
+    profile.permute += timer.lap();
+    backend.experts_forward(c, plan, expert_weights<S>(layer), acts);
+    profile.experts += timer.lap();
+    backend.combine(c, plan, saved.routing.gate.data(), acts.yp, y);
+    profile.combine += timer.lap();
+    return;
+  }
+  dist::ExpertParallel& ep = *layer.ep;
+  host_buffer<S> sent(plan.rows * d);
+  backend.permute(c, plan, saved.x.data(), sent.data());
+  const host_buffer<S> received =
+      dist::exchange_rows(ep, sent.data(), dispatch->send_rows, dispatch->recv_rows, d);
+  dist::gather_rows(received.data(), expert_plan.token_of_row, d, acts.xp);
+  charge(profile.permute, profile.exchange, timer.lap(), &ep);
+  if (expert_plan.rows > 0)
+    backend.experts_forward(expert_config, expert_plan, expert_weights<S>(layer), acts);
+  profile.experts += timer.lap();
+  host_buffer<S> results(expert_plan.rows * d);
+  dist::gather_rows(acts.yp, expert_plan.row, d, results.data());
+  saved.returned =
+      dist::exchange_rows(ep, results.data(), dispatch->recv_rows, dispatch->send_rows, d);
+  backend.combine(c, plan, saved.routing.gate.data(), saved.returned.data(), y);
+  charge(profile.combine, profile.exchange, timer.lap(), &ep);
 }
 
 template <typename S>
@@ -47,7 +105,6 @@ std::unique_ptr<SavedState> forward_typed(Layer& layer, const moe_forward_args_t
   const LayerConfig& c = layer.config;
   const int64_t T = args.x.shape[0], d = c.d_model, E = c.num_experts;
   const S* x = data_of<S>(args.x);
-  S* y = static_cast<S*>(args.y.data);
   Backend& backend = layer.backend;
   moe_stage_profile_t& profile = layer.profile;
   StageTimer timer;
@@ -61,35 +118,28 @@ std::unique_ptr<SavedState> forward_typed(Layer& layer, const moe_forward_args_t
     logits.resize(static_cast<size_t>(T * E));
     backend.router_logits(c, T, x, data_of<S>(layer.weights.router), logits.data());
   }
-  const RouterState state{&layer.selection_bias, &layer.hash_table, layer.step, args.train != 0};
+  RouterState state{&layer.selection_bias, &layer.hash_table, layer.step, args.train != 0};
+  // Selection noise is drawn per batch token: under expert parallelism this rank's
+  // tokens start where the lower ranks' end.
+  if (layer.ep && args.train && c.noise_std(layer.step) > 0.0)
+    state.token_offset = dist::batch_token_offset(*layer.ep, T);
   saved->routing = route<S>(c, state, x, logits.data(), args.token_ids, T);
   const Routing& routing = saved->routing;
-  profile.router += timer.lap();
+  charge(profile.router, profile.exchange, timer.lap(), layer.ep.get());
 
   saved->x.assign(x, x + T * d);
   for (int64_t t = 0; t < T; ++t)
     if (routing.nonfinite[t]) std::fill_n(&saved->x[t * d], d, S(0));
   timer.lap();  // saving the input counts as "other"
 
-  saved->plan = make_plan(c, T, routing.expert, routing.gate, routing.fixed_capacity);
-  const Plan& plan = saved->plan;
-  profile.plan += timer.lap();
-
-  saved->xp.resize(plan.rows * d);
-  saved->h_pre.resize(plan.rows * c.ff_width());
-  saved->h.resize(plan.rows * c.d_ff);
-  saved->yp.resize(plan.rows * d);
-  ExpertActivations<S> acts{saved->xp.data(), saved->h_pre.data(), saved->h.data(),
-                            saved->yp.data()};
-  timer.lap();  // allocation counts as "other"
-  backend.permute(c, plan, saved->x.data(), acts.xp);
-  profile.permute += timer.lap();
-  // (expert parallelism: exchange rows to the experts' owners here)
-  backend.experts_forward(c, plan, expert_weights<S>(layer), acts);
-  profile.experts += timer.lap();
-  // (expert parallelism: exchange results back here)
-  backend.combine(c, plan, routing.gate.data(), acts.yp, y);
-  profile.combine += timer.lap();
+  if (layer.ep) {
+    saved->dispatch = std::make_unique<dist::Dispatch>(dist::make_dispatch(
+        *layer.ep, c, layer.step, layer.telemetry.due(), saved->routing, saved->plan));
+  } else {
+    saved->plan = make_plan(c, T, routing.expert, routing.gate, routing.fixed_capacity);
+  }
+  charge(profile.plan, profile.exchange, timer.lap(), layer.ep.get());
+  expert_stage_forward(layer, *saved, static_cast<S*>(args.y.data), timer);
   return saved;
 }
 
@@ -98,58 +148,97 @@ void zero_if_present(const moe_tensor_t& t, int64_t elements) {
   if (t.data) std::fill_n(static_cast<S*>(t.data), elements, S(0));
 }
 
+// The expert stage of backward, mirroring expert_stage_forward: from dy to the expert
+// gradients, dgate and dx's share through the experts.
 template <typename S>
-void backward_typed(Layer& layer, const SavedState& base, const moe_backward_args_t& args) {
-  const auto& saved = static_cast<const SavedTensors<S>&>(base);
+void expert_stage_backward(Layer& layer, const SavedTensors<S>& saved,
+                           const moe_backward_args_t& args, std::vector<double>& dgate,
+                           StageTimer& timer) {
   const LayerConfig& c = layer.config;
-  const Routing& routing = saved.routing;
+  const int64_t d = c.d_model;
   const Plan& plan = saved.plan;
-  const int64_t T = plan.tokens, d = c.d_model, E = c.num_experts, F = c.ff_width();
-  const moe_weights_t& g = args.grads;
-  S* dx = static_cast<S*>(args.dx.data);
+  const dist::Dispatch* dispatch = saved.dispatch.get();
+  const Plan& expert_plan = dispatch ? dispatch->local : plan;
+  const LayerConfig& expert_config = dispatch ? dispatch->local_config : c;
   Backend& backend = layer.backend;
   moe_stage_profile_t& profile = layer.profile;
-  StageTimer timer;
-
-  if (!(args.flags & MOE_BACKWARD_ACCUMULATE)) {
-    zero_if_present<S>(args.dx, T * d);
-    zero_if_present<S>(g.router, d * E);
-    zero_if_present<S>(g.w1, E * d * F);
-    zero_if_present<S>(g.b1, E * F);
-    zero_if_present<S>(g.w2, E * c.d_ff * d);
-    zero_if_present<S>(g.b2, E * d);
-  }
-
-  host_buffer<S> dyp(plan.rows * d), dxp(plan.rows * d);
-  std::vector<double> dgate(T * plan.slots);
-  timer.lap();  // zeroing and allocation count as "other"
-  backend.combine_backward(c, plan, routing.gate.data(), saved.yp.data(), data_of<S>(args.dy),
-                           dyp.data(), dgate.data());
-  profile.combine_backward += timer.lap();
+  const double* gate = saved.routing.gate.data();
+  const S* dy = data_of<S>(args.dy);
+  S* dx = static_cast<S*>(args.dx.data);
+  const moe_weights_t& g = args.grads;
   const ExpertActivations<S> acts{const_cast<S*>(saved.xp.data()),
                                   const_cast<S*>(saved.h_pre.data()),
                                   const_cast<S*>(saved.h.data()), const_cast<S*>(saved.yp.data())};
   ExpertGradients<S> grads{static_cast<S*>(g.w1.data), static_cast<S*>(g.b1.data),
                            static_cast<S*>(g.w2.data), static_cast<S*>(g.b2.data)};
-  backend.experts_backward(c, plan, expert_weights<S>(layer), acts, dyp.data(), dxp.data(), grads);
+  host_buffer<S> dyp(expert_plan.rows * d), dxp(expert_plan.rows * d);
+  timer.lap();  // allocation counts as "other"
+  if (!dispatch) {
+    backend.combine_backward(c, plan, gate, saved.yp.data(), dy, dyp.data(), dgate.data());
+    profile.combine_backward += timer.lap();
+    backend.experts_backward(c, plan, expert_weights<S>(layer), acts, dyp.data(), dxp.data(),
+                             grads);
+    profile.experts_backward += timer.lap();
+    if (dx) backend.permute_backward(c, plan, dxp.data(), dx);
+    profile.permute_backward += timer.lap();
+    return;
+  }
+  dist::ExpertParallel& ep = *layer.ep;
+  host_buffer<S> dy_sent(plan.rows * d);
+  backend.combine_backward(c, plan, gate, saved.returned.data(), dy, dy_sent.data(), dgate.data());
+  const host_buffer<S> dy_received =
+      dist::exchange_rows(ep, dy_sent.data(), dispatch->send_rows, dispatch->recv_rows, d);
+  dist::gather_rows(dy_received.data(), expert_plan.token_of_row, d, dyp.data());
+  charge(profile.combine_backward, profile.exchange_backward, timer.lap(), &ep);
+  if (expert_plan.rows > 0)
+    backend.experts_backward(expert_config, expert_plan, expert_weights<S>(layer), acts, dyp.data(),
+                             dxp.data(), grads);
   profile.experts_backward += timer.lap();
-  if (dx) backend.permute_backward(c, plan, dxp.data(), dx);
-  profile.permute_backward += timer.lap();
+  host_buffer<S> dx_results(expert_plan.rows * d);
+  dist::gather_rows(dxp.data(), expert_plan.row, d, dx_results.data());
+  const host_buffer<S> dx_returned =
+      dist::exchange_rows(ep, dx_results.data(), dispatch->recv_rows, dispatch->send_rows, d);
+  if (dx) backend.permute_backward(c, plan, dx_returned.data(), dx);
+  charge(profile.permute_backward, profile.exchange_backward, timer.lap(), &ep);
+}
+
+template <typename S>
+void backward_typed(Layer& layer, const SavedState& base, const moe_backward_args_t& args) {
+  const auto& saved = static_cast<const SavedTensors<S>&>(base);
+  const LayerConfig& c = layer.config;
+  const Routing& routing = saved.routing;
+  const int64_t T = saved.plan.tokens, d = c.d_model, E = c.num_experts, F = c.ff_width();
+  const int64_t H = layer.experts_held();
+  const moe_weights_t& g = args.grads;
+  S* dx = static_cast<S*>(args.dx.data);
+  StageTimer timer;
+
+  if (!(args.flags & MOE_BACKWARD_ACCUMULATE)) {
+    zero_if_present<S>(args.dx, T * d);
+    zero_if_present<S>(g.router, d * E);
+    zero_if_present<S>(g.w1, H * d * F);
+    zero_if_present<S>(g.b1, H * F);
+    zero_if_present<S>(g.w2, H * c.d_ff * d);
+    zero_if_present<S>(g.b2, H * d);
+  }
+  std::vector<double> dgate(T * saved.plan.slots);
+  expert_stage_backward(layer, saved, args, dgate, timer);
 
   if (c.learned_router()) {
     std::vector<double> dlogits;
     route_backward(c, routing, dgate, dlogits);
     const host_buffer<S> dz(dlogits.begin(), dlogits.end());
-    backend.router_logits_backward(c, T, saved.x.data(), data_of<S>(layer.weights.router),
-                                   dz.data(), dx, static_cast<S*>(g.router.data));
-    profile.router_backward += timer.lap();
+    layer.backend.router_logits_backward(c, T, saved.x.data(), data_of<S>(layer.weights.router),
+                                         dz.data(), dx, static_cast<S*>(g.router.data));
+    layer.profile.router_backward += timer.lap();
   }
 }
 
 }  // namespace
 
 void bind_weights(Layer& layer, const moe_weights_t& w) {
-  check_weight_set(layer.config, layer.backend.device(), w, "weights.", false);
+  check_weight_set(layer.config, layer.experts_held(), layer.backend.device(), w, "weights.",
+                   false);
   layer.weights.router = w.router;
   layer.weights.w1 = w.w1;
   layer.weights.b1 = w.b1;
@@ -193,14 +282,20 @@ std::unique_ptr<SavedState> forward(Layer& layer, const moe_forward_args_t& args
   saved->losses.z_loss = saved->routing.z_loss;
   saved->losses.z_loss_scaled = c.z_loss_coef * saved->routing.z_loss;
   StageTimer telemetry;
-  if (layer.telemetry.due())
-    layer.telemetry.record(args.train != 0, saved->step_stats(c, args.seq_len), c, layer.step);
-  layer.profile.telemetry += telemetry.lap();
+  if (layer.telemetry.due()) {
+    StepStats stats = saved->step_stats(c, args.seq_len);
+    if (layer.ep)
+      stats =
+          dist::batch_step_stats(*layer.ep, stats, saved->routing.aux_loss, saved->routing.z_loss);
+    layer.telemetry.record(args.train != 0, stats, c, layer.step);
+  }
+  charge(layer.profile.telemetry, layer.profile.exchange, telemetry.lap(), layer.ep.get());
   // Training-only state changes come last, once nothing can fail any more.
   if (args.train) {
-    update_selection_bias(c, saved->plan.demand, layer.selection_bias);
+    update_selection_bias(c, saved->batch_demand(), layer.selection_bias);
     ++layer.step;
   }
+  if (layer.ep) layer.profile.exchange += layer.ep->take_exchange_seconds();
   layer.profile.forward_total += total.lap();
   ++layer.profile.forward_calls;
   return saved;
@@ -217,7 +312,7 @@ void backward(Layer& layer, const SavedState& saved, const moe_backward_args_t& 
   if (!tensor_is_empty(args.dx)) check_tensor(args.dx, "args.dx", c.dtype, device, {T, c.d_model});
   require((args.flags & ~MOE_BACKWARD_ACCUMULATE) == 0, MOE_STATUS_INVALID_ARGUMENT,
           "args.flags has unknown bits");
-  check_weight_set(c, device, args.grads, "args.grads.", true);
+  check_weight_set(c, layer.experts_held(), device, args.grads, "args.grads.", true);
   StageTimer total;
   if (DevicePipeline* pipeline = layer.backend.device_pipeline()) {
     pipeline->backward(layer, saved, args);
@@ -228,6 +323,7 @@ void backward(Layer& layer, const SavedState& saved, const moe_backward_args_t& 
   } else {
     backward_typed<float>(layer, saved, args);
   }
+  if (layer.ep) layer.profile.exchange_backward += layer.ep->take_exchange_seconds();
   layer.profile.backward_total += total.lap();
   ++layer.profile.backward_calls;
 }

@@ -19,39 +19,90 @@ int64_t capacity_for(double capacity_factor, int64_t tokens, int64_t top_k, int6
   return c >= limit ? (int64_t{1} << 62) : static_cast<int64_t>(c);
 }
 
+std::vector<uint8_t> position_drops(const std::vector<int32_t>& expert, int64_t capacity,
+                                    std::vector<int64_t> ahead) {
+  // Copies are visited in token order, so each expert keeps its earliest tokens.
+  std::vector<uint8_t> dropped(expert.size(), 0);
+  for (size_t c = 0; c < expert.size(); ++c) {
+    const int32_t e = expert[c];
+    if (e < 0) continue;
+    if (ahead[e] < capacity) {
+      ++ahead[e];
+    } else {
+      dropped[c] = 1;
+    }
+  }
+  return dropped;
+}
+
+void drop_lowest_gates(const std::vector<double>& gates, int64_t capacity, uint8_t* dropped) {
+  const int64_t n = static_cast<int64_t>(gates.size());
+  if (n <= capacity) return;
+  std::vector<int64_t> order(n);
+  std::iota(order.begin(), order.end(), int64_t{0});
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return gates[a] > gates[b]; });
+  for (int64_t i = capacity; i < n; ++i) dropped[order[i]] = 1;
+}
+
 namespace {
 
-// Marks which copies each expert keeps, by the configured drop policy.
-void decide_drops(const LayerConfig& config, const std::vector<int32_t>& expert,
-                  const std::vector<double>& gate_rank, Plan& plan) {
+std::vector<uint8_t> probability_drops(const std::vector<int32_t>& expert,
+                                       const std::vector<double>& gate_rank, int64_t E,
+                                       int64_t capacity) {
+  std::vector<std::vector<int64_t>> copies_of(E);
+  for (size_t c = 0; c < expert.size(); ++c)
+    if (expert[c] >= 0) copies_of[expert[c]].push_back(static_cast<int64_t>(c));
+  std::vector<uint8_t> dropped(expert.size(), 0);
+  for (const auto& copies : copies_of) {
+    if (static_cast<int64_t>(copies.size()) <= capacity) continue;
+    std::vector<double> gates;
+    for (int64_t c : copies) gates.push_back(gate_rank[c]);
+    std::vector<uint8_t> marks(copies.size(), 0);
+    drop_lowest_gates(gates, capacity, marks.data());
+    for (size_t i = 0; i < copies.size(); ++i) dropped[copies[i]] = marks[i];
+  }
+  return dropped;
+}
+
+// Served counts, buffer offsets and row assignment from decided drops.
+void assign_rows(const LayerConfig& config, const std::vector<int32_t>& expert, bool pad,
+                 Plan& plan) {
   const int64_t E = config.num_experts;
   const int64_t copies = static_cast<int64_t>(expert.size());
-  if (config.drop_policy == MOE_DROP_POSITION) {
-    // Copies are visited in token order, so each expert keeps its earliest tokens.
-    std::vector<int64_t> taken(E, 0);
-    for (int64_t c = 0; c < copies; ++c) {
-      const int32_t e = expert[c];
-      if (e < 0) continue;
-      if (taken[e] < plan.capacity) {
-        ++taken[e];
-      } else {
-        plan.dropped[c] = 1;
-      }
-    }
-    return;
-  }
-  // Probability policy: per expert, the highest gates win; ties go to the lower token.
-  std::vector<std::vector<int64_t>> by_expert(E);
+  plan.served.assign(E, 0);
   for (int64_t c = 0; c < copies; ++c)
-    if (expert[c] >= 0) by_expert[expert[c]].push_back(c);
-  for (int64_t e = 0; e < E; ++e) {
-    auto& list = by_expert[e];
-    if (static_cast<int64_t>(list.size()) <= plan.capacity) continue;
-    std::stable_sort(list.begin(), list.end(),
-                     [&](int64_t a, int64_t b) { return gate_rank[a] > gate_rank[b]; });
-    for (size_t i = static_cast<size_t>(plan.capacity); i < list.size(); ++i)
-      plan.dropped[list[i]] = 1;
+    if (expert[c] >= 0 && !plan.dropped[c]) ++plan.served[expert[c]];
+  // An expert never receives more than one copy per token, so padding beyond T rows
+  // would only waste memory.
+  const int64_t padded_rows = std::min(plan.capacity, plan.tokens);
+  std::vector<int64_t> first(E, 0);
+  plan.offset.assign(E + 1, 0);
+  for (int64_t i = 0; i < E; ++i) {
+    const int32_t e = plan.order[i];
+    first[e] = plan.offset[i];
+    plan.offset[i + 1] = plan.offset[i] + (pad ? padded_rows : plan.served[e]);
   }
+  plan.rows = plan.offset[E];
+  plan.token_of_row.assign(plan.rows, -1);
+  plan.row.assign(copies, -1);
+  for (int64_t c = 0; c < copies; ++c) {
+    const int32_t e = expert[c];
+    if (e < 0 || plan.dropped[c]) continue;
+    const int64_t r = first[e]++;
+    plan.row[c] = r;
+    plan.token_of_row[r] = c / plan.slots;
+  }
+}
+
+Plan empty_plan(const LayerConfig& config, int64_t tokens, const std::vector<int32_t>& expert) {
+  Plan plan;
+  plan.tokens = tokens;
+  plan.slots = config.slots();
+  plan.demand.assign(config.num_experts, 0);
+  for (int32_t e : expert)
+    if (e >= 0) ++plan.demand[e];
+  return plan;
 }
 
 }  // namespace
@@ -59,18 +110,7 @@ void decide_drops(const LayerConfig& config, const std::vector<int32_t>& expert,
 Plan make_plan(const LayerConfig& config, int64_t tokens, const std::vector<int32_t>& expert,
                const std::vector<double>& gate_rank, int64_t fixed_capacity) {
   const int64_t E = config.num_experts;
-  Plan plan;
-  plan.tokens = tokens;
-  plan.slots = config.slots();
-  const int64_t copies = tokens * plan.slots;
-  plan.demand.assign(E, 0);
-  plan.served.assign(E, 0);
-  plan.dropped.assign(copies, 0);
-  plan.row.assign(copies, -1);
-
-  for (int64_t c = 0; c < copies; ++c)
-    if (expert[c] >= 0) ++plan.demand[expert[c]];
-
+  Plan plan = empty_plan(config, tokens, expert);
   if (fixed_capacity >= 0) {
     plan.capacity = fixed_capacity;
   } else if (config.dropless()) {
@@ -78,27 +118,23 @@ Plan make_plan(const LayerConfig& config, int64_t tokens, const std::vector<int3
   } else {
     plan.capacity = capacity_for(config.capacity_factor, tokens, config.top_k, E);
   }
+  plan.dropped = config.drop_policy == MOE_DROP_POSITION
+                     ? position_drops(expert, plan.capacity, std::vector<int64_t>(E, 0))
+                     : probability_drops(expert, gate_rank, E, plan.capacity);
+  plan.order.resize(E);
+  std::iota(plan.order.begin(), plan.order.end(), 0);
+  assign_rows(config, expert, config.pad_to_capacity, plan);
+  return plan;
+}
 
-  decide_drops(config, expert, gate_rank, plan);
-  for (int64_t e = 0; e < E; ++e) plan.served[e] = std::min(plan.demand[e], plan.capacity);
-
-  // An expert never receives more than one copy per token, so padding beyond T rows
-  // would only waste memory.
-  const int64_t padded_rows = std::min(plan.capacity, tokens);
-  plan.offset.assign(E + 1, 0);
-  for (int64_t e = 0; e < E; ++e)
-    plan.offset[e + 1] = plan.offset[e] + (config.pad_to_capacity ? padded_rows : plan.served[e]);
-  plan.rows = plan.offset[E];
-  plan.token_of_row.assign(plan.rows, -1);
-
-  std::vector<int64_t> fill(plan.offset.begin(), plan.offset.end() - 1);
-  for (int64_t c = 0; c < copies; ++c) {
-    const int32_t e = expert[c];
-    if (e < 0 || plan.dropped[c]) continue;
-    const int64_t r = fill[e]++;
-    plan.row[c] = r;
-    plan.token_of_row[r] = c / plan.slots;
-  }
+Plan plan_from_drops(const LayerConfig& config, int64_t tokens, const std::vector<int32_t>& expert,
+                     std::vector<uint8_t> dropped, int64_t capacity,
+                     const std::vector<int32_t>& order) {
+  Plan plan = empty_plan(config, tokens, expert);
+  plan.capacity = capacity;
+  plan.dropped = std::move(dropped);
+  plan.order = order;
+  assign_rows(config, expert, false, plan);
   return plan;
 }
 

@@ -16,12 +16,15 @@ struct Plan {
   int64_t rows = 0;                   // rows of the expert-contiguous buffer
   std::vector<int64_t> demand;        // [E] d_e
   std::vector<int64_t> served;        // [E] s_e
-  std::vector<int64_t> offset;        // [E+1] first buffer row of each expert
+  std::vector<int32_t> order;         // [E] experts in buffer order (ascending, unless
+                                      // expert parallelism groups them by owner)
+  std::vector<int64_t> offset;        // [E+1] first buffer row of order[i]
   std::vector<uint8_t> dropped;       // [T*slots] 1: chosen but over capacity
   std::vector<int64_t> row;           // [T*slots] buffer row of a kept copy, else -1
   std::vector<int64_t> token_of_row;  // [rows] source token, -1 for padding
 
-  int64_t rows_of(int64_t expert) const { return offset[expert + 1] - offset[expert]; }
+  // Rows of the i-th expert in buffer order (of expert i when the order is ascending).
+  int64_t rows_of(int64_t i) const { return offset[i + 1] - offset[i]; }
   int64_t dropped_total() const;
 };
 
@@ -30,6 +33,22 @@ struct Plan {
 // (expert choice); otherwise C follows the config.
 Plan make_plan(const LayerConfig& config, int64_t tokens, const std::vector<int32_t>& expert,
                const std::vector<double>& gate_rank, int64_t fixed_capacity);
+
+// A plan whose drops were decided elsewhere (expert parallelism decides them over the
+// whole group). Rows are grouped by expert in `order`, each expert's copies in token
+// order, and never padded.
+Plan plan_from_drops(const LayerConfig& config, int64_t tokens, const std::vector<int32_t>& expert,
+                     std::vector<uint8_t> dropped, int64_t capacity,
+                     const std::vector<int32_t>& order);
+
+// The position policy: each expert keeps its earliest copies, up to `capacity` in all,
+// where `ahead[e]` copies of expert e come before these (on lower ranks). [copies]
+std::vector<uint8_t> position_drops(const std::vector<int32_t>& expert, int64_t capacity,
+                                    std::vector<int64_t> ahead);
+
+// The probability policy for one expert's copies in batch order: the `capacity`
+// highest gates are kept, ties to the earlier copy. Marks the rest in `dropped`.
+void drop_lowest_gates(const std::vector<double>& gates, int64_t capacity, uint8_t* dropped);
 
 // C = ceil(capacity_factor * T*k/E), saturated so that it never overflows.
 int64_t capacity_for(double capacity_factor, int64_t tokens, int64_t top_k, int64_t num_experts);

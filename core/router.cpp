@@ -117,7 +117,8 @@ void select_token_choice(const LayerConfig& config, const RouterState& state,
     for (int64_t t = 0; t < r.tokens; ++t) {
       if (r.nonfinite[t]) continue;
       for (int64_t e = 0; e < E; ++e) {
-        const double noisy = u[t * E + e] + selection_noise(config, noise_std, state.step, t, e);
+        const double noisy = u[t * E + e] + selection_noise(config, noise_std, state.step,
+                                                            state.token_offset + t, e);
         key[e] = (sigmoid_router ? sigmoid(noisy) : noisy) + (*state.selection_bias)[e];
       }
       int32_t* chosen = &r.expert[t * k];
@@ -147,7 +148,8 @@ void select_expert_choice(const LayerConfig& config, const RouterState& state,
     for (int64_t t = 0; t < T; ++t) {
       if (r.nonfinite[t]) continue;
       for (int64_t e = 0; e < E; ++e)
-        noisy[e] = u[t * E + e] + selection_noise(config, noise_std, state.step, t, e);
+        noisy[e] = u[t * E + e] +
+                   selection_noise(config, noise_std, state.step, state.token_offset + t, e);
       softmax_row(noisy.data(), E, &key[t * E]);
     }
   }
@@ -173,24 +175,14 @@ void compute_losses(const LayerConfig& config, Routing& r) {
   std::vector<int64_t> demand(E, 0);
   for (int32_t e : r.expert)
     if (e >= 0) ++demand[e];
-  const int64_t total = std::accumulate(demand.begin(), demand.end(), int64_t{0});
-  r.load_fraction.assign(E, 0.0);
-  if (r.valid_tokens == 0 || total == 0) return;
-  for (int64_t e = 0; e < E; ++e)
-    r.load_fraction[e] = static_cast<double>(demand[e]) / static_cast<double>(total);
-
-  std::vector<double> mean_prob(E, 0.0);
-  double z_sum = 0.0;
+  r.prob_sum.assign(E, 0.0);
+  r.lse_sq_sum = 0.0;
   for (int64_t t = 0; t < r.tokens; ++t) {
     if (r.nonfinite[t]) continue;
-    for (int64_t e = 0; e < E; ++e) mean_prob[e] += r.prob[t * E + e];
-    z_sum += r.lse[t] * r.lse[t];
+    for (int64_t e = 0; e < E; ++e) r.prob_sum[e] += r.prob[t * E + e];
+    r.lse_sq_sum += r.lse[t] * r.lse[t];
   }
-  double aux = 0.0;
-  for (int64_t e = 0; e < E; ++e)
-    aux += r.load_fraction[e] * mean_prob[e] / static_cast<double>(r.valid_tokens);
-  r.aux_loss = static_cast<double>(E) * aux;
-  r.z_loss = config.learned_router() ? z_sum / static_cast<double>(r.valid_tokens) : 0.0;
+  set_batch_losses(config, demand, r.prob_sum, r.lse_sq_sum, r.valid_tokens, r);
 }
 
 }  // namespace
@@ -239,12 +231,31 @@ template Routing route<double>(const LayerConfig&, const RouterState&, const dou
 template Routing route<bfloat16>(const LayerConfig&, const RouterState&, const bfloat16*,
                                  const bfloat16*, const int64_t*, int64_t);
 
+void set_batch_losses(const LayerConfig& config, const std::vector<int64_t>& demand,
+                      const std::vector<double>& prob_sum, double lse_sq_sum, int64_t valid_tokens,
+                      Routing& r) {
+  const int64_t E = config.num_experts;
+  const int64_t total = std::accumulate(demand.begin(), demand.end(), int64_t{0});
+  r.batch_valid_tokens = valid_tokens;
+  r.load_fraction.assign(E, 0.0);
+  r.aux_loss = 0.0;
+  r.z_loss = 0.0;
+  if (valid_tokens == 0 || total == 0) return;
+  for (int64_t e = 0; e < E; ++e)
+    r.load_fraction[e] = static_cast<double>(demand[e]) / static_cast<double>(total);
+  double aux = 0.0;
+  for (int64_t e = 0; e < E; ++e)
+    aux += r.load_fraction[e] * prob_sum[e] / static_cast<double>(valid_tokens);
+  r.aux_loss = static_cast<double>(E) * aux;
+  r.z_loss = config.learned_router() ? lse_sq_sum / static_cast<double>(valid_tokens) : 0.0;
+}
+
 void route_backward(const LayerConfig& config, const Routing& r, const std::vector<double>& dgate,
                     std::vector<double>& dlogits) {
   const int64_t E = config.num_experts, slots = r.slots, T = r.tokens;
   dlogits.assign(T * E, 0.0);
   if (!config.learned_router() || r.valid_tokens == 0) return;
-  const double inv_valid = 1.0 / static_cast<double>(r.valid_tokens);
+  const double inv_valid = 1.0 / static_cast<double>(r.batch_valid_tokens);
   const double tau = r.temperature;
   const bool sigmoid_router = config.router == MOE_ROUTER_SIGMOID;
   const bool token_choice = config.router != MOE_ROUTER_EXPERT_CHOICE;

@@ -17,6 +17,9 @@ struct RouterState {
   const HashTable* hash_table = nullptr;
   int64_t step = 0;  // training steps so far (schedules)
   bool train = false;
+  // Index of this call's first token in the global batch (expert parallelism), so
+  // that selection noise, drawn per (step, token, expert), matches a single process.
+  int64_t token_offset = 0;
 };
 
 struct Routing {
@@ -34,7 +37,12 @@ struct Routing {
   std::vector<double> load_fraction;  // [E] f_e = d_e / sum d (aux loss)
   int64_t nonfinite_rows = 0;
   int64_t valid_tokens = 0;
-  int64_t fixed_capacity = -1;  // C for expert choice, else -1
+  // The batch the losses average over: these tokens, or under expert parallelism the
+  // whole group's (dist/batch_routing.cpp makes them global).
+  int64_t batch_valid_tokens = 0;
+  std::vector<double> prob_sum;  // [E] sum over valid tokens of P[t,e]
+  double lse_sq_sum = 0.0;       // sum over valid tokens of lse_t^2
+  int64_t fixed_capacity = -1;   // C for expert choice, else -1
   double aux_loss = 0.0;
   double z_loss = 0.0;
 };
@@ -44,6 +52,12 @@ struct Routing {
 template <typename S>
 Routing route(const LayerConfig& config, const RouterState& state, const S* x, const S* logits,
               const int64_t* token_ids, int64_t tokens);
+
+// Sets load_fraction, aux_loss, z_loss and batch_valid_tokens from batch sums:
+// pre-drop demand [E], prob_sum [E], lse_sq_sum and the valid token count.
+void set_batch_losses(const LayerConfig& config, const std::vector<int64_t>& demand,
+                      const std::vector<double>& prob_sum, double lse_sq_sum, int64_t valid_tokens,
+                      Routing& routing);
 
 // dgate [T*slots] -> dlogits [T*E], including the scaled aux-loss and z-loss terms.
 void route_backward(const LayerConfig& config, const Routing& routing,

@@ -28,6 +28,11 @@ class Communicator {
   void all_reduce_sum(double* data, int64_t count);
   void barrier();
 
+  // Layers holding this communicator; it may not be destroyed while any does.
+  void attach() { ++attached_layers_; }
+  void detach() { --attached_layers_; }
+  int attached_layers() const { return attached_layers_; }
+
  private:
   template <typename Call>
   void run(const char* what, Call&& call);
@@ -36,6 +41,7 @@ class Communicator {
   double timeout_s_;
   bool broken_ = false;
   std::string broken_reason_;
+  int attached_layers_ = 0;
 };
 
 }  // namespace moe::dist

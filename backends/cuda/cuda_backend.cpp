@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <numeric>
 #include <string>
 #include <vector>
 
@@ -296,6 +297,8 @@ std::unique_ptr<SavedState> CudaBackend::forward(Layer& layer, const moe_forward
   // The buffer layout follows the counts: padded for one batched product per matrix
   // when that wastes little, packed otherwise.
   s->layout = cuda::choose_layout(plan.served, state.grouped_mode);
+  plan.order.resize(E);
+  std::iota(plan.order.begin(), plan.order.end(), 0);
   plan.offset = s->layout.offsets;
   plan.rows = plan.offset[E];
   double losses[2];
@@ -307,6 +310,7 @@ std::unique_ptr<SavedState> CudaBackend::forward(Layer& layer, const moe_forward
   routing.temperature = p.temperature;
   routing.nonfinite_rows = host[L.nonfinite_rows()];
   routing.valid_tokens = T - routing.nonfinite_rows;
+  routing.batch_valid_tokens = routing.valid_tokens;
   routing.aux_loss = losses[0];
   routing.z_loss = losses[1];
 

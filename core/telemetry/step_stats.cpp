@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "core/config.hpp"
 #include "core/plan.hpp"
@@ -41,6 +42,51 @@ void StepStats::add(const StepStats& o) {
   seq_same_top1 += o.seq_same_top1;
   seq_overlap_sum += o.seq_overlap_sum;
   seq_cosine_sum += o.seq_cosine_sum;
+}
+
+namespace {
+
+// One visitor over every field, so that packing and unpacking cannot drift apart.
+template <typename Stats, typename Visit>
+void visit_fields(Stats& s, Visit&& visit) {
+  visit(s.steps);
+  visit(s.tokens);
+  visit(s.valid_tokens);
+  visit(s.nominal_copies);
+  visit(s.nonfinite_rows);
+  visit(s.tokens_fully_dropped);
+  visit(s.capacity_sum);
+  for (auto& v : s.demand) visit(v);
+  for (auto& v : s.served) visit(v);
+  for (auto& v : s.coactivation) visit(v);
+  for (auto& v : s.importance) visit(v);
+  visit(s.entropy_sum);
+  visit(s.top1_sum);
+  visit(s.topk_mass_sum);
+  visit(s.margin_sum);
+  visit(s.logit_max_abs);
+  visit(s.aux_weighted);
+  visit(s.z_weighted);
+  visit(s.seq_pairs);
+  visit(s.seq_same_top1);
+  visit(s.seq_overlap_sum);
+  visit(s.seq_cosine_sum);
+}
+
+}  // namespace
+
+std::vector<double> StepStats::to_values() const {
+  std::vector<double> values;
+  visit_fields(*this, [&](auto v) { values.push_back(static_cast<double>(v)); });
+  return values;
+}
+
+StepStats StepStats::from_values(int64_t num_experts, const double* values) {
+  StepStats s(num_experts);
+  size_t i = 0;
+  visit_fields(
+      s, [&](auto& v) { v = static_cast<std::remove_reference_t<decltype(v)>>(values[i++]); });
+  return s;
 }
 
 StepStats collect_step_stats(const LayerConfig& config, const Routing& r, const Plan& plan,

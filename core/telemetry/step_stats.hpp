@@ -32,6 +32,9 @@ struct StepStats {
 
   explicit StepStats(int64_t num_experts = 0);
   void add(const StepStats& other);
+  // Every field as doubles (exact for counts below 2^53), to send to other ranks.
+  std::vector<double> to_values() const;
+  static StepStats from_values(int64_t num_experts, const double* values);
 };
 
 // The router's first choice for one token: slot 0 under token choice (the highest

@@ -440,11 +440,14 @@ typedef struct moe_stage_profile {
       forward_other; /* [OUT] seconds */
   double backward_total, combine_backward, experts_backward, permute_backward, router_backward,
       backward_other; /* [OUT] seconds */
+  /* [OUT] seconds in the expert-parallel exchanges (counts, rows, results) of forward
+   * and of backward; 0 without a communicator. Not part of the other stages. */
+  double exchange, exchange_backward;
 } moe_stage_profile_t;
 
 #define MOE_STAGE_PROFILE_INIT \
   { sizeof(moe_stage_profile_t), MOE_STAGE_PROFILE_VERSION, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, \
-    0, 0, 0, 0, 0, 0 }
+    0, 0, 0, 0, 0, 0, 0, 0 }
 
 /* Reads the profile; with reset != 0 also starts a new one. */
 MOE_API moe_status_t moe_layer_stage_profile(moe_layer_t layer, moe_stage_profile_t *profile,
@@ -595,6 +598,68 @@ MOE_API moe_status_t moe_comm_all_to_all(moe_comm_t comm, const void *send,
                                          const int64_t *recv_bytes);
 MOE_API moe_status_t moe_comm_all_reduce_sum(moe_comm_t comm, double *data, int64_t count);
 MOE_API moe_status_t moe_comm_barrier(moe_comm_t comm);
+
+/* ------------------------------------------------------------------------------
+ * Expert parallelism: a layer split across the ranks of a communicator. Each rank
+ * owns some experts and routes its own tokens; token rows travel to their experts'
+ * owners and back. The result on every rank is the one a single process would give
+ * for the whole batch (the ranks' tokens concatenated in rank order): capacity, drops,
+ * losses and telemetry are the batch's, not the rank's. docs/distributed.md. */
+
+/* Attaches `comm` to the layer. Collective: every rank of `comm` calls it with an
+ * identically configured layer and the same map, else every rank gets
+ * MOE_STATUS_INVALID_ARGUMENT. expert_owner is [count == num_experts] ranks, or NULL
+ * for contiguous blocks (expert e on rank e * world / num_experts). comm NULL detaches
+ * (not collective). Attaching or detaching unbinds the weights: each rank then binds
+ * only its own experts, [E_local, ...] in ascending expert id (moe_layer_local_experts),
+ * and its expert gradients have those shapes; the router weight stays whole [d, E] on
+ * every rank. forward and backward become collectives: every rank calls them in the
+ * same order, also with zero tokens. `comm` must outlive the attachment
+ * (moe_comm_destroy refuses while a layer holds it). Host backends only (cpu_ref,
+ * onednn); the expert-choice router is refused, as its selection is batch-wide. */
+MOE_API moe_status_t moe_layer_set_comm(moe_layer_t layer, moe_comm_t comm,
+                                        const int32_t *expert_owner, int64_t count);
+
+/* This rank's experts: their global ids, ascending, the order of its expert weights.
+ * experts may be NULL to ask only the count; else it has room for `capacity`. Without
+ * a communicator the layer owns every expert. */
+MOE_API moe_status_t moe_layer_local_experts(const_moe_layer_t layer, int32_t *experts,
+                                             int64_t capacity, int64_t *count);
+
+/* The router gradient is per rank (each rank's tokens' share); this sums it in place
+ * over the layer's communicator: in rank order with double accumulation, rounded once,
+ * so every rank gets the same bits. grad: the layer's dtype, [d_model, num_experts],
+ * host memory. A no-op without a communicator. Collective. */
+MOE_API moe_status_t moe_layer_reduce_router_grad(moe_layer_t layer, moe_tensor_t grad);
+
+/* What the layer's exchanges moved, per peer (this rank included: its own experts'
+ * rows are "sent" to itself through the same all-to-all). */
+typedef struct moe_peer_traffic {
+  int64_t tokens_sent;     /* token copies this rank dispatched to the peer's experts */
+  int64_t tokens_received; /* token copies the peer dispatched to this rank's experts */
+  int64_t bytes_sent;      /* every exchange: counts, rows, results, gradients */
+  int64_t bytes_received;
+} moe_peer_traffic_t;
+
+#define MOE_COMM_TRAFFIC_VERSION 1
+typedef struct moe_comm_traffic {
+  uint32_t size;
+  uint32_t version;
+  int32_t rank;            /* [OUT] -1 without a communicator */
+  int32_t world;           /* [OUT] */
+  int64_t exchanges;       /* [OUT] all-to-all calls the layer made */
+  double exchange_seconds; /* [OUT] time inside them: waiting for peers and moving data */
+  int64_t tokens_sent, tokens_received, bytes_sent, bytes_received; /* [OUT] over peers */
+} moe_comm_traffic_t;
+
+#define MOE_COMM_TRAFFIC_INIT \
+  { sizeof(moe_comm_traffic_t), MOE_COMM_TRAFFIC_VERSION, -1, 0, 0, 0, 0, 0, 0, 0 }
+
+/* Reads the traffic since attachment or the last reset; peers (may be NULL) receives
+ * min(peer_count, world) entries. reset != 0 starts counting anew. */
+MOE_API moe_status_t moe_layer_comm_traffic(moe_layer_t layer, moe_comm_traffic_t *traffic,
+                                            moe_peer_traffic_t *peers, int32_t peer_count,
+                                            int32_t reset);
 
 /* A telemetry group: the layers of one model, summarised together. */
 typedef struct moe_group *moe_group_t;

@@ -153,6 +153,33 @@ class Layer {
     return p;
   }
 
+  // Expert parallelism (moe.h): attach a communicator (empty owner: contiguous blocks).
+  void set_comm(moe_comm_t comm, const std::vector<int32_t>& expert_owner = {}) {
+    check(moe_layer_set_comm(layer_, comm, expert_owner.empty() ? nullptr : expert_owner.data(),
+                             static_cast<int64_t>(expert_owner.size())));
+  }
+  std::vector<int32_t> local_experts() const {
+    int64_t n = 0;
+    check(moe_layer_local_experts(layer_, nullptr, 0, &n));
+    std::vector<int32_t> experts(static_cast<size_t>(n));
+    check(moe_layer_local_experts(layer_, experts.data(), n, &n));
+    return experts;
+  }
+  void reduce_router_grad(const moe_tensor_t& grad) {
+    check(moe_layer_reduce_router_grad(layer_, grad));
+  }
+  struct Traffic {
+    moe_comm_traffic_t totals = MOE_COMM_TRAFFIC_INIT;
+    std::vector<moe_peer_traffic_t> peers;  // [world]
+  };
+  Traffic traffic(bool reset = false) {
+    Traffic t;
+    check(moe_layer_comm_traffic(layer_, &t.totals, nullptr, 0, 0));
+    t.peers.resize(static_cast<size_t>(t.totals.world));
+    check(moe_layer_comm_traffic(layer_, &t.totals, t.peers.data(), t.totals.world, reset ? 1 : 0));
+    return t;
+  }
+
  private:
   moe_layer_t layer_ = nullptr;
 };

@@ -123,6 +123,8 @@ static inline moe_status_t moe_comm_create_mpi(MPI_Comm comm, double timeout_s, 
     free(s);
     return MOE_STATUS_COMM_ERROR;
   }
+  /* Errors come back as statuses (then MOE_STATUS_COMM_ERROR), not as an abort. */
+  MPI_Comm_set_errhandler(s->comm, MPI_ERRORS_RETURN);
   MPI_Comm_size(s->comm, &s->world);
   s->counts = (int*)malloc(sizeof(int) * 4 * (size_t)s->world);
   if (s->counts == NULL) {

@@ -110,7 +110,7 @@ class GroupMetrics(C.Structure):
 STAGE_PROFILE_FIELDS = ("forward_total", "router", "plan", "permute", "experts", "combine",
                         "telemetry", "forward_other", "backward_total", "combine_backward",
                         "experts_backward", "permute_backward", "router_backward",
-                        "backward_other")
+                        "backward_other", "exchange", "exchange_backward")
 
 
 class StageProfile(C.Structure):

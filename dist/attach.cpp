@@ -1,0 +1,123 @@
+#include "dist/attach.hpp"
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/bfloat16.hpp"
+#include "core/error.hpp"
+#include "core/tensor_check.hpp"
+
+namespace moe::dist {
+namespace {
+
+// What must agree across the group for the layer to be one layer.
+std::vector<std::pair<const char*, double>> fingerprint(const LayerConfig& c) {
+  return {{"d_model", static_cast<double>(c.d_model)},
+          {"d_ff", static_cast<double>(c.d_ff)},
+          {"num_experts", static_cast<double>(c.num_experts)},
+          {"top_k", static_cast<double>(c.top_k)},
+          {"activation", static_cast<double>(c.activation)},
+          {"router", static_cast<double>(c.router)},
+          {"dtype", static_cast<double>(c.dtype)},
+          {"expert_bias", c.expert_bias ? 1.0 : 0.0},
+          {"temp_init", c.temp_init},
+          {"temp_final", c.temp_final},
+          {"temp_anneal_iters", static_cast<double>(c.temp_anneal_iters)},
+          {"noise_type", static_cast<double>(c.noise_type)},
+          {"noise_std_init", c.noise_std_init},
+          {"noise_decay_iters", static_cast<double>(c.noise_decay_iters)},
+          {"load_balance_alpha", c.load_balance_alpha},
+          {"z_loss_coef", c.z_loss_coef},
+          {"bias_update_rate", c.bias_update_rate},
+          {"renormalize", c.renormalize ? 1.0 : 0.0},
+          {"capacity_factor", c.capacity_factor},
+          {"drop_policy", static_cast<double>(c.drop_policy)},
+          {"hash_mode", static_cast<double>(c.hash_mode)},
+          {"seed", static_cast<double>(c.seed)},
+          {"telemetry_interval", static_cast<double>(c.telemetry_interval)}};
+}
+
+// Every rank's config and map, compared with this rank's: all ranks see the same
+// gathered values, so all of them accept or all refuse.
+void check_group_agrees(ExpertParallel& ep, const LayerConfig& c) {
+  const auto fields = fingerprint(c);
+  std::vector<double> mine;
+  for (const auto& f : fields) mine.push_back(f.second);
+  for (int32_t r : ep.placement.owner) mine.push_back(r);
+  const std::vector<double> all = ep.all_gather(mine);
+  const size_t n = mine.size();
+  for (int q = 0; q < ep.world(); ++q) {
+    for (size_t i = 0; i < n; ++i) {
+      if (all[q * n + i] == all[i]) continue;
+      const std::string what = i < fields.size()
+                                   ? std::string("config.") + fields[i].first
+                                   : "the owner of expert " + std::to_string(i - fields.size());
+      throw Error(MOE_STATUS_INVALID_ARGUMENT,
+                  "ranks 0 and " + std::to_string(q) + " disagree on " + what + " (" +
+                      std::to_string(all[i]) + " vs " + std::to_string(all[q * n + i]) +
+                      "): every rank must attach an identically configured layer with the "
+                      "same expert map");
+    }
+  }
+}
+
+template <typename S>
+void sum_over_group(ExpertParallel& ep, S* data, int64_t n) {
+  std::vector<double> mine(data, data + n);
+  const std::vector<double> all = ep.all_gather(mine);
+  for (int64_t i = 0; i < n; ++i) {
+    double sum = 0.0;
+    for (int q = 0; q < ep.world(); ++q) sum += all[q * n + i];
+    data[i] = static_cast<S>(sum);
+  }
+}
+
+}  // namespace
+
+void attach(Layer& layer, Communicator* comm, const int32_t* expert_owner, int64_t count) {
+  const LayerConfig& c = layer.config;
+  if (comm == nullptr) {
+    require(expert_owner == nullptr, MOE_STATUS_INVALID_ARGUMENT,
+            "expert_owner was given without a communicator");
+    if (layer.ep) layer.weights = BoundWeights{};
+    layer.ep.reset();
+    return;
+  }
+  require(c.router != MOE_ROUTER_EXPERT_CHOICE, MOE_STATUS_UNSUPPORTED,
+          "expert parallelism does not run the expert-choice router: each expert picks "
+          "its tokens from the whole batch, which no rank holds");
+  require(layer.backend.device() == MOE_DEVICE_CPU && !layer.backend.device_pipeline(),
+          MOE_STATUS_UNSUPPORTED,
+          std::string("expert parallelism runs on host backends (cpu_ref, onednn); this "
+                      "layer's backend is ") +
+              layer.backend.name());
+  require(comm->device() == MOE_DEVICE_CPU, MOE_STATUS_UNSUPPORTED,
+          "this communicator moves device memory; a host layer needs a host communicator "
+          "(moe_mpi.h)");
+  require(expert_owner == nullptr || count == c.num_experts, MOE_STATUS_SHAPE_MISMATCH,
+          "expert_owner has " + std::to_string(count) + " entries, the layer has " +
+              std::to_string(c.num_experts) + " experts");
+  auto ep = std::make_unique<ExpertParallel>(
+      *comm, make_placement(c.num_experts, comm->world(), comm->rank(), expert_owner));
+  check_group_agrees(*ep, c);
+  layer.weights = BoundWeights{};  // the expert tensors' shapes change
+  layer.ep = std::move(ep);
+}
+
+void reduce_router_grad(Layer& layer, const moe_tensor_t& grad) {
+  const LayerConfig& c = layer.config;
+  require(c.learned_router(), MOE_STATUS_INVALID_ARGUMENT, "the hash router has no weights");
+  check_tensor(grad, "grad", c.dtype, MOE_DEVICE_CPU, {c.d_model, c.num_experts});
+  if (!layer.ep) return;
+  const int64_t n = c.d_model * c.num_experts;
+  if (c.dtype == MOE_DTYPE_F64) {
+    sum_over_group(*layer.ep, static_cast<double*>(grad.data), n);
+  } else if (c.dtype == MOE_DTYPE_BF16) {
+    sum_over_group(*layer.ep, static_cast<bfloat16*>(grad.data), n);
+  } else {
+    sum_over_group(*layer.ep, static_cast<float*>(grad.data), n);
+  }
+}
+
+}  // namespace moe::dist

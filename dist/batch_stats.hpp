@@ -1,0 +1,15 @@
+// Global telemetry under expert parallelism: every rank's routing statistics summed
+// over the group (in rank order), so that every rank derives the same metrics, the
+// ones a single process would report for the whole batch.
+#pragma once
+
+#include "core/telemetry/step_stats.hpp"
+#include "dist/expert_parallel.hpp"
+
+namespace moe::dist {
+
+// Collective. `local` was collected against the batch's capacity and losses.
+StepStats batch_step_stats(ExpertParallel& ep, const StepStats& local, double aux_loss,
+                           double z_loss);
+
+}  // namespace moe::dist

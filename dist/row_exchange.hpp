@@ -1,0 +1,44 @@
+// Moving token rows between ranks and between the two row orders of expert
+// parallelism: the exchange order (packed by peer rank) and the expert order (grouped
+// by local expert, batch order within each). Plain copies: the bits never change.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "core/host_buffer.hpp"
+#include "core/parallel_threshold.hpp"
+#include "dist/expert_parallel.hpp"
+
+namespace moe::dist {
+
+// Sends rows_out[p] rows of `width` to each peer p and returns the rows received,
+// rows_in[p] from each peer, packed in rank order.
+template <typename S>
+host_buffer<S> exchange_rows(ExpertParallel& ep, const S* rows,
+                             const std::vector<int64_t>& rows_out,
+                             const std::vector<int64_t>& rows_in, int64_t width) {
+  const int64_t row_bytes = width * static_cast<int64_t>(sizeof(S));
+  std::vector<int64_t> out_bytes(rows_out.size()), in_bytes(rows_in.size());
+  int64_t received = 0;
+  for (size_t p = 0; p < rows_out.size(); ++p) {
+    out_bytes[p] = rows_out[p] * row_bytes;
+    in_bytes[p] = rows_in[p] * row_bytes;
+    received += rows_in[p];
+  }
+  host_buffer<S> in(static_cast<size_t>(received * width));
+  ep.exchange(rows, out_bytes, in.data(), in_bytes);
+  return in;
+}
+
+// dst[i] = src[index[i]] for rows of `width`.
+template <typename S>
+void gather_rows(const S* src, const std::vector<int64_t>& index, int64_t width, S* dst) {
+  const int64_t n = static_cast<int64_t>(index.size());
+#pragma omp parallel for schedule(static) if (worth_threads(n * width))
+  for (int64_t i = 0; i < n; ++i)
+    std::memcpy(dst + i * width, src + index[i] * width, sizeof(S) * width);
+}
+
+}  // namespace moe::dist

@@ -1,0 +1,498 @@
+// Expert parallelism under mpirun (2 and 4 ranks): every rank runs the same global
+// batch in one process (the reference) and its own share of it through an
+// expert-parallel layer, then compares. With cpu_ref, outputs, dx, expert gradients,
+// routing, drops, selection bias and telemetry must be bit-identical (telemetry to
+// summation order); the router gradient, a sum over ranks, after
+// moe_layer_reduce_router_grad to rounding. With MOE_TEST_BACKEND=onednn, 1e-5.
+// Exits non-zero on the first failure (MPI_Abort).
+#include <mpi.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/bfloat16.hpp"
+#include "moe/moe.hpp"
+#include "moe/moe_mpi.h"
+
+namespace {
+
+int g_rank = 0, g_world = 1;
+std::string g_case;
+
+#define CHECK(cond, ...)                                                                      \
+  do {                                                                                        \
+    if (!(cond)) {                                                                            \
+      std::fprintf(stderr, "rank %d [%s]: %s:%d: CHECK(%s) failed: ", g_rank, g_case.c_str(), \
+                   __FILE__, __LINE__, #cond);                                                \
+      std::fprintf(stderr, __VA_ARGS__);                                                      \
+      std::fprintf(stderr, " [%s]\n", moe_last_error());                                      \
+      MPI_Abort(MPI_COMM_WORLD, 1);                                                           \
+    }                                                                                         \
+  } while (0)
+
+const char* backend() {
+  const char* name = std::getenv("MOE_TEST_BACKEND");
+  return name && *name ? name : "cpu_ref";
+}
+bool exact() {
+  return std::strcmp(backend(), "cpu_ref") == 0;
+}
+
+template <typename S>
+moe_dtype_t dtype_of();
+template <>
+moe_dtype_t dtype_of<float>() {
+  return MOE_DTYPE_F32;
+}
+template <>
+moe_dtype_t dtype_of<double>() {
+  return MOE_DTYPE_F64;
+}
+template <>
+moe_dtype_t dtype_of<moe::bfloat16>() {
+  return MOE_DTYPE_BF16;
+}
+
+struct Scenario {
+  std::string name;
+  moe_layer_config_t config = MOE_LAYER_CONFIG_INIT;
+  std::vector<int64_t> split;  // tokens of each rank
+  std::vector<int32_t> owner;  // empty: contiguous blocks
+  int steps = 2;
+  bool train = true;
+  int64_t seq_len = 0;
+};
+
+// Values a and b agree: same bits on cpu_ref, else within `tol` relative.
+template <typename S>
+void expect_equal(const S* a, const S* b, int64_t n, double tol, const char* what) {
+  for (int64_t i = 0; i < n; ++i) {
+    const double x = static_cast<double>(a[i]), y = static_cast<double>(b[i]);
+    if (tol == 0.0) {
+      CHECK(std::memcmp(&a[i], &b[i], sizeof(S)) == 0, "%s[%lld]: %.17g vs single-process %.17g",
+            what, static_cast<long long>(i), x, y);
+    } else {
+      CHECK(std::abs(x - y) <= tol * (1.0 + std::abs(y)), "%s[%lld]: %.17g vs single-process %.17g",
+            what, static_cast<long long>(i), x, y);
+    }
+  }
+}
+
+void expect_close(const double* a, const double* b, int64_t n, double tol, const char* what) {
+  for (int64_t i = 0; i < n; ++i) {
+    if (std::isnan(a[i]) && std::isnan(b[i])) continue;
+    CHECK(std::abs(a[i] - b[i]) <= tol * (1.0 + std::abs(b[i])), "%s[%lld]: %.17g vs %.17g", what,
+          static_cast<long long>(i), a[i], b[i]);
+  }
+}
+
+// One layer's weights and gradients, for `experts` of the E experts.
+template <typename S>
+struct Params {
+  std::vector<S> router, w1, b1, w2, b2;
+  moe_weights_t view(const moe_layer_config_t& c, int64_t experts) {
+    const int64_t d = c.d_model,
+                  F = c.activation == MOE_ACTIVATION_SWIGLU || c.activation == MOE_ACTIVATION_GEGLU
+                          ? 2 * c.d_ff
+                          : c.d_ff;
+    moe_weights_t w = MOE_WEIGHTS_INIT;
+    const moe_dtype_t t = dtype_of<S>();
+    if (c.router != MOE_ROUTER_HASH) w.router = moe::tensor(router.data(), t, {d, c.num_experts});
+    w.w1 = moe::tensor(w1.data(), t, {experts, d, F});
+    w.w2 = moe::tensor(w2.data(), t, {experts, c.d_ff, d});
+    if (c.expert_bias) {
+      w.b1 = moe::tensor(b1.data(), t, {experts, F});
+      w.b2 = moe::tensor(b2.data(), t, {experts, d});
+    }
+    return w;
+  }
+  // The given experts' slices of full [E, ...] tensors.
+  Params slice(const std::vector<int32_t>& experts, const moe_layer_config_t& c) const {
+    const int64_t d = c.d_model, dff = c.d_ff, F = w1.size() / (c.num_experts * d);
+    Params p;
+    p.router = router;
+    auto take = [&](const std::vector<S>& from, std::vector<S>& to, int64_t block) {
+      for (int32_t e : experts)
+        if (!from.empty()) to.insert(to.end(), &from[e * block], &from[e * block] + block);
+    };
+    take(w1, p.w1, d * F);
+    take(b1, p.b1, F);
+    take(w2, p.w2, dff * d);
+    take(b2, p.b2, d);
+    return p;
+  }
+  void zeros_like(const Params& o) {
+    router.assign(o.router.size(), S(0));
+    w1.assign(o.w1.size(), S(0));
+    b1.assign(o.b1.size(), S(0));
+    w2.assign(o.w2.size(), S(0));
+    b2.assign(o.b2.size(), S(0));
+  }
+};
+
+template <typename S>
+struct Run {
+  std::vector<std::vector<S>> y, dx;  // per step
+  std::vector<moe_losses_t> losses;
+  std::vector<moe::Context::RoutingDecision> routing;
+  Params<S> grads;
+  std::vector<double> bias;
+  std::vector<double> scalars, per_expert, coactivation;
+};
+
+template <typename S>
+Run<S> run_layer(moe::Layer& layer, const Scenario& sc, Params<S>& weights, int64_t experts,
+                 const std::vector<S>& x, const std::vector<S>& dy, std::vector<int64_t> ids) {
+  const int64_t T = static_cast<int64_t>(ids.size());
+  const moe_layer_config_t& c = sc.config;
+  const int64_t d = c.d_model, E = c.num_experts;
+  layer.set_weights(weights.view(c, experts));
+  Run<S> run;
+  run.grads.zeros_like(weights);
+  for (int step = 0; step < sc.steps; ++step) {
+    std::vector<S> y(T * d, S(0)), dx(T * d, S(0));
+    moe_forward_args_t fa = MOE_FORWARD_ARGS_INIT;
+    fa.x = moe::tensor(const_cast<S*>(x.data()), dtype_of<S>(), {T, d});
+    fa.y = moe::tensor(y.data(), dtype_of<S>(), {T, d});
+    fa.train = sc.train ? 1 : 0;
+    fa.seq_len = sc.seq_len;
+    fa.token_ids = ids.data();
+    moe::Context ctx = layer.forward(fa);
+    moe_backward_args_t ba = MOE_BACKWARD_ARGS_INIT;
+    ba.dy = moe::tensor(const_cast<S*>(dy.data()), dtype_of<S>(), {T, d});
+    ba.dx = moe::tensor(dx.data(), dtype_of<S>(), {T, d});
+    ba.grads = run.grads.view(c, experts);
+    ba.flags = step > 0 ? MOE_BACKWARD_ACCUMULATE : 0u;
+    layer.backward(ctx, ba);
+    run.y.push_back(y);
+    run.dx.push_back(dx);
+    run.losses.push_back(ctx.losses());
+    run.routing.push_back(ctx.routing());
+  }
+  run.bias.resize(E);
+  CHECK(moe_layer_get_selection_bias(layer.get(), run.bias.data(), E) == MOE_STATUS_SUCCESS,
+        "selection bias");
+  int32_t scalars = 0;
+  CHECK(moe_metric_count(&scalars) == MOE_STATUS_SUCCESS, "metric count");
+  run.scalars.assign(scalars, 0.0);
+  run.per_expert.assign(scalars * E, 0.0);
+  run.coactivation.assign(E * E, 0.0);
+  moe_telemetry_snapshot_t snap = MOE_TELEMETRY_SNAPSHOT_INIT;
+  snap.split = sc.train ? MOE_SPLIT_TRAIN : MOE_SPLIT_EVAL;
+  snap.scope = MOE_SCOPE_WINDOW;
+  snap.scalars = run.scalars.data();
+  snap.per_expert = run.per_expert.data();
+  snap.coactivation = run.coactivation.data();
+  CHECK(moe_layer_telemetry(layer.get(), &snap) == MOE_STATUS_SUCCESS, "telemetry");
+  run.scalars.resize(snap.num_scalars);
+  run.per_expert.resize(snap.num_per_expert * E);
+  return run;
+}
+
+template <typename S>
+void run_scenario(moe_comm_t comm, Scenario sc, uint64_t seed) {
+  g_case = sc.name + "/" + std::to_string(sizeof(S) * 8) + "bit";
+  moe_layer_config_t& c = sc.config;
+  c.dtype = dtype_of<S>();
+  c.backend = c.dtype == MOE_DTYPE_F64 ? "cpu_ref" : backend();
+  const bool bit_exact = exact() || c.dtype == MOE_DTYPE_F64;
+  const double tol = bit_exact ? 0.0 : (c.dtype == MOE_DTYPE_BF16 ? 2e-2 : 1e-5);
+  const int64_t d = c.d_model, E = c.num_experts, dff = c.d_ff;
+  const int64_t F =
+      c.activation == MOE_ACTIVATION_SWIGLU || c.activation == MOE_ACTIVATION_GEGLU ? 2 * dff : dff;
+  int64_t T = 0, offset = 0;
+  for (int r = 0; r < g_world; ++r) {
+    if (r < g_rank) offset += sc.split[r];
+    T += sc.split[r];
+  }
+  const int64_t mine = sc.split[g_rank];
+
+  // The global problem, the same on every rank.
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  auto fill = [&](std::vector<S>& v, int64_t n, double scale) {
+    v.resize(n);
+    for (auto& e : v) e = static_cast<S>(scale * normal(rng));
+  };
+  std::vector<S> x, dy;
+  Params<S> full;
+  fill(x, T * d, 1.0);
+  fill(dy, T * d, 1.0);
+  fill(full.router, d * E, 1.0 / std::sqrt(static_cast<double>(d)));
+  fill(full.w1, E * d * F, 1.0 / std::sqrt(static_cast<double>(d)));
+  fill(full.w2, E * dff * d, 1.0 / std::sqrt(static_cast<double>(dff)));
+  if (c.expert_bias) {
+    fill(full.b1, E * F, 0.1);
+    fill(full.b2, E * d, 0.1);
+  }
+
+  std::vector<int64_t> ids(T);
+  for (int64_t t = 0; t < T; ++t) ids[t] = t * 7 + 3;  // token ids of the hash router
+  moe::Layer reference(c);
+  const Run<S> ref = run_layer(reference, sc, full, E, x, dy, ids);
+
+  moe::Layer layer(c);
+  layer.set_comm(comm, sc.owner);
+  const std::vector<int32_t> experts = layer.local_experts();
+  for (int32_t e : experts)
+    CHECK(sc.owner.empty() ? e * g_world / E == g_rank : sc.owner[e] == g_rank,
+          "expert %d is not this rank's", e);
+  Params<S> local = full.slice(experts, c);
+  const std::vector<S> x_mine(x.begin() + offset * d, x.begin() + (offset + mine) * d);
+  const std::vector<S> dy_mine(dy.begin() + offset * d, dy.begin() + (offset + mine) * d);
+  Run<S> got = run_layer(layer, sc, local, static_cast<int64_t>(experts.size()), x_mine, dy_mine,
+                         std::vector<int64_t>(ids.begin() + offset, ids.begin() + offset + mine));
+
+  const int64_t slots = c.top_k;
+  for (int step = 0; step < sc.steps; ++step) {
+    expect_equal(got.y[step].data(), &ref.y[step][offset * d], mine * d, tol, "y");
+    expect_equal(got.dx[step].data(), &ref.dx[step][offset * d], mine * d, tol, "dx");
+    const auto& a = got.routing[step];
+    const auto& b = ref.routing[step];
+    for (int64_t i = 0; i < mine * slots; ++i) {
+      CHECK(a.experts[i] == b.experts[offset * slots + i], "step %d copy %lld: expert %d vs %d",
+            step, static_cast<long long>(i), a.experts[i], b.experts[offset * slots + i]);
+      CHECK(a.dropped[i] == b.dropped[offset * slots + i], "step %d copy %lld: dropped %d vs %d",
+            step, static_cast<long long>(i), a.dropped[i], b.dropped[offset * slots + i]);
+    }
+    const double loss_tol = bit_exact ? 1e-12 : 1e-5;
+    const double la[] = {got.losses[step].aux_loss, got.losses[step].z_loss};
+    const double lb[] = {ref.losses[step].aux_loss, ref.losses[step].z_loss};
+    expect_close(la, lb, 2, loss_tol, "aux_loss, z_loss");
+  }
+  const Params<S> ref_mine = ref.grads.slice(experts, c);
+  expect_equal(got.grads.w1.data(), ref_mine.w1.data(), ref_mine.w1.size(), tol, "grad w1");
+  expect_equal(got.grads.w2.data(), ref_mine.w2.data(), ref_mine.w2.size(), tol, "grad w2");
+  expect_equal(got.grads.b1.data(), ref_mine.b1.data(), ref_mine.b1.size(), tol, "grad b1");
+  expect_equal(got.grads.b2.data(), ref_mine.b2.data(), ref_mine.b2.size(), tol, "grad b2");
+  if (c.router != MOE_ROUTER_HASH) {
+    layer.reduce_router_grad(moe::tensor(got.grads.router.data(), dtype_of<S>(), {d, E}));
+    const double router_tol = c.dtype == MOE_DTYPE_BF16  ? 3e-2
+                              : c.dtype == MOE_DTYPE_F64 ? 1e-12
+                                                         : 1e-5;
+    double scale = 0;
+    for (S v : ref.grads.router) scale = std::max(scale, std::abs(static_cast<double>(v)));
+    for (size_t i = 0; i < ref.grads.router.size(); ++i) {
+      const double g = static_cast<double>(got.grads.router[i]);
+      const double r = static_cast<double>(ref.grads.router[i]);
+      CHECK(std::abs(g - r) <= router_tol * scale, "router grad[%zu]: %.9g vs %.9g (scale %g)", i,
+            g, r, scale);
+    }
+    // Every rank holds the same bits after the reduction.
+    std::vector<S> root = got.grads.router;
+    MPI_Bcast(root.data(), static_cast<int>(root.size() * sizeof(S)), MPI_BYTE, 0, MPI_COMM_WORLD);
+    CHECK(std::memcmp(root.data(), got.grads.router.data(), root.size() * sizeof(S)) == 0,
+          "router gradient differs from rank 0's");
+  }
+  CHECK(got.bias == ref.bias, "selection bias differs");
+  const double metric_tol = bit_exact ? 1e-9 : 1e-4;
+  expect_close(got.scalars.data(), ref.scalars.data(), got.scalars.size(), metric_tol, "metric");
+  expect_close(got.per_expert.data(), ref.per_expert.data(), got.per_expert.size(), metric_tol,
+               "per-expert metric");
+  expect_close(got.coactivation.data(), ref.coactivation.data(), got.coactivation.size(), 0.0,
+               "coactivation");
+
+  // Traffic: the copies this rank kept, by their experts' owners.
+  moe::Layer::Traffic traffic = layer.traffic();
+  std::vector<int64_t> expected(g_world, 0);
+  for (const auto& r : got.routing)
+    for (size_t i = 0; i < r.experts.size(); ++i)
+      if (r.experts[i] >= 0 && !r.dropped[i])
+        ++expected[sc.owner.empty() ? r.experts[i] * g_world / E : sc.owner[r.experts[i]]];
+  for (int p = 0; p < g_world; ++p)
+    CHECK(traffic.peers[p].tokens_sent == expected[p], "tokens sent to %d: %lld vs %lld", p,
+          static_cast<long long>(traffic.peers[p].tokens_sent),
+          static_cast<long long>(expected[p]));
+  std::vector<int64_t> sent(g_world), received(g_world);
+  for (int p = 0; p < g_world; ++p) sent[p] = traffic.peers[p].tokens_sent;
+  MPI_Alltoall(sent.data(), 1, MPI_INT64_T, received.data(), 1, MPI_INT64_T, MPI_COMM_WORLD);
+  for (int p = 0; p < g_world; ++p)
+    CHECK(traffic.peers[p].tokens_received == received[p], "tokens received from %d", p);
+  CHECK(traffic.totals.exchanges > 0 && traffic.totals.exchange_seconds >= 0.0, "exchange count");
+  const moe_stage_profile_t profile = layer.stage_profile();
+  CHECK(profile.exchange > 0.0 && profile.exchange_backward > 0.0, "exchange time profiled");
+  layer.set_comm(nullptr);
+  if (g_rank == 0) std::printf("ok %s\n", g_case.c_str());
+}
+
+Scenario scenario(const char* name, const moe_layer_config_t& config, std::vector<int64_t> split) {
+  Scenario s;
+  s.name = name;
+  s.config = config;
+  s.split = std::move(split);
+  return s;
+}
+
+moe_layer_config_t base_config(int64_t E, int64_t k) {
+  moe_layer_config_t c = MOE_LAYER_CONFIG_INIT;
+  c.d_model = 16;
+  c.d_ff = 24;
+  c.num_experts = E;
+  c.top_k = k;
+  return c;
+}
+
+// Uneven shares of T tokens over the ranks, none empty.
+std::vector<int64_t> uneven(int64_t T) {
+  std::vector<int64_t> split(g_world);
+  int64_t left = T;
+  for (int r = 0; r < g_world; ++r) {
+    split[r] = r + 1 == g_world ? left : std::max<int64_t>(1, T * (r + 2) / (4 * g_world));
+    left -= split[r];
+  }
+  return split;
+}
+
+std::vector<Scenario> scenarios() {
+  std::vector<Scenario> all;
+  {
+    // Sequence metrics need whole sequences on each rank: shares are multiples of 4.
+    Scenario s = scenario("softmax_top2_dropless", base_config(8, 2), uneven(12));
+    for (int64_t& n : s.split) n *= 4;
+    s.config.expert_bias = 1;
+    s.config.load_balance_alpha = 0.01;
+    s.config.router_z_loss_coef = 0.001;
+    s.seq_len = 4;
+    all.push_back(s);
+  }
+  {
+    Scenario s = scenario("capacity_position_drops", base_config(8, 2), uneven(64));
+    s.config.capacity_factor = 0.75;
+    all.push_back(s);
+  }
+  {
+    Scenario s = scenario("capacity_probability_drops", base_config(8, 2), uneven(64));
+    s.config.capacity_factor = 0.75;
+    s.config.drop_policy = MOE_DROP_PROBABILITY;
+    s.config.activation = MOE_ACTIVATION_SWIGLU;
+    all.push_back(s);
+  }
+  {
+    // Rank 1 brings no tokens: it still serves its experts.
+    Scenario s = scenario("rank_with_zero_tokens", base_config(8, 2), uneven(40));
+    s.split[0] += s.split[1];
+    s.split[1] = 0;
+    s.config.capacity_factor = 1.0;
+    all.push_back(s);
+  }
+  {
+    // All experts on the last rank: every token travels to it; the others hold none.
+    Scenario s = scenario("all_experts_on_one_rank", base_config(4, 2), uneven(32));
+    s.owner.assign(4, g_world - 1);
+    s.config.capacity_factor = 1.25;
+    all.push_back(s);
+  }
+  {
+    // Round-robin map: the exchange order differs from the expert order.
+    Scenario s = scenario("round_robin_map_sigmoid_noise", base_config(12, 3), uneven(60));
+    for (int e = 0; e < 12; ++e) s.owner.push_back(e % g_world);
+    s.config.router = MOE_ROUTER_SIGMOID;
+    s.config.router_noise_type = MOE_NOISE_GAUSSIAN;
+    s.config.router_noise_std_init = 0.5;
+    s.config.bias_update_rate = 0.01;
+    s.config.activation = MOE_ACTIVATION_GEGLU;
+    s.steps = 3;
+    all.push_back(s);
+  }
+  {
+    Scenario s = scenario("hash_router_eval", base_config(8, 1), uneven(36));
+    s.config.router = MOE_ROUTER_HASH;
+    s.config.capacity_factor = 1.0;
+    s.train = false;
+    all.push_back(s);
+  }
+  {
+    // Fewer experts than ranks on 4 ranks: some own none.
+    Scenario s = scenario("fewer_experts_than_ranks", base_config(3, 1), uneven(30));
+    s.config.activation = MOE_ACTIVATION_RELU;
+    all.push_back(s);
+  }
+  return all;
+}
+
+// Bad attachments are refused on every rank, and the layer stays usable.
+void refusals(moe_comm_t comm) {
+  g_case = "refusals";
+  moe_layer_config_t c = base_config(4, 1);
+  c.backend = backend();
+  moe::Layer layer(c);
+  const int32_t bad_owner[4] = {0, 0, 0, g_world};
+  CHECK(moe_layer_set_comm(layer.get(), comm, bad_owner, 4) == MOE_STATUS_INVALID_ARGUMENT,
+        "owner out of range");
+  CHECK(moe_layer_set_comm(layer.get(), comm, bad_owner, 3) == MOE_STATUS_SHAPE_MISMATCH,
+        "owner count");
+  // Ranks that disagree on the map: all of them refuse.
+  std::vector<int32_t> owner(4, 0);
+  owner[3] = g_rank;
+  CHECK(moe_layer_set_comm(layer.get(), comm, owner.data(), 4) == MOE_STATUS_INVALID_ARGUMENT &&
+            std::strstr(moe_last_error(), "owner of expert 3"),
+        "disagreeing maps");
+  moe_layer_config_t other = c;
+  other.top_k = g_rank == 0 ? 1 : 2;
+  moe::Layer mismatched(other);
+  CHECK(moe_layer_set_comm(mismatched.get(), comm, nullptr, 0) == MOE_STATUS_INVALID_ARGUMENT &&
+            std::strstr(moe_last_error(), "top_k"),
+        "disagreeing configs");
+  moe_layer_config_t ec = c;
+  ec.router = MOE_ROUTER_EXPERT_CHOICE;
+  moe::Layer expert_choice(ec);
+  CHECK(moe_layer_set_comm(expert_choice.get(), comm, nullptr, 0) == MOE_STATUS_UNSUPPORTED,
+        "expert choice");
+
+  layer.set_comm(comm);
+  CHECK(moe_comm_destroy(comm) == MOE_STATUS_INVALID_STATE, "destroyed while attached");
+  // Full-size expert weights no longer fit: each rank binds its own experts.
+  const int64_t held = static_cast<int64_t>(layer.local_experts().size());
+  std::vector<float> router(16 * 4), w1(4 * 16 * 24), w2(4 * 24 * 16);
+  moe_weights_t w = MOE_WEIGHTS_INIT;
+  w.router = moe::tensor(router.data(), MOE_DTYPE_F32, {16, 4});
+  w.w1 = moe::tensor(w1.data(), MOE_DTYPE_F32, {4, 16, 24});
+  w.w2 = moe::tensor(w2.data(), MOE_DTYPE_F32, {4, 24, 16});
+  if (held != 4)
+    CHECK(moe_layer_set_weights(layer.get(), &w) == MOE_STATUS_SHAPE_MISMATCH, "full weights");
+  w.w1 = moe::tensor(w1.data(), MOE_DTYPE_F32, {held, 16, 24});
+  w.w2 = moe::tensor(w2.data(), MOE_DTYPE_F32, {held, 24, 16});
+  CHECK(moe_layer_set_weights(layer.get(), &w) == MOE_STATUS_SUCCESS, "local weights");
+  layer.set_comm(nullptr);
+  if (g_rank == 0) std::printf("ok refusals\n");
+}
+
+// 200 training iterations: no hang, and still the single-process result at the end.
+void long_run(moe_comm_t comm) {
+  Scenario s = scenario("200_iterations", base_config(8, 2), uneven(24));
+  s.config.d_model = 8;
+  s.config.d_ff = 8;
+  s.config.capacity_factor = 1.0;
+  s.config.bias_update_rate = 0.001;
+  s.steps = 200;
+  run_scenario<float>(comm, s, 99);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  MPI_Init(&argc, &argv);
+  MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &g_world);
+  moe_comm_t comm = nullptr;
+  CHECK(moe_comm_create_mpi(MPI_COMM_WORLD, 60.0, &comm) == MOE_STATUS_SUCCESS, "create");
+  uint64_t seed = 1;
+  for (const Scenario& s : scenarios()) {
+    run_scenario<float>(comm, s, seed);
+    run_scenario<double>(comm, s, seed);
+    run_scenario<moe::bfloat16>(comm, s, seed);
+    ++seed;
+  }
+  refusals(comm);
+  long_run(comm);
+  CHECK(moe_comm_destroy(comm) == MOE_STATUS_SUCCESS, "destroy");
+  MPI_Finalize();
+  return 0;
+}
