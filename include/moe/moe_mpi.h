@@ -3,10 +3,10 @@
  * Header-only and inline: it compiles with the caller's MPI (libmoe itself does not
  * link MPI), duplicates the caller's communicator so that the layer's traffic never
  * matches the caller's own messages, and runs every collective non-blocking
- * (MPI_Ialltoallv, MPI_Iallreduce, MPI_Ibarrier), polling until it completes or the
- * communicator's timeout passes. A timed-out collective is abandoned (MPI cannot
- * cancel one): the communicator then refuses further use, and the caller should end
- * the job. */
+ * (all-to-all as MPI_Irecv/MPI_Isend pairs, MPI_Iallreduce, MPI_Ibarrier), polling
+ * until it completes or the communicator's timeout passes. A timed-out collective is abandoned (MPI
+ * cannot cancel one): the communicator then refuses further use, and the caller should end the job.
+ */
 #ifndef MOE_MPI_H
 #define MOE_MPI_H
 
@@ -14,6 +14,7 @@
 #include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "moe.h"
 
@@ -23,8 +24,9 @@ extern "C" {
 
 typedef struct moe_mpi_state {
   MPI_Comm comm;
+  int rank;
   int world;
-  int* counts; /* [4 * world]: send counts, send displacements, recv counts, recv displ. */
+  MPI_Request* requests; /* [2 * world]: one all-to-all's receives and sends */
 } moe_mpi_state_t;
 
 /* Polls `request` until done or `timeout_s` (> 0) passes. 0: done. */
@@ -49,32 +51,73 @@ static inline int moe_mpi_wait_(MPI_Request* request, double timeout_s, const ch
   }
 }
 
+/* Polls `count` requests until all are done or `timeout_s` (> 0) passes. 0: done. */
+static inline int moe_mpi_wait_all_(int count, MPI_Request* requests, double timeout_s,
+                                    const char* what, char* err, size_t errlen) {
+  const double start = MPI_Wtime();
+  for (;;) {
+    int done = 0;
+    const int rc = MPI_Testall(count, requests, &done, MPI_STATUSES_IGNORE);
+    if (rc != MPI_SUCCESS) {
+      char text[MPI_MAX_ERROR_STRING];
+      int len = 0;
+      MPI_Error_string(rc, text, &len);
+      snprintf(err, errlen, "%s failed: %s", what, text);
+      return 1;
+    }
+    if (done) return 0;
+    if (timeout_s > 0 && MPI_Wtime() - start > timeout_s) {
+      snprintf(err, errlen, "%s timed out after %.1f s (a peer may have exited)", what, timeout_s);
+      return 1;
+    }
+  }
+}
+
+/* Pairwise: every receive posted first, then every send, then one poll for all. As
+ * fast as the blocking MPI_Alltoallv (bench: moe-bench --ep), where MPI_Ialltoallv's
+ * schedule-driven progress was measurably slower, and it can still time out. */
 static inline int moe_mpi_all_to_all_(void* state, const void* send, const int64_t* send_bytes,
                                       void* recv, const int64_t* recv_bytes, double timeout_s,
                                       char* err, size_t errlen) {
   moe_mpi_state_t* s = (moe_mpi_state_t*)state;
-  int *sc = s->counts, *sd = sc + s->world, *rc = sd + s->world, *rd = rc + s->world;
-  int64_t soff = 0, roff = 0;
-  int p;
-  MPI_Request request;
+  int64_t soff = 0, roff = 0, self_soff = 0, self_roff = 0;
+  int p, n = 0;
   for (p = 0; p < s->world; ++p) {
-    if (send_bytes[p] > INT_MAX || recv_bytes[p] > INT_MAX || soff > INT_MAX || roff > INT_MAX) {
+    if (send_bytes[p] > INT_MAX || recv_bytes[p] > INT_MAX) {
       snprintf(err, errlen, "all_to_all: more than INT_MAX bytes for one peer");
       return 1;
     }
-    sc[p] = (int)send_bytes[p];
-    sd[p] = (int)soff;
-    rc[p] = (int)recv_bytes[p];
-    rd[p] = (int)roff;
-    soff += send_bytes[p];
+  }
+  /* Receives first, in a rotating order that spreads the load over peers. */
+  for (p = 0; p < s->world; ++p) {
+    if (p == s->rank) {
+      self_roff = roff;
+    } else if (recv_bytes[p] > 0 && MPI_Irecv((char*)recv + roff, (int)recv_bytes[p], MPI_BYTE, p,
+                                              0, s->comm, &s->requests[n++]) != MPI_SUCCESS) {
+      snprintf(err, errlen, "MPI_Irecv from rank %d could not start", p);
+      return 1;
+    }
     roff += recv_bytes[p];
   }
-  if (MPI_Ialltoallv(send, sc, sd, MPI_BYTE, recv, rc, rd, MPI_BYTE, s->comm, &request) !=
-      MPI_SUCCESS) {
-    snprintf(err, errlen, "MPI_Ialltoallv could not start");
+  for (p = 0; p < s->world; ++p) {
+    if (p == s->rank) {
+      self_soff = soff;
+    } else if (send_bytes[p] > 0 &&
+               MPI_Isend((const char*)send + soff, (int)send_bytes[p], MPI_BYTE, p, 0, s->comm,
+                         &s->requests[n++]) != MPI_SUCCESS) {
+      snprintf(err, errlen, "MPI_Isend to rank %d could not start", p);
+      return 1;
+    }
+    soff += send_bytes[p];
+  }
+  if (send_bytes[s->rank] != recv_bytes[s->rank]) {
+    snprintf(err, errlen, "all_to_all: %lld bytes to itself but %lld expected from itself",
+             (long long)send_bytes[s->rank], (long long)recv_bytes[s->rank]);
     return 1;
   }
-  return moe_mpi_wait_(&request, timeout_s, "MPI_Ialltoallv", err, errlen);
+  if (send_bytes[s->rank] > 0)
+    memcpy((char*)recv + self_roff, (const char*)send + self_soff, (size_t)send_bytes[s->rank]);
+  return moe_mpi_wait_all_(n, s->requests, timeout_s, "all_to_all", err, errlen);
 }
 
 static inline int moe_mpi_all_reduce_sum_(void* state, double* data, int64_t count,
@@ -108,7 +151,7 @@ static inline void moe_mpi_destroy_(void* state) {
   int finalized = 0;
   MPI_Finalized(&finalized);
   if (!finalized) MPI_Comm_free(&s->comm);
-  free(s->counts);
+  free(s->requests);
   free(s);
 }
 
@@ -126,8 +169,9 @@ static inline moe_status_t moe_comm_create_mpi(MPI_Comm comm, double timeout_s, 
   /* Errors come back as statuses (then MOE_STATUS_COMM_ERROR), not as an abort. */
   MPI_Comm_set_errhandler(s->comm, MPI_ERRORS_RETURN);
   MPI_Comm_size(s->comm, &s->world);
-  s->counts = (int*)malloc(sizeof(int) * 4 * (size_t)s->world);
-  if (s->counts == NULL) {
+  MPI_Comm_rank(s->comm, &s->rank);
+  s->requests = (MPI_Request*)malloc(sizeof(MPI_Request) * 2 * (size_t)s->world);
+  if (s->requests == NULL) {
     moe_mpi_destroy_(s); /* frees the duplicate and s */
     return MOE_STATUS_OUT_OF_MEMORY;
   }

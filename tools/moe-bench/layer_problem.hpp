@@ -1,5 +1,6 @@
 // One benchmark layer: a MoE layer of a standard shape with random weights, inputs and
-// gradient buffers, ready for timed forward and backward calls.
+// gradient buffers, ready for timed forward and backward calls. With a communicator it
+// is this rank's part of an expert-parallel layer: its own tokens, its own experts.
 #pragma once
 
 #include <cmath>
@@ -27,9 +28,12 @@ inline moe_layer_config_t layer_config(const Shape& s, moe_dtype_t dtype, const 
 template <typename S>
 class LayerProblem {
  public:
-  LayerProblem(const Shape& s, moe_dtype_t dtype, const std::string& backend)
+  LayerProblem(const Shape& s, moe_dtype_t dtype, const std::string& backend,
+               moe_comm_t comm = nullptr)
       : layer(layer_config(s, dtype, backend.c_str())) {
+    if (comm) layer.set_comm(comm);
     const int64_t T = s.tokens, d = s.d_model, E = s.experts, F = s.ff_width();
+    const int64_t held = static_cast<int64_t>(layer.local_experts().size());
     std::mt19937 rng(1);
     std::normal_distribution<float> normal(0.f, 1.f);
     auto random = [&](std::vector<S>& v, int64_t n, float scale) {
@@ -39,8 +43,8 @@ class LayerProblem {
     random(x_, T * d, 1.f);
     random(dy_, T * d, 1.f);
     random(router_, d * E, 1.f / std::sqrt(float(d)));
-    random(w1_, E * d * F, 1.f / std::sqrt(float(d)));
-    random(w2_, E * s.d_ff * d, 1.f / std::sqrt(float(s.d_ff)));
+    random(w1_, held * d * F, 1.f / std::sqrt(float(d)));
+    random(w2_, held * s.d_ff * d, 1.f / std::sqrt(float(s.d_ff)));
     y_.resize(x_.size());
     dx_.resize(x_.size());
     g_router_.resize(router_.size());
@@ -48,8 +52,8 @@ class LayerProblem {
     g_w2_.resize(w2_.size());
     moe_weights_t w = MOE_WEIGHTS_INIT;
     w.router = moe::tensor(router_.data(), dtype, {d, E});
-    w.w1 = moe::tensor(w1_.data(), dtype, {E, d, F});
-    w.w2 = moe::tensor(w2_.data(), dtype, {E, s.d_ff, d});
+    w.w1 = moe::tensor(w1_.data(), dtype, {held, d, F});
+    w.w2 = moe::tensor(w2_.data(), dtype, {held, s.d_ff, d});
     layer.set_weights(w);
     forward_args_.x = moe::tensor(x_.data(), dtype, {T, d});
     forward_args_.y = moe::tensor(y_.data(), dtype, {T, d});
@@ -57,8 +61,8 @@ class LayerProblem {
     backward_args_.dy = moe::tensor(dy_.data(), dtype, {T, d});
     backward_args_.dx = moe::tensor(dx_.data(), dtype, {T, d});
     backward_args_.grads.router = moe::tensor(g_router_.data(), dtype, {d, E});
-    backward_args_.grads.w1 = moe::tensor(g_w1_.data(), dtype, {E, d, F});
-    backward_args_.grads.w2 = moe::tensor(g_w2_.data(), dtype, {E, s.d_ff, d});
+    backward_args_.grads.w1 = moe::tensor(g_w1_.data(), dtype, {held, d, F});
+    backward_args_.grads.w2 = moe::tensor(g_w2_.data(), dtype, {held, s.d_ff, d});
   }
 
   moe::Context forward() { return layer.forward(forward_args_); }

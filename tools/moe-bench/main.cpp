@@ -15,58 +15,17 @@
 #include "core/bfloat16.hpp"
 #include "moe/moe.hpp"
 #include "tools/moe-bench/dense_ffn.hpp"
+#include "tools/moe-bench/expert_parallel.hpp"
 #include "tools/moe-bench/layer_problem.hpp"
 #include "tools/moe-bench/shapes.hpp"
+#include "tools/moe-bench/timing.hpp"
 
 namespace {
 
+using moe::bench::Options;
 using moe::bench::Shape;
-using Clock = std::chrono::steady_clock;
-
-struct Options {
-  std::vector<std::string> shapes = {"mixtral-small", "fine-grained", "decode"};
-  std::string backend = "onednn";
-  std::string dtype = "f32";
-  int iters = 10;
-  int warmup = 2;
-  bool dense = true;
-  std::string json_path;
-};
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-double ms_since(Clock::time_point start) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
-}
-
-struct Timings {
-  double forward_ms, backward_ms, train_ms;
-};
-
-// Runs warmup + iters (forward, backward) pairs; the medians of the timed ones.
-template <typename Forward, typename Backward>
-Timings time_pairs(const Options& o, Forward&& forward, Backward&& backward,
-                   const std::function<void()>& after_warmup) {
-  std::vector<double> fwd, bwd, both;
-  for (int i = 0; i < o.warmup + o.iters; ++i) {
-    if (i == o.warmup) after_warmup();
-    const auto t0 = Clock::now();
-    auto saved = forward();
-    const double f = ms_since(t0);
-    const auto t1 = Clock::now();
-    backward(saved);
-    const double b = ms_since(t1);
-    if (i < o.warmup) continue;
-    fwd.push_back(f);
-    bwd.push_back(b);
-    both.push_back(f + b);
-  }
-  return {median(fwd), median(bwd), median(both)};
-}
+using moe::bench::time_pairs;
+using moe::bench::Timings;
 
 template <typename S>
 nlohmann::json run_shape(const Options& o, const Shape& s, moe_dtype_t dtype) {
@@ -170,7 +129,18 @@ int main(int argc, char** argv) {
   app.add_option("--warmup", o.warmup, "untimed iterations first")->check(CLI::NonNegativeNumber);
   app.add_flag("!--no-dense", o.dense, "skip the dense FFN baseline");
   app.add_option("--json", o.json_path, "write the results as JSON to this file");
+  app.add_flag("--ep", o.expert_parallel,
+               "expert parallelism under mpirun: each rank its own tokens of the shape and "
+               "E/ranks experts; the exchange beside a bare MPI_Alltoallv");
   CLI11_PARSE(app, argc, argv);
+  if (o.expert_parallel) {
+#ifdef MOE_BENCH_WITH_MPI
+    return moe::bench::run_expert_parallel(o);
+#else
+    std::cerr << "moe-bench: built without MPI (libopenmpi-dev), so no --ep\n";
+    return 1;
+#endif
+  }
 
   nlohmann::json results = nlohmann::json::array();
   try {
