@@ -22,6 +22,7 @@
 #include "core/telemetry/weight_metrics.hpp"
 #include "dist/attach.hpp"
 #include "dist/communicator.hpp"
+#include "dist/local_comm.hpp"
 #include "moe/moe.h"
 
 namespace {
@@ -125,6 +126,12 @@ struct moe_comm : moe::dist::Communicator {
 };
 
 namespace {
+
+moe_comm_t new_comm(const moe_comm_ops_t& ops, double timeout_s) {
+  auto created = std::make_unique<moe_comm>(ops, timeout_s);
+  moe::HandleRegistry::instance().add(created.get(), moe::HandleKind::Comm);
+  return created.release();
+}
 
 moe::dist::Communicator& comm_of(moe_comm_t comm) {
   moe::HandleRegistry::instance().check(comm, moe::HandleKind::Comm, "comm");
@@ -526,10 +533,14 @@ moe_status_t moe_comm_create(const moe_comm_ops_t* ops, double timeout_s, moe_co
   return guarded(__func__, [&] {
     require_pointer(comm, "comm");
     const moe_comm_ops_t defaults{};
-    const moe_comm_ops_t in = moe::read_sized(ops, defaults, "ops");
-    auto created = std::make_unique<moe_comm>(in, timeout_s);
-    moe::HandleRegistry::instance().add(created.get(), moe::HandleKind::Comm);
-    *comm = created.release();
+    *comm = new_comm(moe::read_sized(ops, defaults, "ops"), timeout_s);
+  });
+}
+
+moe_status_t moe_comm_create_local(moe_comm_t* comm) {
+  return guarded(__func__, [&] {
+    require_pointer(comm, "comm");
+    *comm = new_comm(moe::dist::local_comm_ops(), 0.0);
   });
 }
 

@@ -589,6 +589,9 @@ typedef struct moe_comm *moe_comm_t;
  * communicator refuses further use (MOE_STATUS_COMM_ERROR), as a peer may be gone. */
 MOE_API moe_status_t moe_comm_create(const moe_comm_ops_t *ops, double timeout_s,
                                      moe_comm_t *comm);
+/* The local communicator: one rank, in process (all-to-all copies to itself). A layer
+ * attached to it runs the expert-parallel path with one rank owning every expert. */
+MOE_API moe_status_t moe_comm_create_local(moe_comm_t *comm);
 MOE_API moe_status_t moe_comm_destroy(moe_comm_t comm);
 MOE_API moe_status_t moe_comm_rank(moe_comm_t comm, int32_t *rank, int32_t *world);
 /* The collectives, for tests and for callers' own use (e.g. all-reducing the router

@@ -155,6 +155,32 @@ int main(void) {
     CHECK(length > 0 && strstr(text, "moe_load_cv{") != NULL);
   }
 
+  /* Expert parallelism on the local (one-rank) communicator: the same output. */
+  {
+    moe_comm_t comm = NULL;
+    moe_comm_traffic_t traffic = MOE_COMM_TRAFFIC_INIT;
+    moe_peer_traffic_t peer;
+    int32_t mine[E];
+    int64_t held = 0;
+    float y_alone[T * D];
+    memcpy(y_alone, y, sizeof y);
+    CHECK_OK(moe_comm_create_local(&comm));
+    CHECK_OK(moe_layer_set_comm(layer, comm, NULL, 0));
+    CHECK_OK(moe_layer_local_experts(layer, mine, E, &held));
+    CHECK(held == E && mine[0] == 0 && mine[E - 1] == E - 1);
+    CHECK(moe_layer_forward(layer, &fwd, NULL) == MOE_STATUS_INVALID_STATE); /* unbound */
+    CHECK_OK(moe_layer_set_weights(layer, &weights));
+    CHECK_OK(moe_layer_set_step(layer, 1)); /* the step of the call being repeated */
+    CHECK_OK(moe_layer_forward(layer, &fwd, NULL));
+    CHECK(memcmp(y, y_alone, sizeof y) == 0);
+    CHECK_OK(moe_layer_reduce_router_grad(layer, bwd.grads.router));
+    CHECK_OK(moe_layer_comm_traffic(layer, &traffic, &peer, 1, 0));
+    CHECK(traffic.world == 1 && traffic.exchanges > 0 && peer.tokens_sent > 0);
+    CHECK(moe_comm_destroy(comm) == MOE_STATUS_INVALID_STATE); /* still attached */
+    CHECK_OK(moe_layer_set_comm(layer, NULL, NULL, 0));
+    CHECK_OK(moe_comm_destroy(comm));
+  }
+
   CHECK_OK(moe_ctx_destroy(ctx));
   CHECK(moe_ctx_destroy(ctx) == MOE_STATUS_INVALID_HANDLE);
   CHECK_OK(moe_layer_destroy(layer));
