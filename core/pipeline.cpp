@@ -6,6 +6,7 @@
 #include "core/stage_timer.hpp"
 #include "core/tensor_check.hpp"
 #include "dist/batch_stats.hpp"
+#include "dist/check_in.hpp"
 #include "dist/row_exchange.hpp"
 
 namespace moe {
@@ -101,7 +102,8 @@ void expert_stage_forward(Layer& layer, SavedTensors<S>& saved, S* y, StageTimer
 }
 
 template <typename S>
-std::unique_ptr<SavedState> forward_typed(Layer& layer, const moe_forward_args_t& args) {
+std::unique_ptr<SavedState> forward_typed(Layer& layer, const moe_forward_args_t& args,
+                                          const dist::ForwardCheckIn& group) {
   const LayerConfig& c = layer.config;
   const int64_t T = args.x.shape[0], d = c.d_model, E = c.num_experts;
   const S* x = data_of<S>(args.x);
@@ -118,11 +120,10 @@ std::unique_ptr<SavedState> forward_typed(Layer& layer, const moe_forward_args_t
     logits.resize(static_cast<size_t>(T * E));
     backend.router_logits(c, T, x, data_of<S>(layer.weights.router), logits.data());
   }
-  RouterState state{&layer.selection_bias, &layer.hash_table, layer.step, args.train != 0};
   // Selection noise is drawn per batch token: under expert parallelism this rank's
   // tokens start where the lower ranks' end.
-  if (layer.ep && args.train && c.noise_std(layer.step) > 0.0)
-    state.token_offset = dist::batch_token_offset(*layer.ep, T);
+  const RouterState state{&layer.selection_bias, &layer.hash_table, layer.step, args.train != 0,
+                          group.token_offset};
   saved->routing = route<S>(c, state, x, logits.data(), args.token_ids, T);
   const Routing& routing = saved->routing;
   charge(profile.router, profile.exchange, timer.lap(), layer.ep.get());
@@ -133,8 +134,8 @@ std::unique_ptr<SavedState> forward_typed(Layer& layer, const moe_forward_args_t
   timer.lap();  // saving the input counts as "other"
 
   if (layer.ep) {
-    saved->dispatch = std::make_unique<dist::Dispatch>(dist::make_dispatch(
-        *layer.ep, c, layer.step, layer.telemetry.due(), saved->routing, saved->plan));
+    saved->dispatch = std::make_unique<dist::Dispatch>(
+        dist::make_dispatch(*layer.ep, c, group.call, saved->routing, saved->plan));
   } else {
     saved->plan = make_plan(c, T, routing.expert, routing.gate, routing.fixed_capacity);
   }
@@ -247,7 +248,9 @@ void bind_weights(Layer& layer, const moe_weights_t& w) {
   layer.weights.bound = true;
 }
 
-std::unique_ptr<SavedState> forward(Layer& layer, const moe_forward_args_t& args) {
+namespace {
+
+void check_forward_args(const Layer& layer, const moe_forward_args_t& args) {
   const LayerConfig& c = layer.config;
   require(layer.weights.bound, MOE_STATUS_INVALID_STATE,
           "forward before moe_layer_set_weights: bind the layer's weights first");
@@ -265,16 +268,63 @@ std::unique_ptr<SavedState> forward(Layer& layer, const moe_forward_args_t& args
             (c.hash_mode == MOE_HASH_MIX || c.hash_mode == MOE_HASH_TABLE)),
           MOE_STATUS_NULL_POINTER,
           "args.token_ids is NULL, but the hash router's mode (mix/table) needs token ids");
+}
+
+void check_backward_args(const Layer& layer, const SavedState& saved,
+                         const moe_backward_args_t& args) {
+  const LayerConfig& c = layer.config;
+  require(saved.layer_serial == layer.serial, MOE_STATUS_INVALID_ARGUMENT,
+          "ctx was produced by a different layer");
+  require(layer.weights.bound, MOE_STATUS_INVALID_STATE, "backward before set_weights");
+  require((saved.dispatch != nullptr) == (layer.ep != nullptr), MOE_STATUS_INVALID_STATE,
+          "ctx was produced before the layer's communicator was attached or detached");
+  const int64_t T = saved.plan.tokens;
+  const moe_device_t device = layer.backend.device();
+  check_tensor(args.dy, "args.dy", c.dtype, device, {T, c.d_model});
+  if (!tensor_is_empty(args.dx)) check_tensor(args.dx, "args.dx", c.dtype, device, {T, c.d_model});
+  require((args.flags & ~MOE_BACKWARD_ACCUMULATE) == 0, MOE_STATUS_INVALID_ARGUMENT,
+          "args.flags has unknown bits");
+  check_weight_set(c, layer.experts_held(), device, args.grads, "args.grads.", true);
+}
+
+// Runs `check`; under expert parallelism, then checks in with the group, so that a
+// refusal on any rank fails the call on every rank before anything moves.
+template <typename Check, typename CheckIn>
+void checked_call(const Layer& layer, Check&& check, CheckIn&& check_in) {
+  if (!layer.ep) {
+    check();
+    return;
+  }
+  std::unique_ptr<Error> refusal;
+  try {
+    check();
+  } catch (const Error& e) {
+    refusal = std::make_unique<Error>(e);
+  }
+  check_in(refusal.get());
+}
+
+}  // namespace
+
+std::unique_ptr<SavedState> forward(Layer& layer, const moe_forward_args_t& args) {
+  const LayerConfig& c = layer.config;
+  dist::ForwardCheckIn group;
+  checked_call(
+      layer, [&] { check_forward_args(layer, args); },
+      [&](const Error* refusal) {
+        const int64_t T = refusal ? 0 : args.x.shape[0];
+        group = dist::check_in_forward(*layer.ep, refusal, T, layer.step, layer.telemetry.due());
+      });
   StageTimer total;
   std::unique_ptr<SavedState> saved;
   if (DevicePipeline* pipeline = layer.backend.device_pipeline()) {
     saved = pipeline->forward(layer, args);
   } else if (c.dtype == MOE_DTYPE_F64) {
-    saved = forward_typed<double>(layer, args);
+    saved = forward_typed<double>(layer, args, group);
   } else if (c.dtype == MOE_DTYPE_BF16) {
-    saved = forward_typed<bfloat16>(layer, args);
+    saved = forward_typed<bfloat16>(layer, args, group);
   } else {
-    saved = forward_typed<float>(layer, args);
+    saved = forward_typed<float>(layer, args, group);
   }
   saved->expert_choice = c.router == MOE_ROUTER_EXPERT_CHOICE;
   saved->losses.aux_loss = saved->routing.aux_loss;
@@ -303,16 +353,12 @@ std::unique_ptr<SavedState> forward(Layer& layer, const moe_forward_args_t& args
 
 void backward(Layer& layer, const SavedState& saved, const moe_backward_args_t& args) {
   const LayerConfig& c = layer.config;
-  require(saved.layer_serial == layer.serial, MOE_STATUS_INVALID_ARGUMENT,
-          "ctx was produced by a different layer");
-  require(layer.weights.bound, MOE_STATUS_INVALID_STATE, "backward before set_weights");
-  const int64_t T = saved.plan.tokens;
-  const moe_device_t device = layer.backend.device();
-  check_tensor(args.dy, "args.dy", c.dtype, device, {T, c.d_model});
-  if (!tensor_is_empty(args.dx)) check_tensor(args.dx, "args.dx", c.dtype, device, {T, c.d_model});
-  require((args.flags & ~MOE_BACKWARD_ACCUMULATE) == 0, MOE_STATUS_INVALID_ARGUMENT,
-          "args.flags has unknown bits");
-  check_weight_set(c, layer.experts_held(), device, args.grads, "args.grads.", true);
+  checked_call(
+      layer, [&] { check_backward_args(layer, saved, args); },
+      [&](const Error* refusal) {
+        dist::check_in_backward(*layer.ep, refusal,
+                                saved.dispatch ? saved.dispatch->forward_call : -1);
+      });
   StageTimer total;
   if (DevicePipeline* pipeline = layer.backend.device_pipeline()) {
     pipeline->backward(layer, saved, args);

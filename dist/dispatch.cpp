@@ -11,46 +11,29 @@ namespace {
 
 // What each rank tells the group before anything moves.
 struct Summary {
-  static constexpr int kHeader = 6;  // forward call, step, telemetry due, T, valid, lse^2 sum
+  static constexpr int kHeader = 3;  // T, valid, lse^2 sum
   int64_t E;
   std::vector<double> values;  // [world][kHeader + 2E]: header, prob_sum[E], demand[E]
 
   int64_t width() const { return kHeader + 2 * E; }
   const double* of(int q) const { return &values[q * width()]; }
-  int64_t tokens(int q) const { return static_cast<int64_t>(of(q)[3]); }
-  int64_t valid(int q) const { return static_cast<int64_t>(of(q)[4]); }
-  double lse_sq_sum(int q) const { return of(q)[5]; }
+  int64_t tokens(int q) const { return static_cast<int64_t>(of(q)[0]); }
+  int64_t valid(int q) const { return static_cast<int64_t>(of(q)[1]); }
+  double lse_sq_sum(int q) const { return of(q)[2]; }
   double prob_sum(int q, int64_t e) const { return of(q)[kHeader + e]; }
   int64_t demand(int q, int64_t e) const { return static_cast<int64_t>(of(q)[kHeader + E + e]); }
 };
 
-Summary gather_summary(ExpertParallel& ep, const LayerConfig& c, int64_t step, bool due,
-                       const Routing& r) {
+Summary gather_summary(ExpertParallel& ep, const LayerConfig& c, const Routing& r) {
   const int64_t E = c.num_experts;
   std::vector<double> mine(Summary::kHeader + 2 * E, 0.0);
-  mine[0] = static_cast<double>(ep.forward_calls);
-  mine[1] = static_cast<double>(step);
-  mine[2] = due ? 1.0 : 0.0;
-  mine[3] = static_cast<double>(r.tokens);
-  mine[4] = static_cast<double>(r.valid_tokens);
-  mine[5] = r.lse_sq_sum;
+  mine[0] = static_cast<double>(r.tokens);
+  mine[1] = static_cast<double>(r.valid_tokens);
+  mine[2] = r.lse_sq_sum;
   for (int64_t e = 0; e < E; ++e) mine[Summary::kHeader + e] = r.prob_sum[e];
   for (int32_t e : r.expert)
     if (e >= 0) mine[Summary::kHeader + E + e] += 1.0;
-  Summary s{E, ep.all_gather(mine)};
-  for (int q = 0; q < ep.world(); ++q) {
-    const double* h = s.of(q);
-    require(h[0] == mine[0] && h[1] == mine[1] && h[2] == mine[2], MOE_STATUS_INVALID_STATE,
-            "the expert-parallel group is out of step: rank " + std::to_string(q) +
-                " is at forward call " + std::to_string(static_cast<int64_t>(h[0])) + ", step " +
-                std::to_string(static_cast<int64_t>(h[1])) + ", telemetry " +
-                (h[2] != 0 ? "due" : "not due") + "; rank " + std::to_string(ep.rank()) +
-                " at call " + std::to_string(ep.forward_calls) + ", step " + std::to_string(step) +
-                ", telemetry " + (due ? "due" : "not due") +
-                " (every rank must call forward the same times, with the same telemetry "
-                "interval)");
-  }
-  return s;
+  return Summary{E, ep.all_gather(mine)};
 }
 
 // The batch's losses: sums over ranks, in rank order, so every rank has the same bits.
@@ -175,21 +158,15 @@ Plan local_plan(const LayerConfig& local_config, const std::vector<std::vector<i
 
 }  // namespace
 
-int64_t batch_token_offset(ExpertParallel& ep, int64_t tokens) {
-  const std::vector<double> all = ep.all_gather({static_cast<double>(tokens)});
-  int64_t offset = 0;
-  for (int q = 0; q < ep.rank(); ++q) offset += static_cast<int64_t>(all[q]);
-  return offset;
-}
-
-Dispatch make_dispatch(ExpertParallel& ep, const LayerConfig& c, int64_t step, bool telemetry_due,
+Dispatch make_dispatch(ExpertParallel& ep, const LayerConfig& c, int64_t forward_call,
                        Routing& routing, Plan& send_plan) {
   const Placement& pl = ep.placement;
   const int W = ep.world(), me = ep.rank();
   const int64_t E = c.num_experts;
-  const Summary s = gather_summary(ep, c, step, telemetry_due, routing);
+  const Summary s = gather_summary(ep, c, routing);
 
   Dispatch d;
+  d.forward_call = forward_call;
   make_losses_global(c, s, W, d.batch_demand, routing);
   for (int q = 0; q < W; ++q) d.batch_tokens += s.tokens(q);
   const int64_t capacity =
@@ -228,7 +205,6 @@ Dispatch make_dispatch(ExpertParallel& ep, const LayerConfig& c, int64_t step, b
   for (int q = 0; q < W; ++q)
     for (int64_t n : kept[q]) d.recv_rows[q] += n;
   ep.count_dispatch(d.send_rows, d.recv_rows);
-  ++ep.forward_calls;
   return d;
 }
 

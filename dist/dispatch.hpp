@@ -22,19 +22,16 @@ struct Dispatch {
   std::vector<int64_t> recv_rows;     // [world] rows each peer sends to this rank
   std::vector<int64_t> batch_demand;  // [E] the group's pre-drop demand
   int64_t batch_tokens = 0;
+  int64_t forward_call = 0;  // the group's number for this forward (check_in.hpp)
 };
 
-// Index of this rank's first token in the batch (a collective: gathers token counts).
-int64_t batch_token_offset(ExpertParallel& ep, int64_t tokens);
-
-// Collective. Gathers the group's routing counts (checking that every rank is at the
-// same call, step and telemetry schedule), makes `routing`'s losses the batch's,
+// Collective. Gathers the group's routing counts, makes `routing`'s losses the batch's,
 // decides drops over the batch and returns the exchange layout. `send_plan` groups
 // this rank's kept copies by owner rank, then expert, then token (the send order).
 // The returned `local` plan groups the received rows by local expert, each expert's
 // rows in batch order; its token_of_row is the row in the receive buffer (packed by
 // sender rank), and its row[i] the expert-ordered row of received row i.
-Dispatch make_dispatch(ExpertParallel& ep, const LayerConfig& config, int64_t step,
-                       bool telemetry_due, Routing& routing, Plan& send_plan);
+Dispatch make_dispatch(ExpertParallel& ep, const LayerConfig& config, int64_t forward_call,
+                       Routing& routing, Plan& send_plan);
 
 }  // namespace moe::dist

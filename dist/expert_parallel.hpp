@@ -42,7 +42,7 @@ class ExpertParallel {
 
   Communicator& comm;
   const Placement placement;
-  int64_t forward_calls = 0;  // checked equal over the group on every forward
+  int64_t forward_calls = 0;  // checked equal over the group on every forward (check_in)
 
  private:
   std::vector<moe_peer_traffic_t> peers_;

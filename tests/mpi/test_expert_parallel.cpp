@@ -460,6 +460,32 @@ void refusals(moe_comm_t comm) {
   w.w1 = moe::tensor(w1.data(), MOE_DTYPE_F32, {held, 16, 24});
   w.w2 = moe::tensor(w2.data(), MOE_DTYPE_F32, {held, 24, 16});
   CHECK(moe_layer_set_weights(layer.get(), &w) == MOE_STATUS_SUCCESS, "local weights");
+
+  // One rank's bad input fails the call on every rank, with that rank's status, and
+  // leaves the group usable.
+  const int64_t T = 3;
+  std::vector<float> x(T * 16, 0.5f), y(T * 16), dy(T * 16, 1.0f);
+  moe_forward_args_t fa = MOE_FORWARD_ARGS_INIT;
+  fa.x = moe::tensor(x.data(), MOE_DTYPE_F32, {T, 16});
+  fa.y = moe::tensor(y.data(), MOE_DTYPE_F32, {T, g_rank == 1 ? 15 : 16});
+  moe_ctx_t a = nullptr, b = nullptr;
+  CHECK(moe_layer_forward(layer.get(), &fa, &a) == MOE_STATUS_SHAPE_MISMATCH,
+        "a bad y on rank 1 fails every rank");
+  CHECK(std::strstr(moe_last_error(), g_rank == 1 ? "args.y" : "rank 1 refused") != nullptr,
+        "the message names the cause");
+  fa.y = moe::tensor(y.data(), MOE_DTYPE_F32, {T, 16});
+  CHECK(moe_layer_forward(layer.get(), &fa, &a) == MOE_STATUS_SUCCESS, "forward a");
+  CHECK(moe_layer_forward(layer.get(), &fa, &b) == MOE_STATUS_SUCCESS, "forward b");
+  // Backward of different forwards on different ranks: refused everywhere.
+  moe_backward_args_t ba = MOE_BACKWARD_ARGS_INIT;
+  ba.dy = moe::tensor(dy.data(), MOE_DTYPE_F32, {T, 16});
+  CHECK(moe_layer_backward(layer.get(), g_rank == 0 ? a : b, &ba) == MOE_STATUS_INVALID_STATE &&
+            std::strstr(moe_last_error(), "out of step"),
+        "backward of different forwards");
+  CHECK(moe_layer_backward(layer.get(), b, &ba) == MOE_STATUS_SUCCESS, "backward b");
+  CHECK(moe_layer_backward(layer.get(), a, &ba) == MOE_STATUS_SUCCESS, "backward a");
+  moe_ctx_destroy(a);
+  moe_ctx_destroy(b);
   layer.set_comm(nullptr);
   if (g_rank == 0) std::printf("ok refusals\n");
 }
