@@ -7,6 +7,7 @@
 #include "core/bfloat16.hpp"
 #include "core/error.hpp"
 #include "core/tensor_check.hpp"
+#include "dist/check_in.hpp"
 
 namespace moe::dist {
 namespace {
@@ -38,21 +39,21 @@ std::vector<std::pair<const char*, double>> fingerprint(const LayerConfig& c) {
           {"telemetry_interval", static_cast<double>(c.telemetry_interval)}};
 }
 
-// Every rank's config and map, compared with this rank's: all ranks see the same
-// gathered values, so all of them accept or all refuse.
-void check_group_agrees(ExpertParallel& ep, const LayerConfig& c) {
+// Every rank's config and map, compared with rank 0's after the check-in: all ranks
+// see the same gathered values, so all of them accept or all refuse.
+void check_group_agrees(ExpertParallel& ep, const LayerConfig& c, const Error* refusal) {
   const auto fields = fingerprint(c);
   std::vector<double> mine;
   for (const auto& f : fields) mine.push_back(f.second);
   for (int32_t r : ep.placement.owner) mine.push_back(r);
-  const std::vector<double> all = ep.all_gather(mine);
-  const size_t n = mine.size();
+  const size_t n = mine.size() + 1;  // the check-in's status comes first
+  const std::vector<double> all = check_in(ep, "moe_layer_set_comm", refusal, mine);
   for (int q = 0; q < ep.world(); ++q) {
-    for (size_t i = 0; i < n; ++i) {
+    for (size_t i = 1; i < n; ++i) {
       if (all[q * n + i] == all[i]) continue;
-      const std::string what = i < fields.size()
-                                   ? std::string("config.") + fields[i].first
-                                   : "the owner of expert " + std::to_string(i - fields.size());
+      const std::string what = i - 1 < fields.size()
+                                   ? std::string("config.") + fields[i - 1].first
+                                   : "the owner of expert " + std::to_string(i - 1 - fields.size());
       throw Error(MOE_STATUS_INVALID_ARGUMENT,
                   "ranks 0 and " + std::to_string(q) + " disagree on " + what + " (" +
                       std::to_string(all[i]) + " vs " + std::to_string(all[q * n + i]) +
@@ -84,23 +85,32 @@ void attach(Layer& layer, Communicator* comm, const int32_t* expert_owner, int64
     layer.ep.reset();
     return;
   }
-  require(c.router != MOE_ROUTER_EXPERT_CHOICE, MOE_STATUS_UNSUPPORTED,
-          "expert parallelism does not run the expert-choice router: each expert picks "
-          "its tokens from the whole batch, which no rank holds");
-  require(layer.backend.device() == MOE_DEVICE_CPU && !layer.backend.device_pipeline(),
-          MOE_STATUS_UNSUPPORTED,
-          std::string("expert parallelism runs on host backends (cpu_ref, onednn); this "
-                      "layer's backend is ") +
-              layer.backend.name());
+  // The one refusal no exchange can carry: this communicator moves device memory.
   require(comm->device() == MOE_DEVICE_CPU, MOE_STATUS_UNSUPPORTED,
           "this communicator moves device memory; a host layer needs a host communicator "
           "(moe_mpi.h)");
-  require(expert_owner == nullptr || count == c.num_experts, MOE_STATUS_SHAPE_MISMATCH,
-          "expert_owner has " + std::to_string(count) + " entries, the layer has " +
-              std::to_string(c.num_experts) + " experts");
-  auto ep = std::make_unique<ExpertParallel>(
-      *comm, make_placement(c.num_experts, comm->world(), comm->rank(), expert_owner));
-  check_group_agrees(*ep, c);
+  // Every other refusal is told to the group, so that all ranks fail together.
+  std::unique_ptr<Error> refusal;
+  Placement placement;
+  try {
+    require(c.router != MOE_ROUTER_EXPERT_CHOICE, MOE_STATUS_UNSUPPORTED,
+            "expert parallelism does not run the expert-choice router: each expert picks "
+            "its tokens from the whole batch, which no rank holds");
+    require(layer.backend.device() == MOE_DEVICE_CPU && !layer.backend.device_pipeline(),
+            MOE_STATUS_UNSUPPORTED,
+            std::string("expert parallelism runs on host backends (cpu_ref, onednn); this "
+                        "layer's backend is ") +
+                layer.backend.name());
+    require(expert_owner == nullptr || count == c.num_experts, MOE_STATUS_SHAPE_MISMATCH,
+            "expert_owner has " + std::to_string(count) + " entries, the layer has " +
+                std::to_string(c.num_experts) + " experts");
+    placement = make_placement(c.num_experts, comm->world(), comm->rank(), expert_owner);
+  } catch (const Error& e) {
+    refusal = std::make_unique<Error>(e);
+    placement = make_placement(c.num_experts, comm->world(), comm->rank(), nullptr);
+  }
+  auto ep = std::make_unique<ExpertParallel>(*comm, std::move(placement));
+  check_group_agrees(*ep, c, refusal.get());
   layer.weights = BoundWeights{};  // the expert tensors' shapes change
   layer.ep = std::move(ep);
 }

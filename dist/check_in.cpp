@@ -4,9 +4,7 @@
 #include <vector>
 
 namespace moe::dist {
-namespace {
 
-// Gathers [status, fields...] from every rank; throws if any rank refused.
 std::vector<double> check_in(ExpertParallel& ep, const char* call, const Error* refusal,
                              std::vector<double> fields) {
   fields.insert(fields.begin(), refusal ? static_cast<double>(refusal->status()) : 0.0);
@@ -24,8 +22,6 @@ std::vector<double> check_in(ExpertParallel& ep, const char* call, const Error* 
   }
   return all;
 }
-
-}  // namespace
 
 ForwardCheckIn check_in_forward(ExpertParallel& ep, const Error* refusal, int64_t tokens,
                                 int64_t step, bool telemetry_due) {

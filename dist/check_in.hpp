@@ -6,11 +6,17 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "core/error.hpp"
 #include "dist/expert_parallel.hpp"
 
 namespace moe::dist {
+
+// The check-in itself: gathers [status, fields...] from every rank (rank-major), and
+// throws on every rank, with the refusing rank's status, when any rank refused.
+std::vector<double> check_in(ExpertParallel& ep, const char* call, const Error* refusal,
+                             std::vector<double> fields);
 
 struct ForwardCheckIn {
   int64_t call = 0;          // this forward's number in the group

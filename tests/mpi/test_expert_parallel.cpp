@@ -428,6 +428,12 @@ void refusals(moe_comm_t comm) {
         "owner out of range");
   CHECK(moe_layer_set_comm(layer.get(), comm, bad_owner, 3) == MOE_STATUS_SHAPE_MISMATCH,
         "owner count");
+  // A refusal on one rank only (rank 1's map is short) fails every rank, with its status.
+  const int32_t good_owner[4] = {0, 0, 0, 0};
+  CHECK(moe_layer_set_comm(layer.get(), comm, good_owner, g_rank == 1 ? 3 : 4) ==
+                MOE_STATUS_SHAPE_MISMATCH &&
+            std::strstr(moe_last_error(), g_rank == 1 ? "expert_owner has 3" : "rank 1 refused"),
+        "one rank's short map");
   // Ranks that disagree on the map: all of them refuse.
   std::vector<int32_t> owner(4, 0);
   owner[3] = g_rank;
