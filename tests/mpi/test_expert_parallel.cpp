@@ -513,6 +513,7 @@ int main(int argc, char** argv) {
   MPI_Init(&argc, &argv);
   MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
   MPI_Comm_size(MPI_COMM_WORLD, &g_world);
+  CHECK(g_world >= 2, "run under mpirun with at least 2 ranks (got %d)", g_world);
   moe_comm_t comm = nullptr;
   CHECK(moe_comm_create_mpi(MPI_COMM_WORLD, 60.0, &comm) == MOE_STATUS_SUCCESS, "create");
   uint64_t seed = 1;
