@@ -18,7 +18,8 @@ using moe_test::Problem;
 
 struct LocalComm {
   LocalComm() { EXPECT_EQ(moe_comm_create_local(&comm), MOE_STATUS_SUCCESS); }
-  ~LocalComm() { moe_comm_destroy(comm); }
+  // Declared before the layers that hold it: it may only go once they are gone.
+  ~LocalComm() { EXPECT_EQ(moe_comm_destroy(comm), MOE_STATUS_SUCCESS) << moe_last_error(); }
   moe_comm_t comm = nullptr;
 };
 
@@ -37,8 +38,8 @@ TEST_P(LocalExpertParallel, MatchesTheLayerWithoutACommunicator) {
   c.bias_update_rate = 0.01;
   c.router_noise_type = MOE_NOISE_GUMBEL;
   c.router_noise_std_init = 0.3;
-  Problem<float> plain(c, 37, 5), attached(c, 37, 5);
   LocalComm local;
+  Problem<float> plain(c, 37, 5), attached(c, 37, 5);
   attached.layer.set_comm(local.comm);
   EXPECT_EQ(attached.layer.local_experts(), (std::vector<int32_t>{0, 1, 2, 3, 4, 5}));
   attached.bind();  // attaching unbinds the weights
@@ -101,8 +102,8 @@ INSTANTIATE_TEST_SUITE_P(
 
 TEST(LocalExpertParallelRules, AttachingAndDetaching) {
   moe_layer_config_t c = make_config(8, 8, 4, 1);
-  Problem<float> p(c, 5, 1);
   LocalComm local;
+  Problem<float> p(c, 5, 1);
   p.layer.set_comm(local.comm);
   // Weights were unbound by the attachment: forward refuses until they are bound again.
   moe_ctx_t ctx = nullptr;
