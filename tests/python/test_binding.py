@@ -104,3 +104,37 @@ def test_library_metadata():
     layer, _ = make_layer(router_temp_init=2.0, router_temp_final=1.0, router_temp_anneal_iters=10)
     cfg = layer.config()
     assert cfg["router_temp_init"] == 2.0 and cfg["backend"] == b"cpu_ref"
+
+
+def test_local_communicator_runs_the_expert_parallel_path_with_the_same_bits():
+    plain, rng = make_layer(capacity_factor=0.9, load_balance_alpha=0.01)
+    attached, _ = make_layer(capacity_factor=0.9, load_balance_alpha=0.01)
+    comm = moe.Comm.local()
+    assert (comm.rank, comm.world) == (0, 1)
+    weights = dict(attached._weights)
+    attached.set_comm(comm)
+    assert attached.local_experts().tolist() == [0, 1, 2, 3]
+    with pytest.raises(moe.MoeError):  # attaching unbound the weights
+        attached.forward(np.zeros((3, 8), dtype=np.float32))
+    attached.set_weights(**weights)
+    x = rng.standard_normal((19, 8)).astype(np.float32)
+    dy = rng.standard_normal((19, 8)).astype(np.float32)
+    np.testing.assert_array_equal(plain.forward(x), attached.forward(x))
+    (dx_a, g_a), (dx_b, g_b) = plain.backward(dy), attached.backward(dy)
+    np.testing.assert_array_equal(dx_a, dx_b)
+    for name in g_a:
+        np.testing.assert_array_equal(g_a[name], g_b[name])
+    router = g_b["router"].copy()
+    attached.reduce_router_grad(g_b["router"])  # one rank: the sum is itself
+    np.testing.assert_array_equal(router, g_b["router"])
+    t = attached.traffic()
+    assert (t["rank"], t["world"]) == (0, 1) and t["exchanges"] > 0
+    kept = int((~layer_dropped(attached)).sum())
+    assert t["peers"][0]["tokens_sent"] == kept == t["tokens_received"]
+    assert plain.traffic()["rank"] == -1 and plain.traffic()["peers"] == []
+    attached.set_comm(None)
+
+
+def layer_dropped(layer):
+    r = layer.routing()
+    return r["dropped"] | (r["experts"] < 0)

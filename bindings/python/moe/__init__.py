@@ -117,6 +117,37 @@ class Group:
         return {name: getattr(m, name) for name, _ in _abi.GroupMetrics._fields_[2:]}
 
 
+class Comm:
+    """A communicator for expert parallelism. Comm.local() is the built-in one-rank
+    communicator; MPI and NCCL communicators come from C (moe_mpi.h, moe_nccl.h)."""
+
+    def __init__(self, handle):
+        self._handle = handle
+
+    @classmethod
+    def local(cls):
+        handle = C.c_void_p()
+        _check(_lib.moe_comm_create_local(C.byref(handle)))
+        return cls(handle)
+
+    def __del__(self):
+        if getattr(self, "_handle", None):
+            _lib.moe_comm_destroy(self._handle)
+
+    @property
+    def rank(self):
+        return self._rank_world()[0]
+
+    @property
+    def world(self):
+        return self._rank_world()[1]
+
+    def _rank_world(self):
+        rank, world = C.c_int32(), C.c_int32()
+        _check(_lib.moe_comm_rank(self._handle, C.byref(rank), C.byref(world)))
+        return rank.value, world.value
+
+
 def _enum(table, value, what):
     if value not in table:
         raise ValueError(f"unknown {what} {value!r}; expected one of {sorted(table)}")
@@ -164,12 +195,57 @@ class Layer:
         self.expert_bias = bool(cfg.expert_bias)
         self._weights = {}
         self._ctx = C.c_void_p()
+        self._comm = None
 
     def __del__(self):
         if getattr(self, "_ctx", None):
             _lib.moe_ctx_destroy(self._ctx)
         if getattr(self, "_handle", None):
             _lib.moe_layer_destroy(self._handle)
+        self._comm = None  # only now may the communicator go
+
+    # ---------------------------------------------------------------- expert parallelism
+    def set_comm(self, comm, expert_owner=None):
+        """Attaches a Comm (None detaches); expert_owner: E ranks, or None for blocks.
+        Unbinds the weights: bind this rank's experts (local_experts()) again."""
+        owner = None
+        if expert_owner is not None:
+            owner = np.ascontiguousarray(expert_owner, dtype=np.int32)
+        _check(_lib.moe_layer_set_comm(
+            self._handle, comm._handle if comm is not None else None,
+            owner.ctypes.data_as(C.POINTER(C.c_int32)) if owner is not None else None,
+            0 if owner is None else owner.size))
+        self._comm = comm
+        self._weights = {}
+
+    def local_experts(self):
+        """This rank's experts (global ids, ascending: the order of its expert weights)."""
+        count = C.c_int64()
+        _check(_lib.moe_layer_local_experts(self._handle, None, 0, C.byref(count)))
+        experts = np.empty(count.value, dtype=np.int32)
+        _check(_lib.moe_layer_local_experts(
+            self._handle, experts.ctypes.data_as(C.POINTER(C.c_int32)), count.value,
+            C.byref(count)))
+        return experts
+
+    def reduce_router_grad(self, grad):
+        """Sums the router gradient (a contiguous [d, E] array of the layer's dtype) over
+        the communicator, in place."""
+        if grad.dtype != self.dtype or not grad.flags["C_CONTIGUOUS"]:
+            raise ValueError("grad must be a contiguous array of the layer's dtype")
+        _check(_lib.moe_layer_reduce_router_grad(self._handle, self._tensor(grad)))
+
+    def traffic(self, reset=False):
+        """{"rank", "world", "exchanges", "exchange_seconds", totals..., "peers": [...]}."""
+        totals = _abi.sized(_abi.CommTraffic)
+        _check(_lib.moe_layer_comm_traffic(self._handle, C.byref(totals), None, 0, 0))
+        peers = (_abi.PeerTraffic * max(totals.world, 1))()
+        _check(_lib.moe_layer_comm_traffic(self._handle, C.byref(totals), peers, totals.world,
+                                           int(bool(reset))))
+        out = {name: getattr(totals, name) for name, _ in _abi.CommTraffic._fields_[2:]}
+        out["peers"] = [{name: getattr(p, name) for name, _ in _abi.PeerTraffic._fields_}
+                        for p in peers[:max(totals.world, 0)]]
+        return out
 
     # ---------------------------------------------------------------- helpers
     def _tensor(self, array):

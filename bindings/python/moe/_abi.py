@@ -113,6 +113,18 @@ STAGE_PROFILE_FIELDS = ("forward_total", "router", "plan", "permute", "experts",
                         "backward_other", "exchange", "exchange_backward")
 
 
+class PeerTraffic(C.Structure):
+    _fields_ = [("tokens_sent", C.c_int64), ("tokens_received", C.c_int64),
+                ("bytes_sent", C.c_int64), ("bytes_received", C.c_int64)]
+
+
+class CommTraffic(C.Structure):
+    _fields_ = [("size", C.c_uint32), ("version", C.c_uint32), ("rank", C.c_int32),
+                ("world", C.c_int32), ("exchanges", C.c_int64), ("exchange_seconds", C.c_double),
+                ("tokens_sent", C.c_int64), ("tokens_received", C.c_int64),
+                ("bytes_sent", C.c_int64), ("bytes_received", C.c_int64)]
+
+
 class StageProfile(C.Structure):
     _fields_ = ([("size", C.c_uint32), ("version", C.c_uint32), ("forward_calls", C.c_int64),
                  ("backward_calls", C.c_int64)] +
@@ -182,6 +194,15 @@ def load():
         "moe_ctx_compare_routing": (status, [ctx, ctx, C.POINTER(C.c_double),
                                              C.POINTER(C.c_double)]),
         "moe_layer_weight_metrics": (status, [layer, C.POINTER(WeightMetrics)]),
+        "moe_comm_create_local": (status, [C.POINTER(C.c_void_p)]),
+        "moe_comm_destroy": (status, [C.c_void_p]),
+        "moe_comm_rank": (status, [C.c_void_p, C.POINTER(C.c_int32), C.POINTER(C.c_int32)]),
+        "moe_layer_set_comm": (status, [layer, C.c_void_p, C.POINTER(C.c_int32), C.c_int64]),
+        "moe_layer_local_experts": (status, [layer, C.POINTER(C.c_int32), C.c_int64,
+                                             C.POINTER(C.c_int64)]),
+        "moe_layer_reduce_router_grad": (status, [layer, Tensor]),
+        "moe_layer_comm_traffic": (status, [layer, C.POINTER(CommTraffic),
+                                            C.POINTER(PeerTraffic), C.c_int32, C.c_int32]),
         "moe_group_create": (status, [C.POINTER(C.c_void_p)]),
         "moe_group_destroy": (status, [C.c_void_p]),
         "moe_group_add": (status, [C.c_void_p, layer]),
