@@ -228,7 +228,12 @@ moe_status_t moe_layer_forward(moe_layer_t layer, const moe_forward_args_t* args
   return guarded(__func__, [&] {
     moe::Layer& l = layer_of(layer);
     const moe_forward_args_t defaults = MOE_FORWARD_ARGS_INIT;
-    const moe_forward_args_t in = moe::read_sized(args, defaults, "args");
+    moe_forward_args_t in;
+    try {
+      in = moe::read_sized(args, defaults, "args");
+    } catch (const moe::Error& e) {
+      moe::refuse_forward(l, e);
+    }
     auto saved = moe::forward(l, in);
     if (ctx) {
       auto* handle = new moe_ctx{std::move(saved)};
@@ -242,9 +247,16 @@ moe_status_t moe_layer_backward(moe_layer_t layer, const_moe_ctx_t ctx,
                                 const moe_backward_args_t* args) {
   return guarded(__func__, [&] {
     moe::Layer& l = layer_of(layer);
-    const moe::SavedState& saved = state_of(ctx);
+    const moe::SavedState* saved = nullptr;
     const moe_backward_args_t defaults = MOE_BACKWARD_ARGS_INIT;
-    moe::backward(l, saved, moe::read_sized(args, defaults, "args"));
+    moe_backward_args_t in;
+    try {
+      saved = &state_of(ctx);
+      in = moe::read_sized(args, defaults, "args");
+    } catch (const moe::Error& e) {
+      moe::refuse_backward(l, e);
+    }
+    moe::backward(l, *saved, in);
   });
 }
 

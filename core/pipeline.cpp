@@ -374,4 +374,14 @@ void backward(Layer& layer, const SavedState& saved, const moe_backward_args_t& 
   ++layer.profile.backward_calls;
 }
 
+void refuse_forward(Layer& layer, const Error& error) {
+  if (layer.ep) dist::check_in_forward(*layer.ep, &error, 0, layer.step, layer.telemetry.due());
+  throw error;
+}
+
+void refuse_backward(Layer& layer, const Error& error) {
+  if (layer.ep) dist::check_in_backward(*layer.ep, &error, -1);
+  throw error;
+}
+
 }  // namespace moe

@@ -5,6 +5,7 @@
 
 #include <memory>
 
+#include "core/error.hpp"
 #include "core/layer.hpp"
 
 namespace moe {
@@ -14,5 +15,11 @@ void bind_weights(Layer& layer, const moe_weights_t& weights);
 std::unique_ptr<SavedState> forward(Layer& layer, const moe_forward_args_t& args);
 
 void backward(Layer& layer, const SavedState& saved, const moe_backward_args_t& args);
+
+// A call refused before its arguments could be read (a NULL args struct, an invalid
+// ctx): under expert parallelism the rank still checks in, so that the group's call
+// fails on every rank instead of leaving the others to the timeout. Throws.
+[[noreturn]] void refuse_forward(Layer& layer, const Error& error);
+[[noreturn]] void refuse_backward(Layer& layer, const Error& error);
 
 }  // namespace moe

@@ -480,6 +480,11 @@ void refusals(moe_comm_t comm) {
   CHECK(std::strstr(moe_last_error(), g_rank == 1 ? "args.y" : "rank 1 refused") != nullptr,
         "the message names the cause");
   fa.y = moe::tensor(y.data(), MOE_DTYPE_F32, {T, 16});
+  // Even a call refused before its arguments are read (NULL args) checks in.
+  CHECK(
+      moe_layer_forward(layer.get(), g_rank == 0 ? nullptr : &fa, &a) == MOE_STATUS_NULL_POINTER &&
+          std::strstr(moe_last_error(), g_rank == 0 ? "args is NULL" : "rank 0 refused"),
+      "NULL args on rank 0 fail every rank");
   CHECK(moe_layer_forward(layer.get(), &fa, &a) == MOE_STATUS_SUCCESS, "forward a");
   CHECK(moe_layer_forward(layer.get(), &fa, &b) == MOE_STATUS_SUCCESS, "forward b");
   // Backward of different forwards on different ranks: refused everywhere.
@@ -488,6 +493,8 @@ void refusals(moe_comm_t comm) {
   CHECK(moe_layer_backward(layer.get(), g_rank == 0 ? a : b, &ba) == MOE_STATUS_INVALID_STATE &&
             std::strstr(moe_last_error(), "out of step"),
         "backward of different forwards");
+  CHECK(moe_layer_backward(layer.get(), g_rank == 1 ? nullptr : b, &ba) == MOE_STATUS_NULL_POINTER,
+        "a NULL ctx on rank 1 fails every rank");
   CHECK(moe_layer_backward(layer.get(), b, &ba) == MOE_STATUS_SUCCESS, "backward b");
   CHECK(moe_layer_backward(layer.get(), a, &ba) == MOE_STATUS_SUCCESS, "backward a");
   moe_ctx_destroy(a);
