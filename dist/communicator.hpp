@@ -3,6 +3,7 @@
 // The expert-parallel pipeline exchanges rows and sums counts through it.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <string>
 
@@ -41,7 +42,7 @@ class Communicator {
   double timeout_s_;
   bool broken_ = false;
   std::string broken_reason_;
-  int attached_layers_ = 0;
+  std::atomic<int> attached_layers_{0};
 };
 
 }  // namespace moe::dist
