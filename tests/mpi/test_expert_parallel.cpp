@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -514,6 +515,79 @@ void long_run(moe_comm_t comm) {
   run_scenario<float>(comm, s, 99);
 }
 
+// Two layers of one model share the communicator, their calls interleaved as in
+// training (forward 1, forward 2, backward 2, backward 1): each still gives the
+// single-process result.
+void shared_communicator(moe_comm_t comm) {
+  g_case = "two_layers_share_a_communicator";
+  struct Model {
+    moe_layer_config_t config;
+    Params<float> full, local, grads;
+    std::unique_ptr<moe::Layer> ep, single;
+    std::vector<int32_t> experts;
+  };
+  const int64_t T = 10 * g_world, mine = 10, d = 16;
+  std::mt19937_64 rng(7);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  auto random = [&](int64_t n) {
+    std::vector<float> v(n);
+    for (float& e : v) e = static_cast<float>(0.5 * normal(rng));
+    return v;
+  };
+  std::vector<Model> models(2);
+  models[0].config = base_config(4, 1);
+  models[1].config = base_config(6, 2);
+  models[1].config.capacity_factor = 1.0;
+  for (Model& m : models) {
+    m.config.backend = backend();
+    const int64_t E = m.config.num_experts;
+    m.full.router = random(d * E);
+    m.full.w1 = random(E * d * 24);
+    m.full.w2 = random(E * 24 * d);
+    m.single = std::make_unique<moe::Layer>(m.config);
+    m.single->set_weights(m.full.view(m.config, E));
+    m.ep = std::make_unique<moe::Layer>(m.config);
+    m.ep->set_comm(comm);
+    m.experts = m.ep->local_experts();
+    m.local = m.full.slice(m.experts, m.config);
+    m.ep->set_weights(m.local.view(m.config, static_cast<int64_t>(m.experts.size())));
+  }
+  const std::vector<float> x = random(T * d), dy = random(T * d);
+  auto args = [&](const float* in, float* out, int64_t n) {
+    moe_forward_args_t a = MOE_FORWARD_ARGS_INIT;
+    a.x = moe::tensor(const_cast<float*>(in), MOE_DTYPE_F32, {n, d});
+    a.y = moe::tensor(out, MOE_DTYPE_F32, {n, d});
+    return a;
+  };
+  // The single-process model: y1 = layer1(x), y2 = layer2(y1); then backward.
+  std::vector<float> y1(T * d), y2(T * d), dx2(T * d), dx1(T * d);
+  moe::Context c1 = models[0].single->forward(args(x.data(), y1.data(), T));
+  moe::Context c2 = models[1].single->forward(args(y1.data(), y2.data(), T));
+  moe_backward_args_t b = MOE_BACKWARD_ARGS_INIT;
+  b.dy = moe::tensor(const_cast<float*>(dy.data()), MOE_DTYPE_F32, {T, d});
+  b.dx = moe::tensor(dx2.data(), MOE_DTYPE_F32, {T, d});
+  models[1].single->backward(c2, b);
+  b.dy = moe::tensor(dx2.data(), MOE_DTYPE_F32, {T, d});
+  b.dx = moe::tensor(dx1.data(), MOE_DTYPE_F32, {T, d});
+  models[0].single->backward(c1, b);
+  // The same on this rank's tokens, through the shared communicator.
+  const int64_t at = g_rank * mine * d;
+  std::vector<float> e1(mine * d), e2(mine * d), edx2(mine * d), edx1(mine * d);
+  moe::Context p1 = models[0].ep->forward(args(&x[at], e1.data(), mine));
+  moe::Context p2 = models[1].ep->forward(args(e1.data(), e2.data(), mine));
+  b.dy = moe::tensor(const_cast<float*>(&dy[at]), MOE_DTYPE_F32, {mine, d});
+  b.dx = moe::tensor(edx2.data(), MOE_DTYPE_F32, {mine, d});
+  models[1].ep->backward(p2, b);
+  b.dy = moe::tensor(edx2.data(), MOE_DTYPE_F32, {mine, d});
+  b.dx = moe::tensor(edx1.data(), MOE_DTYPE_F32, {mine, d});
+  models[0].ep->backward(p1, b);
+  const double tol = exact() ? 0.0 : 1e-5;
+  expect_equal(e2.data(), &y2[at], mine * d, tol, "y of layer 2");
+  expect_equal(edx1.data(), &dx1[at], mine * d, tol, "dx of layer 1");
+  for (Model& m : models) m.ep->set_comm(nullptr);
+  if (g_rank == 0) std::printf("ok %s\n", g_case.c_str());
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -531,6 +605,7 @@ int main(int argc, char** argv) {
     ++seed;
   }
   refusals(comm);
+  shared_communicator(comm);
   long_run(comm);
   CHECK(moe_comm_destroy(comm) == MOE_STATUS_SUCCESS, "destroy");
   MPI_Finalize();
