@@ -66,7 +66,9 @@ constexpr int kThreads = 256;
 
 // Activations in float: the double forms in core/activation.hpp would run on the GPU's
 // slow float64 units, over every element of the hidden layer.
-__device__ inline float sigmoid_f(float x) { return 1.f / (1.f + __expf(-x)); }
+__device__ inline float sigmoid_f(float x) {
+  return 1.f / (1.f + __expf(-x));
+}
 
 __device__ inline float activate_f(moe_activation_t kind, float x) {
   switch (kind) {
@@ -284,8 +286,8 @@ __global__ void assign_rows_kernel(int64_t copies, int64_t slots, const int32_t*
 }
 
 // The expert owning each buffer row: the last e with offsets[e] <= r.
-__global__ void row_experts_kernel(int64_t E, int64_t rows, const int64_t* summary,
-                                   SummaryLayout L, int32_t* row_expert) {
+__global__ void row_experts_kernel(int64_t E, int64_t rows, const int64_t* summary, SummaryLayout L,
+                                   int32_t* row_expert) {
   const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (r >= rows) return;
   int64_t lo = 0, hi = E - 1;
@@ -564,9 +566,9 @@ template <int N>
 using Width = std::integral_constant<int, N>;
 
 // Inside a dispatched lambda: names the element type S and the vector width N.
-#define MOE_TAG_TYPES(s_tag, n_tag)              \
-  using S = typename decltype(s_tag)::type;      \
-  constexpr int N = decltype(n_tag)::value;      \
+#define MOE_TAG_TYPES(s_tag, n_tag)         \
+  using S = typename decltype(s_tag)::type; \
+  constexpr int N = decltype(n_tag)::value; \
   (void)N
 
 // Calls f(TypeTag<S>, Width<N>) for the dtype, with the widest vector that divides
@@ -622,7 +624,7 @@ void row_experts(int64_t experts, int64_t rows, const int64_t* summary, int32_t*
                  cudaStream_t stream) {
   if (rows == 0) return;
   row_experts_kernel<<<blocks_for(rows), kThreads, 0, stream>>>(experts, rows, summary,
-                                                                 SummaryLayout{experts}, row_expert);
+                                                                SummaryLayout{experts}, row_expert);
   check_launch("row_experts");
 }
 

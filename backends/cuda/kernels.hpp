@@ -52,8 +52,8 @@ void summarize(const RouteParams& p, int64_t fixed_capacity, const float* prob, 
 // Buffer row of every copy (token order within each expert from summary's offsets; -1
 // when dropped or unrouted), the dropped flags, and each kept row's token (row_token
 // is pre-filled with -1, which padding rows keep).
-void assign_rows(const RouteParams& p, const int32_t* experts, const int64_t* summary,
-                 int64_t* row, uint8_t* dropped, int64_t* row_token, cudaStream_t stream);
+void assign_rows(const RouteParams& p, const int32_t* experts, const int64_t* summary, int64_t* row,
+                 uint8_t* dropped, int64_t* row_token, cudaStream_t stream);
 
 // The expert of every buffer row, from summary's offsets.
 void row_experts(int64_t experts, int64_t rows, const int64_t* summary, int32_t* row_expert,

@@ -209,9 +209,9 @@ int main(int argc, char** argv) {
   const double expert_flops = 2.0 * R * (static_cast<double>(d) * F + static_cast<double>(dff) * d);
   const double tf = 1e-9;  // flops per ms -> TFLOP/s
   std::printf("device: %s (%d SMs)\n", prop.name, prop.multiProcessorCount);
-  std::printf("shape: T=%lld d=%lld d_ff=%lld E=%lld k=%lld swiglu bf16, telemetry every %lld; demand",
-              (long long)T, (long long)d, (long long)dff, (long long)E, (long long)k,
-              (long long)telemetry);
+  std::printf(
+      "shape: T=%lld d=%lld d_ff=%lld E=%lld k=%lld swiglu bf16, telemetry every %lld; demand",
+      (long long)T, (long long)d, (long long)dff, (long long)E, (long long)k, (long long)telemetry);
   for (int64_t c : stats.demand) std::printf(" %lld", (long long)c);
   std::printf("\n%-34s %10s %10s\n", "what", "ms", "TFLOP/s");
   std::printf("%-34s %10.3f %10.1f\n", "layer forward", forward_ms, expert_flops / forward_ms * tf);

@@ -2,7 +2,6 @@
 #pragma once
 
 #include <cmath>
-
 #include <nlohmann/json.hpp>
 
 #include "moe/moe.h"

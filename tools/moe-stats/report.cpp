@@ -58,7 +58,9 @@ std::map<std::string, double> pick(const MetricSet& m, bool with_served) {
   return out;
 }
 
-nlohmann::json number(double v) { return tools::finite_or_null(v); }
+nlohmann::json number(double v) {
+  return tools::finite_or_null(v);
+}
 
 std::string format(double v) {
   if (std::isnan(v)) return "nan";
