@@ -29,28 +29,6 @@ typedef struct moe_mpi_state {
   MPI_Request* requests; /* [2 * world]: one all-to-all's receives and sends */
 } moe_mpi_state_t;
 
-/* Polls `request` until done or `timeout_s` (> 0) passes. 0: done. */
-static inline int moe_mpi_wait_(MPI_Request* request, double timeout_s, const char* what, char* err,
-                                size_t errlen) {
-  const double start = MPI_Wtime();
-  for (;;) {
-    int done = 0;
-    const int rc = MPI_Test(request, &done, MPI_STATUS_IGNORE);
-    if (rc != MPI_SUCCESS) {
-      char text[MPI_MAX_ERROR_STRING];
-      int len = 0;
-      MPI_Error_string(rc, text, &len);
-      snprintf(err, errlen, "%s failed: %s", what, text);
-      return 1;
-    }
-    if (done) return 0;
-    if (timeout_s > 0 && MPI_Wtime() - start > timeout_s) {
-      snprintf(err, errlen, "%s timed out after %.1f s (a peer may have exited)", what, timeout_s);
-      return 1;
-    }
-  }
-}
-
 /* Polls `count` requests until all are done or `timeout_s` (> 0) passes. 0: done. */
 static inline int moe_mpi_wait_all_(int count, MPI_Request* requests, double timeout_s,
                                     const char* what, char* err, size_t errlen) {
@@ -133,7 +111,7 @@ static inline int moe_mpi_all_reduce_sum_(void* state, double* data, int64_t cou
     snprintf(err, errlen, "MPI_Iallreduce could not start");
     return 1;
   }
-  return moe_mpi_wait_(&request, timeout_s, "MPI_Iallreduce", err, errlen);
+  return moe_mpi_wait_all_(1, &request, timeout_s, "MPI_Iallreduce", err, errlen);
 }
 
 static inline int moe_mpi_barrier_(void* state, double timeout_s, char* err, size_t errlen) {
@@ -143,7 +121,7 @@ static inline int moe_mpi_barrier_(void* state, double timeout_s, char* err, siz
     snprintf(err, errlen, "MPI_Ibarrier could not start");
     return 1;
   }
-  return moe_mpi_wait_(&request, timeout_s, "MPI_Ibarrier", err, errlen);
+  return moe_mpi_wait_all_(1, &request, timeout_s, "MPI_Ibarrier", err, errlen);
 }
 
 static inline void moe_mpi_destroy_(void* state) {
