@@ -126,7 +126,7 @@ std::unique_ptr<SavedState> forward_typed(Layer& layer, const moe_forward_args_t
                           group.token_offset};
   saved->routing = route<S>(c, state, x, logits.data(), args.token_ids, T);
   const Routing& routing = saved->routing;
-  charge(profile.router, profile.exchange, timer.lap(), layer.ep.get());
+  profile.router += timer.lap();
 
   saved->x.assign(x, x + T * d);
   for (int64_t t = 0; t < T; ++t)
@@ -288,13 +288,16 @@ void check_backward_args(const Layer& layer, const SavedState& saved,
 }
 
 // Runs `check`; under expert parallelism, then checks in with the group, so that a
-// refusal on any rank fails the call on every rank before anything moves.
+// refusal on any rank fails the call on every rank before anything moves. The
+// check-in's time goes to `exchange`; exchange time left uncharged by an earlier call
+// that failed midway is dropped first, so that it cannot reach this call's stages.
 template <typename Check, typename CheckIn>
-void checked_call(const Layer& layer, Check&& check, CheckIn&& check_in) {
+void checked_call(const Layer& layer, Check&& check, CheckIn&& check_in, double& exchange) {
   if (!layer.ep) {
     check();
     return;
   }
+  layer.ep->take_exchange_seconds();
   std::unique_ptr<Error> refusal;
   try {
     check();
@@ -302,20 +305,22 @@ void checked_call(const Layer& layer, Check&& check, CheckIn&& check_in) {
     refusal = std::make_unique<Error>(e);
   }
   check_in(refusal.get());
+  exchange += layer.ep->take_exchange_seconds();
 }
 
 }  // namespace
 
 std::unique_ptr<SavedState> forward(Layer& layer, const moe_forward_args_t& args) {
   const LayerConfig& c = layer.config;
+  StageTimer total;
   dist::ForwardCheckIn group;
   checked_call(
       layer, [&] { check_forward_args(layer, args); },
       [&](const Error* refusal) {
         const int64_t T = refusal ? 0 : args.x.shape[0];
         group = dist::check_in_forward(*layer.ep, refusal, T, layer.step, layer.telemetry.due());
-      });
-  StageTimer total;
+      },
+      layer.profile.exchange);
   std::unique_ptr<SavedState> saved;
   if (DevicePipeline* pipeline = layer.backend.device_pipeline()) {
     saved = pipeline->forward(layer, args);
@@ -353,13 +358,14 @@ std::unique_ptr<SavedState> forward(Layer& layer, const moe_forward_args_t& args
 
 void backward(Layer& layer, const SavedState& saved, const moe_backward_args_t& args) {
   const LayerConfig& c = layer.config;
+  StageTimer total;
   checked_call(
       layer, [&] { check_backward_args(layer, saved, args); },
       [&](const Error* refusal) {
         dist::check_in_backward(*layer.ep, refusal,
                                 saved.dispatch ? saved.dispatch->forward_call : -1);
-      });
-  StageTimer total;
+      },
+      layer.profile.exchange_backward);
   if (DevicePipeline* pipeline = layer.backend.device_pipeline()) {
     pipeline->backward(layer, saved, args);
   } else if (c.dtype == MOE_DTYPE_F64) {

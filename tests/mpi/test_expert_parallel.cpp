@@ -8,6 +8,7 @@
 #include <mpi.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -16,6 +17,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "core/bfloat16.hpp"
@@ -588,6 +590,53 @@ void shared_communicator(moe_comm_t comm) {
   if (g_rank == 0) std::printf("ok %s\n", g_case.c_str());
 }
 
+// A peer that arrives late: the wait is charged to the exchange (and to the call's
+// total), never subtracted from a stage that did not contain it.
+void late_peer_profile(moe_comm_t comm) {
+  g_case = "late_peer_profile";
+  moe_layer_config_t c = base_config(4, 1);
+  c.backend = backend();
+  moe::Layer layer(c);
+  layer.set_comm(comm);
+  const int64_t held = static_cast<int64_t>(layer.local_experts().size()), T = 8, d = 16;
+  std::vector<float> router(d * 4, 0.1f), w1(held * d * 24, 0.01f), w2(held * 24 * d, 0.01f);
+  moe_weights_t w = MOE_WEIGHTS_INIT;
+  w.router = moe::tensor(router.data(), MOE_DTYPE_F32, {d, 4});
+  w.w1 = moe::tensor(w1.data(), MOE_DTYPE_F32, {held, d, 24});
+  w.w2 = moe::tensor(w2.data(), MOE_DTYPE_F32, {held, 24, d});
+  layer.set_weights(w);
+  std::vector<float> x(T * d, 0.5f), y(T * d), dy(T * d, 1.0f);
+  moe_forward_args_t fa = MOE_FORWARD_ARGS_INIT;
+  fa.x = moe::tensor(x.data(), MOE_DTYPE_F32, {T, d});
+  fa.y = moe::tensor(y.data(), MOE_DTYPE_F32, {T, d});
+  moe_backward_args_t ba = MOE_BACKWARD_ARGS_INIT;
+  ba.dy = moe::tensor(dy.data(), MOE_DTYPE_F32, {T, d});
+  layer.stage_profile(true);
+  const double late = 0.2;
+  auto arrive = [&] {
+    if (g_rank == 1) std::this_thread::sleep_for(std::chrono::duration<double>(late));
+  };
+  arrive();
+  moe::Context ctx = layer.forward(fa);
+  arrive();
+  layer.backward(ctx, ba);
+  const moe_stage_profile_t p = layer.stage_profile();
+  const double stages[] = {
+      p.router,           p.plan,           p.permute,          p.experts,
+      p.combine,          p.telemetry,      p.combine_backward, p.experts_backward,
+      p.permute_backward, p.router_backward};
+  for (double t : stages) CHECK(t >= 0.0, "a stage has negative time %g", t);
+  CHECK(p.forward_other >= -1e-9 && p.backward_other >= -1e-9, "other: %g, %g", p.forward_other,
+        p.backward_other);
+  if (g_rank == 0)
+    CHECK(p.exchange >= 0.9 * late && p.exchange_backward >= 0.9 * late &&
+              p.forward_total >= p.exchange && p.backward_total >= p.exchange_backward,
+          "waiting for the late peer: exchange %g of %g (forward), %g of %g (backward)", p.exchange,
+          p.forward_total, p.exchange_backward, p.backward_total);
+  layer.set_comm(nullptr);
+  if (g_rank == 0) std::printf("ok %s\n", g_case.c_str());
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -606,6 +655,7 @@ int main(int argc, char** argv) {
   }
   refusals(comm);
   shared_communicator(comm);
+  late_peer_profile(comm);
   long_run(comm);
   CHECK(moe_comm_destroy(comm) == MOE_STATUS_SUCCESS, "destroy");
   MPI_Finalize();
