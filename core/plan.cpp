@@ -19,6 +19,13 @@ int64_t capacity_for(double capacity_factor, int64_t tokens, int64_t top_k, int6
   return c >= limit ? (int64_t{1} << 62) : static_cast<int64_t>(c);
 }
 
+int64_t configured_capacity(const LayerConfig& config, int64_t tokens,
+                            const std::vector<int64_t>& demand) {
+  if (!config.dropless())
+    return capacity_for(config.capacity_factor, tokens, config.top_k, config.num_experts);
+  return demand.empty() ? 0 : *std::max_element(demand.begin(), demand.end());
+}
+
 std::vector<uint8_t> position_drops(const std::vector<int32_t>& expert, int64_t capacity,
                                     std::vector<int64_t> ahead) {
   // Copies are visited in token order, so each expert keeps its earliest tokens.
@@ -111,13 +118,8 @@ Plan make_plan(const LayerConfig& config, int64_t tokens, const std::vector<int3
                const std::vector<double>& gate_rank, int64_t fixed_capacity) {
   const int64_t E = config.num_experts;
   Plan plan = empty_plan(config, tokens, expert);
-  if (fixed_capacity >= 0) {
-    plan.capacity = fixed_capacity;
-  } else if (config.dropless()) {
-    plan.capacity = E > 0 ? *std::max_element(plan.demand.begin(), plan.demand.end()) : 0;
-  } else {
-    plan.capacity = capacity_for(config.capacity_factor, tokens, config.top_k, E);
-  }
+  plan.capacity =
+      fixed_capacity >= 0 ? fixed_capacity : configured_capacity(config, tokens, plan.demand);
   plan.dropped = config.drop_policy == MOE_DROP_POSITION
                      ? position_drops(expert, plan.capacity, std::vector<int64_t>(E, 0))
                      : probability_drops(expert, gate_rank, E, plan.capacity);

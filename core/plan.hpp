@@ -50,6 +50,11 @@ std::vector<uint8_t> position_drops(const std::vector<int32_t>& expert, int64_t 
 // highest gates are kept, ties to the earlier copy. Marks the rest in `dropped`.
 void drop_lowest_gates(const std::vector<double>& gates, int64_t capacity, uint8_t* dropped);
 
+// The config's C for a batch of `tokens` with pre-drop `demand` [E]: the capacity
+// factor's, or when dropless the largest demand.
+int64_t configured_capacity(const LayerConfig& config, int64_t tokens,
+                            const std::vector<int64_t>& demand);
+
 // C = ceil(capacity_factor * T*k/E), saturated so that it never overflows.
 int64_t capacity_for(double capacity_factor, int64_t tokens, int64_t top_k, int64_t num_experts);
 

@@ -168,10 +168,9 @@ Dispatch make_dispatch(ExpertParallel& ep, const LayerConfig& c, int64_t forward
   Dispatch d;
   d.forward_call = forward_call;
   make_losses_global(c, s, W, d.batch_demand, routing);
-  for (int q = 0; q < W; ++q) d.batch_tokens += s.tokens(q);
-  const int64_t capacity =
-      c.dropless() ? (E > 0 ? *std::max_element(d.batch_demand.begin(), d.batch_demand.end()) : 0)
-                   : capacity_for(c.capacity_factor, d.batch_tokens, c.top_k, E);
+  int64_t batch_tokens = 0;
+  for (int q = 0; q < W; ++q) batch_tokens += s.tokens(q);
+  const int64_t capacity = configured_capacity(c, batch_tokens, d.batch_demand);
 
   // Drops, and kept[q][j]: the rows rank q keeps for this rank's j-th expert.
   std::vector<std::vector<int64_t>> kept;
