@@ -19,6 +19,13 @@ int64_t capacity_for(double capacity_factor, int64_t tokens, int64_t top_k, int6
   return c >= limit ? (int64_t{1} << 62) : static_cast<int64_t>(c);
 }
 
+std::vector<int64_t> demand_of(const std::vector<int32_t>& expert, int64_t num_experts) {
+  std::vector<int64_t> demand(num_experts, 0);
+  for (int32_t e : expert)
+    if (e >= 0) ++demand[e];
+  return demand;
+}
+
 int64_t configured_capacity(const LayerConfig& config, int64_t tokens,
                             const std::vector<int64_t>& demand) {
   if (!config.dropless())
@@ -106,9 +113,7 @@ Plan empty_plan(const LayerConfig& config, int64_t tokens, const std::vector<int
   Plan plan;
   plan.tokens = tokens;
   plan.slots = config.slots();
-  plan.demand.assign(config.num_experts, 0);
-  for (int32_t e : expert)
-    if (e >= 0) ++plan.demand[e];
+  plan.demand = demand_of(expert, config.num_experts);
   return plan;
 }
 

@@ -50,6 +50,9 @@ std::vector<uint8_t> position_drops(const std::vector<int32_t>& expert, int64_t 
 // highest gates are kept, ties to the earlier copy. Marks the rest in `dropped`.
 void drop_lowest_gates(const std::vector<double>& gates, int64_t capacity, uint8_t* dropped);
 
+// Copies chosen per expert, before drops (d_e): [num_experts].
+std::vector<int64_t> demand_of(const std::vector<int32_t>& expert, int64_t num_experts);
+
 // The config's C for a batch of `tokens` with pre-drop `demand` [E]: the capacity
 // factor's, or when dropless the largest demand.
 int64_t configured_capacity(const LayerConfig& config, int64_t tokens,

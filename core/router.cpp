@@ -172,9 +172,7 @@ void select_expert_choice(const LayerConfig& config, const RouterState& state,
 
 void compute_losses(const LayerConfig& config, Routing& r) {
   const int64_t E = config.num_experts;
-  std::vector<int64_t> demand(E, 0);
-  for (int32_t e : r.expert)
-    if (e >= 0) ++demand[e];
+  const std::vector<int64_t> demand = demand_of(r.expert, E);
   r.prob_sum.assign(E, 0.0);
   r.lse_sq_sum = 0.0;
   for (int64_t t = 0; t < r.tokens; ++t) {

@@ -30,9 +30,11 @@ Summary gather_summary(ExpertParallel& ep, const LayerConfig& c, const Routing& 
   mine[0] = static_cast<double>(r.tokens);
   mine[1] = static_cast<double>(r.valid_tokens);
   mine[2] = r.lse_sq_sum;
-  for (int64_t e = 0; e < E; ++e) mine[Summary::kHeader + e] = r.prob_sum[e];
-  for (int32_t e : r.expert)
-    if (e >= 0) mine[Summary::kHeader + E + e] += 1.0;
+  const std::vector<int64_t> demand = demand_of(r.expert, E);
+  for (int64_t e = 0; e < E; ++e) {
+    mine[Summary::kHeader + e] = r.prob_sum[e];
+    mine[Summary::kHeader + E + e] = static_cast<double>(demand[e]);
+  }
   return Summary{E, ep.all_gather(mine)};
 }
 
