@@ -330,6 +330,7 @@ moe_status_t moe_layer_build_hash_table(moe_layer_t layer, const int64_t* ids, i
                    "ids[" + std::to_string(i) + "] = " + std::to_string(ids[i]) +
                        " is outside [0, vocab_size)");
     l.hash_table = moe::build_hash_table(ids, n, vocab_size, l.config.num_experts, l.config.top_k);
+    ++l.hash_table_generation;
   });
 }
 

@@ -9,30 +9,6 @@
 
 namespace moe {
 
-void hash_experts(uint64_t key, int64_t num_experts, int64_t top_k, int32_t* out) {
-  uint64_t state = key;
-  for (int64_t j = 0; j < top_k; ++j) {
-    state = mix64(state);
-    int64_t e = static_cast<int64_t>(state % static_cast<uint64_t>(num_experts));
-    // Probe forward past experts this token already has: k distinct experts.
-    while (std::find(out, out + j, static_cast<int32_t>(e)) != out + j) e = (e + 1) % num_experts;
-    out[j] = static_cast<int32_t>(e);
-  }
-}
-
-uint64_t hash_bytes(const void* data, size_t bytes) {
-  const auto* p = static_cast<const unsigned char*>(data);
-  uint64_t h = 0xcbf29ce484222325ULL;  // FNV-1a over 8-byte words, then mixed
-  size_t i = 0;
-  for (; i + 8 <= bytes; i += 8) {
-    uint64_t word;
-    std::memcpy(&word, p + i, 8);
-    h = (h ^ word) * 0x100000001b3ULL;
-  }
-  for (; i < bytes; ++i) h = (h ^ p[i]) * 0x100000001b3ULL;
-  return mix64(h);
-}
-
 HashTable build_hash_table(const int64_t* ids, int64_t n, int64_t vocab_size, int64_t num_experts,
                            int64_t top_k) {
   std::vector<int64_t> frequency(vocab_size, 0);

@@ -35,7 +35,8 @@ class Layer {
   std::vector<double> selection_bias;  // [E]
   int64_t step = 0;
   HashTable hash_table;
-  void* stream = nullptr;  // the caller's device stream (cudaStream_t), if any
+  uint64_t hash_table_generation = 0;  // bumped by every build, so device copies know to refresh
+  void* stream = nullptr;              // the caller's device stream (cudaStream_t), if any
   std::unique_ptr<BackendState> backend_state;
   LayerTelemetry telemetry;
   std::string name;

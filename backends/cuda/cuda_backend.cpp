@@ -15,7 +15,11 @@
 #include "backends/cuda/device_buffer.hpp"
 #include "backends/cuda/gemm.hpp"
 #include "backends/cuda/kernels.hpp"
+#include "backends/cuda/plan_kernels.hpp"
+#include "backends/cuda/router_kernels.hpp"
+#include "backends/cuda/telemetry_kernels.hpp"
 #include "core/layer.hpp"
+#include "core/telemetry/step_stats.hpp"
 #include "core/tensor_check.hpp"
 
 namespace moe {
@@ -27,6 +31,16 @@ using cuda::ExpertOperand;
 using cuda::GroupedProblem;
 constexpr int64_t kRows = GroupedProblem::kRows;
 
+// What forward reads back, in one copy per step: the summary's counts, the loss sums
+// (E + 4 doubles), and when telemetry is due, the step's statistics.
+struct ReadbackLayout {
+  int64_t experts;
+  int64_t summary() const { return 0; }
+  int64_t losses() const { return cuda::SummaryLayout{experts}.words(); }
+  int64_t stats() const { return losses() + experts + 4; }
+  int64_t words() const { return stats() + cuda::StatsLayout{experts}.words(); }
+};
+
 class CudaLayerState final : public BackendState {
  public:
   explicit CudaLayerState(int64_t experts) {
@@ -36,19 +50,39 @@ class CudaLayerState final : public BackendState {
                      static_cast<size_t>(experts) * sizeof(double)),
           "cudaMalloc");
     check(cudaMallocHost(reinterpret_cast<void**>(&readback),
-                         static_cast<size_t>(4 * experts + 8) * sizeof(int64_t)),
+                         static_cast<size_t>(ReadbackLayout{experts}.words()) * sizeof(int64_t)),
           "cudaMallocHost");
   }
   ~CudaLayerState() override {
     cudaFree(selection_bias);
+    cudaFree(hash_table);
     cudaFreeHost(readback);
     cublasDestroy(cublas);
+  }
+  // The layer's hash table on the device, copied again when the layer builds a new one.
+  const int32_t* device_hash_table(const Layer& layer) {
+    const HashTable& table = layer.hash_table;
+    if (table.empty()) return nullptr;
+    if (hash_table_generation != layer.hash_table_generation || hash_table == nullptr) {
+      cudaFree(hash_table);
+      hash_table = nullptr;
+      check(
+          cudaMalloc(reinterpret_cast<void**>(&hash_table), table.experts.size() * sizeof(int32_t)),
+          "cudaMalloc");
+      check(cudaMemcpy(hash_table, table.experts.data(), table.experts.size() * sizeof(int32_t),
+                       cudaMemcpyHostToDevice),
+            "cudaMemcpy");
+      hash_table_generation = layer.hash_table_generation;
+    }
+    return hash_table;
   }
   cublasHandle_t cublas = nullptr;
   cuda::GroupedGemm grouped;
   cuda::GemmMode grouped_mode = cuda::gemm_mode_from_environment();
   double* selection_bias = nullptr;  // device copy, uploaded before each forward
-  int64_t* readback = nullptr;       // pinned: the summary words, then two doubles
+  int64_t* readback = nullptr;       // pinned, ReadbackLayout
+  int32_t* hash_table = nullptr;
+  uint64_t hash_table_generation = 0;
 };
 
 // What forward leaves on the device for backward (and for routing()).
@@ -57,7 +91,7 @@ struct CudaSavedState final : SavedState {
   cuda::RouteParams params;
   cuda::ExpertLayout layout;
   DeviceBuffer x, logits, prob, sig, lse, nonfinite, experts, gates, row, dropped, row_token,
-      row_expert, summary, loss_sums, xp, h_pre, h, yp;
+      row_expert, summary, loss_sums, stats, xp, h_pre, h, yp;
 
   void copy_routing(int32_t* out_experts, float* out_gates, uint8_t* out_dropped) const override {
     const size_t n = static_cast<size_t>(params.tokens * params.top_k);
@@ -76,38 +110,45 @@ struct CudaSavedState final : SavedState {
     check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
   }
 
-  // The statistics are summed on the host from a copy of the routing decision (a second
-  // read-back in sampled calls; summing them on the device is still to do).
-  StepStats step_stats(const LayerConfig& config, int64_t seq_len) const override {
-    const int64_t T = params.tokens, k = params.top_k, E = params.experts;
-    Routing r = routing;
-    Plan p = plan;
-    r.expert.resize(T * k);
-    r.prob.resize(T * E);
-    r.logits.resize(T * E);
-    r.nonfinite.resize(T);
-    p.dropped.resize(T * k);
-    std::vector<float> prob_f(T * E), logits_f(T * E);
-    if (T > 0) {
-      check(cudaMemcpyAsync(r.expert.data(), experts.get(), T * k * sizeof(int32_t),
-                            cudaMemcpyDeviceToHost, stream),
-            "cudaMemcpyAsync");
-      check(cudaMemcpyAsync(prob_f.data(), prob.get(), T * E * sizeof(float),
-                            cudaMemcpyDeviceToHost, stream),
-            "cudaMemcpyAsync");
-      check(cudaMemcpyAsync(logits_f.data(), logits.get(), T * E * sizeof(float),
-                            cudaMemcpyDeviceToHost, stream),
-            "cudaMemcpyAsync");
-      check(cudaMemcpyAsync(r.nonfinite.data(), nonfinite.get(), T, cudaMemcpyDeviceToHost, stream),
-            "cudaMemcpyAsync");
-      check(cudaMemcpyAsync(p.dropped.data(), dropped.get(), T * k, cudaMemcpyDeviceToHost, stream),
-            "cudaMemcpyAsync");
-      check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
-    }
-    r.prob.assign(prob_f.begin(), prob_f.end());
-    r.logits.assign(logits_f.begin(), logits_f.end());
-    return collect_step_stats(config, r, p, seq_len);
+  // The statistics were summed on the device in forward and read back with the counts.
+  StepStats step_stats(const LayerConfig& config, int64_t /*seq_len: forward's*/) const override {
+    require(!device_stats.empty(), MOE_STATUS_INTERNAL_ERROR,
+            "cuda: telemetry was not collected in this forward call");
+    const int64_t E = params.experts;
+    const cuda::StatsLayout L{E};
+    const int64_t* w = device_stats.data();
+    auto value = [&](int field) {
+      double v;
+      std::memcpy(&v, w + field, sizeof v);
+      return v;
+    };
+    StepStats s(E);
+    s.steps = 1;
+    s.tokens = params.tokens;
+    s.valid_tokens = routing.valid_tokens;
+    s.nominal_copies = params.tokens * config.top_k;
+    s.nonfinite_rows = routing.nonfinite_rows;
+    s.capacity_sum = plan.capacity;
+    s.demand = plan.demand;
+    s.served = plan.served;
+    s.importance = importance;
+    s.aux_weighted = routing.aux_loss * static_cast<double>(routing.valid_tokens);
+    s.z_weighted = routing.z_loss * static_cast<double>(routing.valid_tokens);
+    s.entropy_sum = value(cuda::StatsLayout::kEntropy);
+    s.top1_sum = value(cuda::StatsLayout::kTop1);
+    s.topk_mass_sum = value(cuda::StatsLayout::kTopkMass);
+    s.margin_sum = value(cuda::StatsLayout::kMargin);
+    s.logit_max_abs = value(cuda::StatsLayout::kLogitMaxAbs);
+    s.seq_overlap_sum = value(cuda::StatsLayout::kSeqOverlap);
+    s.seq_cosine_sum = value(cuda::StatsLayout::kSeqCosine);
+    s.tokens_fully_dropped = w[L.tokens_fully_dropped()];
+    s.seq_pairs = w[L.seq_pairs()];
+    s.seq_same_top1 = w[L.seq_same_top1()];
+    s.coactivation.assign(w + L.coactivation(), w + L.coactivation() + E * E);
+    return s;
   }
+  std::vector<int64_t> device_stats;  // StatsLayout words, when telemetry was due
+  std::vector<double> importance;     // [E]: the sum of P[:, e] over finite rows
 };
 
 // A pointer labelled as CUDA memory must really be device memory: a host pointer
@@ -138,9 +179,9 @@ cuda::RouteParams route_params(const Layer& layer, int64_t tokens, bool train) {
   cuda::RouteParams p;
   p.tokens = tokens;
   p.experts = c.num_experts;
-  p.top_k = c.top_k;
+  p.top_k = c.slots();  // expert choice: one slot per expert
   p.sigmoid_router = c.router == MOE_ROUTER_SIGMOID;
-  p.renormalize = c.renormalize;
+  p.renormalize = c.renormalize && c.router != MOE_ROUTER_EXPERT_CHOICE;
   p.temperature = c.temperature(layer.step);
   p.noise_std = train ? c.noise_std(layer.step) : 0.0;
   p.noise_type = c.noise_type;
@@ -209,18 +250,39 @@ std::string CudaBackend::unsupported_reason(const LayerConfig& c) const {
   }
   if (c.dtype != MOE_DTYPE_F32 && c.dtype != MOE_DTYPE_BF16)
     return std::string("dtype ") + dtype_name(c.dtype) + " (cuda runs float32 and bfloat16)";
-  if (c.router != MOE_ROUTER_SOFTMAX && c.router != MOE_ROUTER_SIGMOID)
-    return std::string("router '") + router_name(c.router) +
-           "' yet (cuda routes softmax and sigmoid; use cpu_ref)";
-  if (!c.dropless() && c.drop_policy != MOE_DROP_POSITION)
-    return "drop_policy 'probability' yet (cuda drops by position)";
-  if (c.pad_to_capacity) return "pad_to_capacity yet";
   return "";
 }
 
 std::unique_ptr<BackendState> CudaBackend::create_state(const LayerConfig& config) {
   return std::make_unique<CudaLayerState>(config.num_experts);
 }
+
+namespace {
+
+// Token ids for the hash router, on the device: used in place when the caller's are
+// device memory, else copied (T int64 words) on the stream.
+const int64_t* device_token_ids(const int64_t* ids, int64_t tokens, cudaStream_t stream,
+                                cuda::DeviceBuffer& copy) {
+  if (ids == nullptr || tokens == 0) return nullptr;
+  cudaPointerAttributes attributes{};
+  if (cudaPointerGetAttributes(&attributes, ids) != cudaSuccess) cudaGetLastError();
+  if (attributes.type == cudaMemoryTypeDevice || attributes.type == cudaMemoryTypeManaged)
+    return ids;
+  copy = cuda::DeviceBuffer(tokens * sizeof(int64_t), stream);
+  check(cudaMemcpyAsync(copy.get(), ids, tokens * sizeof(int64_t), cudaMemcpyHostToDevice, stream),
+        "cudaMemcpyAsync");
+  return copy.get<int64_t>();
+}
+
+// The hash router's mode for this call, as core/router.cpp resolves "auto".
+moe_hash_mode_t resolved_hash_mode(const Layer& layer, const int64_t* token_ids) {
+  const moe_hash_mode_t mode = layer.config.hash_mode;
+  if (mode != MOE_HASH_AUTO) return mode;
+  if (token_ids == nullptr) return MOE_HASH_CONTENT;
+  return layer.hash_table.empty() ? MOE_HASH_MIX : MOE_HASH_TABLE;
+}
+
+}  // namespace
 
 std::unique_ptr<SavedState> CudaBackend::forward(Layer& layer, const moe_forward_args_t& args) {
   const LayerConfig& c = layer.config;
@@ -235,8 +297,11 @@ std::unique_ptr<SavedState> CudaBackend::forward(Layer& layer, const moe_forward
   const moe_dtype_t dtype = c.dtype;
   const size_t es = dtype_size(dtype);
   const int64_t T = args.x.shape[0], d = c.d_model, E = c.num_experts, k = c.top_k;
-  const int64_t F = c.ff_width(), dff = c.d_ff;
+  const int64_t F = c.ff_width(), dff = c.d_ff, slots = c.slots(), copies = T * slots;
+  const bool expert_choice = c.router == MOE_ROUTER_EXPERT_CHOICE;
+  const bool telemetry = layer.telemetry.due();
   const cuda::SummaryLayout L{E};
+  const ReadbackLayout R{E};
 
   auto s = std::make_unique<CudaSavedState>();
   s->layer_serial = layer.serial;
@@ -244,26 +309,32 @@ std::unique_ptr<SavedState> CudaBackend::forward(Layer& layer, const moe_forward
   s->stream = stream;
   s->params = route_params(layer, T, args.train != 0);
   const cuda::RouteParams& p = s->params;
-  const int64_t fixed_capacity = c.dropless() ? -1 : capacity_for(c.capacity_factor, T, k, E);
+  // Expert choice fixes each expert's intake (at most the finite rows); token choice
+  // fixes it by the capacity factor, or not at all when dropless.
+  const int64_t fixed_capacity =
+      expert_choice ? capacity_for(c.capacity_factor > 0.0 ? c.capacity_factor : 1.0, T, k, E)
+                    : (c.dropless() ? -1 : capacity_for(c.capacity_factor, T, k, E));
 
   s->summary = DeviceBuffer(L.words() * sizeof(int64_t), stream);
   s->loss_sums = DeviceBuffer((E + 4) * sizeof(double), stream);
+  s->stats = DeviceBuffer(telemetry ? cuda::StatsLayout{E}.words() * sizeof(int64_t) : 0, stream);
   check(cudaMemsetAsync(s->summary.get(), 0, s->summary.bytes(), stream), "cudaMemsetAsync");
-  s->logits = DeviceBuffer(T * E * sizeof(float), stream);
+  s->logits = DeviceBuffer(c.learned_router() ? T * E * sizeof(float) : 0, stream);
   s->prob = DeviceBuffer(T * E * sizeof(float), stream);
   s->sig = DeviceBuffer(p.sigmoid_router ? T * E * sizeof(float) : 0, stream);
   s->lse = DeviceBuffer(T * sizeof(float), stream);
   s->nonfinite = DeviceBuffer(T, stream);
-  s->experts = DeviceBuffer(T * k * sizeof(int32_t), stream);
-  s->gates = DeviceBuffer(T * k * sizeof(float), stream);
-  s->row = DeviceBuffer(T * k * sizeof(int64_t), stream);
-  s->dropped = DeviceBuffer(T * k, stream);
+  s->experts = DeviceBuffer(copies * sizeof(int32_t), stream);
+  s->gates = DeviceBuffer(copies * sizeof(float), stream);
+  s->row = DeviceBuffer(copies * sizeof(int64_t), stream);
+  s->dropped = DeviceBuffer(copies, stream);
   s->x = DeviceBuffer(T * d * es, stream);
 
   StageTimer timer(stream, "forward");
   if (T > 0) {
-    cuda::gemm(state.cublas, dtype, MOE_DTYPE_F32, T, E, d, {args.x.data, d, false},
-               {w.router.data, E, false}, s->logits.get(), E, false);
+    if (c.learned_router())
+      cuda::gemm(state.cublas, dtype, MOE_DTYPE_F32, T, E, d, {args.x.data, d, false},
+                 {w.router.data, E, false}, s->logits.get(), E, false);
     check(cudaMemcpyAsync(state.selection_bias, layer.selection_bias.data(), E * sizeof(double),
                           cudaMemcpyHostToDevice, stream),
           "cudaMemcpyAsync");
@@ -271,48 +342,103 @@ std::unique_ptr<SavedState> CudaBackend::forward(Layer& layer, const moe_forward
     check(cudaMemsetAsync(s->dropped.get(), 0, s->dropped.bytes(), stream), "cudaMemsetAsync");
   }
   timer.mark("router_logits");
-  cuda::route(p, s->logits.get<float>(), state.selection_bias, s->experts.get<int32_t>(),
-              s->gates.get<float>(), s->prob.get<float>(), s->sig.get<float>(), s->lse.get<float>(),
-              s->nonfinite.get<uint8_t>(), s->summary.get<int64_t>() + L.demand(), stream);
-  cuda::summarize(p, fixed_capacity, s->prob.get<float>(), s->lse.get<float>(),
+  int64_t* demand = s->summary.get<int64_t>() + L.demand();
+  if (c.router == MOE_ROUTER_HASH) {
+    DeviceBuffer ids_copy;
+    cuda::HashParams h;
+    h.tokens = T;
+    h.experts = E;
+    h.top_k = k;
+    h.d_model = d;
+    h.mode = resolved_hash_mode(layer, args.token_ids);
+    h.token_ids = device_token_ids(args.token_ids, T, stream, ids_copy);
+    h.table = h.mode == MOE_HASH_TABLE ? state.device_hash_table(layer) : nullptr;
+    h.vocab_size = layer.hash_table.vocab_size;
+    cuda::route_hash(h, dtype, args.x.data, s->experts.get<int32_t>(), s->gates.get<float>(),
+                     s->prob.get<float>(), s->lse.get<float>(), s->nonfinite.get<uint8_t>(), demand,
+                     stream);
+  } else {
+    cuda::RouteParams scoring = p;
+    if (expert_choice) scoring.top_k = 0;  // probabilities only; the experts choose below
+    cuda::route(scoring, s->logits.get<float>(), state.selection_bias, s->experts.get<int32_t>(),
+                s->gates.get<float>(), s->prob.get<float>(), s->sig.get<float>(),
+                s->lse.get<float>(), s->nonfinite.get<uint8_t>(), demand, stream);
+    if (expert_choice)
+      cuda::select_expert_choice(p, fixed_capacity, s->logits.get<float>(), s->prob.get<float>(),
+                                 s->nonfinite.get<uint8_t>(), s->experts.get<int32_t>(),
+                                 s->gates.get<float>(), demand, stream);
+  }
+  cuda::summarize(p, fixed_capacity, expert_choice, s->prob.get<float>(), s->lse.get<float>(),
                   s->nonfinite.get<uint8_t>(), s->summary.get<int64_t>(),
                   s->loss_sums.get<double>(), stream);
+  // Drops are decided before the read-back, so that its telemetry knows them.
+  if (!expert_choice && !c.dropless() && c.drop_policy == MOE_DROP_PROBABILITY)
+    cuda::drop_lowest_gates(copies, E, s->experts.get<int32_t>(), s->gates.get<float>(),
+                            s->summary.get<int64_t>(), s->dropped.get<uint8_t>(), stream);
+  cuda::rank_kept_copies(copies, E, s->experts.get<int32_t>(), s->summary.get<int64_t>(),
+                         s->row.get<int64_t>(), s->dropped.get<uint8_t>(), stream);
+  if (telemetry) {
+    cuda::StatsInputs in;
+    in.tokens = T;
+    in.experts = E;
+    in.slots = slots;
+    in.top_k = k;
+    in.seq_len = args.seq_len;
+    in.expert_choice = expert_choice;
+    in.prob = s->prob.get<float>();
+    in.logits = c.learned_router() ? s->logits.get<float>() : nullptr;
+    in.nonfinite = s->nonfinite.get<uint8_t>();
+    in.experts_of = s->experts.get<int32_t>();
+    in.gates = s->gates.get<float>();
+    in.dropped = s->dropped.get<uint8_t>();
+    cuda::step_stats(in, s->stats.get<int64_t>(), stream);
+  }
   timer.mark("route");
-  // The one read-back of the step: counts (grouped GEMM sizes, telemetry) and losses.
+  // The one read-back of the step: counts (grouped GEMM sizes, telemetry), loss sums,
+  // and the step's statistics when telemetry is due.
   int64_t* host = state.readback;
-  check(cudaMemcpyAsync(host, s->summary.get(), L.words() * sizeof(int64_t), cudaMemcpyDeviceToHost,
-                        stream),
-        "cudaMemcpyAsync");
-  check(cudaMemcpyAsync(host + L.words(), s->loss_sums.get(), 2 * sizeof(double),
+  check(cudaMemcpyAsync(host + R.summary(), s->summary.get(), L.words() * sizeof(int64_t),
                         cudaMemcpyDeviceToHost, stream),
         "cudaMemcpyAsync");
+  check(cudaMemcpyAsync(host + R.losses(), s->loss_sums.get(), (E + 4) * sizeof(double),
+                        cudaMemcpyDeviceToHost, stream),
+        "cudaMemcpyAsync");
+  if (telemetry)
+    check(cudaMemcpyAsync(host + R.stats(), s->stats.get(), s->stats.bytes(),
+                          cudaMemcpyDeviceToHost, stream),
+          "cudaMemcpyAsync");
   check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
 
+  std::vector<double> loss_sums(E + 4);
+  std::memcpy(loss_sums.data(), host + R.losses(), (E + 4) * sizeof(double));
+  s->importance.assign(loss_sums.begin() + 2, loss_sums.begin() + 2 + E);
+  if (telemetry)
+    s->device_stats.assign(host + R.stats(), host + R.stats() + cuda::StatsLayout{E}.words());
   Plan& plan = s->plan;
   plan.tokens = T;
-  plan.slots = k;
+  plan.slots = slots;
   plan.capacity = host[L.capacity()];
   plan.demand.assign(host + L.demand(), host + L.demand() + E);
   plan.served.assign(host + L.served(), host + L.served() + E);
   // The buffer layout follows the counts: padded for one batched product per matrix
-  // when that wastes little, packed otherwise.
-  s->layout = cuda::choose_layout(plan.served, state.grouped_mode);
+  // when that wastes little (or when asked to pad to capacity), packed otherwise.
+  s->layout = cuda::choose_layout(plan.served, state.grouped_mode,
+                                  c.pad_to_capacity ? std::min(plan.capacity, T) : -1);
   plan.order.resize(E);
   std::iota(plan.order.begin(), plan.order.end(), 0);
   plan.offset = s->layout.offsets;
   plan.rows = plan.offset[E];
-  double losses[2];
-  std::memcpy(losses, host + L.words(), sizeof losses);
   Routing& routing = s->routing;
   routing.tokens = T;
-  routing.slots = k;
+  routing.slots = slots;
   routing.experts = E;
   routing.temperature = p.temperature;
+  routing.fixed_capacity = expert_choice ? plan.capacity : -1;
   routing.nonfinite_rows = host[L.nonfinite_rows()];
   routing.valid_tokens = T - routing.nonfinite_rows;
   routing.batch_valid_tokens = routing.valid_tokens;
-  routing.aux_loss = losses[0];
-  routing.z_loss = losses[1];
+  routing.aux_loss = loss_sums[0];
+  routing.z_loss = loss_sums[1];
 
   const int64_t rows = plan.rows;
   check(cudaMemcpyAsync(s->summary.get<int64_t>() + L.offsets(), plan.offset.data(),
@@ -321,8 +447,8 @@ std::unique_ptr<SavedState> CudaBackend::forward(Layer& layer, const moe_forward
   s->row_token = DeviceBuffer(rows * sizeof(int64_t), stream);
   s->row_expert = DeviceBuffer(rows * sizeof(int32_t), stream);
   check(cudaMemsetAsync(s->row_token.get(), 0xff, s->row_token.bytes(), stream), "cudaMemsetAsync");
-  cuda::assign_rows(p, s->experts.get<int32_t>(), s->summary.get<int64_t>(), s->row.get<int64_t>(),
-                    s->dropped.get<uint8_t>(), s->row_token.get<int64_t>(), stream);
+  cuda::place_rows(copies, slots, E, s->experts.get<int32_t>(), s->summary.get<int64_t>(),
+                   s->row.get<int64_t>(), s->row_token.get<int64_t>(), stream);
   cuda::row_experts(E, rows, s->summary.get<int64_t>(), s->row_expert.get<int32_t>(), stream);
   timer.mark("readback");
   s->xp = DeviceBuffer(rows * d * es, stream);
@@ -332,7 +458,6 @@ std::unique_ptr<SavedState> CudaBackend::forward(Layer& layer, const moe_forward
   cuda::copy_finite_rows(dtype, T, d, args.x.data, s->nonfinite.get<uint8_t>(), s->x.get(), stream);
   cuda::permute(dtype, rows, d, s->x.get(), s->row_token.get<int64_t>(), s->xp.get(), stream);
   timer.mark("plan_permute");
-  // (expert parallelism: exchange rows to the experts' owners here)
   state.grouped.run(state.cublas, stream, dtype, s->layout,
                     {kRows, F, d, rows_of(s->xp.get(), d), per_expert(w.w1.data, F, d * F),
                      rows_of(s->h_pre.get(), F), false});
@@ -346,8 +471,7 @@ std::unique_ptr<SavedState> CudaBackend::forward(Layer& layer, const moe_forward
     cuda::add_row_bias(dtype, rows, d, s->yp.get(), w.b2.data, s->row_expert.get<int32_t>(),
                        stream);
   timer.mark("gemm2");
-  // (expert parallelism: exchange results back here)
-  cuda::combine(dtype, T, k, d, s->gates.get<float>(), s->row.get<int64_t>(), s->yp.get(),
+  cuda::combine(dtype, T, slots, d, s->gates.get<float>(), s->row.get<int64_t>(), s->yp.get(),
                 args.y.data, stream);
   timer.mark("combine");
   return s;
@@ -368,7 +492,7 @@ void CudaBackend::backward(Layer& layer, const SavedState& saved, const moe_back
   const moe_dtype_t dtype = c.dtype;
   const size_t es = dtype_size(dtype);
   const Plan& plan = s.plan;
-  const int64_t T = plan.tokens, d = c.d_model, E = c.num_experts, k = c.top_k;
+  const int64_t T = plan.tokens, d = c.d_model, E = c.num_experts, k = c.slots();
   const int64_t F = c.ff_width(), dff = c.d_ff, rows = plan.rows;
   const bool accumulate = (args.flags & MOE_BACKWARD_ACCUMULATE) != 0;
 
@@ -425,6 +549,7 @@ void CudaBackend::backward(Layer& layer, const SavedState& saved, const moe_back
   }
 
   timer.mark("dx_experts");
+  if (!c.learned_router()) return;  // the hash router has no weights and no logits
   // Router: logit gradients (gates, aux loss, z-loss), then through x Wr.
   DeviceBuffer dz(T * E * sizeof(float), stream);
   cuda::route_backward(s.params, c.load_balance_alpha, c.z_loss_coef, s.experts.get<int32_t>(),

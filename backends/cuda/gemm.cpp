@@ -35,7 +35,7 @@ GemmMode gemm_mode_from_environment() {
   return GemmMode::Auto;
 }
 
-ExpertLayout choose_layout(const std::vector<int64_t>& served, GemmMode mode) {
+ExpertLayout choose_layout(const std::vector<int64_t>& served, GemmMode mode, int64_t pad_rows) {
   const int64_t E = static_cast<int64_t>(served.size());
   int64_t total = 0, most = 0;
   for (int64_t s : served) {
@@ -43,7 +43,8 @@ ExpertLayout choose_layout(const std::vector<int64_t>& served, GemmMode mode) {
     most = std::max(most, s);
   }
   ExpertLayout layout;
-  layout.padded = mode == GemmMode::Batched ||
+  if (pad_rows >= 0) most = std::max(most, pad_rows);
+  layout.padded = pad_rows >= 0 || mode == GemmMode::Batched ||
                   (mode == GemmMode::Auto && total > 0 && 4 * E * most <= 5 * total);
   layout.offsets.assign(E + 1, 0);
   layout.rows = layout.padded ? std::vector<int64_t>(E, most) : served;

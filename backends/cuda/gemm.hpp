@@ -62,8 +62,9 @@ struct ExpertLayout {
 enum class GemmMode { Auto, Batched, Grouped, Loop };
 GemmMode gemm_mode_from_environment();
 
-// Chooses the layout for served counts under `mode`.
-ExpertLayout choose_layout(const std::vector<int64_t>& served, GemmMode mode);
+// Chooses the layout for served counts under `mode`; pad_rows >= 0 asks for every
+// expert padded to that many rows (pad_to_capacity).
+ExpertLayout choose_layout(const std::vector<int64_t>& served, GemmMode mode, int64_t pad_rows);
 
 // Issues a GroupedProblem over `layout`. When overwriting weight-shaped outputs, experts
 // without rows get zeros.

@@ -6,6 +6,7 @@
 
 #include "backends/cuda/cuda_check.hpp"
 #include "backends/cuda/kernels.hpp"
+#include "backends/cuda/launch.cuh"
 #include "core/activation.hpp"  // sigmoid() in double, for routing
 #include "core/random.hpp"
 
@@ -62,8 +63,6 @@ bool vectorizable(int64_t width) {
   return width % kVec<S> == 0;
 }
 
-constexpr int kThreads = 256;
-
 // Activations in float: the double forms in core/activation.hpp would run on the GPU's
 // slow float64 units, over every element of the hidden layer.
 __device__ inline float sigmoid_f(float x) {
@@ -102,10 +101,6 @@ __device__ inline float activate_derivative_f(moe_activation_t kind, float x) {
     }
   }
   return 0.f;
-}
-
-inline unsigned blocks_for(int64_t n, int threads = kThreads) {
-  return static_cast<unsigned>((n + threads - 1) / threads);
 }
 
 // ---------------------------------------------------------------- routing
@@ -219,8 +214,8 @@ __global__ void routing_sums_kernel(int64_t T, int64_t E, const float* prob, con
   }
 }
 
-__global__ void finalize_kernel(int64_t E, int64_t T, int64_t fixed_capacity, int64_t* summary,
-                                double* losses) {
+__global__ void finalize_kernel(int64_t E, int64_t T, int64_t fixed_capacity,
+                                bool capacity_at_most_valid, int64_t* summary, double* losses) {
   const SummaryLayout L{E};
   const double* scratch = losses + 2;
   int64_t total = 0, max_demand = 0;
@@ -228,7 +223,9 @@ __global__ void finalize_kernel(int64_t E, int64_t T, int64_t fixed_capacity, in
     total += summary[L.demand() + e];
     max_demand = max(max_demand, summary[L.demand() + e]);
   }
-  const int64_t C = fixed_capacity >= 0 ? fixed_capacity : max_demand;
+  const double valid = scratch[E + 1];
+  int64_t C = fixed_capacity >= 0 ? fixed_capacity : max_demand;
+  if (capacity_at_most_valid) C = min(C, static_cast<int64_t>(valid));
   int64_t offset = 0, dropped = 0;
   for (int64_t e = 0; e < E; ++e) {
     const int64_t d = summary[L.demand() + e];
@@ -241,7 +238,6 @@ __global__ void finalize_kernel(int64_t E, int64_t T, int64_t fixed_capacity, in
   summary[L.offsets() + E] = offset;
   summary[L.capacity()] = C;
   summary[L.dropped_total()] = dropped;
-  const double valid = scratch[E + 1];
   summary[L.nonfinite_rows()] = T - static_cast<int64_t>(valid);
   double aux = 0.0;
   if (valid > 0 && total > 0)
@@ -250,39 +246,6 @@ __global__ void finalize_kernel(int64_t E, int64_t T, int64_t fixed_capacity, in
              (scratch[e] / valid);
   losses[0] = static_cast<double>(E) * aux;
   losses[1] = valid > 0 ? scratch[E] / valid : 0.0;
-}
-
-constexpr int kScanThreads = 512;
-
-// One block per expert scans all copies in token order: the rank of each copy within
-// its expert gives its buffer row (position drop policy).
-__global__ void assign_rows_kernel(int64_t copies, int64_t slots, const int32_t* experts,
-                                   const int64_t* summary, SummaryLayout L, int64_t* row,
-                                   uint8_t* dropped, int64_t* row_token) {
-  using Scan = cub::BlockScan<int64_t, kScanThreads>;
-  __shared__ typename Scan::TempStorage storage;
-  const int32_t e = blockIdx.x;
-  const int64_t C = summary[L.capacity()];
-  const int64_t first_row = summary[L.offsets() + e];
-  int64_t running = 0;
-  for (int64_t base = 0; base < copies; base += kScanThreads) {
-    const int64_t c = base + threadIdx.x;
-    const int64_t flag = c < copies && experts[c] == e ? 1 : 0;
-    int64_t prefix, block_total;
-    Scan(storage).ExclusiveSum(flag, prefix, block_total);
-    __syncthreads();
-    if (flag) {
-      const int64_t rank = running + prefix;
-      if (rank < C) {
-        const int64_t r = first_row + rank;
-        row[c] = r;
-        row_token[r] = c / slots;
-      } else {
-        dropped[c] = 1;
-      }
-    }
-    running += block_total;
-  }
 }
 
 // The expert owning each buffer row: the last e with offsets[e] <= r.
@@ -602,22 +565,15 @@ void route(const RouteParams& p, const float* logits, const double* selection_bi
   check_launch("route");
 }
 
-void summarize(const RouteParams& p, int64_t fixed_capacity, const float* prob, const float* lse,
-               const uint8_t* nonfinite, int64_t* summary, double* losses, cudaStream_t stream) {
+void summarize(const RouteParams& p, int64_t fixed_capacity, bool capacity_at_most_valid,
+               const float* prob, const float* lse, const uint8_t* nonfinite, int64_t* summary,
+               double* losses, cudaStream_t stream) {
   routing_sums_kernel<<<static_cast<unsigned>(p.experts + 1), kThreads, 0, stream>>>(
       p.tokens, p.experts, prob, lse, nonfinite, losses + 2);
   check_launch("routing_sums");
-  finalize_kernel<<<1, 1, 0, stream>>>(p.experts, p.tokens, fixed_capacity, summary, losses);
+  finalize_kernel<<<1, 1, 0, stream>>>(p.experts, p.tokens, fixed_capacity, capacity_at_most_valid,
+                                       summary, losses);
   check_launch("finalize");
-}
-
-void assign_rows(const RouteParams& p, const int32_t* experts, const int64_t* summary, int64_t* row,
-                 uint8_t* dropped, int64_t* row_token, cudaStream_t stream) {
-  if (p.tokens == 0) return;
-  assign_rows_kernel<<<static_cast<unsigned>(p.experts), kScanThreads, 0, stream>>>(
-      p.tokens * p.top_k, p.top_k, experts, summary, SummaryLayout{p.experts}, row, dropped,
-      row_token);
-  check_launch("assign_rows");
 }
 
 void row_experts(int64_t experts, int64_t rows, const int64_t* summary, int32_t* row_expert,

@@ -43,17 +43,14 @@ void route(const RouteParams& p, const float* logits, const double* selection_bi
            int32_t* experts, float* gates, float* prob, float* sig, float* lse, uint8_t* nonfinite,
            int64_t* demand, cudaStream_t stream);
 
-// Capacity, served counts, row offsets, drops, and the aux and z losses. `losses` has
-// E + 4 doubles: [0] aux loss, [1] z-loss, then scratch. fixed_capacity < 0 means
-// dropless (C = max demand).
-void summarize(const RouteParams& p, int64_t fixed_capacity, const float* prob, const float* lse,
-               const uint8_t* nonfinite, int64_t* summary, double* losses, cudaStream_t stream);
-
-// Buffer row of every copy (token order within each expert from summary's offsets; -1
-// when dropped or unrouted), the dropped flags, and each kept row's token (row_token
-// is pre-filled with -1, which padding rows keep).
-void assign_rows(const RouteParams& p, const int32_t* experts, const int64_t* summary, int64_t* row,
-                 uint8_t* dropped, int64_t* row_token, cudaStream_t stream);
+// Capacity, served counts, packed row offsets, drop total, and the aux and z losses.
+// `losses` has E + 4 doubles: [0] aux loss, [1] z-loss, [2, 2 + E) the sum of P[:, e]
+// over finite rows (importance), [E + 2] the sum of lse^2, [E + 3] the finite rows.
+// fixed_capacity < 0 means dropless (C = max demand); capacity_at_most_valid caps C at
+// the finite rows (expert choice).
+void summarize(const RouteParams& p, int64_t fixed_capacity, bool capacity_at_most_valid,
+               const float* prob, const float* lse, const uint8_t* nonfinite, int64_t* summary,
+               double* losses, cudaStream_t stream);
 
 // The expert of every buffer row, from summary's offsets.
 void row_experts(int64_t experts, int64_t rows, const int64_t* summary, int32_t* row_expert,

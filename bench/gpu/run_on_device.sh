@@ -17,28 +17,44 @@ nvcc --version | tail -2 | tee -a "$OUT/summary.txt"
 step "build (sm_90)"
 gtest_args=()
 [ -d .deps/googletest ] && gtest_args=(-DMOE_GTEST_SOURCE_DIR="$PWD/.deps/googletest")
+# NCCL: the toolkit's when it has one, else the one PyTorch's wheels bring.
+nccl_args=()
+if [ ! -f /usr/local/cuda/include/nccl.h ]; then
+  nccl_dir=$(python3 -c "import nvidia.nccl, os; print(os.path.dirname(nvidia.nccl.__file__))" 2>/dev/null ||
+    python3 -c "import nvidia.nccl; print(list(nvidia.nccl.__path__)[0])" 2>/dev/null)
+  nccl_lib=$(ls "$nccl_dir"/lib/libnccl.so* 2>/dev/null | head -1)
+  [ -n "$nccl_lib" ] && nccl_args=(-DMOE_NCCL_INCLUDE="$nccl_dir/include" -DMOE_NCCL_LIBRARY="$nccl_lib")
+  echo "NCCL from $nccl_dir: $nccl_lib" | tee -a "$OUT/summary.txt"
+fi
 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOE_WITH_CUDA=ON \
-  -DMOE_CUDA_ARCHITECTURES=90 "${gtest_args[@]}" >/tmp/configure.log 2>&1 || { tail -30 /tmp/configure.log; exit 1; }
+  -DMOE_CUDA_ARCHITECTURES=90 "${gtest_args[@]}" "${nccl_args[@]}" >/tmp/configure.log 2>&1 || { tail -30 /tmp/configure.log; exit 1; }
+grep -i "nccl" /tmp/configure.log | tee -a "$OUT/summary.txt"
 cmake --build build-gpu -j"$(nproc)" >/tmp/build.log 2>&1 || { grep -E "error" /tmp/build.log | head -30; exit 1; }
 
-step "CUDA tests"
-(cd build-gpu && ctest -R 'Cuda' -j4 --output-on-failure) >"$OUT/cuda_tests.log" 2>&1
+step "CUDA and NCCL tests"
+(cd build-gpu && ctest -R 'Cuda|Nccl' -j8 --output-on-failure) >"$OUT/cuda_tests.log" 2>&1
 tests_rc=$?
 grep -E "tests passed|tests failed|Failed|Failure|Expected|Which is|error" "$OUT/cuda_tests.log" | head -60 | tee -a "$OUT/summary.txt"
 
 step "compute-sanitizer memcheck"
 compute-sanitizer --tool memcheck --error-exitcode 1 build-gpu/tests/test_cuda_backend \
-  --gtest_filter='CudaBackend.*:CudaShapes.*:All/CudaParity.MatchesCpuRef/softmax_swiglu*:All/CudaParity.MatchesCpuRef/sigmoid_gelu_capacity*' \
+  --gtest_filter='CudaBackend.*:CudaShapes.*:All/CudaParity.MatchesCpuRef/softmax_swiglu*:All/CudaParity.MatchesCpuRef/sigmoid_gelu_capacity*:All/CudaVariants.*' \
   >"$OUT/memcheck.log" 2>&1
 echo "memcheck exit $?" | tee -a "$OUT/summary.txt"
 grep -E "ERROR SUMMARY|PASSED|FAILED" "$OUT/memcheck.log" | tail -5 | tee -a "$OUT/summary.txt"
 
-for mode in auto batched grouped loop; do
+modes=${MOE_BENCH_MODES:-auto batched grouped loop}
+for mode in $modes; do
   step "layer benchmark: MOE_CUDA_GEMM=$mode, telemetry off"
   MOE_CUDA_GEMM=$mode build-gpu/bench/moe-cuda-bench --telemetry 0 --json "$OUT/bench_$mode.json" 2>&1 | tee -a "$OUT/summary.txt"
 done
-step "layer benchmark: auto, telemetry on every call"
-build-gpu/bench/moe-cuda-bench --telemetry 1 2>&1 | tee -a "$OUT/summary.txt"
+# Telemetry's cost: runs alternating off and on, so that clock drift hits both alike.
+for round in 1 2; do
+  for telemetry in 1 0; do
+    step "layer benchmark: auto, telemetry $telemetry (round $round)"
+    build-gpu/bench/moe-cuda-bench --telemetry $telemetry 2>&1 | tee -a "$OUT/summary.txt"
+  done
+done
 
 step "where the time goes (MOE_CUDA_PROFILE=1, one forward and backward)"
 MOE_CUDA_PROFILE=1 build-gpu/bench/moe-cuda-bench --iters 1 2>&1 | grep "moe cuda" | tail -2 | tee -a "$OUT/summary.txt"

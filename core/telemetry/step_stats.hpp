@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/portable.hpp"
+
 namespace moe {
 
 struct Routing;
@@ -41,7 +43,8 @@ struct StepStats {
 // selection key); under expert choice, the expert that took the token with the highest
 // gate (there the gate is P[t,e]); -1 if none.
 template <typename Gate>
-int32_t first_choice(const int32_t* experts, const Gate* gates, int64_t slots, bool expert_choice) {
+MOE_HOST_DEVICE int32_t first_choice(const int32_t* experts, const Gate* gates, int64_t slots,
+                                     bool expert_choice) {
   if (!expert_choice) return experts[0];
   int64_t best = -1;
   for (int64_t j = 0; j < slots; ++j)
