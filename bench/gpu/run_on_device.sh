@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, in one go (for a lent H100/H200 machine): builds the
-# cuda backend, runs the CUDA tests, compute-sanitizer memcheck over them, the layer
-# benchmark and the PyTorch eager baseline at the shape. Logs go to $OUT.
+# cuda backend, runs the CUDA and NCCL tests, compute-sanitizer memcheck over them, the
+# layer benchmark and the PyTorch eager baseline at the shape. Logs go to $OUT.
+# MOE_BENCH_MODES picks the GEMM modes benchmarked (default: all four).
 # GoogleTest comes from .deps/googletest when the machine has no libgtest-dev
 # (scripts/fetch_gtest_source.sh copies Debian's sources there).
 set -uo pipefail
@@ -43,6 +44,8 @@ compute-sanitizer --tool memcheck --error-exitcode 1 build-gpu/tests/test_cuda_b
 echo "memcheck exit $?" | tee -a "$OUT/summary.txt"
 grep -E "ERROR SUMMARY|PASSED|FAILED" "$OUT/memcheck.log" | tail -5 | tee -a "$OUT/summary.txt"
 
+# MOE_GPU_TESTS_ONLY=1 stops here (a re-check after a test-only change).
+[ "${MOE_GPU_TESTS_ONLY:-0}" = 1 ] && exit $tests_rc
 modes=${MOE_BENCH_MODES:-auto batched grouped loop}
 for mode in $modes; do
   step "layer benchmark: MOE_CUDA_GEMM=$mode, telemetry off"

@@ -114,7 +114,8 @@ struct Comparison {
 // and sequences for the sequence metrics.
 struct Extra {
   std::vector<int64_t> token_ids;
-  int64_t vocab_size = 0;  // > 0: build a hash table from token_ids on both layers
+  std::vector<int64_t> table_ids;  // non-empty: build a hash table from these on both layers
+  int64_t vocab_size = 0;
   int64_t seq_len = 0;
 };
 
@@ -163,10 +164,10 @@ Comparison compare(moe_layer_config_t cfg, Shape s, moe_dtype_t dtype, uint64_t 
     hw.b2 = moe::tensor(hb2.data(), {s.E, s.d});
   }
   ref.set_weights(hw);
-  if (extra.vocab_size > 0) {
+  if (!extra.table_ids.empty()) {
     EXPECT_EQ(
-        moe_layer_build_hash_table(ref.get(), extra.token_ids.data(),
-                                   static_cast<int64_t>(extra.token_ids.size()), extra.vocab_size),
+        moe_layer_build_hash_table(ref.get(), extra.table_ids.data(),
+                                   static_cast<int64_t>(extra.table_ids.size()), extra.vocab_size),
         MOE_STATUS_SUCCESS);
   }
   moe_forward_args_t hf = MOE_FORWARD_ARGS_INIT;
@@ -200,10 +201,10 @@ Comparison compare(moe_layer_config_t cfg, Shape s, moe_dtype_t dtype, uint64_t 
     dw.b2 = b2.tensor({s.E, s.d});
   }
   gpu.set_weights(dw);
-  if (extra.vocab_size > 0) {
+  if (!extra.table_ids.empty()) {
     EXPECT_EQ(
-        moe_layer_build_hash_table(gpu.get(), extra.token_ids.data(),
-                                   static_cast<int64_t>(extra.token_ids.size()), extra.vocab_size),
+        moe_layer_build_hash_table(gpu.get(), extra.table_ids.data(),
+                                   static_cast<int64_t>(extra.table_ids.size()), extra.vocab_size),
         MOE_STATUS_SUCCESS);
   }
   moe_forward_args_t df = MOE_FORWARD_ARGS_INIT;
@@ -357,8 +358,11 @@ const Variant kVariants[] = {
      false, false},
     {"pad_to_capacity",
      [](moe_layer_config_t& c) { c.capacity_factor = 1.25, c.pad_to_capacity = 1; }, false, false},
-    {"pad_to_capacity_dropless", [](moe_layer_config_t& c) { c.pad_to_capacity = 1; }, false,
-     false},
+    {"pad_to_capacity_expert_choice",
+     [](moe_layer_config_t& c) {
+       c.router = MOE_ROUTER_EXPERT_CHOICE, c.capacity_factor = 1.0, c.pad_to_capacity = 1;
+     },
+     false, false},
 };
 
 using VariantCase = std::tuple<int, moe_dtype_t>;
@@ -386,9 +390,11 @@ TEST_P(CudaVariants, MatchCpuRef) {
     if (v.token_ids) {
       std::mt19937_64 rng(s.T);
       for (int64_t t = 0; t < s.T; ++t) extra.token_ids.push_back(static_cast<int64_t>(rng() % 50));
-      // A few ids outside the table fall back to the mixed choice.
-      extra.token_ids[3] = 70;
-      if (v.table) extra.vocab_size = 64;
+      if (v.table) {
+        extra.table_ids = extra.token_ids;
+        extra.vocab_size = 64;
+      }
+      extra.token_ids[3] = 70;  // outside the table: the mixed choice
     }
     const Comparison c = compare(cfg, s, dtype, 13, extra);
     EXPECT_TRUE(c.same_routing) << "routing differs at T=" << s.T;
