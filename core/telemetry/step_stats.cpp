@@ -89,21 +89,26 @@ StepStats StepStats::from_values(int64_t num_experts, const double* values) {
   return s;
 }
 
-StepStats collect_step_stats(const LayerConfig& config, const Routing& r, const Plan& plan,
-                             int64_t seq_len) {
-  const int64_t E = config.num_experts, T = r.tokens, slots = r.slots;
-  const bool expert_choice = config.router == MOE_ROUTER_EXPERT_CHOICE;
-  StepStats s(E);
+StepStats count_step_stats(const LayerConfig& config, const Routing& r, const Plan& plan) {
+  StepStats s(config.num_experts);
   s.steps = 1;
-  s.tokens = T;
+  s.tokens = r.tokens;
   s.valid_tokens = r.valid_tokens;
-  s.nominal_copies = T * config.top_k;
+  s.nominal_copies = r.tokens * config.top_k;
   s.nonfinite_rows = r.nonfinite_rows;
   s.capacity_sum = plan.capacity;
   s.demand = plan.demand;
   s.served = plan.served;
   s.aux_weighted = r.aux_loss * static_cast<double>(r.valid_tokens);
   s.z_weighted = r.z_loss * static_cast<double>(r.valid_tokens);
+  return s;
+}
+
+StepStats collect_step_stats(const LayerConfig& config, const Routing& r, const Plan& plan,
+                             int64_t seq_len) {
+  const int64_t E = config.num_experts, T = r.tokens, slots = r.slots;
+  const bool expert_choice = config.router == MOE_ROUTER_EXPERT_CHOICE;
+  StepStats s = count_step_stats(config, r, plan);
 
   for (int64_t t = 0; t < T; ++t) {
     if (r.nonfinite[t]) continue;

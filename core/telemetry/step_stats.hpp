@@ -52,6 +52,10 @@ MOE_HOST_DEVICE int32_t first_choice(const int32_t* experts, const Gate* gates, 
   return best < 0 ? -1 : experts[best];
 }
 
+// The fields that follow from the counts and losses alone (steps, tokens, demand,
+// served, capacity, weighted losses); the per-token sums are left at zero.
+StepStats count_step_stats(const LayerConfig& config, const Routing& routing, const Plan& plan);
+
 // The statistics of one forward call from its routing decision and plan (host data).
 StepStats collect_step_stats(const LayerConfig& config, const Routing& routing, const Plan& plan,
                              int64_t seq_len);
