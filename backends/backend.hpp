@@ -9,11 +9,15 @@
 #include <memory>
 #include <string>
 
+#include "backends/device_memory.hpp"
 #include "core/bfloat16.hpp"
 #include "core/config.hpp"
 #include "core/plan.hpp"
 
 namespace moe {
+namespace dist {
+struct ForwardCheckIn;
+}
 
 // Expert weights of one layer, as bound by the caller (b1, b2 may be null).
 template <typename S>
@@ -78,7 +82,9 @@ class BackendState {
 class DevicePipeline {
  public:
   virtual ~DevicePipeline() = default;
-  virtual std::unique_ptr<SavedState> forward(Layer& layer, const moe_forward_args_t& args) = 0;
+  // `group`: this call's place in the expert-parallel group (when layer.ep is set).
+  virtual std::unique_ptr<SavedState> forward(Layer& layer, const moe_forward_args_t& args,
+                                              const dist::ForwardCheckIn& group) = 0;
   virtual void backward(Layer& layer, const SavedState& saved, const moe_backward_args_t& args) = 0;
 };
 
@@ -96,6 +102,9 @@ class Backend {
   virtual DevicePipeline* device_pipeline() { return nullptr; }
   // Copies a tensor of this backend's device into host memory (weight metrics).
   virtual void read_to_host(const moe_tensor_t& tensor, void* host, size_t bytes);
+  // A device backend's memory on the layer's stream (expert parallelism stages its
+  // exchanges through it); null for host backends.
+  virtual std::unique_ptr<DeviceMemory> device_memory(const Layer&) { return nullptr; }
 
   MOE_BACKEND_STAGES(float)
   MOE_BACKEND_STAGES(double)

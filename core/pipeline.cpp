@@ -323,7 +323,7 @@ std::unique_ptr<SavedState> forward(Layer& layer, const moe_forward_args_t& args
       layer.profile.exchange);
   std::unique_ptr<SavedState> saved;
   if (DevicePipeline* pipeline = layer.backend.device_pipeline()) {
-    saved = pipeline->forward(layer, args);
+    saved = pipeline->forward(layer, args, group);
   } else if (c.dtype == MOE_DTYPE_F64) {
     saved = forward_typed<double>(layer, args, group);
   } else if (c.dtype == MOE_DTYPE_BF16) {

@@ -6,6 +6,7 @@
 
 #include "core/bfloat16.hpp"
 #include "core/error.hpp"
+#include "core/host_buffer.hpp"
 #include "core/tensor_check.hpp"
 #include "dist/check_in.hpp"
 
@@ -85,8 +86,11 @@ void attach(Layer& layer, Communicator* comm, const int32_t* expert_owner, int64
     layer.ep.reset();
     return;
   }
-  // The one refusal no exchange can carry: this communicator moves device memory.
-  require(comm->device() == MOE_DEVICE_CPU, MOE_STATUS_UNSUPPORTED,
+  // The one refusal no exchange can carry: a host layer has no device memory to
+  // stage a device communicator's exchanges through. (A device layer stages a host
+  // communicator's through host memory.)
+  std::unique_ptr<DeviceMemory> memory = layer.backend.device_memory(layer);
+  require(comm->device() == MOE_DEVICE_CPU || memory != nullptr, MOE_STATUS_UNSUPPORTED,
           "this communicator moves device memory; a host layer needs a host communicator "
           "(moe_mpi.h)");
   // Every other refusal is told to the group, so that all ranks fail together.
@@ -96,11 +100,9 @@ void attach(Layer& layer, Communicator* comm, const int32_t* expert_owner, int64
     require(c.router != MOE_ROUTER_EXPERT_CHOICE, MOE_STATUS_UNSUPPORTED,
             "expert parallelism does not run the expert-choice router: each expert picks "
             "its tokens from the whole batch, which no rank holds");
-    require(layer.backend.device() == MOE_DEVICE_CPU && !layer.backend.device_pipeline(),
-            MOE_STATUS_UNSUPPORTED,
-            std::string("expert parallelism runs on host backends (cpu_ref, onednn); this "
-                        "layer's backend is ") +
-                layer.backend.name());
+    require(layer.backend.device() == MOE_DEVICE_CPU || memory != nullptr, MOE_STATUS_UNSUPPORTED,
+            std::string("backend ") + layer.backend.name() +
+                " cannot stage expert-parallel exchanges through its device memory");
     require(expert_owner == nullptr || count == c.num_experts, MOE_STATUS_SHAPE_MISMATCH,
             "expert_owner has " + std::to_string(count) + " entries, the layer has " +
                 std::to_string(c.num_experts) + " experts");
@@ -109,7 +111,7 @@ void attach(Layer& layer, Communicator* comm, const int32_t* expert_owner, int64
     refusal = std::make_unique<Error>(e);
     placement = make_placement(c.num_experts, comm->world(), comm->rank(), nullptr);
   }
-  auto ep = std::make_unique<ExpertParallel>(*comm, std::move(placement));
+  auto ep = std::make_unique<ExpertParallel>(*comm, std::move(placement), std::move(memory));
   check_group_agrees(*ep, c, refusal.get());
   layer.weights = BoundWeights{};  // the expert tensors' shapes change
   layer.ep = std::move(ep);
@@ -118,16 +120,23 @@ void attach(Layer& layer, Communicator* comm, const int32_t* expert_owner, int64
 void reduce_router_grad(Layer& layer, const moe_tensor_t& grad) {
   const LayerConfig& c = layer.config;
   require(c.learned_router(), MOE_STATUS_INVALID_ARGUMENT, "the hash router has no weights");
-  check_tensor(grad, "grad", c.dtype, MOE_DEVICE_CPU, {c.d_model, c.num_experts});
+  check_tensor(grad, "grad", c.dtype, layer.backend.device(), {c.d_model, c.num_experts});
   if (!layer.ep) return;
   const int64_t n = c.d_model * c.num_experts;
+  const size_t bytes = static_cast<size_t>(n) * dtype_size(c.dtype);
+  // A device layer's gradient is summed in a host copy.
+  DeviceMemory* device = layer.ep->memory();
+  host_buffer<unsigned char> copy(device ? bytes : 0);
+  void* data = device ? copy.data() : grad.data;
+  if (device) device->to_host(data, grad.data, bytes);
   if (c.dtype == MOE_DTYPE_F64) {
-    sum_over_group(*layer.ep, static_cast<double*>(grad.data), n);
+    sum_over_group(*layer.ep, static_cast<double*>(data), n);
   } else if (c.dtype == MOE_DTYPE_BF16) {
-    sum_over_group(*layer.ep, static_cast<bfloat16*>(grad.data), n);
+    sum_over_group(*layer.ep, static_cast<bfloat16*>(data), n);
   } else {
-    sum_over_group(*layer.ep, static_cast<float*>(grad.data), n);
+    sum_over_group(*layer.ep, static_cast<float*>(data), n);
   }
+  if (device) device->to_device(grad.data, data, bytes);
 }
 
 }  // namespace moe::dist

@@ -172,6 +172,7 @@ Dispatch make_dispatch(ExpertParallel& ep, const LayerConfig& c, int64_t forward
   make_losses_global(c, s, W, d.batch_demand, routing);
   int64_t batch_tokens = 0;
   for (int q = 0; q < W; ++q) batch_tokens += s.tokens(q);
+  d.batch_tokens = batch_tokens;
   const int64_t capacity = configured_capacity(c, batch_tokens, d.batch_demand);
 
   // Drops, and kept[q][j]: the rows rank q keeps for this rank's j-th expert.

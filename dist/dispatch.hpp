@@ -21,6 +21,7 @@ struct Dispatch {
   std::vector<int64_t> send_rows;     // [world] rows this rank sends to each peer
   std::vector<int64_t> recv_rows;     // [world] rows each peer sends to this rank
   std::vector<int64_t> batch_demand;  // [E] the group's pre-drop demand
+  int64_t batch_tokens = 0;           // the group's tokens
   int64_t forward_call = 0;           // the group's number for this forward (check_in.hpp)
 };
 

@@ -1,13 +1,19 @@
 #include "dist/expert_parallel.hpp"
 
 #include <algorithm>
+#include <numeric>
 
+#include "core/error.hpp"
+#include "core/host_buffer.hpp"
 #include "core/stage_timer.hpp"
 
 namespace moe::dist {
 
-ExpertParallel::ExpertParallel(Communicator& c, Placement p)
-    : comm(c), placement(std::move(p)), peers_(static_cast<size_t>(placement.world)) {
+ExpertParallel::ExpertParallel(Communicator& c, Placement p, std::unique_ptr<DeviceMemory> memory)
+    : comm(c),
+      placement(std::move(p)),
+      memory_(std::move(memory)),
+      peers_(static_cast<size_t>(placement.world)) {
   comm.attach();
 }
 
@@ -15,7 +21,87 @@ ExpertParallel::~ExpertParallel() {
   comm.detach();
 }
 
+namespace {
+
+// A temporary buffer of the memory kind the communicator does not take as given.
+class Staging {
+ public:
+  Staging(DeviceMemory* device, size_t bytes) : device_(device), bytes_(bytes) {
+    if (device_)
+      data_ = bytes ? device_->allocate(bytes) : nullptr;
+    else
+      host_.resize(bytes);
+  }
+  ~Staging() {
+    if (device_ && data_) device_->release(data_);
+  }
+  Staging(const Staging&) = delete;
+  Staging& operator=(const Staging&) = delete;
+  void* data() { return device_ ? data_ : host_.data(); }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  DeviceMemory* device_;
+  size_t bytes_;
+  void* data_ = nullptr;
+  host_buffer<unsigned char> host_;
+};
+
+size_t total(const std::vector<int64_t>& bytes) {
+  return static_cast<size_t>(std::accumulate(bytes.begin(), bytes.end(), int64_t{0}));
+}
+
+}  // namespace
+
 void ExpertParallel::exchange(const void* send, const std::vector<int64_t>& send_bytes, void* recv,
+                              const std::vector<int64_t>& recv_bytes) {
+  if (comm.device() == MOE_DEVICE_CPU)
+    transfer(send, send_bytes, recv, recv_bytes);
+  else
+    staged(send, send_bytes, recv, recv_bytes, false);
+}
+
+void ExpertParallel::exchange_device(const void* send, const std::vector<int64_t>& send_bytes,
+                                     void* recv, const std::vector<int64_t>& recv_bytes) {
+  require(memory_ != nullptr, MOE_STATUS_INTERNAL_ERROR,
+          "a device exchange on a layer without device memory");
+  if (comm.device() != MOE_DEVICE_CPU)
+    transfer(send, send_bytes, recv, recv_bytes);
+  else
+    staged(send, send_bytes, recv, recv_bytes, true);
+}
+
+void ExpertParallel::staged(const void* send, const std::vector<int64_t>& send_bytes, void* recv,
+                            const std::vector<int64_t>& recv_bytes, bool send_on_device) {
+  // Host data over a device communicator needs device temporaries, and the reverse.
+  require(memory_ != nullptr, MOE_STATUS_UNSUPPORTED,
+          "this communicator moves device memory, and this layer has none to stage through");
+  DeviceMemory* temporaries_on_device = send_on_device ? nullptr : memory_.get();
+  Staging out(temporaries_on_device, total(send_bytes)),
+      in(temporaries_on_device, total(recv_bytes));
+  // The copies are part of the exchange's time.
+  StageTimer timer;
+  if (out.bytes()) {
+    if (send_on_device)
+      memory_->to_host(out.data(), send, out.bytes());
+    else
+      memory_->to_device(out.data(), send, out.bytes());
+  }
+  double copies = timer.lap();
+  transfer(out.data(), send_bytes, in.data(), recv_bytes);
+  timer.lap();
+  if (in.bytes()) {
+    if (send_on_device)
+      memory_->to_device(recv, in.data(), in.bytes());
+    else
+      memory_->to_host(recv, in.data(), in.bytes());
+  }
+  copies += timer.lap();
+  seconds_ += copies;
+  untaken_seconds_ += copies;
+}
+
+void ExpertParallel::transfer(const void* send, const std::vector<int64_t>& send_bytes, void* recv,
                               const std::vector<int64_t>& recv_bytes) {
   StageTimer timer;
   comm.all_to_all(send, send_bytes.data(), recv, recv_bytes.data());

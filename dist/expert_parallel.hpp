@@ -4,8 +4,10 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
+#include "backends/device_memory.hpp"
 #include "dist/communicator.hpp"
 #include "dist/placement.hpp"
 #include "moe/moe.h"
@@ -14,7 +16,8 @@ namespace moe::dist {
 
 class ExpertParallel {
  public:
-  ExpertParallel(Communicator& comm, Placement placement);
+  // `memory`: the layer's device memory, for a device backend's layer (else null).
+  ExpertParallel(Communicator& comm, Placement placement, std::unique_ptr<DeviceMemory> memory);
   ~ExpertParallel();
   ExpertParallel(const ExpertParallel&) = delete;
   ExpertParallel& operator=(const ExpertParallel&) = delete;
@@ -25,14 +28,22 @@ class ExpertParallel {
     return static_cast<int64_t>(placement.local_experts.size());
   }
 
-  // All-to-all of packed per-peer blocks of the given byte counts ([world] each).
+  // All-to-all of packed per-peer blocks of the given byte counts ([world] each), in
+  // host memory. Staged through device memory when the communicator moves that.
   void exchange(const void* send, const std::vector<int64_t>& send_bytes, void* recv,
                 const std::vector<int64_t>& recv_bytes);
+  // The same in the layer's device memory, staged through host memory when the
+  // communicator moves that. The device work that wrote `send` must have completed.
+  void exchange_device(const void* send, const std::vector<int64_t>& send_bytes, void* recv,
+                       const std::vector<int64_t>& recv_bytes);
   // Token copies sent to and received from each peer's experts by one forward.
   void count_dispatch(const std::vector<int64_t>& rows_out, const std::vector<int64_t>& rows_in);
 
   // Every rank's `values` (the same length on every rank), concatenated in rank order.
   std::vector<double> all_gather(const std::vector<double>& values);
+
+  // The layer's device memory (null for a host backend's layer).
+  DeviceMemory* memory() const { return memory_.get(); }
 
   // Seconds spent in exchanges since the last call (for the stage profile).
   double take_exchange_seconds();
@@ -45,6 +56,14 @@ class ExpertParallel {
   int64_t forward_calls = 0;  // checked equal over the group on every forward (check_in)
 
  private:
+  // The communicator's all-to-all, counted and timed.
+  void transfer(const void* send, const std::vector<int64_t>& send_bytes, void* recv,
+                const std::vector<int64_t>& recv_bytes);
+  // Copies both ways through temporaries of the other memory kind.
+  void staged(const void* send, const std::vector<int64_t>& send_bytes, void* recv,
+              const std::vector<int64_t>& recv_bytes, bool send_on_device);
+
+  std::unique_ptr<DeviceMemory> memory_;
   std::vector<moe_peer_traffic_t> peers_;
   int64_t exchanges_ = 0;
   double seconds_ = 0.0;

@@ -164,8 +164,8 @@ __global__ void route_kernel(RouteParams p, const float* logits, const double* b
       double noisy = z[e] / tau;
       if (p.noise_std > 0.0) {
         noisy += p.noise_std * (p.noise_type == MOE_NOISE_GUMBEL
-                                    ? standard_gumbel(p.seed, p.step, t, e)
-                                    : standard_normal(p.seed, p.step, t, e));
+                                    ? standard_gumbel(p.seed, p.step, p.token_offset + t, e)
+                                    : standard_normal(p.seed, p.step, p.token_offset + t, e));
       }
       const double key = (p.sigmoid_router ? sigmoid(noisy) : noisy) + bias[e];
       if (best < 0 || key > best_key) {
@@ -249,14 +249,14 @@ __global__ void finalize_kernel(int64_t E, int64_t T, int64_t fixed_capacity,
 }
 
 // The expert owning each buffer row: the last e with offsets[e] <= r.
-__global__ void row_experts_kernel(int64_t E, int64_t rows, const int64_t* summary, SummaryLayout L,
+__global__ void row_experts_kernel(int64_t E, int64_t rows, const int64_t* offsets,
                                    int32_t* row_expert) {
   const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (r >= rows) return;
   int64_t lo = 0, hi = E - 1;
   while (lo < hi) {
     const int64_t mid = (lo + hi + 1) / 2;
-    if (summary[L.offsets() + mid] <= r) {
+    if (offsets[mid] <= r) {
       lo = mid;
     } else {
       hi = mid - 1;
@@ -439,12 +439,12 @@ __global__ void activation_backward_kernel(moe_activation_t act, bool gated, int
 }
 
 template <typename S>
-__global__ void expert_column_sums_kernel(int64_t width, const S* m, const int64_t* summary,
-                                          SummaryLayout L, S* out, bool accumulate) {
+__global__ void expert_column_sums_kernel(int64_t width, const S* m, const int64_t* offsets, S* out,
+                                          bool accumulate) {
   const int64_t e = blockIdx.y;
   const int64_t col = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (col >= width) return;
-  const int64_t begin = summary[L.offsets() + e], end = summary[L.offsets() + e + 1];
+  const int64_t begin = offsets[e], end = offsets[e + 1];
   float acc = accumulate ? to_float(out[e * width + col]) : 0.f;
   for (int64_t r = begin; r < end; ++r) acc += to_float(m[r * width + col]);
   out[e * width + col] = from_float<S>(acc);
@@ -454,19 +454,19 @@ __global__ void route_backward_kernel(RouteParams p, double alpha, double z_coef
                                       const int32_t* experts, const float* gates,
                                       const float* dgate, const float* prob, const float* sig,
                                       const float* logits, const float* lse,
-                                      const uint8_t* nonfinite, const int64_t* summary, float* dz) {
+                                      const uint8_t* nonfinite, const int64_t* demand,
+                                      int64_t valid_tokens, float* dz) {
   const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (t >= p.tokens) return;
   const int64_t E = p.experts, k = p.top_k;
-  const SummaryLayout L{E};
   float* out = dz + t * E;
-  const double valid = static_cast<double>(p.tokens - summary[L.nonfinite_rows()]);
+  const double valid = static_cast<double>(valid_tokens);
   if (nonfinite[t] || valid <= 0) {
     for (int64_t e = 0; e < E; ++e) out[e] = 0.f;
     return;
   }
   int64_t total = 0;
-  for (int64_t e = 0; e < E; ++e) total += summary[L.demand() + e];
+  for (int64_t e = 0; e < E; ++e) total += demand[e];
   const double tau = p.temperature;
   const int32_t* chosen = experts + t * k;
   const float* g = gates + t * k;
@@ -488,7 +488,7 @@ __global__ void route_backward_kernel(RouteParams p, double alpha, double z_coef
     return acc;
   };
   auto d_prob_aux = [&](int64_t e) {
-    return alpha * static_cast<double>(E) * static_cast<double>(summary[L.demand() + e]) /
+    return alpha * static_cast<double>(E) * static_cast<double>(demand[e]) /
            static_cast<double>(total) / valid;
   };
   if (p.sigmoid_router) {
@@ -576,11 +576,11 @@ void summarize(const RouteParams& p, int64_t fixed_capacity, bool capacity_at_mo
   check_launch("finalize");
 }
 
-void row_experts(int64_t experts, int64_t rows, const int64_t* summary, int32_t* row_expert,
+void row_experts(int64_t experts, int64_t rows, const int64_t* offsets, int32_t* row_expert,
                  cudaStream_t stream) {
   if (rows == 0) return;
-  row_experts_kernel<<<blocks_for(rows), kThreads, 0, stream>>>(experts, rows, summary,
-                                                                SummaryLayout{experts}, row_expert);
+  row_experts_kernel<<<blocks_for(rows), kThreads, 0, stream>>>(experts, rows, offsets,
+                                                                row_expert);
   check_launch("row_experts");
 }
 
@@ -669,13 +669,13 @@ void activation_backward(moe_dtype_t dtype, moe_activation_t act, int64_t rows, 
 }
 
 void expert_column_sums(moe_dtype_t dtype, int64_t experts, int64_t width, const void* m,
-                        const int64_t* summary, void* out, bool accumulate, cudaStream_t stream) {
+                        const int64_t* offsets, void* out, bool accumulate, cudaStream_t stream) {
+  if (experts == 0 || width == 0) return;
   const dim3 grid(blocks_for(width), static_cast<unsigned>(experts));
   dispatch(dtype, 1, [&](auto s_tag, auto n_tag) {
     MOE_TAG_TYPES(s_tag, n_tag);
-    expert_column_sums_kernel<S><<<grid, kThreads, 0, stream>>>(width, static_cast<const S*>(m),
-                                                                summary, SummaryLayout{experts},
-                                                                static_cast<S*>(out), accumulate);
+    expert_column_sums_kernel<S><<<grid, kThreads, 0, stream>>>(
+        width, static_cast<const S*>(m), offsets, static_cast<S*>(out), accumulate);
   });
   check_launch("expert_column_sums");
 }
@@ -695,12 +695,12 @@ void gather_rows(moe_dtype_t dtype, int64_t tokens, int64_t slots, int64_t width
 void route_backward(const RouteParams& p, double load_balance_alpha, double z_loss_coef,
                     const int32_t* experts, const float* gates, const float* dgate,
                     const float* prob, const float* sig, const float* logits, const float* lse,
-                    const uint8_t* nonfinite, const int64_t* summary, float* dz,
-                    cudaStream_t stream) {
+                    const uint8_t* nonfinite, const int64_t* demand, int64_t valid_tokens,
+                    float* dz, cudaStream_t stream) {
   if (p.tokens == 0) return;
   route_backward_kernel<<<blocks_for(p.tokens, 128), 128, 0, stream>>>(
       p, load_balance_alpha, z_loss_coef, experts, gates, dgate, prob, sig, logits, lse, nonfinite,
-      summary, dz);
+      demand, valid_tokens, dz);
   check_launch("route_backward");
 }
 

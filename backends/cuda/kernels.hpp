@@ -23,6 +23,7 @@ struct RouteParams {
   moe_noise_t noise_type = MOE_NOISE_NONE;
   uint64_t seed = 0;
   int64_t step = 0;
+  int64_t token_offset = 0;  // the first token's index in the batch (selection noise)
 };
 
 // Layout of the small per-step summary that forward reads back (int64 words).
@@ -52,8 +53,8 @@ void summarize(const RouteParams& p, int64_t fixed_capacity, bool capacity_at_mo
                const float* prob, const float* lse, const uint8_t* nonfinite, int64_t* summary,
                double* losses, cudaStream_t stream);
 
-// The expert of every buffer row, from summary's offsets.
-void row_experts(int64_t experts, int64_t rows, const int64_t* summary, int32_t* row_expert,
+// The expert of every buffer row, from the buffer's row offsets [experts + 1].
+void row_experts(int64_t experts, int64_t rows, const int64_t* offsets, int32_t* row_expert,
                  cudaStream_t stream);
 
 // dst[t] = src[t], rows flagged non-finite set to zero.
@@ -88,19 +89,21 @@ void activation_backward(moe_dtype_t dtype, moe_activation_t act, int64_t rows, 
 
 // out[e, :] (+)= column sums of m over expert e's rows [offsets[e], offsets[e+1]).
 void expert_column_sums(moe_dtype_t dtype, int64_t experts, int64_t width, const void* m,
-                        const int64_t* summary, void* out, bool accumulate, cudaStream_t stream);
+                        const int64_t* offsets, void* out, bool accumulate, cudaStream_t stream);
 
 // dx[t] (+)= sum over slots j (in order) of dxp[row[t,j]].
 void gather_rows(moe_dtype_t dtype, int64_t tokens, int64_t slots, int64_t width,
                  const int64_t* row, const void* dxp, void* dx, bool accumulate,
                  cudaStream_t stream);
 
-// Logit gradients dz [T,E] (float32) from gate gradients, with the aux and z losses.
+// Logit gradients dz [T,E] (float32) from gate gradients, with the aux and z losses
+// of the batch: its pre-drop demand [E] (device) and finite rows (the group's, under
+// expert parallelism).
 void route_backward(const RouteParams& p, double load_balance_alpha, double z_loss_coef,
                     const int32_t* experts, const float* gates, const float* dgate,
                     const float* prob, const float* sig, const float* logits, const float* lse,
-                    const uint8_t* nonfinite, const int64_t* summary, float* dz,
-                    cudaStream_t stream);
+                    const uint8_t* nonfinite, const int64_t* demand, int64_t valid_tokens,
+                    float* dz, cudaStream_t stream);
 
 // float32 -> dtype.
 void convert_from_float(moe_dtype_t dtype, int64_t n, const float* src, void* dst,

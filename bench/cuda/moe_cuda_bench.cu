@@ -1,7 +1,10 @@
 // GPU benchmark of the cuda backend: layer forward and forward+backward throughput
 // against a dense cuBLAS FFN of the same FLOPs measured in the same run, and the
-// permute and combine kernels against a device-to-device copy. Times are medians of
-// CUDA-event timings after warm-up. Prints a table and writes JSON (--json FILE).
+// permute and combine kernels against a device-to-device copy, and (--ep 1) the
+// expert-parallel pipeline on one rank: the same layer through a local communicator
+// (rows staged through host memory) and, when built with NCCL, through a one-rank NCCL
+// communicator, against the layer without one. Times are medians of CUDA-event timings
+// after warm-up. Prints a table and writes JSON (--json FILE).
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
@@ -17,6 +20,9 @@
 #include "backends/cuda/gemm.hpp"
 #include "backends/cuda/kernels.hpp"
 #include "moe/moe.hpp"
+#ifdef MOE_BENCH_NCCL
+#include "moe/moe_nccl.h"
+#endif
 
 namespace {
 
@@ -88,7 +94,7 @@ moe_tensor_t tensor(void* p, std::initializer_list<int64_t> shape) {
 int main(int argc, char** argv) {
   int64_t T = 8192, d = 4096, dff = 14336, E = 8, k = 2;
   int iters = 20;
-  int64_t telemetry = 1;
+  int64_t telemetry = 1, ep = 0;
   const char* json = nullptr;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
@@ -107,6 +113,8 @@ int main(int argc, char** argv) {
       iters = static_cast<int>(v);
     else if (a == "--telemetry")
       telemetry = v;
+    else if (a == "--ep")
+      ep = v;
     else if (a == "--json")
       json = argv[i + 1];
   }
@@ -158,6 +166,47 @@ int main(int argc, char** argv) {
   moe::Context probe = layer.forward(fa);
   const auto stats = probe.stats(E);
   probe = moe::Context();
+
+  // The expert-parallel pipeline on one rank: every row still travels through the
+  // communicator, so this is its cost over the plain pipeline (dispatch on the host,
+  // the exchanges' synchronisations, and host staging for a host communicator).
+  struct Attached {
+    const char* name;
+    double forward_ms, train_ms;
+  };
+  std::vector<Attached> attached;
+  auto time_attached = [&](const char* name, moe_comm_t comm) {
+    layer.set_comm(comm);
+    layer.set_weights(w);
+    const double f =
+        median_ms(iters, [&] { moe::check(moe_layer_forward(layer.get(), &fa, nullptr)); });
+    const double t = median_ms(iters, [&] {
+      moe::Context ctx = layer.forward(fa);
+      layer.backward(ctx, ba);
+    });
+    layer.set_comm(nullptr);
+    layer.set_weights(w);
+    attached.push_back({name, f, t});
+  };
+  if (ep) {
+    moe_comm_t local = nullptr;
+    moe::check(moe_comm_create_local(&local));
+    time_attached("local communicator (host staging)", local);
+    moe::check(moe_comm_destroy(local));
+#ifdef MOE_BENCH_NCCL
+    ncclComm_t nccl;
+    int device = 0;
+    if (ncclCommInitAll(&nccl, 1, &device) != ncclSuccess) {
+      std::fprintf(stderr, "ncclCommInitAll failed\n");
+      return 1;
+    }
+    moe_comm_t comm = nullptr;
+    moe::check(moe_comm_create_nccl(nccl, nullptr, 60.0, &comm));
+    time_attached("one-rank NCCL communicator", comm);
+    moe::check(moe_comm_destroy(comm));
+    ncclCommDestroy(nccl);
+#endif
+  }
 
   // A dense FFN of the same FLOPs: T*k rows through [d, F] and [d_ff, d].
   const int64_t R = T * k;
@@ -225,6 +274,11 @@ int main(int argc, char** argv) {
               dense_forward_ms / forward_ms, dense_train_ms / train_ms);
   std::printf("permute %.1f GB/s, combine %.1f GB/s, device copy %.1f GB/s -> %.2f, %.2f of copy\n",
               permute_gbs, combine_gbs, copy_gbs, permute_gbs / copy_gbs, combine_gbs / copy_gbs);
+  for (const Attached& a : attached)
+    std::printf(
+        "expert parallel, %s: forward %.3f ms (%.3fx plain), forward+backward %.3f ms "
+        "(%.3fx plain)\n",
+        a.name, a.forward_ms, a.forward_ms / forward_ms, a.train_ms, a.train_ms / train_ms);
   if (json) {
     FILE* f = std::fopen(json, "w");
     std::fprintf(f,

@@ -32,6 +32,9 @@ cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOE_WITH_CUDA=ON \
 grep -i "nccl" /tmp/configure.log | tee -a "$OUT/summary.txt"
 cmake --build build-gpu -j"$(nproc)" >/tmp/build.log 2>&1 || { grep -E "error" /tmp/build.log | head -30; exit 1; }
 
+# MOE_GPU_BUILD_ONLY=1 stops here (build-gpu/ is then ready for a command of one's own).
+[ "${MOE_GPU_BUILD_ONLY:-0}" = 1 ] && exit 0
+
 step "CUDA and NCCL tests"
 (cd build-gpu && ctest -R 'Cuda|Nccl' -j8 --output-on-failure) >"$OUT/cuda_tests.log" 2>&1
 tests_rc=$?
@@ -43,6 +46,13 @@ compute-sanitizer --tool memcheck --error-exitcode 1 build-gpu/tests/test_cuda_b
   >"$OUT/memcheck.log" 2>&1
 echo "memcheck exit $?" | tee -a "$OUT/summary.txt"
 grep -E "ERROR SUMMARY|PASSED|FAILED" "$OUT/memcheck.log" | tail -5 | tee -a "$OUT/summary.txt"
+
+step "compute-sanitizer memcheck: expert parallelism (2 thread ranks, both transports)"
+compute-sanitizer --tool memcheck --error-exitcode 1 build-gpu/tests/test_cuda_expert_parallel \
+  --gtest_filter='*MatchesTheSingleProcessLayer/2_ranks*:*NeverCalls*/2_ranks*' \
+  >"$OUT/memcheck_ep.log" 2>&1
+echo "memcheck exit $?" | tee -a "$OUT/summary.txt"
+grep -E "ERROR SUMMARY|PASSED|FAILED" "$OUT/memcheck_ep.log" | tail -5 | tee -a "$OUT/summary.txt"
 
 # MOE_GPU_TESTS_ONLY=1 stops here (a re-check after a test-only change).
 [ "${MOE_GPU_TESTS_ONLY:-0}" = 1 ] && exit $tests_rc
@@ -58,6 +68,9 @@ for round in 1 2; do
     build-gpu/bench/moe-cuda-bench --telemetry $telemetry 2>&1 | tee -a "$OUT/summary.txt"
   done
 done
+
+step "expert-parallel pipeline on one rank (local and NCCL communicators) vs plain"
+build-gpu/bench/moe-cuda-bench --ep 1 2>&1 | tee -a "$OUT/summary.txt"
 
 step "where the time goes (MOE_CUDA_PROFILE=1, one forward and backward)"
 MOE_CUDA_PROFILE=1 build-gpu/bench/moe-cuda-bench --iters 1 2>&1 | grep "moe cuda" | tail -2 | tee -a "$OUT/summary.txt"

@@ -17,69 +17,16 @@
 #include "core/bfloat16.hpp"
 #include "moe/moe.hpp"
 #include "moe/moe_cuda.h"
+#include "tests/cuda/device_mirror.hpp"
 
 namespace {
 
-bool have_gpu() {
-  int n = 0;
-  const bool ok = cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
-  cudaGetLastError();
-  return ok;
-}
-
-#define SKIP_WITHOUT_GPU()                                                         \
-  do {                                                                             \
-    if (!have_gpu()) GTEST_SKIP() << "no CUDA device found: cuda backend not run"; \
-  } while (0)
+using moe_test::have_gpu;
+using moe_test::Mirror;
 
 void cuda_ok(cudaError_t e) {
   ASSERT_EQ(e, cudaSuccess) << cudaGetErrorString(e);
 }
-
-// A host float array mirrored on the device in the layer's dtype.
-struct Mirror {
-  moe_dtype_t dtype;
-  std::vector<float> host;  // values exactly representable in dtype
-  void* device = nullptr;
-  Mirror(moe_dtype_t t, std::vector<float> values) : dtype(t), host(std::move(values)) {
-    if (dtype == MOE_DTYPE_BF16)
-      for (float& v : host) v = moe::bfloat16(v);
-    cudaMalloc(&device, bytes() ? bytes() : 1);
-    upload();
-  }
-  Mirror(const Mirror&) = delete;
-  ~Mirror() { cudaFree(device); }
-  size_t element() const { return dtype == MOE_DTYPE_BF16 ? 2 : 4; }
-  size_t bytes() const { return host.size() * element(); }
-  void upload() {
-    if (dtype == MOE_DTYPE_BF16) {
-      const std::vector<moe::bfloat16> h(host.begin(), host.end());
-      cudaMemcpy(device, h.data(), bytes(), cudaMemcpyHostToDevice);
-    } else {
-      cudaMemcpy(device, host.data(), bytes(), cudaMemcpyHostToDevice);
-    }
-  }
-  std::vector<float> download() const {
-    std::vector<float> out(host.size());
-    cudaDeviceSynchronize();
-    if (dtype == MOE_DTYPE_BF16) {
-      std::vector<moe::bfloat16> h(host.size());
-      cudaMemcpy(h.data(), device, bytes(), cudaMemcpyDeviceToHost);
-      out.assign(h.begin(), h.end());
-    } else {
-      cudaMemcpy(out.data(), device, bytes(), cudaMemcpyDeviceToHost);
-    }
-    return out;
-  }
-  moe_tensor_t tensor(std::initializer_list<int64_t> shape) const {
-    moe_tensor_t t = MOE_TENSOR_EMPTY;
-    t.data = device;
-    t.dtype = dtype;
-    t.device = MOE_DEVICE_CUDA;
-    for (int64_t s : shape) t.shape[t.ndim++] = s;
-    return t;
-  }
-};
 
 double relative_error(const std::vector<float>& got, const std::vector<float>& want) {
   double num = 0, den = 0;
