@@ -146,22 +146,7 @@ void forward_single(Layer& layer, cuda::LayerState& state, cuda::SavedOnDevice& 
                             s.dropped.get<uint8_t>(), stream);
   cuda::rank_kept_copies(copies, E, s.experts.get<int32_t>(), summary, s.row.get<int64_t>(),
                          s.dropped.get<uint8_t>(), stream);
-  if (telemetry) {
-    cuda::StatsInputs in;
-    in.tokens = T;
-    in.experts = E;
-    in.slots = slots;
-    in.top_k = c.top_k;
-    in.seq_len = args.seq_len;
-    in.expert_choice = expert_choice;
-    in.prob = s.prob.get<float>();
-    in.logits = c.learned_router() ? s.logits.get<float>() : nullptr;
-    in.nonfinite = s.nonfinite.get<uint8_t>();
-    in.experts_of = s.experts.get<int32_t>();
-    in.gates = s.gates.get<float>();
-    in.dropped = s.dropped.get<uint8_t>();
-    cuda::step_stats(in, s.stats.get<int64_t>(), stream);
-  }
+  if (telemetry) s.sum_step_stats(c, args.seq_len);
   timer.mark("route");
   // The one read-back of the step: counts (grouped GEMM sizes, telemetry), loss sums,
   // and the step's statistics when telemetry is due.

@@ -113,19 +113,7 @@ void forward_expert_parallel(Layer& layer, LayerState& state, SavedOnDevice& s,
   timer.mark("dispatch");
 
   if (layer.telemetry.due()) {
-    StatsInputs in;
-    in.tokens = T;
-    in.experts = E;
-    in.slots = k;
-    in.top_k = c.top_k;
-    in.seq_len = args.seq_len;
-    in.prob = s.prob.get<float>();
-    in.logits = c.learned_router() ? s.logits.get<float>() : nullptr;
-    in.nonfinite = s.nonfinite.get<uint8_t>();
-    in.experts_of = s.experts.get<int32_t>();
-    in.gates = s.gates.get<float>();
-    in.dropped = s.dropped.get<uint8_t>();
-    step_stats(in, s.stats.get<int64_t>(), stream);
+    s.sum_step_stats(c, args.seq_len);
     check(cudaMemcpyAsync(state.readback + R.stats(), s.stats.get(), s.stats.bytes(),
                           cudaMemcpyDeviceToHost, stream),
           "cudaMemcpyAsync");

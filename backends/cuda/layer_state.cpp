@@ -59,6 +59,23 @@ void SavedOnDevice::take_counts(const int64_t* counts, const double* sums) {
   batch_valid_tokens = routing.valid_tokens;
 }
 
+void SavedOnDevice::sum_step_stats(const LayerConfig& c, int64_t seq_len) const {
+  StatsInputs in;
+  in.tokens = params.tokens;
+  in.experts = c.num_experts;
+  in.slots = c.slots();
+  in.top_k = c.top_k;
+  in.seq_len = seq_len;
+  in.expert_choice = c.router == MOE_ROUTER_EXPERT_CHOICE;
+  in.prob = prob.get<float>();
+  in.logits = c.learned_router() ? logits.get<float>() : nullptr;
+  in.nonfinite = nonfinite.get<uint8_t>();
+  in.experts_of = experts.get<int32_t>();
+  in.gates = gates.get<float>();
+  in.dropped = dropped.get<uint8_t>();
+  cuda::step_stats(in, stats.get<int64_t>(), stream);
+}
+
 void SavedOnDevice::copy_routing(int32_t* out_experts, float* out_gates,
                                  uint8_t* out_dropped) const {
   const size_t n = static_cast<size_t>(params.tokens * params.top_k);

@@ -88,6 +88,9 @@ struct SavedOnDevice final : SavedState {
   // `counts`: SummaryLayout words; `sums`: summarize's E + 4 loss sums.
   void take_counts(const int64_t* counts, const double* sums);
 
+  // Launches the step's statistics over the routing decision and drop marks into `stats`.
+  void sum_step_stats(const LayerConfig& config, int64_t seq_len) const;
+
   void copy_routing(int32_t* out_experts, float* out_gates, uint8_t* out_dropped) const override;
   // The statistics were summed on the device in forward and read back with the counts.
   StepStats step_stats(const LayerConfig& config, int64_t seq_len) const override;

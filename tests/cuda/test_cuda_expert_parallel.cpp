@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "moe/moe.hpp"
+#include "tests/cpp/ep_scenarios.hpp"
 #include "tests/cuda/device_mirror.hpp"
 #include "tests/cuda/thread_group.hpp"
 
@@ -28,16 +29,7 @@ namespace {
 using moe_test::Mirror;
 using moe_test::ThreadGroup;
 
-struct Scenario {
-  std::string name;
-  moe_layer_config_t config = MOE_LAYER_CONFIG_INIT;
-  std::vector<int64_t> split;  // tokens of each rank
-  std::vector<int32_t> owner;  // empty: contiguous blocks
-  int steps = 2;
-  bool accumulate = true;  // gradients and dx summed over the steps
-  bool train = true;
-  int64_t seq_len = 0;
-};
+using Scenario = moe_test::EpScenario;
 
 int64_t ff_width(const moe_layer_config_t& c) {
   const bool gated = c.activation == MOE_ACTIVATION_SWIGLU || c.activation == MOE_ACTIVATION_GEGLU;
@@ -280,94 +272,6 @@ void check_scenario(const Scenario& sc, moe_dtype_t dtype, moe_device_t transpor
   EXPECT_EQ(counted, sent_to);
 }
 
-Scenario scenario(const char* name, int world, int64_t E, int64_t k, int64_t T) {
-  Scenario s;
-  s.name = name;
-  s.config.d_model = 16;
-  s.config.d_ff = 24;
-  s.config.num_experts = E;
-  s.config.top_k = k;
-  // Uneven shares, none empty.
-  int64_t left = T;
-  for (int r = 0; r < world; ++r) {
-    s.split.push_back(r + 1 == world ? left : std::max<int64_t>(1, T * (r + 2) / (4 * world)));
-    left -= s.split.back();
-  }
-  return s;
-}
-
-std::vector<Scenario> scenarios(int world) {
-  std::vector<Scenario> all;
-  {
-    // Sequence metrics need whole sequences on each rank: shares are multiples of 4.
-    Scenario s = scenario("softmax_top2_dropless", world, 8, 2, 12);
-    for (int64_t& n : s.split) n *= 4;
-    s.config.expert_bias = 1;
-    s.config.load_balance_alpha = 0.01;
-    s.config.router_z_loss_coef = 0.001;
-    s.seq_len = 4;
-    all.push_back(s);
-  }
-  {
-    Scenario s = scenario("capacity_position_drops", world, 8, 2, 64);
-    s.config.capacity_factor = 0.75;
-    all.push_back(s);
-  }
-  {
-    Scenario s = scenario("capacity_probability_drops_swiglu", world, 8, 2, 64);
-    s.config.capacity_factor = 0.75;
-    s.config.drop_policy = MOE_DROP_PROBABILITY;
-    s.config.activation = MOE_ACTIVATION_SWIGLU;
-    s.config.expert_bias = 1;
-    all.push_back(s);
-  }
-  {
-    Scenario s = scenario("rank_with_zero_tokens", world, 8, 2, 40);
-    s.split[0] += s.split[1];
-    s.split[1] = 0;
-    s.config.capacity_factor = 1.0;
-    all.push_back(s);
-  }
-  {
-    Scenario s = scenario("all_experts_on_one_rank", world, 4, 2, 32);
-    s.owner.assign(4, world - 1);
-    s.config.capacity_factor = 1.25;
-    all.push_back(s);
-  }
-  {
-    Scenario s = scenario("round_robin_map_sigmoid_noise", world, 12, 3, 60);
-    for (int e = 0; e < 12; ++e) s.owner.push_back(e % world);
-    s.config.router = MOE_ROUTER_SIGMOID;
-    s.config.router_noise_type = MOE_NOISE_GAUSSIAN;
-    s.config.router_noise_std_init = 0.5;
-    s.config.bias_update_rate = 0.01;
-    s.config.activation = MOE_ACTIVATION_GEGLU;
-    s.steps = 3;
-    all.push_back(s);
-  }
-  {
-    Scenario s = scenario("hash_router_eval", world, 8, 1, 36);
-    s.config.router = MOE_ROUTER_HASH;
-    s.config.capacity_factor = 1.0;
-    s.train = false;
-    all.push_back(s);
-  }
-  {
-    Scenario s = scenario("fewer_experts_than_ranks", world, 3, 1, 30);
-    s.config.activation = MOE_ACTIVATION_RELU;
-    all.push_back(s);
-  }
-  {
-    // Every expert's rows padded to the capacity: one batched product per matrix.
-    Scenario s = scenario("pad_to_capacity", world, 6, 2, 48);
-    s.config.capacity_factor = 1.5;
-    s.config.pad_to_capacity = 1;
-    s.config.expert_bias = 1;
-    all.push_back(s);
-  }
-  return all;
-}
-
 using Case = std::tuple<int, moe_device_t>;
 
 class CudaExpertParallel : public ::testing::TestWithParam<Case> {};
@@ -376,7 +280,7 @@ TEST_P(CudaExpertParallel, MatchesTheSingleProcessLayer) {
   SKIP_WITHOUT_GPU();
   const auto [world, transport] = GetParam();
   uint64_t seed = 1;
-  for (const Scenario& s : scenarios(world)) {
+  for (const Scenario& s : moe_test::ep_scenarios(world)) {
     check_scenario(s, MOE_DTYPE_F32, transport, seed);
     check_scenario(s, MOE_DTYPE_BF16, transport, seed);
     ++seed;
@@ -386,7 +290,7 @@ TEST_P(CudaExpertParallel, MatchesTheSingleProcessLayer) {
 TEST_P(CudaExpertParallel, TwoHundredStepsWithoutAHang) {
   SKIP_WITHOUT_GPU();
   const auto [world, transport] = GetParam();
-  Scenario s = scenario("200_steps", world, 8, 2, 24);
+  Scenario s = moe_test::ep_scenario("200_steps", world, 8, 2, 24);
   s.config.d_model = 8;
   s.config.d_ff = 8;
   s.config.capacity_factor = 1.0;
@@ -406,7 +310,7 @@ TEST_P(CudaExpertParallel, ARankThatNeverCallsFailsTheOthersWithinTheTimeout) {
   const auto [world, transport] = GetParam();
   ThreadGroup group(world, transport);
   const double timeout = 2.0;
-  Scenario sc = scenario("early_exit", world, 4, 1, 8 * world);
+  Scenario sc = moe_test::ep_scenario("early_exit", world, 4, 1, 8 * world);
   const Problem problem(sc.config, 8, 5);
   std::vector<moe_status_t> status(world, MOE_STATUS_SUCCESS);
   std::vector<double> seconds(world, 0.0);

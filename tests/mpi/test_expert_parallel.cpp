@@ -23,6 +23,7 @@
 #include "core/bfloat16.hpp"
 #include "moe/moe.hpp"
 #include "moe/moe_mpi.h"
+#include "tests/cpp/ep_scenarios.hpp"
 
 namespace {
 
@@ -63,15 +64,8 @@ moe_dtype_t dtype_of<moe::bfloat16>() {
   return MOE_DTYPE_BF16;
 }
 
-struct Scenario {
-  std::string name;
-  moe_layer_config_t config = MOE_LAYER_CONFIG_INIT;
-  std::vector<int64_t> split;  // tokens of each rank
-  std::vector<int32_t> owner;  // empty: contiguous blocks
-  int steps = 2;
-  bool train = true;
-  int64_t seq_len = 0;
-};
+using Scenario = moe_test::EpScenario;
+using moe_test::ep_base_config;
 
 // Values a and b agree: same bits on cpu_ref, else within `tol` relative.
 template <typename S>
@@ -172,7 +166,7 @@ Run<S> run_layer(moe::Layer& layer, const Scenario& sc, Params<S>& weights, int6
     ba.dy = moe::tensor(const_cast<S*>(dy.data()), dtype_of<S>(), {T, d});
     ba.dx = moe::tensor(dx.data(), dtype_of<S>(), {T, d});
     ba.grads = run.grads.view(c, experts);
-    ba.flags = step > 0 ? MOE_BACKWARD_ACCUMULATE : 0u;
+    ba.flags = step > 0 && sc.accumulate ? MOE_BACKWARD_ACCUMULATE : 0u;
     layer.backward(ctx, ba);
     run.y.push_back(y);
     run.dx.push_back(dx);
@@ -325,105 +319,10 @@ void run_scenario(moe_comm_t comm, Scenario sc, uint64_t seed) {
   if (g_rank == 0) std::printf("ok %s\n", g_case.c_str());
 }
 
-Scenario scenario(const char* name, const moe_layer_config_t& config, std::vector<int64_t> split) {
-  Scenario s;
-  s.name = name;
-  s.config = config;
-  s.split = std::move(split);
-  return s;
-}
-
-moe_layer_config_t base_config(int64_t E, int64_t k) {
-  moe_layer_config_t c = MOE_LAYER_CONFIG_INIT;
-  c.d_model = 16;
-  c.d_ff = 24;
-  c.num_experts = E;
-  c.top_k = k;
-  return c;
-}
-
-// Uneven shares of T tokens over the ranks, none empty.
-std::vector<int64_t> uneven(int64_t T) {
-  std::vector<int64_t> split(g_world);
-  int64_t left = T;
-  for (int r = 0; r < g_world; ++r) {
-    split[r] = r + 1 == g_world ? left : std::max<int64_t>(1, T * (r + 2) / (4 * g_world));
-    left -= split[r];
-  }
-  return split;
-}
-
-std::vector<Scenario> scenarios() {
-  std::vector<Scenario> all;
-  {
-    // Sequence metrics need whole sequences on each rank: shares are multiples of 4.
-    Scenario s = scenario("softmax_top2_dropless", base_config(8, 2), uneven(12));
-    for (int64_t& n : s.split) n *= 4;
-    s.config.expert_bias = 1;
-    s.config.load_balance_alpha = 0.01;
-    s.config.router_z_loss_coef = 0.001;
-    s.seq_len = 4;
-    all.push_back(s);
-  }
-  {
-    Scenario s = scenario("capacity_position_drops", base_config(8, 2), uneven(64));
-    s.config.capacity_factor = 0.75;
-    all.push_back(s);
-  }
-  {
-    Scenario s = scenario("capacity_probability_drops", base_config(8, 2), uneven(64));
-    s.config.capacity_factor = 0.75;
-    s.config.drop_policy = MOE_DROP_PROBABILITY;
-    s.config.activation = MOE_ACTIVATION_SWIGLU;
-    all.push_back(s);
-  }
-  {
-    // Rank 1 brings no tokens: it still serves its experts.
-    Scenario s = scenario("rank_with_zero_tokens", base_config(8, 2), uneven(40));
-    s.split[0] += s.split[1];
-    s.split[1] = 0;
-    s.config.capacity_factor = 1.0;
-    all.push_back(s);
-  }
-  {
-    // All experts on the last rank: every token travels to it; the others hold none.
-    Scenario s = scenario("all_experts_on_one_rank", base_config(4, 2), uneven(32));
-    s.owner.assign(4, g_world - 1);
-    s.config.capacity_factor = 1.25;
-    all.push_back(s);
-  }
-  {
-    // Round-robin map: the exchange order differs from the expert order.
-    Scenario s = scenario("round_robin_map_sigmoid_noise", base_config(12, 3), uneven(60));
-    for (int e = 0; e < 12; ++e) s.owner.push_back(e % g_world);
-    s.config.router = MOE_ROUTER_SIGMOID;
-    s.config.router_noise_type = MOE_NOISE_GAUSSIAN;
-    s.config.router_noise_std_init = 0.5;
-    s.config.bias_update_rate = 0.01;
-    s.config.activation = MOE_ACTIVATION_GEGLU;
-    s.steps = 3;
-    all.push_back(s);
-  }
-  {
-    Scenario s = scenario("hash_router_eval", base_config(8, 1), uneven(36));
-    s.config.router = MOE_ROUTER_HASH;
-    s.config.capacity_factor = 1.0;
-    s.train = false;
-    all.push_back(s);
-  }
-  {
-    // Fewer experts than ranks on 4 ranks: some own none.
-    Scenario s = scenario("fewer_experts_than_ranks", base_config(3, 1), uneven(30));
-    s.config.activation = MOE_ACTIVATION_RELU;
-    all.push_back(s);
-  }
-  return all;
-}
-
 // Bad attachments are refused on every rank, and the layer stays usable.
 void refusals(moe_comm_t comm) {
   g_case = "refusals";
-  moe_layer_config_t c = base_config(4, 1);
+  moe_layer_config_t c = ep_base_config(4, 1);
   c.backend = backend();
   moe::Layer layer(c);
   const int32_t bad_owner[4] = {0, 0, 0, g_world};
@@ -508,7 +407,7 @@ void refusals(moe_comm_t comm) {
 
 // 200 training iterations: no hang, and still the single-process result at the end.
 void long_run(moe_comm_t comm) {
-  Scenario s = scenario("200_iterations", base_config(8, 2), uneven(24));
+  Scenario s = moe_test::ep_scenario("200_iterations", g_world, 8, 2, 24);
   s.config.d_model = 8;
   s.config.d_ff = 8;
   s.config.capacity_factor = 1.0;
@@ -537,8 +436,8 @@ void shared_communicator(moe_comm_t comm) {
     return v;
   };
   std::vector<Model> models(2);
-  models[0].config = base_config(4, 1);
-  models[1].config = base_config(6, 2);
+  models[0].config = ep_base_config(4, 1);
+  models[1].config = ep_base_config(6, 2);
   models[1].config.capacity_factor = 1.0;
   for (Model& m : models) {
     m.config.backend = backend();
@@ -594,7 +493,7 @@ void shared_communicator(moe_comm_t comm) {
 // total), never subtracted from a stage that did not contain it.
 void late_peer_profile(moe_comm_t comm) {
   g_case = "late_peer_profile";
-  moe_layer_config_t c = base_config(4, 1);
+  moe_layer_config_t c = ep_base_config(4, 1);
   c.backend = backend();
   moe::Layer layer(c);
   layer.set_comm(comm);
@@ -647,7 +546,7 @@ int main(int argc, char** argv) {
   moe_comm_t comm = nullptr;
   CHECK(moe_comm_create_mpi(MPI_COMM_WORLD, 60.0, &comm) == MOE_STATUS_SUCCESS, "create");
   uint64_t seed = 1;
-  for (const Scenario& s : scenarios()) {
+  for (const Scenario& s : moe_test::ep_scenarios(g_world)) {
     run_scenario<float>(comm, s, seed);
     run_scenario<double>(comm, s, seed);
     run_scenario<moe::bfloat16>(comm, s, seed);
