@@ -618,8 +618,10 @@ MOE_API moe_status_t moe_comm_barrier(moe_comm_t comm);
  * and its expert gradients have those shapes; the router weight stays whole [d, E] on
  * every rank. forward and backward become collectives: every rank calls them in the
  * same order, also with zero tokens. `comm` must outlive the attachment
- * (moe_comm_destroy refuses while a layer holds it). Host backends only (cpu_ref,
- * onednn); the expert-choice router is refused, as its selection is batch-wide. */
+ * (moe_comm_destroy refuses while a layer holds it). Host layers need a host
+ * communicator (MPI, local); cuda layers take either (rows move in device memory with
+ * NCCL, staged through host memory otherwise). The expert-choice router is refused, as
+ * its selection is batch-wide. */
 MOE_API moe_status_t moe_layer_set_comm(moe_layer_t layer, moe_comm_t comm,
                                         const int32_t *expert_owner, int64_t count);
 
@@ -632,7 +634,8 @@ MOE_API moe_status_t moe_layer_local_experts(const_moe_layer_t layer, int32_t *e
 /* The router gradient is per rank (each rank's tokens' share); this sums it in place
  * over the layer's communicator: in rank order with double accumulation, rounded once,
  * so every rank gets the same bits. grad: the layer's dtype, [d_model, num_experts],
- * host memory. A no-op without a communicator. Collective. */
+ * in the layer's memory (host, or device for a cuda layer). A no-op without a
+ * communicator. Collective. */
 MOE_API moe_status_t moe_layer_reduce_router_grad(moe_layer_t layer, moe_tensor_t grad);
 
 /* What the layer's exchanges moved, per peer (this rank included: its own experts'
