@@ -15,6 +15,9 @@ class DeviceMemory {
   virtual void release(void* data) = 0;
   virtual void to_device(void* device, const void* host, size_t bytes) = 0;
   virtual void to_host(void* host, const void* device, size_t bytes) = 0;
+  // Host memory the device copies fast (pinned), of at least `bytes`: one buffer per
+  // `slot` (0: what is sent, 1: what is received), grown as needed and kept for reuse.
+  virtual void* host_staging(int slot, size_t bytes) = 0;
 };
 
 }  // namespace moe

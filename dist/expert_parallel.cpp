@@ -4,7 +4,6 @@
 #include <numeric>
 
 #include "core/error.hpp"
-#include "core/host_buffer.hpp"
 #include "core/stage_timer.hpp"
 
 namespace moe::dist {
@@ -23,28 +22,28 @@ ExpertParallel::~ExpertParallel() {
 
 namespace {
 
-// A temporary buffer of the memory kind the communicator does not take as given.
+// A temporary buffer of the memory kind the communicator does not take as given:
+// device memory from the pool, or the layer's pinned host staging buffer of `slot`.
 class Staging {
  public:
-  Staging(DeviceMemory* device, size_t bytes) : device_(device), bytes_(bytes) {
-    if (device_)
-      data_ = bytes ? device_->allocate(bytes) : nullptr;
-    else
-      host_.resize(bytes);
+  Staging(DeviceMemory& memory, bool on_device, int slot, size_t bytes)
+      : memory_(memory), on_device_(on_device), bytes_(bytes) {
+    if (bytes == 0) return;
+    data_ = on_device ? memory.allocate(bytes) : memory.host_staging(slot, bytes);
   }
   ~Staging() {
-    if (device_ && data_) device_->release(data_);
+    if (on_device_ && data_) memory_.release(data_);
   }
   Staging(const Staging&) = delete;
   Staging& operator=(const Staging&) = delete;
-  void* data() { return device_ ? data_ : host_.data(); }
+  void* data() { return data_; }
   size_t bytes() const { return bytes_; }
 
  private:
-  DeviceMemory* device_;
+  DeviceMemory& memory_;
+  bool on_device_;
   size_t bytes_;
   void* data_ = nullptr;
-  host_buffer<unsigned char> host_;
 };
 
 size_t total(const std::vector<int64_t>& bytes) {
@@ -76,9 +75,8 @@ void ExpertParallel::staged(const void* send, const std::vector<int64_t>& send_b
   // Host data over a device communicator needs device temporaries, and the reverse.
   require(memory_ != nullptr, MOE_STATUS_UNSUPPORTED,
           "this communicator moves device memory, and this layer has none to stage through");
-  DeviceMemory* temporaries_on_device = send_on_device ? nullptr : memory_.get();
-  Staging out(temporaries_on_device, total(send_bytes)),
-      in(temporaries_on_device, total(recv_bytes));
+  Staging out(*memory_, !send_on_device, 0, total(send_bytes)),
+      in(*memory_, !send_on_device, 1, total(recv_bytes));
   // The copies are part of the exchange's time.
   StageTimer timer;
   if (out.bytes()) {

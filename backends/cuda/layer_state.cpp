@@ -122,6 +122,21 @@ StepStats SavedOnDevice::step_stats(const LayerConfig& config,
   return s;
 }
 
+LayerDeviceMemory::~LayerDeviceMemory() {
+  for (Pinned& p : staging_) cudaFreeHost(p.data);
+}
+
+void* LayerDeviceMemory::host_staging(int slot, size_t bytes) {
+  Pinned& p = staging_[slot];
+  if (p.bytes < bytes) {
+    cudaFreeHost(p.data);
+    p = Pinned{};
+    check(cudaHostAlloc(&p.data, bytes, cudaHostAllocDefault), "cudaHostAlloc");
+    p.bytes = bytes;
+  }
+  return p.data;
+}
+
 void* LayerDeviceMemory::allocate(size_t bytes) {
   void* data = nullptr;
   check(cudaMallocFromPoolAsync(&data, bytes, memory_pool(), stream()), "cudaMallocFromPoolAsync");

@@ -102,14 +102,23 @@ struct SavedOnDevice final : SavedState {
 class LayerDeviceMemory final : public DeviceMemory {
  public:
   explicit LayerDeviceMemory(const Layer& layer) : layer_(layer) {}
+  ~LayerDeviceMemory() override;
+  LayerDeviceMemory(const LayerDeviceMemory&) = delete;
+  LayerDeviceMemory& operator=(const LayerDeviceMemory&) = delete;
   void* allocate(size_t bytes) override;
   void release(void* data) override;
   void to_device(void* device, const void* host, size_t bytes) override;
   void to_host(void* host, const void* device, size_t bytes) override;
+  void* host_staging(int slot, size_t bytes) override;
 
  private:
   cudaStream_t stream() const { return static_cast<cudaStream_t>(layer_.stream); }
   const Layer& layer_;
+  struct Pinned {
+    void* data = nullptr;
+    size_t bytes = 0;
+  };
+  Pinned staging_[2];  // cudaHostAlloc'd; every copy through them has completed
 };
 
 }  // namespace moe::cuda
