@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <numeric>
 #include <vector>
 
 #include "core/host_buffer.hpp"
@@ -13,6 +14,13 @@
 
 namespace moe::dist {
 
+// The byte count of each peer's rows: rows[p] * row_bytes.
+inline std::vector<int64_t> bytes_of_rows(const std::vector<int64_t>& rows, int64_t row_bytes) {
+  std::vector<int64_t> bytes(rows.size());
+  for (size_t p = 0; p < rows.size(); ++p) bytes[p] = rows[p] * row_bytes;
+  return bytes;
+}
+
 // Sends rows_out[p] rows of `width` to each peer p and returns the rows received,
 // rows_in[p] from each peer, packed in rank order.
 template <typename S>
@@ -20,13 +28,9 @@ host_buffer<S> exchange_rows(ExpertParallel& ep, const S* rows,
                              const std::vector<int64_t>& rows_out,
                              const std::vector<int64_t>& rows_in, int64_t width) {
   const int64_t row_bytes = width * static_cast<int64_t>(sizeof(S));
-  std::vector<int64_t> out_bytes(rows_out.size()), in_bytes(rows_in.size());
-  int64_t received = 0;
-  for (size_t p = 0; p < rows_out.size(); ++p) {
-    out_bytes[p] = rows_out[p] * row_bytes;
-    in_bytes[p] = rows_in[p] * row_bytes;
-    received += rows_in[p];
-  }
+  const std::vector<int64_t> out_bytes = bytes_of_rows(rows_out, row_bytes),
+                             in_bytes = bytes_of_rows(rows_in, row_bytes);
+  const int64_t received = std::accumulate(rows_in.begin(), rows_in.end(), int64_t{0});
   host_buffer<S> in(static_cast<size_t>(received * width));
   ep.exchange(rows, out_bytes, in.data(), in_bytes);
   return in;

@@ -184,15 +184,12 @@ void forward_single(Layer& layer, cuda::LayerState& state, cuda::SavedOnDevice& 
   std::iota(plan.order.begin(), plan.order.end(), 0);
   plan.offset = layout.offsets;
   plan.rows = plan.offset[E];
-  check(cudaMemcpyAsync(summary + L.offsets(), plan.offset.data(), (E + 1) * sizeof(int64_t),
-                        cudaMemcpyHostToDevice, stream),
-        "cudaMemcpyAsync");
   cuda::prepare_expert_rows(c, s.expert_rows, std::move(layout), E, stream);
   cuda::ExpertRows& rows = s.expert_rows;
   s.row_token = DeviceBuffer(plan.rows * sizeof(int64_t), stream);
   check(cudaMemsetAsync(s.row_token.get(), 0xff, s.row_token.bytes(), stream), "cudaMemsetAsync");
-  cuda::place_rows(copies, slots, E, s.experts.get<int32_t>(), summary, s.row.get<int64_t>(),
-                   s.row_token.get<int64_t>(), stream);
+  cuda::place_rows(copies, slots, s.experts.get<int32_t>(), rows.offsets.get<int64_t>(),
+                   s.row.get<int64_t>(), s.row_token.get<int64_t>(), stream);
   timer.mark("readback");
   cuda::copy_finite_rows(dtype, T, d, args.x.data, s.nonfinite.get<uint8_t>(), s.x.get(), stream);
   cuda::permute(dtype, plan.rows, d, s.x.get(), s.row_token.get<int64_t>(), rows.xp.get(), stream);

@@ -1,11 +1,13 @@
 #include "backends/cuda/expert_parallel.hpp"
 
 #include <algorithm>
+#include <numeric>
 #include <vector>
 
 #include "backends/cuda/cuda_check.hpp"
 #include "backends/cuda/expert_mlp.hpp"
 #include "dist/dispatch.hpp"
+#include "dist/row_exchange.hpp"
 
 namespace moe::cuda {
 namespace {
@@ -28,12 +30,6 @@ void download(const DeviceBuffer& buffer, std::vector<T>& values, cudaStream_t s
         "cudaMemcpyAsync");
 }
 
-int64_t sum(const std::vector<int64_t>& v) {
-  int64_t n = 0;
-  for (int64_t x : v) n += x;
-  return n;
-}
-
 // Sends rows_out[p] rows of `row_bytes` to each peer p from `rows` (packed by peer) and
 // returns the rows_in[p] received from each, packed in rank order. The stream's work
 // must be done: the communicator reads `rows` directly, or a host copy of them.
@@ -41,12 +37,10 @@ DeviceBuffer exchange_rows(dist::ExpertParallel& ep, const void* rows,
                            const std::vector<int64_t>& rows_out,
                            const std::vector<int64_t>& rows_in, int64_t row_bytes,
                            cudaStream_t stream) {
-  std::vector<int64_t> out_bytes(rows_out.size()), in_bytes(rows_in.size());
-  for (size_t p = 0; p < rows_out.size(); ++p) {
-    out_bytes[p] = rows_out[p] * row_bytes;
-    in_bytes[p] = rows_in[p] * row_bytes;
-  }
-  DeviceBuffer received(static_cast<size_t>(sum(in_bytes)), stream);
+  const std::vector<int64_t> out_bytes = dist::bytes_of_rows(rows_out, row_bytes),
+                             in_bytes = dist::bytes_of_rows(rows_in, row_bytes);
+  DeviceBuffer received(
+      static_cast<size_t>(std::accumulate(in_bytes.begin(), in_bytes.end(), int64_t{0})), stream);
   check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
   ep.exchange_device(rows, out_bytes, received.get(), in_bytes);
   return received;

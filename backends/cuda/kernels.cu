@@ -579,8 +579,7 @@ void summarize(const RouteParams& p, int64_t fixed_capacity, bool capacity_at_mo
 void row_experts(int64_t experts, int64_t rows, const int64_t* offsets, int32_t* row_expert,
                  cudaStream_t stream) {
   if (rows == 0) return;
-  row_experts_kernel<<<blocks_for(rows), kThreads, 0, stream>>>(experts, rows, offsets,
-                                                                row_expert);
+  row_experts_kernel<<<blocks_for(rows), kThreads, 0, stream>>>(experts, rows, offsets, row_expert);
   check_launch("row_experts");
 }
 

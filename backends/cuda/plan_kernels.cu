@@ -77,11 +77,10 @@ __global__ void rank_kept_kernel(int64_t copies, const int32_t* expert_of, const
 }
 
 __global__ void place_rows_kernel(int64_t copies, int64_t slots, const int32_t* expert_of,
-                                  const int64_t* summary, SummaryLayout L, int64_t* row,
-                                  int64_t* row_token) {
+                                  const int64_t* offsets, int64_t* row, int64_t* row_token) {
   const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (c >= copies || row[c] < 0) return;
-  const int64_t r = summary[L.offsets() + expert_of[c]] + row[c];
+  const int64_t r = offsets[expert_of[c]] + row[c];
   row[c] = r;
   row_token[r] = c / slots;
 }
@@ -140,11 +139,11 @@ void rank_kept_copies(int64_t copies, int64_t experts, const int32_t* expert_of,
   check_launch("rank_kept");
 }
 
-void place_rows(int64_t copies, int64_t slots, int64_t experts, const int32_t* expert_of,
-                const int64_t* summary, int64_t* row, int64_t* row_token, cudaStream_t stream) {
+void place_rows(int64_t copies, int64_t slots, const int32_t* expert_of, const int64_t* offsets,
+                int64_t* row, int64_t* row_token, cudaStream_t stream) {
   if (copies == 0) return;
-  place_rows_kernel<<<blocks_for(copies), kThreads, 0, stream>>>(
-      copies, slots, expert_of, summary, SummaryLayout{experts}, row, row_token);
+  place_rows_kernel<<<blocks_for(copies), kThreads, 0, stream>>>(copies, slots, expert_of, offsets,
+                                                                 row, row_token);
   check_launch("place_rows");
 }
 

@@ -30,9 +30,10 @@ void drop_lowest_gates(int64_t copies, int64_t experts, const int32_t* expert_of
 void rank_kept_copies(int64_t copies, int64_t experts, const int32_t* expert_of,
                       const int64_t* summary, int64_t* row, uint8_t* dropped, cudaStream_t stream);
 
-// Once summary holds the layout's offsets: row[c] = offsets[e] + row[c], and
-// row_token[row[c]] = c / slots (row_token pre-filled with -1, which padding keeps).
-void place_rows(int64_t copies, int64_t slots, int64_t experts, const int32_t* expert_of,
-                const int64_t* summary, int64_t* row, int64_t* row_token, cudaStream_t stream);
+// Once the buffer layout is chosen (offsets [E + 1], device): row[c] = offsets[e] +
+// row[c], and row_token[row[c]] = c / slots (row_token pre-filled with -1, which
+// padding keeps).
+void place_rows(int64_t copies, int64_t slots, const int32_t* expert_of, const int64_t* offsets,
+                int64_t* row, int64_t* row_token, cudaStream_t stream);
 
 }  // namespace moe::cuda
