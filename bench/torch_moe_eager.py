@@ -1,6 +1,8 @@
 """PyTorch eager MoE (the usual loop over experts with index_add_), the baseline that
 moe-runtime is compared with. Times forward and forward+backward (median of CUDA-event
-or wall-clock timings after warm-up) and prints one JSON line.
+or wall-clock timings after warm-up) and prints one JSON line, with the BLAS kernel it
+ran (bench/blas_info.py). On the CPU run it with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE
+unset (bench/cpu_report.py does): these machines set them, and they halve OpenBLAS.
 
     python3 bench/torch_moe_eager.py --device cuda --dtype bfloat16 \
         --tokens 8192 --d 4096 --dff 14336 --experts 8 --topk 2
@@ -12,6 +14,8 @@ import time
 
 import torch
 import torch.nn.functional as F
+
+from blas_info import blas_record
 
 
 def moe_eager(x, wr, w1, w2, k, activation):
@@ -93,7 +97,8 @@ def main():
     print(json.dumps({"framework": f"torch {torch.__version__}", "device": a.device,
                       "dtype": a.dtype, "threads": torch.get_num_threads(), "T": a.tokens,
                       "d": a.d, "d_ff": a.dff, "E": a.experts, "k": a.topk,
-                      "activation": a.activation, "forward_ms": fwd, "train_ms": both}))
+                      "activation": a.activation, "forward_ms": fwd, "train_ms": both,
+                      **blas_record()}))
 
 
 if __name__ == "__main__":

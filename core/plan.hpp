@@ -12,7 +12,7 @@ namespace moe {
 struct Plan {
   int64_t tokens = 0;
   int64_t slots = 0;
-  int64_t capacity = 0;               // C as METRICS.md defines it (dropless: max demand)
+  int64_t capacity = 0;               // C as docs/metrics.md defines it (dropless: max demand)
   int64_t rows = 0;                   // rows of the expert-contiguous buffer
   std::vector<int64_t> demand;        // [E] d_e
   std::vector<int64_t> served;        // [E] s_e

@@ -29,7 +29,7 @@ struct Routing {
   double temperature = 1.0;
   std::vector<int32_t> expert;        // [T*slots] chosen expert, -1 none
   std::vector<double> gate;           // [T*slots] gate value (after renormalisation)
-  std::vector<double> prob;           // [T*E] P[t,e] as METRICS.md defines it
+  std::vector<double> prob;           // [T*E] P[t,e] as docs/metrics.md defines it
   std::vector<double> sigmoid;        // [T*E] sigmoid(z/tau) (sigmoid router only)
   std::vector<double> logits;         // [T*E] raw logits z (learned routers)
   std::vector<double> lse;            // [T] logsumexp of the raw logits

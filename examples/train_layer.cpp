@@ -36,7 +36,7 @@ moe_layer_config_t config(int64_t d, int64_t d_ff, int64_t E, int64_t k) {
   c.num_experts = E;
   c.top_k = k;
   c.activation = MOE_ACTIVATION_GELU;
-  c.backend = "cpu_ref";
+  c.backend = "auto";
   return c;
 }
 
@@ -84,8 +84,9 @@ int main(int argc, char** argv) {
   std::uniform_int_distribution<int> pick(0, 15);
 
   std::printf(
-      "training one MoE layer (T=%lld d=%lld d_ff=%lld E=%lld k=%lld, cpu_ref) for %d steps\n",
-      (long long)T, (long long)d, (long long)d_ff, (long long)E, (long long)k, steps);
+      "training one MoE layer (T=%lld d=%lld d_ff=%lld E=%lld k=%lld, backend %s) for %d steps\n",
+      (long long)T, (long long)d, (long long)d_ff, (long long)E, (long long)k,
+      student.config().backend, steps);
   const auto start = std::chrono::steady_clock::now();
   double first_loss = 0, loss = 0;
   for (int step = 1; step <= steps; ++step) {

@@ -5,8 +5,23 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(
-  cmake make g++ pkg-config                 # the build
+  cmake make gcc g++ pkg-config binutils    # the build; readelf and nm check the install
   libdnnl-dev                               # the onednn backend (oneDNN 2.x)
+  ocl-icd-opencl-dev opencl-c-headers       # dnnl-config.cmake requires OpenCL, which
+                                            # libdnnl-dev only recommends
+  libopenmpi-dev openmpi-bin                # communicators over MPI (expert parallelism)
+  libcli11-dev nlohmann-json3-dev           # the tools (moe-train, moe-stats, moe-bench)
+  clang-14 libclang-rt-14-dev               # the fuzz target (libFuzzer)
+  libgtest-dev libbenchmark-dev             # tests and benchmarks
+  python3 python3-numpy python3-torch python3-pytest  # binding tests, PyTorch parity
+  python3-venv python3-pip python3-setuptools python3-wheel  # pip install ./bindings/python
+  python3-threadpoolctl                     # the benchmarks record which BLAS ran
+  libopenblas0-openmp                       # PyTorch's BLAS (else the slow reference BLAS)
+  prometheus                                # promtool checks the Prometheus export
+  python3-matplotlib                        # moe-train draws its dashboard
+)
+  ocl-icd-opencl-dev opencl-c-headers       # dnnl-config.cmake requires OpenCL, which
+                                            # libdnnl-dev only recommends
   libopenmpi-dev openmpi-bin                # communicators over MPI (expert parallelism)
   libcli11-dev nlohmann-json3-dev           # moe-stats
   clang-14 libclang-rt-14-dev               # the fuzz target (libFuzzer)

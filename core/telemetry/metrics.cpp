@@ -11,7 +11,7 @@ namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
-// Section 1 of METRICS.md over one count vector.
+// The load-balance metrics of docs/metrics.md over one count vector.
 struct LoadMetrics {
   double entropy = kNaN, entropy_norm = kNaN, kl = kNaN, std_pct = kNaN, cv = kNaN, variance = kNaN,
          std_tokens = kNaN, max_pct = kNaN, max_frac = kNaN, min_max = kNaN, max_over_mean = kNaN,

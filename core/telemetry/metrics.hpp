@@ -1,4 +1,4 @@
-// The metric catalogue of METRICS.md and its derivation from StepStats. Every name
+// The metric catalogue of docs/metrics.md and its derivation from StepStats. Every name
 // that crosses the ABI, the binding or an export comes from catalogue().
 #pragma once
 

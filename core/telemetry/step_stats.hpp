@@ -1,6 +1,6 @@
 // Sufficient statistics of routing: what one forward call (or a window of them) saw,
 // kept as sums so that a window is the sum of its steps and every metric of
-// METRICS.md derives from it (metrics.hpp).
+// docs/metrics.md derives from it (metrics.hpp).
 #pragma once
 
 #include <cstdint>

@@ -1,4 +1,4 @@
-// The verdicts of METRICS.md section 7: balance from the counts, specialisation from
+// The verdicts of docs/metrics.md (verdicts): balance from the counts, specialisation from
 // the router's per-token probabilities, capacity pressure from the drops.
 #pragma once
 

@@ -1,4 +1,4 @@
-// Weight metrics (METRICS.md section 5), on request: how orthogonal the router's expert
+// Weight metrics (docs/metrics.md, weights), on request: how orthogonal the router's expert
 // directions are, and how similar the experts' first matrices are.
 #pragma once
 

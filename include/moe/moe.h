@@ -369,7 +369,7 @@ MOE_API moe_status_t moe_ctx_routing_stats(const_moe_ctx_t ctx, moe_routing_stat
  * routing statistics of the call, from the very counts and probabilities that the
  * dispatch used. Training and eval calls are kept apart (split); each split has the
  * last call, a window summed since the last reset, and an EMA of every scalar (scope).
- * Metric names and definitions: docs/telemetry.md (METRICS.md). */
+ * Metric names and definitions: docs/metrics.md; reading them: docs/telemetry.md. */
 
 typedef enum moe_split { MOE_SPLIT_TRAIN = 0, MOE_SPLIT_EVAL = 1 } moe_split_t;
 
@@ -472,7 +472,7 @@ MOE_API moe_status_t moe_layer_telemetry_export(const_moe_layer_t layer, moe_exp
                                                 moe_split_t split, moe_scope_t scope,
                                                 char *buffer, size_t capacity, size_t *length);
 
-/* Verdicts (METRICS.md section 7). Each names the metric and threshold that decided it
+/* Verdicts (docs/metrics.md, verdicts). Each names the metric and threshold that decided it
  * and a hint; all strings are static. Thresholds are per layer. */
 #define MOE_VERDICT_THRESHOLDS_VERSION 1
 
@@ -541,7 +541,7 @@ MOE_API moe_status_t moe_ctx_compare_routing(const_moe_ctx_t a, const_moe_ctx_t 
 
 #define MOE_WEIGHT_METRICS_VERSION 1
 
-/* Weight metrics (METRICS.md section 5), computed on request from the bound weights. */
+/* Weight metrics (docs/metrics.md, weights), computed on request from the bound weights. */
 typedef struct moe_weight_metrics {
   uint32_t size;
   uint32_t version;

@@ -16,7 +16,7 @@
 #include <nccl.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <time.h>
+#include <sys/time.h>
 
 #include "moe.h"
 
@@ -34,10 +34,13 @@ typedef struct moe_nccl_state {
   int64_t scratch_count;
 } moe_nccl_state_t;
 
+/* Seconds for the timeout. gettimeofday, not clock_gettime: glibc declares it in plain
+ * C99 (-std=c99 hides clock_gettime and struct timespec without _POSIX_C_SOURCE, which a
+ * header must not define for its includer). */
 static inline double moe_nccl_now_(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+  struct timeval tv;
+  gettimeofday(&tv, NULL);
+  return (double)tv.tv_sec + 1e-6 * (double)tv.tv_usec;
 }
 
 /* Polls the stream until the enqueued work is done, NCCL reports an error, or

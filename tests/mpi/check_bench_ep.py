@@ -2,18 +2,14 @@
 layer's: each rank dispatches T*k = 128 copies of 512 float32s (dropless), so the
 exchange it times moves exactly 262144 bytes per rank; busBw = algBw * (n-1)/n."""
 import json
-import os
 import subprocess
 import sys
-import tempfile
 
 mpiexec, bench, ranks = sys.argv[1], sys.argv[2], int(sys.argv[3])
-with tempfile.TemporaryDirectory() as tmp:
-    out = os.path.join(tmp, "ep.json")
-    subprocess.run([mpiexec, "--oversubscribe", "-n", str(ranks), bench, "--ep", "--shape",
-                    "decode", "--iters", "2", "--warmup", "1", "--json", out], check=True)
-    with open(out) as f:
-        (row,) = json.load(f)
+result = subprocess.run([mpiexec, "--oversubscribe", "-n", str(ranks), bench, "--ep", "--shape",
+                         "decode", "--iters", "2", "--warmup", "1", "--json"], check=True,
+                        stdout=subprocess.PIPE, text=True)
+(row,) = json.loads(result.stdout)
 
 assert row["shape"] == "decode" and row["ranks"] == ranks, row
 assert row["tokens_per_rank"] == 64 and row["experts_per_rank"] == 8 // ranks, row

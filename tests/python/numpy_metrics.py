@@ -1,4 +1,4 @@
-"""An independent numpy recount of METRICS.md from a layer's routing() output and the
+"""An independent numpy recount of docs/metrics.md from a layer's routing() output and the
 router probabilities, used to check the library's telemetry."""
 import math
 

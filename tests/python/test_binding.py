@@ -103,7 +103,16 @@ def test_library_metadata():
     assert moe.backends()[-1] == "cpu_ref"
     layer, _ = make_layer(router_temp_init=2.0, router_temp_final=1.0, router_temp_anneal_iters=10)
     cfg = layer.config()
-    assert cfg["router_temp_init"] == 2.0 and cfg["backend"] == b"cpu_ref"
+    assert cfg["router_temp_init"] == 2.0
+
+
+def test_default_backend_is_auto_as_in_the_c_abi():
+    # MOE_LAYER_CONFIG_INIT leaves the backend to "auto", which picks onednn on the CPU
+    # where it is built (docs/api.md); the binding's default is the same choice.
+    expected = b"onednn" if "onednn" in moe.backends() else b"cpu_ref"
+    assert moe.Layer(8, 8, 4, 2).config()["backend"] == expected
+    assert moe.Layer(8, 8, 4, 2, backend="auto").config()["backend"] == expected
+    assert moe.Layer(8, 8, 4, 2, backend="cpu_ref").config()["backend"] == b"cpu_ref"
 
 
 def test_local_communicator_runs_the_expert_parallel_path_with_the_same_bits():

@@ -41,7 +41,7 @@ def test_balanced_table_meets_the_three_percent_target(top_k, kind):
     layer.forward(x, token_ids=ids)
     counts = layer.telemetry()["expert_counts"]
     assert sum(counts) == T * top_k
-    # Both the population std (METRICS.md) and note 003's torch.std (ddof=1) pass.
+    # Both the population std (docs/metrics.md) and note 003's torch.std (ddof=1) pass.
     assert relative_std(counts, 0) < 0.03, counts
     assert relative_std(counts, 1) < 0.03, counts
     experts = layer.routing()["experts"]

@@ -61,5 +61,5 @@ def test_config_file_and_bad_flags(tmp_path):
     assert "E=4 k=1" in result.stderr
     bad = subprocess.run([BINARY, "--top_k", "9", "--out", str(tmp_path / "bad")],
                          capture_output=True, text=True)
-    assert bad.returncode == 1 and "top_k" in bad.stderr
+    assert bad.returncode == 2 and "top_k" in bad.stderr
     assert subprocess.run([BINARY, "--help"], capture_output=True).returncode == 0

@@ -124,8 +124,9 @@ nlohmann::json run_shape(const Options& o, const Shape& s, moe_dtype_t dtype, mo
   return j;
 }
 
-void print_row(const nlohmann::json& j) {
-  std::printf(
+void print_row(FILE* out, const nlohmann::json& j) {
+  std::fprintf(
+      out,
       "%-14s %d ranks %-6s %-4s | fwd %8.2f ms bwd %8.2f ms | %9.0f tok/s/rank %6.1f GFLOP/s/rank "
       "| exchange %4.1f%% of fwd, %4.1f%% of bwd\n",
       j["shape"].get<std::string>().c_str(), j["ranks"].get<int>(),
@@ -134,14 +135,15 @@ void print_row(const nlohmann::json& j) {
       j["tokens_per_s_per_rank"].get<double>(), j["train_gflops_per_rank"].get<double>(),
       100 * j["exchange_share_forward"].get<double>(),
       100 * j["exchange_share_backward"].get<double>());
-  std::printf(
+  std::fprintf(
+      out,
       "    dispatch %.2f MB/rank: moe %.3f ms (algBw %.2f GB/s, busBw %.2f GB/s) | MPI_Alltoallv "
       "%.3f ms (algBw %.2f GB/s, busBw %.2f GB/s) | moe/MPI %.2fx\n",
       j["dispatch_bytes_per_rank"].get<double>() / 1e6, j["moe_alltoall_ms"].get<double>(),
       j["moe_algbw_gbs"].get<double>(), j["moe_busbw_gbs"].get<double>(),
       j["mpi_alltoallv_ms"].get<double>(), j["mpi_algbw_gbs"].get<double>(),
       j["mpi_busbw_gbs"].get<double>(), j["moe_vs_mpi"].get<double>());
-  std::fflush(stdout);
+  std::fflush(out);
 }
 
 }  // namespace
@@ -164,14 +166,14 @@ int run_expert_parallel(const Options& o) {
       nlohmann::json j = o.dtype == "bf16"
                              ? run_shape<moe::bfloat16>(o, s, MOE_DTYPE_BF16, comm, world)
                              : run_shape<float>(o, s, MOE_DTYPE_F32, comm, world);
-      if (rank == 0) print_row(j);
+      if (rank == 0) print_row(o.json ? stderr : stdout, j);
       results.push_back(j);
     }
   } catch (const std::exception& e) {
     std::cerr << "moe-bench: rank " << rank << ": " << e.what() << "\n";
     MPI_Abort(MPI_COMM_WORLD, 1);
   }
-  if (rank == 0 && !o.json_path.empty()) std::ofstream(o.json_path) << results.dump(2) << "\n";
+  if (rank == 0 && o.json) std::cout << results.dump(2) << "\n";
   moe_comm_destroy(comm);
   MPI_Finalize();
   return status;

@@ -14,8 +14,11 @@
 
 #include "core/bfloat16.hpp"
 #include "moe/moe.hpp"
+#include "tools/common/backend_option.hpp"
+#include "tools/common/cli.hpp"
 #include "tools/moe-bench/dense_ffn.hpp"
 #include "tools/moe-bench/expert_parallel.hpp"
+#include "tools/moe-bench/gemm_ceiling.hpp"
 #include "tools/moe-bench/layer_problem.hpp"
 #include "tools/moe-bench/shapes.hpp"
 #include "tools/moe-bench/timing.hpp"
@@ -94,67 +97,94 @@ nlohmann::json run_shape(const Options& o, const Shape& s, moe_dtype_t dtype) {
   return j;
 }
 
-void print_row(const nlohmann::json& j) {
-  std::printf(
+// The human-readable row (stdout, or stderr when --json takes stdout).
+void print_row(FILE* out, const nlohmann::json& j) {
+  std::fprintf(
+      out,
       "%-14s %-6s %-5s fwd %8.2f ms %7.1f GFLOP/s | bwd %8.2f ms %7.1f GFLOP/s | both %8.2f ms",
       j["shape"].get<std::string>().c_str(), j["backend"].get<std::string>().c_str(),
       j["dtype"].get<std::string>().c_str(), j["forward_ms"].get<double>(),
       j["forward_gflops"].get<double>(), j["backward_ms"].get<double>(),
       j["backward_gflops"].get<double>(), j["train_ms"].get<double>());
   if (j.contains("forward_vs_dense"))
-    std::printf(" | vs dense: fwd %.2fx both %.2fx", j["forward_vs_dense"].get<double>(),
-                j["train_vs_dense"].get<double>());
-  std::printf(" | non-expert %.1f%%\n", 100.0 * j["non_expert_share_train"].get<double>());
-  std::printf("    forward stages:");
+    std::fprintf(out, " | vs dense: fwd %.2fx both %.2fx", j["forward_vs_dense"].get<double>(),
+                 j["train_vs_dense"].get<double>());
+  std::fprintf(out, " | non-expert %.1f%%\n", 100.0 * j["non_expert_share_train"].get<double>());
+  std::fprintf(out, "    forward stages:");
   for (auto& [stage, v] : j["forward_stages"].items())
-    std::printf(" %s %.1f%%", stage.c_str(), 100.0 * v.get<double>());
-  std::printf("\n    backward stages:");
+    std::fprintf(out, " %s %.1f%%", stage.c_str(), 100.0 * v.get<double>());
+  std::fprintf(out, "\n    backward stages:");
   for (auto& [stage, v] : j["backward_stages"].items())
-    std::printf(" %s %.1f%%", stage.c_str(), 100.0 * v.get<double>());
-  std::printf("\n");
-  std::fflush(stdout);
+    std::fprintf(out, " %s %.1f%%", stage.c_str(), 100.0 * v.get<double>());
+  std::fprintf(out, "\n");
+  std::fflush(out);
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   Options o;
-  CLI::App app{"moe-bench: MoE layer throughput against a dense FFN of the same FLOPs"};
+  CLI::App app{"moe-bench: MoE layer throughput against a dense FFN of the same FLOPs",
+               "moe-bench"};
+  moe::tools::add_version_flag(app, "moe-bench");
   app.add_option("--shape", o.shapes, "shapes to run")
       ->check(CLI::IsMember({"mixtral-small", "fine-grained", "decode"}));
-  app.add_option("--backend", o.backend, "backend name (onednn, cpu_ref, auto)");
+  app.add_option("--backend", o.backend, "backend: auto or one of moe_backend_name()")
+      ->check(moe::tools::backend_validator());
   app.add_option("--dtype", o.dtype, "f32 or bf16")->check(CLI::IsMember({"f32", "bf16"}));
   app.add_option("--iters", o.iters, "timed iterations (median reported)")
-      ->check(CLI::PositiveNumber);
-  app.add_option("--warmup", o.warmup, "untimed iterations first")->check(CLI::NonNegativeNumber);
+      ->check(CLI::Range(1, 1000000));
+  app.add_option("--warmup", o.warmup, "untimed iterations first")->check(CLI::Range(0, 1000000));
   app.add_flag("!--no-dense", o.dense, "skip the dense FFN baseline");
-  app.add_option("--json", o.json_path, "write the results as JSON to this file");
+  app.add_flag("--json", o.json, "print the results as JSON on stdout (the table goes to stderr)");
   app.add_flag("--ep", o.expert_parallel,
                "expert parallelism under mpirun: each rank its own tokens of the shape and "
                "E/ranks experts; the exchange beside a bare MPI_Alltoallv");
-  CLI11_PARSE(app, argc, argv);
+  int64_t gemm_n = 0;
+  app.add_option("--gemm-ceiling", gemm_n,
+                 "instead of the layer: time one float32 N x N x N product through the same "
+                 "oneDNN matmul (the machine's GEMM ceiling; 4096 is the usual N)")
+      ->check(CLI::Range(int64_t{1}, int64_t{16384}));
+  if (auto exit_code = moe::tools::parse_command_line(app, argc, argv)) return *exit_code;
+  if (gemm_n > 0) {
+    try {
+      const nlohmann::json j = moe::bench::gemm_ceiling(o, gemm_n);
+      if (o.json) {
+        std::cout << j.dump(2) << "\n";
+      } else {
+        std::printf("float32 GEMM %lld^3 on %d threads: %.1f ms, %.1f GFLOP/s (%s)\n",
+                    (long long)gemm_n, j["threads"].get<int>(), j["ms"].get<double>(),
+                    j["gflops"].get<double>(), j["gemm"].get<std::string>().c_str());
+      }
+    } catch (const std::exception& e) {
+      std::cerr << "moe-bench: " << e.what() << "\n";
+      return moe::tools::kExitFailure;
+    }
+    return moe::tools::kExitSuccess;
+  }
   if (o.expert_parallel) {
 #ifdef MOE_BENCH_WITH_MPI
     return moe::bench::run_expert_parallel(o);
 #else
     std::cerr << "moe-bench: built without MPI (libopenmpi-dev), so no --ep\n";
-    return 1;
+    return moe::tools::kExitFailure;
 #endif
   }
 
+  FILE* table = o.json ? stderr : stdout;
   nlohmann::json results = nlohmann::json::array();
   try {
     for (const Shape& s : moe::bench::standard_shapes()) {
       if (std::find(o.shapes.begin(), o.shapes.end(), s.name) == o.shapes.end()) continue;
       nlohmann::json j = o.dtype == "bf16" ? run_shape<moe::bfloat16>(o, s, MOE_DTYPE_BF16)
                                            : run_shape<float>(o, s, MOE_DTYPE_F32);
-      print_row(j);
+      print_row(table, j);
       results.push_back(j);
     }
-  } catch (const moe::Exception& e) {
+  } catch (const std::exception& e) {
     std::cerr << "moe-bench: " << e.what() << "\n";
-    return 1;
+    return moe::tools::kExitFailure;
   }
-  if (!o.json_path.empty()) std::ofstream(o.json_path) << results.dump(2) << "\n";
-  return 0;
+  if (o.json) std::cout << results.dump(2) << "\n";
+  return moe::tools::kExitSuccess;
 }

@@ -18,7 +18,7 @@ struct Options {
   int warmup = 2;
   bool dense = true;
   bool expert_parallel = false;
-  std::string json_path;
+  bool json = false;  // results as JSON on stdout
 };
 
 using Clock = std::chrono::steady_clock;

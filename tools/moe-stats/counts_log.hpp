@@ -1,4 +1,4 @@
-// Parsing the counts logs that moe-stats reads (METRICS.md section 8), one record a line:
+// Parsing the counts logs that moe-stats reads (docs/metrics.md, counts logs), one record a line:
 //   PyTorch's print of [(layer, tensor([c0, c1, ...])), ...]   (one step a line)
 //   CSV  step,layer,e0,e1,...                                  (a header line is skipped)
 //   JSONL {"step": .., "layer": .., "counts": [...]}

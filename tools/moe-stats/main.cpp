@@ -6,6 +6,7 @@
 #include <iostream>
 #include <sstream>
 
+#include "tools/common/cli.hpp"
 #include "tools/moe-stats/counts_log.hpp"
 #include "tools/moe-stats/report.hpp"
 
@@ -33,23 +34,26 @@ std::vector<moe::stats::LayerReport> report_of(const std::string& path, bool len
 
 int main(int argc, char** argv) {
   CLI::App app{
-      "moe-stats: load-balance metrics (METRICS.md section 1) and verdicts per layer from "
-      "expert-count logs: PyTorch's print of [(layer, tensor([...])), ...], CSV "
+      "moe-stats: load-balance metrics (docs/metrics.md, load balance) and verdicts per layer "
+      "from expert-count logs: PyTorch's print of [(layer, tensor([...])), ...], CSV "
       "(step,layer,e0,e1,...), JSONL ({\"step\",\"layer\",\"counts\"}) or moe-runtime's JSONL "
-      "export. '-' reads stdin."};
+      "export. '-' reads stdin.",
+      "moe-stats"};
+  moe::tools::add_version_flag(app, "moe-stats");
   std::vector<std::string> files;
   std::vector<std::string> compare;
   bool json = false, lenient = false, quiet_steps = false;
   app.add_option("files", files, "counts logs to report on");
   app.add_option("--compare", compare, "two logs (e.g. train and validation) side by side")
       ->expected(2);
-  app.add_flag("--json", json, "print JSON instead of text");
+  app.add_flag("--json", json, "print the report as JSON on stdout instead of text");
   app.add_flag("--lenient", lenient, "skip malformed lines (counted on stderr) instead of failing");
   app.add_flag("--summary", quiet_steps, "print only the summed figures, not every step");
-  CLI11_PARSE(app, argc, argv);
+  if (auto exit_code = moe::tools::parse_command_line(app, argc, argv)) return *exit_code;
   if (files.empty() && compare.empty()) {
-    std::cerr << "moe-stats: give a log file (or - for stdin), or --compare A B; see --help\n";
-    return 2;
+    std::cerr << "moe-stats: give a log file (or - for stdin), or --compare A B\n"
+                 "Run with --help for more information.\n";
+    return moe::tools::kExitUsage;
   }
   try {
     if (!compare.empty()) {
@@ -65,7 +69,7 @@ int main(int argc, char** argv) {
     }
   } catch (const std::exception& e) {
     std::cerr << "moe-stats: " << e.what() << "\n";
-    return 1;
+    return moe::tools::kExitFailure;
   }
-  return 0;
+  return moe::tools::kExitSuccess;
 }

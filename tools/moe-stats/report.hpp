@@ -1,4 +1,4 @@
-// moe-stats' report: the count metrics of METRICS.md section 1 (and the drop metrics
+// moe-stats' report: the load-balance metrics of docs/metrics.md (and the drop metrics
 // when a log has served counts) per layer, per step and summed, with verdicts.
 #pragma once
 

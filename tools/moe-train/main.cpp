@@ -11,15 +11,15 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <random>
 
+#include "tools/common/backend_option.hpp"
+#include "tools/common/cli.hpp"
 #include "tools/common/verdict_json.hpp"
+#include "tools/moe-train/dashboard.hpp"
 #include "tools/moe-train/model.hpp"
-
-#ifndef MOE_TRAIN_PLOT_SCRIPT
-#define MOE_TRAIN_PLOT_SCRIPT "plot_dashboard.py"
-#endif
 
 namespace {
 
@@ -104,77 +104,131 @@ std::string export_of(moe_layer_t layer, moe_split_t split, moe_scope_t scope) {
   return text;
 }
 
+// A figure of the health report: "n/a" where there was no data.
+std::string figure(double v) {
+  if (!std::isfinite(v)) return "n/a";
+  char text[32];
+  std::snprintf(text, sizeof text, "%.3g", v);
+  return text;
+}
+
+std::string figure(const nlohmann::json& v) {
+  return v.is_number() ? figure(v.get<double>()) : "n/a";
+}
+
 nlohmann::json verdicts_json(const moe_verdicts_t& v) {
   return {{"balance", moe::tools::verdict_json(v.balance)},
           {"specialization", moe::tools::verdict_json(v.specialization)},
           {"capacity", moe::tools::verdict_json(v.capacity)}};
 }
 
+// Every option with its check: a bad value is a usage error (exit 2), never replaced.
+void add_options(CLI::App& app, Options& o, bool& dropless, bool& json, bool& no_dashboard) {
+  using moe::tools::finite_at_least;
+  const auto positive = CLI::Range(int64_t{1}, std::numeric_limits<int64_t>::max());
+  const auto non_negative = CLI::Range(int64_t{0}, std::numeric_limits<int64_t>::max());
+  app.set_config("--config", "", "read options from a TOML/INI file (key = value)");
+  app.add_option("--layers", o.layers, "MoE layers in the residual stack")
+      ->capture_default_str()
+      ->check(positive);
+  app.add_option("--d_model", o.d_model, "model width")->capture_default_str()->check(positive);
+  app.add_option("--d_ff", o.d_ff, "expert hidden width")->capture_default_str()->check(positive);
+  app.add_option("--n_experts", o.n_experts, "experts per layer")
+      ->capture_default_str()
+      ->check(positive);
+  app.add_option("--top_k", o.top_k, "experts per token (at most n_experts)")
+      ->capture_default_str()
+      ->check(positive);
+  app.add_option("--router", o.router, "softmax | sigmoid | hash | expert_choice")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"softmax", "sigmoid", "hash", "expert_choice"}));
+  app.add_option("--activation", o.activation, "relu | gelu | gelu_tanh | silu | swiglu | geglu")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"relu", "gelu", "gelu_tanh", "silu", "swiglu", "geglu"}));
+  app.add_flag("--dropless", dropless, "no capacity limit (the default unless --capacity_factor)");
+  app.add_option("--capacity_factor", o.capacity_factor, "C = ceil(f T k / E); 0 = dropless")
+      ->capture_default_str()
+      ->check(finite_at_least(0));
+  app.add_option("--load_balance_alpha", o.load_balance_alpha, "Switch aux-loss weight")
+      ->capture_default_str()
+      ->check(finite_at_least(0));
+  app.add_option("--router_z_loss_coef", o.router_z_loss_coef, "z-loss weight")
+      ->capture_default_str()
+      ->check(finite_at_least(0));
+  app.add_option("--router_temp_init", o.router_temp_init, "router temperature at step 0")
+      ->capture_default_str()
+      ->check(finite_at_least(0, false));
+  app.add_option("--router_temp_final", o.router_temp_final, "router temperature after the anneal")
+      ->capture_default_str()
+      ->check(finite_at_least(0, false));
+  app.add_option("--router_temp_anneal_iters", o.router_temp_anneal_iters,
+                 "anneal length (0 = constant)")
+      ->capture_default_str()
+      ->check(non_negative);
+  app.add_option("--router_noise_std_init", o.router_noise_std_init,
+                 "selection noise std at step 0")
+      ->capture_default_str()
+      ->check(finite_at_least(0));
+  app.add_option("--router_noise_decay_iters", o.router_noise_decay_iters,
+                 "noise decay length (0 = constant)")
+      ->capture_default_str()
+      ->check(non_negative);
+  app.add_option("--router_noise_type", o.router_noise_type, "gaussian | gumbel")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"gaussian", "gumbel"}));
+  app.add_option("--bias_update_rate", o.bias_update_rate, "aux-loss-free balancing rate (0 = off)")
+      ->capture_default_str()
+      ->check(finite_at_least(0));
+  app.add_option("--seed", o.seed, "seed of data, weights and noise (>= 0)")
+      ->capture_default_str()
+      ->check(moe::tools::digits_only());
+  app.add_option("--max_iters", o.max_iters, "training steps")
+      ->capture_default_str()
+      ->check(positive);
+  app.add_option("--eval_interval", o.eval_interval, "steps between evaluations")
+      ->capture_default_str()
+      ->check(positive);
+  app.add_option("--log_interval", o.log_interval, "steps between log lines and JSONL records")
+      ->capture_default_str()
+      ->check(positive);
+  app.add_option("--batch_size", o.batch_size, "tokens per step")
+      ->capture_default_str()
+      ->check(positive);
+  app.add_option("--learning_rate", o.learning_rate, "Adam learning rate (warm-up, then cosine)")
+      ->capture_default_str()
+      ->check(finite_at_least(0, false));
+  app.add_option("--backend", o.backend, "compute backend: auto or one of moe_backend_name()")
+      ->capture_default_str()
+      ->check(moe::tools::backend_validator());
+  app.add_option("--threads", o.threads, "CPU threads for backends that use them (cpu_ref: 1)")
+      ->capture_default_str()
+      ->check(non_negative);
+  app.add_option("--out", o.out, "output folder")->capture_default_str();
+  app.add_flag("--json", json,
+               "print the summary as JSON on stdout instead of the text health report");
+  app.add_flag("--no-dashboard", no_dashboard, "do not draw dashboard.png");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   Options o;
-  bool dropless = false;
-  CLI::App app{"moe-train: train a stack of MoE layers on the CPU and watch its routing health"};
-  app.set_config("--config", "", "read options from a TOML/INI file (key = value)");
-  app.add_option("--layers", o.layers, "MoE layers in the residual stack")->capture_default_str();
-  app.add_option("--d_model", o.d_model, "model width")->capture_default_str();
-  app.add_option("--d_ff", o.d_ff, "expert hidden width")->capture_default_str();
-  app.add_option("--n_experts", o.n_experts, "experts per layer")->capture_default_str();
-  app.add_option("--top_k", o.top_k, "experts per token")->capture_default_str();
-  app.add_option("--router", o.router, "softmax | sigmoid | hash | expert_choice")
-      ->capture_default_str();
-  app.add_option("--activation", o.activation, "relu | gelu | gelu_tanh | silu | swiglu | geglu")
-      ->capture_default_str();
-  app.add_flag("--dropless", dropless, "no capacity limit (the default unless --capacity_factor)");
-  app.add_option("--capacity_factor", o.capacity_factor, "C = ceil(f T k / E); 0 = dropless")
-      ->capture_default_str();
-  app.add_option("--load_balance_alpha", o.load_balance_alpha, "Switch aux-loss weight")
-      ->capture_default_str();
-  app.add_option("--router_z_loss_coef", o.router_z_loss_coef, "z-loss weight")
-      ->capture_default_str();
-  app.add_option("--router_temp_init", o.router_temp_init, "router temperature at step 0")
-      ->capture_default_str();
-  app.add_option("--router_temp_final", o.router_temp_final, "router temperature after the anneal")
-      ->capture_default_str();
-  app.add_option("--router_temp_anneal_iters", o.router_temp_anneal_iters,
-                 "anneal length (0 = constant)")
-      ->capture_default_str();
-  app.add_option("--router_noise_std_init", o.router_noise_std_init,
-                 "selection noise std at step 0")
-      ->capture_default_str();
-  app.add_option("--router_noise_decay_iters", o.router_noise_decay_iters,
-                 "noise decay length (0 = constant)")
-      ->capture_default_str();
-  app.add_option("--router_noise_type", o.router_noise_type, "gaussian | gumbel")
-      ->capture_default_str();
-  app.add_option("--bias_update_rate", o.bias_update_rate, "aux-loss-free balancing rate (0 = off)")
-      ->capture_default_str();
-  app.add_option("--seed", o.seed, "seed of data, weights and noise")->capture_default_str();
-  app.add_option("--max_iters", o.max_iters, "training steps")->capture_default_str();
-  app.add_option("--eval_interval", o.eval_interval, "steps between evaluations")
-      ->capture_default_str();
-  app.add_option("--log_interval", o.log_interval, "steps between log lines and JSONL records")
-      ->capture_default_str();
-  app.add_option("--batch_size", o.batch_size, "tokens per step")->capture_default_str();
-  app.add_option("--learning_rate", o.learning_rate, "Adam learning rate (warm-up, then cosine)")
-      ->capture_default_str();
-  app.add_option("--backend", o.backend, "compute backend")->capture_default_str();
-  app.add_option("--threads", o.threads, "CPU threads for backends that use them (cpu_ref: 1)")
-      ->capture_default_str();
-  app.add_option("--out", o.out, "output folder")->capture_default_str();
-  CLI11_PARSE(app, argc, argv);
+  bool dropless = false, json = false, no_dashboard = false;
+  CLI::App app{"moe-train: train a stack of MoE layers on the CPU and watch its routing health",
+               "moe-train"};
+  moe::tools::add_version_flag(app, "moe-train");
+  add_options(app, o, dropless, json, no_dashboard);
+  if (auto exit_code = moe::tools::parse_command_line(app, argc, argv)) return *exit_code;
   if (dropless) o.capacity_factor = 0.0;
-  if (o.max_iters < 1 || o.batch_size < 1 || o.log_interval < 1 || o.eval_interval < 1 ||
-      o.layers < 1 || o.clusters < 1) {
-    std::cerr << "moe-train: max_iters, batch_size, log_interval, eval_interval and layers must be "
-                 ">= 1\n";
-    return 2;
+  if (o.top_k > o.n_experts) {
+    std::cerr << "moe-train: --top_k (" << o.top_k << ") must be at most --n_experts ("
+              << o.n_experts << ")\nRun with --help for more information.\n";
+    return moe::tools::kExitUsage;
   }
-  std::filesystem::create_directories(o.out);
-  std::ofstream jsonl(o.out + "/metrics.jsonl");
-
   try {
+    std::filesystem::create_directories(o.out);
+    std::ofstream jsonl(o.out + "/metrics.jsonl");
+    if (!jsonl) throw std::runtime_error("cannot write " + o.out + "/metrics.jsonl");
     Stack teacher(o, true, o.seed + 1000), student(o, false, o.seed);
     // Evaluation draws the same clusters as training, from a stream one batch ahead.
     Data train_data(o, o.seed + 7), eval_stream(o, o.seed + 7);
@@ -273,13 +327,15 @@ int main(int argc, char** argv) {
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
     // Health report: verdicts on each layer's training figures pooled over the last 20%
-    // of the steps (the telemetry window restarted there).
+    // of the steps (the telemetry window restarted there). Figures without data (NaN)
+    // print as n/a and are null in summary.json.
     nlohmann::json layers = nlohmann::json::array();
-    std::printf(
-        "\nhealth report after %lld steps (%.1f s): loss %.4f -> %.4f, val_loss %.4f\n"
-        "(routing pooled over steps %lld-%lld)\n",
-        (long long)o.max_iters, seconds, first_loss, loss, val_loss, (long long)final_window_start,
-        (long long)o.max_iters);
+    FILE* report = json ? stderr : stdout;
+    std::fprintf(report,
+                 "\nhealth report after %lld steps (%.1f s): loss %.4f -> %.4f, val_loss %.4f\n"
+                 "(routing pooled over steps %lld-%lld)\n",
+                 (long long)o.max_iters, seconds, first_loss, loss, val_loss,
+                 (long long)final_window_start, (long long)o.max_iters);
     for (auto& b : student.blocks()) {
       moe_verdicts_t v = MOE_VERDICTS_INIT;
       moe::check(moe_layer_verdicts(b.layer.get(), MOE_SPLIT_TRAIN, MOE_SCOPE_WINDOW, &v));
@@ -287,44 +343,50 @@ int main(int argc, char** argv) {
       for (const char* name :
            {"max_frac", "load_cv", "load_entropy_norm", "kl_to_uniform", "gini", "min_max_ratio",
             "dead_experts", "drop_rate", "router_entropy_norm_mean", "top1_p_mean", "aux_loss",
-            "seq_consistency"}) {
-        const double value = scalar(b.layer.get(), MOE_SPLIT_TRAIN, MOE_SCOPE_WINDOW, name);
-        metrics[name] = std::isfinite(value) ? nlohmann::json(value) : nlohmann::json();
-      }
+            "seq_consistency"})
+        metrics[name] = moe::tools::finite_or_null(
+            scalar(b.layer.get(), MOE_SPLIT_TRAIN, MOE_SCOPE_WINDOW, name));
       const std::string name = "layer" + std::to_string(layers.size());
-      std::printf("  %s: balance %s (%s %.3g vs %.3g)", name.c_str(), v.balance.label,
-                  v.balance.metric, v.balance.value, v.balance.threshold);
-      std::printf(", specialization %s", v.specialization.label);
+      std::fprintf(report, "  %s: balance %s (%s %s vs %s)", name.c_str(), v.balance.label,
+                   v.balance.metric, figure(v.balance.value).c_str(),
+                   figure(v.balance.threshold).c_str());
+      std::fprintf(report, ", specialization %s", v.specialization.label);
       if (*v.specialization.metric)
-        std::printf(" (%s %.3g)", v.specialization.metric, v.specialization.value);
-      std::printf(", capacity %s\n", v.capacity.label);
+        std::fprintf(report, " (%s %s)", v.specialization.metric,
+                     figure(v.specialization.value).c_str());
+      std::fprintf(report, ", capacity %s\n", v.capacity.label);
       for (const moe_verdict_t* x : {&v.balance, &v.specialization, &v.capacity})
-        if (*x->hint) std::printf("    hint: %s\n", x->hint);
-      std::printf(
-          "    max_frac %.3f  load_cv %.3f  gini %.3f  min/max %.3f  entropy_norm %.3f  top1_p "
-          "%.3f\n",
-          metrics["max_frac"].get<double>(), metrics["load_cv"].get<double>(),
-          metrics["gini"].get<double>(), metrics["min_max_ratio"].get<double>(),
-          metrics["load_entropy_norm"].get<double>(),
-          metrics["top1_p_mean"].is_null() ? NAN : metrics["top1_p_mean"].get<double>());
+        if (*x->hint) std::fprintf(report, "    hint: %s\n", x->hint);
+      std::fprintf(report, "   ");
+      for (const auto& [label, key] : {std::pair{"max_frac", "max_frac"},
+                                       {"load_cv", "load_cv"},
+                                       {"gini", "gini"},
+                                       {"min/max", "min_max_ratio"},
+                                       {"entropy_norm", "load_entropy_norm"},
+                                       {"top1_p", "top1_p_mean"}})
+        std::fprintf(report, " %s %s", label, figure(metrics[key]).c_str());
+      std::fprintf(report, "\n");
       layers.push_back({{"name", name}, {"final_window", metrics}, {"verdicts", verdicts_json(v)}});
     }
     moe_group_metrics_t g = MOE_GROUP_METRICS_INIT;
     moe::check(moe_group_get_metrics(group, MOE_SPLIT_TRAIN, MOE_SCOPE_WINDOW, &g));
-    std::printf("  model: max_frac_mean %.3f max_frac_max %.3f active_min %.0f collapsed %d\n",
-                g.max_frac_mean, g.max_frac_max, g.active_min, g.collapsed);
+    std::fprintf(report, "  model: max_frac_mean %s max_frac_max %s active_min %s collapsed %d\n",
+                 figure(g.max_frac_mean).c_str(), figure(g.max_frac_max).c_str(),
+                 figure(g.active_min).c_str(), g.collapsed);
     moe_group_destroy(group);
 
+    using moe::tools::finite_or_null;
     nlohmann::json summary{{"steps", o.max_iters},
                            {"seconds", seconds},
-                           {"initial_loss", first_loss},
-                           {"final_loss", loss},
-                           {"final_val_loss", val_loss},
+                           {"initial_loss", finite_or_null(first_loss)},
+                           {"final_loss", finite_or_null(loss)},
+                           {"final_val_loss", finite_or_null(val_loss)},
+                           {"final_window_steps", {final_window_start, o.max_iters}},
                            {"layers", layers},
                            {"model",
-                            {{"max_frac_mean", g.max_frac_mean},
-                             {"max_frac_max", g.max_frac_max},
-                             {"active_min", g.active_min},
+                            {{"max_frac_mean", finite_or_null(g.max_frac_mean)},
+                             {"max_frac_max", finite_or_null(g.max_frac_max)},
+                             {"active_min", finite_or_null(g.active_min)},
                              {"collapsed", g.collapsed}}},
                            {"options",
                             {{"layers", o.layers},
@@ -333,27 +395,40 @@ int main(int argc, char** argv) {
                              {"n_experts", o.n_experts},
                              {"top_k", o.top_k},
                              {"router", o.router},
+                             {"activation", o.activation},
                              {"capacity_factor", o.capacity_factor},
                              {"load_balance_alpha", o.load_balance_alpha},
                              {"router_z_loss_coef", o.router_z_loss_coef},
                              {"router_temp_init", o.router_temp_init},
                              {"router_temp_final", o.router_temp_final},
                              {"router_noise_std_init", o.router_noise_std_init},
+                             {"router_noise_type", o.router_noise_type},
                              {"bias_update_rate", o.bias_update_rate},
                              {"seed", o.seed},
                              {"batch_size", o.batch_size},
+                             {"learning_rate", o.learning_rate},
                              {"backend", o.backend}}}};
-    std::ofstream(o.out + "/summary.json") << summary.dump(2) << "\n";
+    const std::string summary_path = o.out + "/summary.json";
+    if (!(std::ofstream(summary_path) << summary.dump(2) << "\n"))
+      throw std::runtime_error("cannot write " + summary_path);
 
-    const std::string command = std::string("/usr/bin/python3 '") + MOE_TRAIN_PLOT_SCRIPT + "' '" +
-                                o.out + "/metrics.jsonl' '" + o.out + "/dashboard.png'";
-    if (std::system(command.c_str()) != 0)
-      std::fprintf(stderr, "moe-train: drawing the dashboard failed (needs python3-matplotlib)\n");
-    std::printf("wrote %s/metrics.jsonl, %s/summary.json, %s/dashboard.png\n", o.out.c_str(),
-                o.out.c_str(), o.out.c_str());
+    std::string wrote = o.out + "/metrics.jsonl, " + summary_path;
+    int status = moe::tools::kExitSuccess;
+    if (!no_dashboard) {
+      const std::string png = o.out + "/dashboard.png";
+      const std::string problem = moe::train::draw_dashboard(o.out + "/metrics.jsonl", png);
+      if (problem.empty()) {
+        wrote += ", " + png;
+      } else {
+        std::fprintf(stderr, "moe-train: the dashboard was not drawn: %s\n", problem.c_str());
+        status = moe::tools::kExitFailure;
+      }
+    }
+    std::fprintf(report, "wrote %s\n", wrote.c_str());
+    if (json) std::cout << summary.dump(2) << "\n";
+    return status;
   } catch (const std::exception& e) {
     std::cerr << "moe-train: " << e.what() << "\n";
-    return 1;
+    return moe::tools::kExitFailure;
   }
-  return 0;
 }

@@ -21,6 +21,12 @@ moe_activation_t activation_of(const std::string& name) {
   throw std::invalid_argument("unknown activation '" + name + "'");
 }
 
+moe_noise_t noise_of(const std::string& name) {
+  if (name == "gaussian") return MOE_NOISE_GAUSSIAN;
+  if (name == "gumbel") return MOE_NOISE_GUMBEL;
+  throw std::invalid_argument("unknown router noise type '" + name + "'");
+}
+
 bool gated(const std::string& activation) {
   return activation == "swiglu" || activation == "geglu";
 }
@@ -49,12 +55,13 @@ moe_layer_config_t layer_config(const Options& o, bool teacher) {
   c.router_noise_std_init = o.router_noise_std_init;
   c.router_noise_decay_iters = o.router_noise_decay_iters;
   c.router_noise_type =
-      o.router_noise_std_init > 0
-          ? (o.router_noise_type == "gumbel" ? MOE_NOISE_GUMBEL : MOE_NOISE_GAUSSIAN)
-          : MOE_NOISE_NONE;
+      o.router_noise_std_init > 0 ? noise_of(o.router_noise_type) : MOE_NOISE_NONE;
   c.bias_update_rate = o.bias_update_rate;
   c.seed = o.seed;
-  c.telemetry_interval = o.log_interval;
+  // Every step: the progress line, the dashboard and the health report's window then see
+  // every step (sampling every log_interval-th call drifted off the logged steps once eval
+  // calls were counted, and a window restarted between samples had none).
+  c.telemetry_interval = 1;
   return c;
 }
 

@@ -1,6 +1,6 @@
 """Draws moe-train's dashboard from its metrics.jsonl: loss, per-expert served fractions
 per layer, entropy, load CV, max_frac and drop rate over steps, with the verdict
-thresholds of METRICS.md drawn in.
+thresholds of docs/metrics.md drawn in.
 
     python3 plot_dashboard.py DIR/metrics.jsonl DIR/dashboard.png
 """

@@ -2,14 +2,15 @@
 
     import moe
     layer = moe.Layer(d_model, d_ff, num_experts, top_k, activation="gelu",
-                      router="softmax", capacity_factor=0.0, backend="cpu_ref", seed=0, **options)
+                      router="softmax", capacity_factor=0.0, backend="auto", seed=0, **options)
     layer.set_weights(router=Wr, w1=W1, w2=W2)        # [d,E], [E,d,F], [E,d_ff,d]
     y = layer.forward(x, train=True, token_ids=None, seq_len=None)
     dx, grads = layer.backward(dy)                   # grads: router, w1, w2 (b1, b2)
     layer.routing(); layer.telemetry(); layer.losses()
 
-The library is found through MOE_LIBRARY, else the repository's build/ folder, else
-the system's libmoe.so.0.
+The library is found through MOE_LIBRARY, else the source tree's build/ folder, else
+the prefix the package is installed under, sys.prefix, /usr/local and /usr, else the
+dynamic loader (docs/python.md); library_path() names the one loaded.
 """
 import ctypes as C
 
@@ -18,9 +19,15 @@ import numpy as np
 from . import _abi
 
 __all__ = ["Layer", "Group", "Context", "MoeError", "backends", "version", "metric_names",
-           "compare_routing"]
+           "compare_routing", "library_path"]
+__version__ = "0.1.0"  # the package's; version() is the loaded library's
 
 _lib = _abi.load()
+
+
+def library_path():
+    """The path of the libmoe this package loaded."""
+    return _abi.library_path
 
 _ROUTER_OPTIONS = {
     "router_temp_init", "router_temp_final", "router_temp_anneal_iters", "router_noise_type",
@@ -156,7 +163,7 @@ def _enum(table, value, what):
 
 class Layer:
     def __init__(self, d_model, d_ff, num_experts, top_k, activation="gelu", router="softmax",
-                 capacity_factor=0.0, backend="cpu_ref", seed=0, **options):
+                 capacity_factor=0.0, backend="auto", seed=0, **options):
         unknown = set(options) - _ROUTER_OPTIONS
         if unknown:
             raise TypeError(f"unknown options {sorted(unknown)}")
@@ -392,10 +399,15 @@ class Layer:
                 "z_loss": out.z_loss, "z_loss_scaled": out.z_loss_scaled}
 
     def telemetry(self, split="train", scope="last"):
-        """Every metric of the catalogue (METRICS.md names): float for scalars, a list of
-        E for per-expert metrics, E lists of E for coactivation. NaN where undefined.
-        split: "train" or "eval"; scope: "last" (last sampled call), "window" (since
-        reset_telemetry) or "ema"."""
+        """Every metric of the catalogue (moe.metric_names(); definitions in
+        docs/metrics.md) as {name: value}: a float for each scalar, a list of E floats
+        for each per-expert metric (expert_counts, expert_served, frac_dem, frac_srv,
+        dropped), E lists of E for coactivation. NaN where a metric is undefined (no
+        tokens recorded yet, no sequence pairs).
+        split: "train" or "eval" (forward calls with train=True or False).
+        scope: "last" (the last recorded call; every call unless the layer was made with
+        telemetry_interval > 1), "window" (summed since reset_telemetry()) or "ema"
+        (an exponential moving average of each scalar; vectors are the window's)."""
         split_id = _enum(_abi.SPLITS, split, "split")
         scope_id = _enum(_abi.SCOPES, scope, "scope")
         buffer = np.empty(self.num_experts * self.num_experts, dtype=np.float64)

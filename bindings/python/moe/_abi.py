@@ -1,6 +1,7 @@
 """ctypes mirror of include/moe/moe.h (the structs, enums and function signatures)."""
 import ctypes as C
 import os
+import sys
 
 MAX_DIMS = 4
 
@@ -140,20 +141,59 @@ def sized(cls, version=1, **fields):
     return s
 
 
+_LIBRARY_NAME = "libmoe.so.0"
+_LIBDIRS = ("lib/x86_64-linux-gnu", "lib/aarch64-linux-gnu", "lib64", "lib")
+
+
+def _candidates():
+    """Where libmoe is looked for, in order (docs/python.md)."""
+    explicit = os.environ.get("MOE_LIBRARY")
+    if explicit:
+        yield explicit
+        return
+    here = os.path.dirname(os.path.abspath(__file__))
+    # A source checkout: bindings/python/moe -> the repository's build/.
+    yield os.path.normpath(os.path.join(here, "..", "..", "..", "build", "libmoe.so"))
+    # Installed: the prefix the package sits under (PREFIX/lib/python3.X/site-packages/moe),
+    # then the interpreter's prefix, then the usual ones.
+    prefixes = []
+    folder = here
+    for _ in range(5):
+        folder = os.path.dirname(folder)
+        prefixes.append(folder)
+    prefixes += [sys.prefix, "/usr/local", "/usr"]
+    for prefix in prefixes:
+        for libdir in _LIBDIRS:
+            yield os.path.join(prefix, libdir, _LIBRARY_NAME)
+        yield os.path.join(prefix, _LIBRARY_NAME)
+
+
 def _find_library():
+    """The path of the libmoe to load, or the bare soname for the dynamic loader."""
     explicit = os.environ.get("MOE_LIBRARY")
     if explicit:
         return explicit
-    here = os.path.dirname(os.path.abspath(__file__))
-    root = os.path.normpath(os.path.join(here, "..", "..", ".."))
-    for candidate in (os.path.join(root, "build", "libmoe.so"), "libmoe.so.0"):
-        if os.path.sep not in candidate or os.path.exists(candidate):
+    for candidate in _candidates():
+        if os.path.isfile(candidate):
             return candidate
-    return "libmoe.so.0"
+    return _LIBRARY_NAME
+
+
+library_path = None  # the libmoe that load() opened
 
 
 def load():
-    lib = C.CDLL(_find_library())
+    global library_path
+    path = _find_library()
+    try:
+        lib = C.CDLL(path)
+    except OSError as e:
+        searched = "MOE_LIBRARY" if os.environ.get("MOE_LIBRARY") else ", ".join(
+            sorted({os.path.dirname(c) for c in _candidates()}))
+        raise ImportError(
+            f"moe: cannot load {path} ({e}). Install the library (cmake --install build "
+            f"--prefix PREFIX) or set MOE_LIBRARY to its path; looked in: {searched}") from e
+    library_path = path
     status = C.c_int
     layer, ctx = C.c_void_p, C.c_void_p
     sigs = {
