@@ -62,7 +62,7 @@ def main():
     forward_ms = timed(lambda: layer.forward(x, train=True), a.warmup, a.iters)
     train_ms = timed(train, a.warmup, a.iters)
     print(json.dumps({"framework": "moe (Python binding)", "backend":
-                      layer.config()["backend"].decode(), "library": moe.library_path(),
+                      layer.config()["backend"], "library": moe.library_path(),
                       "T": a.tokens, "d": a.d, "d_ff": a.dff, "E": a.experts, "k": a.topk,
                       "activation": a.activation, "forward_ms": forward_ms,
                       "train_ms": train_ms}))

@@ -287,7 +287,8 @@ typedef const struct moe_ctx *const_moe_ctx_t;
 
 /* ------------------------------------------------------------------ backends */
 
-/* Number of compiled-in backends, and the name of the i-th ("cpu_ref" is always 0). */
+/* Number of compiled-in backends, and the name of the i-th, in "auto"'s order of preference
+ * (cuda, onednn, then cpu_ref, always last). */
 MOE_API moe_status_t moe_backend_count(int32_t *count);
 MOE_API moe_status_t moe_backend_name(int32_t index, const char **name);
 

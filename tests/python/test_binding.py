@@ -109,10 +109,10 @@ def test_library_metadata():
 def test_default_backend_is_auto_as_in_the_c_abi():
     # MOE_LAYER_CONFIG_INIT leaves the backend to "auto", which picks onednn on the CPU
     # where it is built (docs/api.md); the binding's default is the same choice.
-    expected = b"onednn" if "onednn" in moe.backends() else b"cpu_ref"
+    expected = "onednn" if "onednn" in moe.backends() else "cpu_ref"
     assert moe.Layer(8, 8, 4, 2).config()["backend"] == expected
     assert moe.Layer(8, 8, 4, 2, backend="auto").config()["backend"] == expected
-    assert moe.Layer(8, 8, 4, 2, backend="cpu_ref").config()["backend"] == b"cpu_ref"
+    assert moe.Layer(8, 8, 4, 2, backend="cpu_ref").config()["backend"] == "cpu_ref"
 
 
 def test_local_communicator_runs_the_expert_parallel_path_with_the_same_bits():
@@ -147,3 +147,42 @@ def test_local_communicator_runs_the_expert_parallel_path_with_the_same_bits():
 def layer_dropped(layer):
     r = layer.routing()
     return r["dropped"] | (r["experts"] < 0)
+
+
+def test_integers_out_of_range_are_refused_not_wrapped():
+    # ctypes would store 2**64 + 8 as 8, -1 as 2**64 - 1 and 2**70 as 0.
+    for kwargs in (dict(d_model=2 ** 64 + 8), dict(d_model=2 ** 70), dict(num_experts=-1),
+                   dict(seed=-1), dict(seed=2 ** 64), dict(router_temp_anneal_iters=2 ** 64 + 3)):
+        args = dict(d_model=8, d_ff=8, num_experts=4, top_k=2)
+        args.update(kwargs)
+        with pytest.raises(ValueError):
+            moe.Layer(**args)
+    with pytest.raises(TypeError):
+        moe.Layer(8.5, 8, 4, 2)
+    assert moe.Layer(8, 8, 4, 2, seed=2 ** 64 - 1).config()["seed"] == 2 ** 64 - 1
+
+
+def test_flags_and_types_are_checked():
+    with pytest.raises(TypeError):
+        moe.Layer(8, 8, 4, 1, expert_bias="no")  # would have been truthy: biases on
+    with pytest.raises(ValueError, match="bfloat16"):
+        moe.Layer(8, 8, 4, 1, dtype="bfloat16")
+    with pytest.raises(TypeError):
+        moe.compare_routing(None, None)
+    with pytest.raises(TypeError):
+        moe.Layer(8, 8, 4, 1, backend=3)
+    assert moe.Layer(8, 8, 4, 1, backend=None).config()["backend"] in moe.backends()
+
+
+def test_config_speaks_the_constructors_names():
+    cfg = moe.Layer(8, 8, 4, 2, activation="swiglu", router="sigmoid", backend="cpu_ref",
+                    drop_policy="probability", capacity_factor=1.0).config()
+    assert (cfg["activation"], cfg["router"], cfg["dtype"], cfg["backend"]) == (
+        "swiglu", "sigmoid", "float32", "cpu_ref")
+    assert cfg["drop_policy"] == "probability" and cfg["expert_bias"] is False
+
+
+def test_library_path_names_the_file_loaded():
+    import os
+    path = moe.library_path()
+    assert os.path.isfile(path) and os.path.basename(path).startswith("libmoe.so")

@@ -6,6 +6,7 @@ progress line at the start of the final window, quotes in the output path."""
 import json
 import math
 import os
+import re
 import subprocess
 
 import pytest
@@ -51,12 +52,26 @@ def test_bad_usage_exits_two_with_a_message(tool):
     ["--router", "sofmax"], ["--activation", "tanh"], ["--backend", "no-such-backend"],
     ["--max_iters", "0"], ["--batch_size", "-3"], ["--router_temp_init", "0"],
     ["--layers", "1.5"], ["--seed", "-1"],
+    # Too large for the type: refused, not clamped to its largest value.
+    ["--seed", "99999999999999999999"], ["--n_experts", "99999999999999999999"],
+    ["--layers", "9223372036854775807"], ["--d_model", "1e3"],
+    # Sizes this machine's memory cannot hold: refused up front, not minutes later.
+    ["--d_model", "65536", "--n_experts", "1024", "--layers", "64"],
+    # Contradictory flags.
+    ["--capacity_factor", "1.25", "--dropless"],
 ])
 def test_moe_train_refuses_bad_values(tmp_path, args):
     result = run("moe-train", "--out", str(tmp_path / "never"), *args)
     assert result.returncode == 2, (args, result.stderr)
     assert args[0] in result.stderr
     assert not (tmp_path / "never").exists()  # refused before anything ran
+
+
+def test_moe_train_names_the_line_of_an_unknown_config_key(tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text("n_experts = 4\n# a comment\nno_such_key = 1\n")
+    result = run("moe-train", "--config", str(config))
+    assert result.returncode == 2 and "run.toml:3" in result.stderr and "no_such_key" in result.stderr
 
 
 @pytest.mark.parametrize("text", [
@@ -86,6 +101,12 @@ def test_moe_train_refuses_binary_config(tmp_path):
 def test_runtime_failures_exit_one(tmp_path):
     missing = run("moe-stats", str(tmp_path / "missing.log"))
     assert missing.returncode == 1 and "missing.log" in missing.stderr
+    # Nothing to report is a failure too: a directory, an empty file, a header alone.
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "header.csv").write_text("step,layer,e0,e1\n")
+    for path in (tmp_path, tmp_path / "empty.csv", tmp_path / "header.csv", "/dev/null"):
+        result = run("moe-stats", str(path))
+        assert result.returncode == 1 and result.stderr.startswith("moe-stats: "), (path, result)
     blocked = tmp_path / "file"
     blocked.write_text("a file where moe-train wants a folder")
     result = run("moe-train", "--max_iters", "2", "--out", str(blocked / "run"))
@@ -93,8 +114,10 @@ def test_runtime_failures_exit_one(tmp_path):
 
 
 def parse_progress(stderr):
+    """The progress lines ("iter 80 | loss 0.2 | lr .. | .. tok/s | r_max 0.2 act_min 8
+    col 0") as {name: text}."""
     lines = [l for l in stderr.splitlines() if l.startswith("iter ")]
-    return [dict(zip(l.split()[::2], l.split()[1::2])) for l in lines]
+    return [dict(re.findall(r"\b(iter|loss|lr|r_max|act_min|col) +(\S+)", l)) for l in lines]
 
 
 @pytest.mark.parametrize("steps", [1, 2, 3, 5, 10, 20, 29, 30])
@@ -117,6 +140,7 @@ def test_moe_train_progress_line_at_the_final_window(tmp_path):
     assert result.returncode == 0, result.stderr
     progress = parse_progress(result.stderr)
     assert [int(p["iter"]) for p in progress if p["iter"] == "80"] == [80]
+    assert all({"iter", "loss", "r_max", "act_min"} <= set(p) for p in progress), progress
     for p in progress:
         assert math.isfinite(float(p["r_max"])) and math.isfinite(float(p["act_min"])), p
     records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
@@ -162,3 +186,35 @@ def test_json_means_json_on_stdout(tmp_path):
     (row,) = json.loads(bench.stdout)
     assert row["shape"] == "decode" and row["forward_ms"] > 0
     assert "decode" in bench.stderr  # the human table moved to stderr
+
+
+def test_results_that_cannot_be_written_are_a_failure(tmp_path):
+    counts = tmp_path / "counts.csv"
+    counts.write_text("step,layer,e0,e1\n1,0,3,5\n")
+    commands = [("moe-stats", [str(counts)]),
+                ("moe-train", ["--max_iters", "2", "--no-dashboard", "--json",
+                               "--out", str(tmp_path / "run")]),
+                ("moe-bench", ["--gemm-ceiling", "16", "--iters", "1", "--warmup", "0"])]
+    for tool, args in commands:
+        if not AVAILABLE[tool]:
+            continue
+        with open("/dev/full", "w") as full:
+            result = subprocess.run([TOOLS[tool], *args], stdout=full, stderr=subprocess.PIPE,
+                                    text=True, timeout=300)
+        assert result.returncode == 1 and "cannot write" in result.stderr, (tool, result.stderr)
+
+
+def test_moe_bench_refuses_flags_that_would_be_ignored():
+    result = run("moe-bench", "--gemm-ceiling", "16", "--shape", "decode")
+    assert result.returncode == 2 and "--gemm-ceiling" in result.stderr
+
+
+def test_moe_train_losses_are_one_measure(tmp_path):
+    # The health report's "loss A -> B" compares the same quantity (fit + aux) at the
+    # first and the last step: A is the first progress line's loss.
+    out = tmp_path / "run"
+    result = run("moe-train", "--max_iters", "3", "--out", str(out), "--no-dashboard")
+    first = parse_progress(result.stderr)[0]
+    summary = json.loads((out / "summary.json").read_text())
+    assert f"{summary['initial_loss']:.4f}" == first["loss"]
+    assert summary["options"]["backend_resolved"] == "cpu_ref"

@@ -4,12 +4,16 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <fstream>
+#include <iomanip>
 #include <iostream>
 #include <optional>
 #include <sstream>
 #include <string>
+#include <vector>
 
 namespace moe::tools {
 
@@ -27,7 +31,10 @@ inline void add_version_flag(CLI::App& app, const std::string& tool) {
 // A config file must be text made of `key = value` lines, comments and blank lines: CLI11
 // alone would skip a line it cannot read, so a file of binary garbage would configure
 // nothing and say nothing. (No tool has subcommands, so a [section] has no meaning.)
-inline std::optional<std::string> config_file_problem(const std::string& path) {
+// `keys` are the names a line may set (the long flags without "--"); an unknown key is
+// reported with its file and line, which CLI11's own message lacks.
+inline std::optional<std::string> config_file_problem(const std::string& path,
+                                                      const std::vector<std::string>& keys) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return path + ": cannot open";
   std::string line;
@@ -48,6 +55,11 @@ inline std::optional<std::string> config_file_problem(const std::string& path) {
     const size_t eq = line.find('=');
     if (eq == std::string::npos || line.find_first_not_of(" \t", first) == eq)
       return path + ":" + std::to_string(number) + ": expected `key = value`, got: " + line;
+    std::string key = line.substr(first, eq - first);
+    key.erase(key.find_last_not_of(" \t") + 1);
+    if (std::find(keys.begin(), keys.end(), key) == keys.end())
+      return path + ":" + std::to_string(number) + ": unknown key '" + key +
+             "' (keys are the long flags without --; see --help)";
   }
   return std::nullopt;
 }
@@ -59,15 +71,19 @@ inline std::optional<int> parse_command_line(CLI::App& app, int argc, char** arg
   app.allow_config_extras(CLI::config_extras_mode::error);
   try {
     if (CLI::Option* config = app.get_config_ptr()) {
+      std::vector<std::string> keys;
+      for (const CLI::Option* option : app.get_options())
+        if (option->get_configurable())
+          for (const std::string& name : option->get_lnames()) keys.push_back(name);
       // Check the config file's text before CLI11 reads it (see config_file_problem).
       for (int i = 1; i + 1 < argc; ++i)
         if (config->check_name(argv[i]))
-          if (auto problem = config_file_problem(argv[i + 1])) throw CLI::ConversionError(*problem);
+          if (auto problem = config_file_problem(argv[i + 1], keys)) throw CLI::ConversionError(*problem);
       for (int i = 1; i < argc; ++i) {
         const std::string arg = argv[i];
         const size_t eq = arg.find('=');
         if (eq != std::string::npos && config->check_name(arg.substr(0, eq)))
-          if (auto problem = config_file_problem(arg.substr(eq + 1)))
+          if (auto problem = config_file_problem(arg.substr(eq + 1), keys))
             throw CLI::ConversionError(*problem);
       }
     }
@@ -89,6 +105,17 @@ inline std::optional<int> parse_command_line(CLI::App& app, int argc, char** arg
   return std::nullopt;
 }
 
+// The last step of every tool: results that could not be written (a full disk, a closed
+// pipe, /dev/full) are a failure at run time, not a success.
+inline int finish(const std::string& tool, int status) {
+  std::cout.flush();
+  if (!std::cout || std::fflush(stdout) != 0 || std::ferror(stdout)) {
+    std::cerr << tool << ": cannot write the results to stdout\n";
+    return kExitFailure;
+  }
+  return status;
+}
+
 // Validators that also refuse NaN and infinities, which CLI11's number checks let by.
 inline CLI::Validator finite_at_least(double low, bool inclusive = true) {
   std::ostringstream what;
@@ -106,15 +133,22 @@ inline CLI::Validator finite_at_least(double low, bool inclusive = true) {
       (inclusive ? "NUMBER >= " : "NUMBER > ") + what.str().substr(inclusive ? 3 : 2));
 }
 
-// A whole number >= 0 written as digits (CLI11 reads "-1" into an unsigned as 2^64 - 1).
-inline CLI::Validator digits_only() {
+// A whole number in [low, high], written as digits: CLI11 alone reads "-1" into an unsigned
+// as 2^64 - 1, clamps 99999999999999999999 to the type's largest value and calls 1e3 "not
+// in range"; here each of those is refused, saying which it is.
+inline CLI::Validator integer_in(long double low, long double high) {
+  std::ostringstream range;
+  range << std::fixed << std::setprecision(0) << "[" << low << ", " << high << "]";
   return CLI::Validator(
-      [](std::string& text) -> std::string {
-        if (text.empty() || text.find_first_not_of("0123456789") != std::string::npos)
-          return "must be a whole number >= 0, got " + text;
+      [low, high, range = range.str()](std::string& text) -> std::string {
+        const size_t start = !text.empty() && (text[0] == '-' || text[0] == '+') ? 1 : 0;
+        if (text.size() == start || text.find_first_not_of("0123456789", start) != std::string::npos)
+          return "must be a whole number in " + range + ", got '" + text + "'";
+        const long double value = std::strtold(text.c_str(), nullptr);
+        if (value < low || value > high) return "must be in " + range + ", got " + text;
         return std::string();
       },
-      "UINT");
+      "INT in " + range.str());
 }
 
 }  // namespace moe::tools

@@ -127,14 +127,21 @@ int main(int argc, char** argv) {
   CLI::App app{"moe-bench: MoE layer throughput against a dense FFN of the same FLOPs",
                "moe-bench"};
   moe::tools::add_version_flag(app, "moe-bench");
-  app.add_option("--shape", o.shapes, "shapes to run")
-      ->check(CLI::IsMember({"mixtral-small", "fine-grained", "decode"}));
+  CLI::Option* shape = app.add_option("--shape", o.shapes, "shapes to run")
+                          ->capture_default_str()
+                          ->check(CLI::IsMember({"mixtral-small", "fine-grained", "decode"}));
   app.add_option("--backend", o.backend, "backend: auto or one of moe_backend_name()")
+      ->capture_default_str()
       ->check(moe::tools::backend_validator());
-  app.add_option("--dtype", o.dtype, "f32 or bf16")->check(CLI::IsMember({"f32", "bf16"}));
+  app.add_option("--dtype", o.dtype, "f32 or bf16")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"f32", "bf16"}));
   app.add_option("--iters", o.iters, "timed iterations (median reported)")
-      ->check(CLI::Range(1, 1000000));
-  app.add_option("--warmup", o.warmup, "untimed iterations first")->check(CLI::Range(0, 1000000));
+      ->capture_default_str()
+      ->check(moe::tools::integer_in(1, 1000000));
+  app.add_option("--warmup", o.warmup, "untimed iterations first")
+      ->capture_default_str()
+      ->check(moe::tools::integer_in(0, 1000000));
   app.add_flag("!--no-dense", o.dense, "skip the dense FFN baseline");
   app.add_flag("--json", o.json, "print the results as JSON on stdout (the table goes to stderr)");
   app.add_flag("--ep", o.expert_parallel,
@@ -144,7 +151,8 @@ int main(int argc, char** argv) {
   app.add_option("--gemm-ceiling", gemm_n,
                  "instead of the layer: time one float32 N x N x N product through the same "
                  "oneDNN matmul (the machine's GEMM ceiling; 4096 is the usual N)")
-      ->check(CLI::Range(int64_t{1}, int64_t{16384}));
+      ->check(moe::tools::integer_in(1, 16384))
+      ->excludes(shape);
   if (auto exit_code = moe::tools::parse_command_line(app, argc, argv)) return *exit_code;
   if (gemm_n > 0) {
     try {
@@ -160,7 +168,7 @@ int main(int argc, char** argv) {
       std::cerr << "moe-bench: " << e.what() << "\n";
       return moe::tools::kExitFailure;
     }
-    return moe::tools::kExitSuccess;
+    return moe::tools::finish("moe-bench", moe::tools::kExitSuccess);
   }
   if (o.expert_parallel) {
 #ifdef MOE_BENCH_WITH_MPI
@@ -186,5 +194,5 @@ int main(int argc, char** argv) {
     return moe::tools::kExitFailure;
   }
   if (o.json) std::cout << results.dump(2) << "\n";
-  return moe::tools::kExitSuccess;
+  return moe::tools::finish("moe-bench", moe::tools::kExitSuccess);
 }

@@ -2,6 +2,7 @@
 // print, CSV, JSONL, or the library's own JSONL export). Results on stdout, messages
 // on stderr.
 #include <CLI/CLI.hpp>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -14,6 +15,9 @@ namespace {
 
 moe::stats::ParseResult read(const std::string& path, bool lenient) {
   if (path == "-") return moe::stats::parse_counts_log(std::cin, "<stdin>", lenient);
+  std::error_code error;
+  if (std::filesystem::is_directory(path, error))
+    throw std::runtime_error(path + ": is a directory, not a log");
   std::ifstream in(path);
   if (!in) throw std::runtime_error(path + ": cannot open");
   return moe::stats::parse_counts_log(in, path, lenient);
@@ -26,7 +30,8 @@ std::vector<moe::stats::LayerReport> report_of(const std::string& path, bool len
   if (parsed.skipped_lines)
     std::cerr << "moe-stats: " << path << ": " << parsed.skipped_lines
               << " malformed lines skipped\n";
-  if (parsed.records.empty()) std::cerr << "moe-stats: " << path << ": no records\n";
+  // Nothing to report is a failure: an empty file, a header alone, or every line skipped.
+  if (parsed.records.empty()) throw std::runtime_error(path + ": no records");
   return moe::stats::build_report(parsed.records);
 }
 
@@ -71,5 +76,5 @@ int main(int argc, char** argv) {
     std::cerr << "moe-stats: " << e.what() << "\n";
     return moe::tools::kExitFailure;
   }
-  return moe::tools::kExitSuccess;
+  return moe::tools::finish("moe-stats", moe::tools::kExitSuccess);
 }

@@ -104,6 +104,29 @@ std::string export_of(moe_layer_t layer, moe_split_t split, moe_scope_t scope) {
   return text;
 }
 
+// The sizes are checked against this machine's memory before anything is allocated: a
+// run that cannot fit is refused at once instead of failing minutes later.
+std::string memory_problem(const Options& o) {
+  const long double d = o.d_model, E = o.n_experts, k = o.top_k, T = o.batch_size;
+  const long double F = (o.activation == "swiglu" || o.activation == "geglu") ? 2.0L * o.d_ff
+                                                                                : o.d_ff;
+  // Per layer: the teacher's weights, the student's with gradients and Adam moments
+  // (5 copies in all), the stack's inputs and outputs, and the layer's routed rows.
+  const long double per_layer = 5 * (d * E + E * d * F + E * o.d_ff * d) + 8 * T * d +
+                                4 * T * k * (F + o.d_ff + d);
+  const long double bytes = 4.0L * o.layers * per_layer;
+  const long double physical = static_cast<long double>(sysconf(_SC_PHYS_PAGES)) *
+                               static_cast<long double>(sysconf(_SC_PAGE_SIZE));
+  if (physical <= 0 || bytes <= 0.8L * physical) return "";
+  char text[200];
+  std::snprintf(text, sizeof text,
+                "these sizes need about %.1f GiB; this machine has %.1f GiB (reduce --layers, "
+                "--d_model, --d_ff, --n_experts or --batch_size)",
+                static_cast<double>(bytes / 1073741824.0L),
+                static_cast<double>(physical / 1073741824.0L));
+  return text;
+}
+
 // A figure of the health report: "n/a" where there was no data.
 std::string figure(double v) {
   if (!std::isfinite(v)) return "n/a";
@@ -125,30 +148,38 @@ nlohmann::json verdicts_json(const moe_verdicts_t& v) {
 // Every option with its check: a bad value is a usage error (exit 2), never replaced.
 void add_options(CLI::App& app, Options& o, bool& dropless, bool& json, bool& no_dashboard) {
   using moe::tools::finite_at_least;
-  const auto positive = CLI::Range(int64_t{1}, std::numeric_limits<int64_t>::max());
-  const auto non_negative = CLI::Range(int64_t{0}, std::numeric_limits<int64_t>::max());
+  using moe::tools::integer_in;
+  // Bounds a CPU training run can mean; the memory the sizes need is checked after parsing.
+  const auto steps = integer_in(1, 1e9);
+  const auto schedule = integer_in(0, 1e12);
   app.set_config("--config", "", "read options from a TOML/INI file (key = value)");
   app.add_option("--layers", o.layers, "MoE layers in the residual stack")
       ->capture_default_str()
-      ->check(positive);
-  app.add_option("--d_model", o.d_model, "model width")->capture_default_str()->check(positive);
-  app.add_option("--d_ff", o.d_ff, "expert hidden width")->capture_default_str()->check(positive);
+      ->check(integer_in(1, 1024));
+  app.add_option("--d_model", o.d_model, "model width")
+      ->capture_default_str()
+      ->check(integer_in(1, 1 << 20));
+  app.add_option("--d_ff", o.d_ff, "expert hidden width")
+      ->capture_default_str()
+      ->check(integer_in(1, 1 << 20));
   app.add_option("--n_experts", o.n_experts, "experts per layer")
       ->capture_default_str()
-      ->check(positive);
+      ->check(integer_in(1, 1024));
   app.add_option("--top_k", o.top_k, "experts per token (at most n_experts)")
       ->capture_default_str()
-      ->check(positive);
+      ->check(integer_in(1, 1024));
   app.add_option("--router", o.router, "softmax | sigmoid | hash | expert_choice")
       ->capture_default_str()
       ->check(CLI::IsMember({"softmax", "sigmoid", "hash", "expert_choice"}));
   app.add_option("--activation", o.activation, "relu | gelu | gelu_tanh | silu | swiglu | geglu")
       ->capture_default_str()
       ->check(CLI::IsMember({"relu", "gelu", "gelu_tanh", "silu", "swiglu", "geglu"}));
-  app.add_flag("--dropless", dropless, "no capacity limit (the default unless --capacity_factor)");
+  CLI::Option* dropless_flag =
+      app.add_flag("--dropless", dropless, "no capacity limit (the default unless --capacity_factor)");
   app.add_option("--capacity_factor", o.capacity_factor, "C = ceil(f T k / E); 0 = dropless")
       ->capture_default_str()
-      ->check(finite_at_least(0));
+      ->check(finite_at_least(0))
+      ->excludes(dropless_flag);
   app.add_option("--load_balance_alpha", o.load_balance_alpha, "Switch aux-loss weight")
       ->capture_default_str()
       ->check(finite_at_least(0));
@@ -164,7 +195,7 @@ void add_options(CLI::App& app, Options& o, bool& dropless, bool& json, bool& no
   app.add_option("--router_temp_anneal_iters", o.router_temp_anneal_iters,
                  "anneal length (0 = constant)")
       ->capture_default_str()
-      ->check(non_negative);
+      ->check(schedule);
   app.add_option("--router_noise_std_init", o.router_noise_std_init,
                  "selection noise std at step 0")
       ->capture_default_str()
@@ -172,7 +203,7 @@ void add_options(CLI::App& app, Options& o, bool& dropless, bool& json, bool& no
   app.add_option("--router_noise_decay_iters", o.router_noise_decay_iters,
                  "noise decay length (0 = constant)")
       ->capture_default_str()
-      ->check(non_negative);
+      ->check(schedule);
   app.add_option("--router_noise_type", o.router_noise_type, "gaussian | gumbel")
       ->capture_default_str()
       ->check(CLI::IsMember({"gaussian", "gumbel"}));
@@ -181,19 +212,19 @@ void add_options(CLI::App& app, Options& o, bool& dropless, bool& json, bool& no
       ->check(finite_at_least(0));
   app.add_option("--seed", o.seed, "seed of data, weights and noise (>= 0)")
       ->capture_default_str()
-      ->check(moe::tools::digits_only());
+      ->check(integer_in(0, 18446744073709551615.0L));
   app.add_option("--max_iters", o.max_iters, "training steps")
       ->capture_default_str()
-      ->check(positive);
+      ->check(steps);
   app.add_option("--eval_interval", o.eval_interval, "steps between evaluations")
       ->capture_default_str()
-      ->check(positive);
+      ->check(steps);
   app.add_option("--log_interval", o.log_interval, "steps between log lines and JSONL records")
       ->capture_default_str()
-      ->check(positive);
+      ->check(steps);
   app.add_option("--batch_size", o.batch_size, "tokens per step")
       ->capture_default_str()
-      ->check(positive);
+      ->check(integer_in(1, 1 << 24));
   app.add_option("--learning_rate", o.learning_rate, "Adam learning rate (warm-up, then cosine)")
       ->capture_default_str()
       ->check(finite_at_least(0, false));
@@ -202,7 +233,7 @@ void add_options(CLI::App& app, Options& o, bool& dropless, bool& json, bool& no
       ->check(moe::tools::backend_validator());
   app.add_option("--threads", o.threads, "CPU threads for backends that use them (cpu_ref: 1)")
       ->capture_default_str()
-      ->check(non_negative);
+      ->check(integer_in(0, 4096));
   app.add_option("--out", o.out, "output folder")->capture_default_str();
   app.add_flag("--json", json,
                "print the summary as JSON on stdout instead of the text health report");
@@ -223,6 +254,10 @@ int main(int argc, char** argv) {
   if (o.top_k > o.n_experts) {
     std::cerr << "moe-train: --top_k (" << o.top_k << ") must be at most --n_experts ("
               << o.n_experts << ")\nRun with --help for more information.\n";
+    return moe::tools::kExitUsage;
+  }
+  if (const std::string problem = memory_problem(o); !problem.empty()) {
+    std::cerr << "moe-train: " << problem << "\nRun with --help for more information.\n";
     return moe::tools::kExitUsage;
   }
   try {
@@ -265,7 +300,7 @@ int main(int argc, char** argv) {
         aux += l.aux_loss_scaled + l.z_loss_scaled;
       }
       loss = fit + aux;
-      if (step == 1) first_loss = fit;
+      if (step == 1) first_loss = loss;  // the same measure as the final loss: fit + aux
       for (auto& b : student.blocks())
         for (auto* p : {&b.router, &b.w1, &b.w2}) std::fill(p->grad.begin(), p->grad.end(), 0.f);
       student.backward(dy);
@@ -407,7 +442,12 @@ int main(int argc, char** argv) {
                              {"seed", o.seed},
                              {"batch_size", o.batch_size},
                              {"learning_rate", o.learning_rate},
-                             {"backend", o.backend}}}};
+                             {"backend", o.backend},
+                             {"backend_resolved", student.blocks().front().layer.config().backend},
+                             {"threads", o.threads},
+                             {"max_iters", o.max_iters},
+                             {"log_interval", o.log_interval},
+                             {"eval_interval", o.eval_interval}}}};
     const std::string summary_path = o.out + "/summary.json";
     if (!(std::ofstream(summary_path) << summary.dump(2) << "\n"))
       throw std::runtime_error("cannot write " + summary_path);
@@ -426,7 +466,7 @@ int main(int argc, char** argv) {
     }
     std::fprintf(report, "wrote %s\n", wrote.c_str());
     if (json) std::cout << summary.dump(2) << "\n";
-    return status;
+    return moe::tools::finish("moe-train", status);
   } catch (const std::exception& e) {
     std::cerr << "moe-train: " << e.what() << "\n";
     return moe::tools::kExitFailure;

@@ -94,6 +94,8 @@ class Context:
 def compare_routing(a, b):
     """Routing consistency of two Contexts of the same probe batch:
     {"routing_consistency": .., "routing_topk_consistency": ..}."""
+    if not isinstance(a, Context) or not isinstance(b, Context):
+        raise TypeError("compare_routing takes two moe.Context (layer.keep_context())")
     top1, topk = C.c_double(), C.c_double()
     _check(_lib.moe_ctx_compare_routing(a._handle, b._handle, C.byref(top1), C.byref(topk)))
     return {"routing_consistency": top1.value, "routing_topk_consistency": topk.value}
@@ -155,6 +157,27 @@ class Comm:
         return rank.value, world.value
 
 
+_INT64_MAX = 2 ** 63 - 1
+
+
+def _int(value, what, low=0, high=_INT64_MAX):
+    """An integer argument for an int64 field of the ABI: ctypes would wrap one out of
+    range silently (2**64 + 8 became 8), so it is refused here."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{what} must be an integer, got {value!r}")
+    if not low <= int(value) <= high:
+        raise ValueError(f"{what} must be in [{low}, {high}], got {value}")
+    return int(value)
+
+
+def _flag(value, what):
+    """A yes/no option: a bool (or 0/1); any other value (the string "no") is refused."""
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, (int, np.integer))
+                                               and int(value) in (0, 1)):
+        return int(bool(value))
+    raise TypeError(f"{what} must be True or False, got {value!r}")
+
+
 def _enum(table, value, what):
     if value not in table:
         raise ValueError(f"unknown {what} {value!r}; expected one of {sorted(table)}")
@@ -167,37 +190,47 @@ class Layer:
         unknown = set(options) - _ROUTER_OPTIONS
         if unknown:
             raise TypeError(f"unknown options {sorted(unknown)}")
-        self.dtype = np.dtype(options.pop("dtype", "float32"))
+        dtype = options.pop("dtype", "float32")
+        if str(dtype) == "bfloat16":
+            raise ValueError("dtype bfloat16 is not available from Python (numpy has no "
+                             "bfloat16); use float32 or float64, or the C ABI")
+        self.dtype = np.dtype(dtype)
         renorm = options.pop("renormalize", None)
         cfg = _abi.sized(_abi.LayerConfig)
-        cfg.d_model, cfg.d_ff, cfg.num_experts, cfg.top_k = d_model, d_ff, num_experts, top_k
+        cfg.d_model, cfg.d_ff = _int(d_model, "d_model"), _int(d_ff, "d_ff")
+        cfg.num_experts, cfg.top_k = _int(num_experts, "num_experts"), _int(top_k, "top_k")
         cfg.activation = _enum(_abi.ACTIVATIONS, activation, "activation")
         cfg.router = _enum(_abi.ROUTERS, router, "router")
         cfg.dtype = _enum(_abi.DTYPES, self.dtype.name, "dtype")
-        cfg.expert_bias = int(bool(options.pop("expert_bias", False)))
-        self._backend_name = backend.encode()
+        cfg.expert_bias = _flag(options.pop("expert_bias", False), "expert_bias")
+        if backend is not None and not isinstance(backend, str):
+            raise TypeError(f"backend must be a string (or None for auto), got {backend!r}")
+        self._backend_name = (backend or "auto").encode()
         cfg.backend = self._backend_name
         cfg.router_temp_init = options.pop("router_temp_init", 1.0)
         cfg.router_temp_final = options.pop("router_temp_final", cfg.router_temp_init)
-        cfg.router_temp_anneal_iters = options.pop("router_temp_anneal_iters", 0)
+        cfg.router_temp_anneal_iters = _int(options.pop("router_temp_anneal_iters", 0),
+                                            "router_temp_anneal_iters")
         cfg.router_noise_type = _enum(_abi.NOISE, options.pop("router_noise_type", "none"), "noise")
         cfg.router_noise_std_init = options.pop("router_noise_std_init", 0.0)
-        cfg.router_noise_decay_iters = options.pop("router_noise_decay_iters", 0)
+        cfg.router_noise_decay_iters = _int(options.pop("router_noise_decay_iters", 0),
+                                            "router_noise_decay_iters")
         cfg.load_balance_alpha = options.pop("load_balance_alpha", 0.0)
         cfg.router_z_loss_coef = options.pop("router_z_loss_coef", 0.0)
         cfg.bias_update_rate = options.pop("bias_update_rate", 0.0)
-        cfg.renormalize = -1 if renorm is None else int(bool(renorm))
+        cfg.renormalize = -1 if renorm is None else _flag(renorm, "renormalize")
         cfg.capacity_factor = capacity_factor
         cfg.drop_policy = _enum(_abi.DROP_POLICIES, options.pop("drop_policy", "position"),
                                 "drop_policy")
-        cfg.pad_to_capacity = int(bool(options.pop("pad_to_capacity", False)))
+        cfg.pad_to_capacity = _flag(options.pop("pad_to_capacity", False), "pad_to_capacity")
         cfg.hash_mode = _enum(_abi.HASH_MODES, options.pop("hash_mode", "auto"), "hash_mode")
-        cfg.seed = seed
-        cfg.telemetry_interval = options.pop("telemetry_interval", 1)
+        cfg.seed = _int(seed, "seed", 0, 2 ** 64 - 1)
+        cfg.telemetry_interval = _int(options.pop("telemetry_interval", 1), "telemetry_interval")
         cfg.telemetry_ema_decay = options.pop("telemetry_ema_decay", 0.9)
         self._handle = C.c_void_p()
         _check(_lib.moe_layer_create(C.byref(cfg), C.byref(self._handle)))
-        self.d_model, self.d_ff, self.num_experts, self.top_k = d_model, d_ff, num_experts, top_k
+        self.d_model, self.d_ff = cfg.d_model, cfg.d_ff
+        self.num_experts, self.top_k = cfg.num_experts, cfg.top_k
         self.router = router
         self.expert_bias = bool(cfg.expert_bias)
         self._weights = {}
@@ -270,9 +303,20 @@ class Layer:
         return np.ascontiguousarray(value, dtype=self.dtype)
 
     def config(self):
+        """The effective config (moe_layer_get_config): defaults and the backend resolved,
+        enums by the names the constructor takes (activation="gelu", backend="onednn")."""
         cfg = _abi.sized(_abi.LayerConfig)
         _check(_lib.moe_layer_get_config(self._handle, C.byref(cfg)))
-        return {name: getattr(cfg, name) for name, _ in _abi.LayerConfig._fields_[2:]}
+        out = {name: getattr(cfg, name) for name, _ in _abi.LayerConfig._fields_[2:]}
+        names = {"activation": _abi.ACTIVATIONS, "router": _abi.ROUTERS, "dtype": _abi.DTYPES,
+                 "router_noise_type": _abi.NOISE, "drop_policy": _abi.DROP_POLICIES,
+                 "hash_mode": _abi.HASH_MODES}
+        for field, table in names.items():
+            out[field] = {v: k for k, v in table.items()}.get(out[field], out[field])
+        out["backend"] = out["backend"].decode() if out["backend"] else None
+        for flag in ("expert_bias", "renormalize", "pad_to_capacity"):
+            out[flag] = bool(out[flag])
+        return out
 
     @property
     def step(self):

@@ -2,6 +2,7 @@
 import ctypes as C
 import os
 import sys
+import sysconfig
 
 MAX_DIMS = 4
 
@@ -142,41 +143,62 @@ def sized(cls, version=1, **fields):
 
 
 _LIBRARY_NAME = "libmoe.so.0"
-_LIBDIRS = ("lib/x86_64-linux-gnu", "lib/aarch64-linux-gnu", "lib64", "lib")
+
+
+def _libdirs():
+    multiarch = sysconfig.get_config_var("MULTIARCH")  # x86_64-linux-gnu on Debian
+    return ([f"lib/{multiarch}"] if multiarch else []) + ["lib64", "lib"]
+
+
+def _installed_prefix(here):
+    """PREFIX when this package sits in PREFIX/lib/pythonX.Y/{site,dist}-packages/moe."""
+    packages = os.path.dirname(here)
+    python = os.path.dirname(packages)
+    lib = os.path.dirname(python)
+    if (os.path.basename(packages) in ("site-packages", "dist-packages")
+            and os.path.basename(python).startswith("python")
+            and os.path.basename(lib) in ("lib", "lib64")):
+        return os.path.dirname(lib)
+    return None
 
 
 def _candidates():
-    """Where libmoe is looked for, in order (docs/python.md)."""
+    """Where libmoe is looked for, in order (docs/python.md); MOE_LIBRARY alone when set."""
     explicit = os.environ.get("MOE_LIBRARY")
     if explicit:
-        yield explicit
-        return
+        return [explicit]
     here = os.path.dirname(os.path.abspath(__file__))
     # A source checkout: bindings/python/moe -> the repository's build/.
-    yield os.path.normpath(os.path.join(here, "..", "..", "..", "build", "libmoe.so"))
-    # Installed: the prefix the package sits under (PREFIX/lib/python3.X/site-packages/moe),
-    # then the interpreter's prefix, then the usual ones.
+    out = [os.path.normpath(os.path.join(here, "..", "..", "..", "build", "libmoe.so"))]
     prefixes = []
-    folder = here
-    for _ in range(5):
-        folder = os.path.dirname(folder)
-        prefixes.append(folder)
-    prefixes += [sys.prefix, "/usr/local", "/usr"]
+    for prefix in (_installed_prefix(here), sys.prefix, "/usr/local", "/usr"):
+        if prefix and os.path.realpath(prefix) not in [os.path.realpath(p) for p in prefixes]:
+            prefixes.append(prefix)
     for prefix in prefixes:
-        for libdir in _LIBDIRS:
-            yield os.path.join(prefix, libdir, _LIBRARY_NAME)
-        yield os.path.join(prefix, _LIBRARY_NAME)
+        out += [os.path.join(prefix, libdir, _LIBRARY_NAME) for libdir in _libdirs()]
+    return out
 
 
 def _find_library():
     """The path of the libmoe to load, or the bare soname for the dynamic loader."""
-    explicit = os.environ.get("MOE_LIBRARY")
-    if explicit:
-        return explicit
     for candidate in _candidates():
-        if os.path.isfile(candidate):
+        if os.path.isfile(candidate) or os.environ.get("MOE_LIBRARY"):
             return candidate
     return _LIBRARY_NAME
+
+
+def _loaded_path(name):
+    """The file the dynamic loader mapped for `name` (/proc/self/maps), else `name`."""
+    stem = os.path.basename(name).split(".so")[0] + ".so"
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                path = line.rstrip("\n").split(maxsplit=5)[-1]
+                if os.path.basename(path).startswith(stem):
+                    return path
+    except OSError:
+        pass
+    return name
 
 
 library_path = None  # the libmoe that load() opened
@@ -185,15 +207,17 @@ library_path = None  # the libmoe that load() opened
 def load():
     global library_path
     path = _find_library()
+    searched = ("$MOE_LIBRARY" if os.environ.get("MOE_LIBRARY") else
+                ", ".join(_candidates()) + ", then the dynamic loader")
     try:
         lib = C.CDLL(path)
     except OSError as e:
-        searched = "MOE_LIBRARY" if os.environ.get("MOE_LIBRARY") else ", ".join(
-            sorted({os.path.dirname(c) for c in _candidates()}))
         raise ImportError(
             f"moe: cannot load {path} ({e}). Install the library (cmake --install build "
-            f"--prefix PREFIX) or set MOE_LIBRARY to its path; looked in: {searched}") from e
-    library_path = path
+            f"--prefix PREFIX) or set MOE_LIBRARY to its path; looked for: {searched}") from e
+    if not hasattr(lib, "moe_version"):
+        raise ImportError(f"moe: {path} is not libmoe (it has no moe_version)")
+    library_path = _loaded_path(path)
     status = C.c_int
     layer, ctx = C.c_void_p, C.c_void_p
     sigs = {
