@@ -20,17 +20,6 @@ packages=(
   prometheus                                # promtool checks the Prometheus export
   python3-matplotlib                        # moe-train draws its dashboard
 )
-  ocl-icd-opencl-dev opencl-c-headers       # dnnl-config.cmake requires OpenCL, which
-                                            # libdnnl-dev only recommends
-  libopenmpi-dev openmpi-bin                # communicators over MPI (expert parallelism)
-  libcli11-dev nlohmann-json3-dev           # moe-stats
-  clang-14 libclang-rt-14-dev               # the fuzz target (libFuzzer)
-  libgtest-dev libbenchmark-dev             # tests and benchmarks
-  python3 python3-numpy python3-torch python3-pytest  # binding tests, PyTorch parity
-  libopenblas0-openmp                       # PyTorch's BLAS (else the slow reference BLAS)
-  prometheus                                # promtool checks the Prometheus export
-  python3-matplotlib                        # moe-train draws its dashboard
-)
 
 missing=()
 for p in "${packages[@]}"; do
