@@ -81,10 +81,14 @@ def metric_names():
 
 
 class Context:
-    """A saved forward state kept beyond the next forward call (layer.keep_context())."""
+    """The saved state of one forward call: what its backward needs (and its routing and
+    losses). forward(..., return_context=True) returns it; backward(dy, ctx=...) consumes
+    it, so several forwards may be in flight (micro-batches, activation recompute)."""
 
-    def __init__(self, handle):
+    def __init__(self, handle, layer=None, weights=None):
         self._handle = handle
+        self._layer = layer        # the layer it belongs to (backward checks it)
+        self._weights = weights    # the arrays bound at forward time stay alive
 
     def __del__(self):
         if getattr(self, "_handle", None):
@@ -234,12 +238,12 @@ class Layer:
         self.router = router
         self.expert_bias = bool(cfg.expert_bias)
         self._weights = {}
-        self._ctx = C.c_void_p()
+        self._last = None      # the Context of the last forward
+        self._pending = 0      # training forwards since the last backward
         self._comm = None
 
     def __del__(self):
-        if getattr(self, "_ctx", None):
-            _lib.moe_ctx_destroy(self._ctx)
+        self._last = None
         if getattr(self, "_handle", None):
             _lib.moe_layer_destroy(self._handle)
         self._comm = None  # only now may the communicator go
@@ -271,8 +275,7 @@ class Layer:
     def reduce_router_grad(self, grad):
         """Sums the router gradient (a contiguous [d, E] array of the layer's dtype) over
         the communicator, in place."""
-        if grad.dtype != self.dtype or not grad.flags["C_CONTIGUOUS"]:
-            raise ValueError("grad must be a contiguous array of the layer's dtype")
+        self._require_output(grad, (self.d_model, self.num_experts), "grad")
         _check(_lib.moe_layer_reduce_router_grad(self._handle, self._tensor(grad)))
 
     def traffic(self, reset=False):
@@ -368,7 +371,9 @@ class Layer:
         _check(_lib.moe_layer_set_weights(self._handle, C.byref(w)))
         self._weights = arrays
 
-    def forward(self, x, train=True, token_ids=None, seq_len=None):
+    def forward(self, x, train=True, token_ids=None, seq_len=None, return_context=False):
+        """y = MoE(x). With return_context=True returns (y, ctx): pass ctx to backward()
+        (and routing(), losses()) to use this call's state when other forwards follow."""
         x = self._array(x)
         if x.ndim != 2:
             raise ValueError(f"x must be [T, d], got shape {x.shape}")
@@ -383,23 +388,44 @@ class Layer:
             args.token_ids = ids.ctypes.data_as(C.POINTER(C.c_int64))
         args.seq_len = seq_len or 0
         args.train = int(bool(train))
-        ctx = C.c_void_p()
-        _check(_lib.moe_layer_forward(self._handle, C.byref(args), C.byref(ctx)))
-        if self._ctx:
-            _lib.moe_ctx_destroy(self._ctx)
-        self._ctx = ctx
+        handle = C.c_void_p()
+        _check(_lib.moe_layer_forward(self._handle, C.byref(args), C.byref(handle)))
+        self._last = Context(handle, self, self._weights)
+        self._pending += 1
         self._tokens = x.shape[0]
-        return y
+        return (y, self._last) if return_context else y
 
-    def _require_ctx(self):
-        if not self._ctx:
+    def _context(self, ctx, for_backward=False):
+        """The Context to use: the one given, else the last forward's. A backward without
+        ctx after several forwards is refused: it would silently use the wrong state."""
+        if ctx is not None:
+            if not isinstance(ctx, Context):
+                raise TypeError(f"ctx must be a moe.Context, got {type(ctx).__name__}")
+            if ctx._layer is not self:
+                raise ValueError("ctx belongs to another layer")
+            if not ctx._handle:
+                raise ValueError("ctx was released")
+            return ctx
+        if self._last is None:
             raise RuntimeError("call forward() first")
+        if for_backward and self._pending > 1:
+            raise RuntimeError(
+                f"{self._pending} forward calls are waiting for backward: pass ctx= (from "
+                "forward(..., return_context=True)) to say which one this gradient belongs to")
+        return self._last
 
-    def backward(self, dy, accumulate_into=None):
-        """Returns (dx, grads). With accumulate_into (a grads dict from an earlier call),
-        gradients are added into those arrays (MOE_BACKWARD_ACCUMULATE)."""
-        self._require_ctx()
+    def backward(self, dy, accumulate_into=None, ctx=None):
+        """Returns (dx, grads) for the forward whose Context is ctx (default: the last
+        forward, when it is the only one waiting). With accumulate_into (a dict of
+        gradient arrays, e.g. from an earlier call) gradients are added into those arrays
+        (MOE_BACKWARD_ACCUMULATE); each must be a writable, aligned, C-contiguous array of
+        the layer's dtype and the weight's shape, else ValueError (nothing is written)."""
+        ctx = self._context(ctx, for_backward=True)
+        if "w1" not in self._weights:
+            raise RuntimeError("no weights bound (set_comm() unbinds them): call set_weights()")
         dy = self._array(dy)
+        if dy.ndim != 2 or dy.shape[1] != self.d_model:
+            raise ValueError(f"dy must be [T, {self.d_model}], got shape {dy.shape}")
         dx = np.empty_like(dy)
         shapes = {"w1": self._weights["w1"].shape, "w2": self._weights["w2"].shape}
         if self.router != "hash":
@@ -407,8 +433,11 @@ class Layer:
         if self.expert_bias:
             shapes["b1"] = self._weights["b1"].shape
             shapes["b2"] = self._weights["b2"].shape
-        grads = accumulate_into if accumulate_into is not None else {
-            k: np.empty(s, dtype=self.dtype) for k, s in shapes.items()}
+        if accumulate_into is not None:
+            grads = accumulate_into
+            self._check_gradients(grads, shapes)
+        else:
+            grads = {k: np.empty(s, dtype=self.dtype) for k, s in shapes.items()}
         args = _abi.sized(_abi.BackwardArgs)
         args.dy, args.dx = self._tensor(dy), self._tensor(dx)
         args.grads = _abi.sized(_abi.Weights)
@@ -417,28 +446,58 @@ class Layer:
         args.flags = 1 if accumulate_into is not None else 0
         if accumulate_into is not None:
             dx[...] = 0
-        _check(_lib.moe_layer_backward(self._handle, self._ctx, C.byref(args)))
+        _check(_lib.moe_layer_backward(self._handle, ctx._handle, C.byref(args)))
+        if ctx is self._last:
+            self._pending = 0
+        else:
+            self._pending = max(self._pending - 1, 0)
         return dx, grads
 
-    def routing(self):
-        """{"experts": [T,slots] int32 (-1 none), "gates": [T,slots], "dropped": [T,slots] bool}.
-        slots = k for token choice, E for expert choice."""
-        self._require_ctx()
+    def _check_gradients(self, grads, shapes):
+        """Arrays the library will write into: exactly the layout it writes (a copy could
+        not be written back), so anything else is refused before the call."""
+        if not isinstance(grads, dict):
+            raise TypeError("accumulate_into must be a dict of gradient arrays")
+        unknown = set(grads) - set(shapes)
+        if unknown:
+            raise ValueError(f"accumulate_into has unknown keys {sorted(unknown)}; "
+                             f"expected some of {sorted(shapes)}")
+        for name, array in grads.items():
+            self._require_output(array, shapes[name], f"accumulate_into[{name!r}]")
+
+    def _require_output(self, array, shape, what):
+        if not isinstance(array, np.ndarray):
+            raise TypeError(f"{what} must be a numpy array, got {type(array).__name__}")
+        if array.dtype != self.dtype:
+            raise ValueError(f"{what} has dtype {array.dtype}, the layer's is {self.dtype}")
+        if tuple(array.shape) != tuple(shape):
+            raise ValueError(f"{what} has shape {array.shape}, expected {tuple(shape)}")
+        flags = array.flags
+        if not (flags["C_CONTIGUOUS"] and flags["ALIGNED"]):
+            raise ValueError(f"{what} must be C-contiguous and aligned (a Fortran-order array, "
+                             "a strided or reversed view or a broadcast array is not)")
+        if not flags["WRITEABLE"]:
+            raise ValueError(f"{what} is read-only")
+
+    def routing(self, ctx=None):
+        """{"experts": [T,slots] int32 (-1 none), "gates": [T,slots], "dropped": [T,slots] bool}
+        of ctx's forward (default: the last). slots = k for token choice, E for expert choice."""
+        handle = self._context(ctx)._handle
         tokens, slots = C.c_int64(), C.c_int64()
-        _check(_lib.moe_ctx_routing_shape(self._ctx, C.byref(tokens), C.byref(slots)))
+        _check(_lib.moe_ctx_routing_shape(handle, C.byref(tokens), C.byref(slots)))
         shape = (tokens.value, slots.value)
         experts = np.empty(shape, dtype=np.int32)
         gates = np.empty(shape, dtype=np.float32)
         dropped = np.empty(shape, dtype=np.uint8)
-        _check(_lib.moe_ctx_routing(self._ctx, experts.ctypes.data_as(C.POINTER(C.c_int32)),
+        _check(_lib.moe_ctx_routing(handle, experts.ctypes.data_as(C.POINTER(C.c_int32)),
                                     gates.ctypes.data_as(C.POINTER(C.c_float)),
                                     dropped.ctypes.data_as(C.POINTER(C.c_uint8))))
         return {"experts": experts, "gates": gates, "dropped": dropped.astype(bool)}
 
-    def losses(self):
-        self._require_ctx()
+    def losses(self, ctx=None):
+        """The aux and z losses of ctx's forward (default: the last)."""
         out = _abi.sized(_abi.Losses)
-        _check(_lib.moe_ctx_losses(self._ctx, C.byref(out)))
+        _check(_lib.moe_ctx_losses(self._context(ctx)._handle, C.byref(out)))
         return {"aux_loss": out.aux_loss, "aux_loss_scaled": out.aux_loss_scaled,
                 "z_loss": out.z_loss, "z_loss_scaled": out.z_loss_scaled}
 
@@ -526,8 +585,5 @@ class Layer:
         return {name: getattr(m, name) for name, _ in _abi.WeightMetrics._fields_[2:]}
 
     def keep_context(self):
-        """Takes the last forward's saved state out of the layer, so that it survives later
-        forward calls (for compare_routing, or several micro-batches in flight)."""
-        self._require_ctx()
-        ctx, self._ctx = Context(self._ctx), C.c_void_p()
-        return ctx
+        """The last forward's Context (forward(..., return_context=True) returns it too)."""
+        return self._context(None)
