@@ -51,14 +51,18 @@ moe_status_t guarded(const char* function, Body&& body) {
   }
 }
 
+// Handles are registry tokens (handle_registry.hpp), never the objects' addresses: every
+// use goes through these lookups.
+moe::HandleRegistry& registry() {
+  return moe::HandleRegistry::instance();
+}
+
 moe::Layer& layer_of(const_moe_layer_t handle) {
-  moe::HandleRegistry::instance().check(handle, moe::HandleKind::Layer, "layer");
-  return const_cast<moe_layer*>(handle)->impl;
+  return moe::handle_object<moe_layer>(handle, moe::HandleKind::Layer, "layer").impl;
 }
 
 const moe::SavedState& state_of(const_moe_ctx_t handle) {
-  moe::HandleRegistry::instance().check(handle, moe::HandleKind::Ctx, "ctx");
-  return *handle->state;
+  return *moe::handle_object<moe_ctx>(handle, moe::HandleKind::Ctx, "ctx").state;
 }
 
 void require_pointer(const void* p, const char* name) {
@@ -118,7 +122,7 @@ std::vector<double> host_values(moe::Layer& l, const moe_tensor_t& t) {
 }  // namespace
 
 struct moe_group {
-  std::vector<const moe_layer*> layers;
+  std::vector<const_moe_layer_t> layers;  // handles: a destroyed layer is refused at query
 };
 
 struct moe_comm : moe::dist::Communicator {
@@ -129,13 +133,26 @@ namespace {
 
 moe_comm_t new_comm(const moe_comm_ops_t& ops, double timeout_s) {
   auto created = std::make_unique<moe_comm>(ops, timeout_s);
-  moe::HandleRegistry::instance().add(created.get(), moe::HandleKind::Comm);
-  return created.release();
+  auto handle = static_cast<moe_comm_t>(
+      const_cast<void*>(registry().add(created.get(), moe::HandleKind::Comm)));
+  created.release();
+  return handle;
 }
 
-moe::dist::Communicator& comm_of(moe_comm_t comm) {
-  moe::HandleRegistry::instance().check(comm, moe::HandleKind::Comm, "comm");
-  return *comm;
+moe_comm& comm_of(moe_comm_t comm) {
+  return moe::handle_object<moe_comm>(comm, moe::HandleKind::Comm, "comm");
+}
+
+moe_group& group_of(moe_group_t group) {
+  return moe::handle_object<moe_group>(group, moe::HandleKind::Group, "group");
+}
+
+// A new handle of `kind` for a new object (the registry owns nothing: destroy deletes).
+template <typename Handle, typename Object>
+Handle new_handle(std::unique_ptr<Object> object, moe::HandleKind kind) {
+  auto handle = static_cast<Handle>(const_cast<void*>(registry().add(object.get(), kind)));
+  object.release();
+  return handle;
 }
 
 }  // namespace
@@ -192,18 +209,14 @@ moe_status_t moe_layer_create(const moe_layer_config_t* config, moe_layer_t* lay
   return guarded(__func__, [&] {
     require_pointer(layer, "layer");
     const moe::LayerConfig resolved = moe::config_from_abi(config);
-    auto* handle = new moe_layer(resolved);
-    moe::HandleRegistry::instance().add(handle, moe::HandleKind::Layer);
-    *layer = handle;
+    *layer = new_handle<moe_layer_t>(std::make_unique<moe_layer>(resolved), moe::HandleKind::Layer);
   });
 }
 
 moe_status_t moe_layer_destroy(moe_layer_t layer) {
   return guarded(__func__, [&] {
     if (layer == nullptr) return;
-    layer_of(layer);
-    moe::HandleRegistry::instance().remove(layer);
-    delete layer;
+    delete static_cast<moe_layer*>(registry().remove(layer, moe::HandleKind::Layer, "layer"));
   });
 }
 
@@ -235,11 +248,9 @@ moe_status_t moe_layer_forward(moe_layer_t layer, const moe_forward_args_t* args
       moe::refuse_forward(l, e);
     }
     auto saved = moe::forward(l, in);
-    if (ctx) {
-      auto* handle = new moe_ctx{std::move(saved)};
-      moe::HandleRegistry::instance().add(handle, moe::HandleKind::Ctx);
-      *ctx = handle;
-    }
+    if (ctx)
+      *ctx = new_handle<moe_ctx_t>(std::make_unique<moe_ctx>(moe_ctx{std::move(saved)}),
+                                   moe::HandleKind::Ctx);
   });
 }
 
@@ -337,9 +348,7 @@ moe_status_t moe_layer_build_hash_table(moe_layer_t layer, const int64_t* ids, i
 moe_status_t moe_ctx_destroy(moe_ctx_t ctx) {
   return guarded(__func__, [&] {
     if (ctx == nullptr) return;
-    state_of(ctx);
-    moe::HandleRegistry::instance().remove(ctx);
-    delete ctx;
+    delete static_cast<moe_ctx*>(registry().remove(ctx, moe::HandleKind::Ctx, "ctx"));
   });
 }
 
@@ -560,13 +569,12 @@ moe_status_t moe_comm_create_local(moe_comm_t* comm) {
 moe_status_t moe_comm_destroy(moe_comm_t comm) {
   return guarded(__func__, [&] {
     if (comm == nullptr) return;
-    moe::HandleRegistry::instance().check(comm, moe::HandleKind::Comm, "comm");
-    moe::require(comm->attached_layers() == 0, MOE_STATUS_INVALID_STATE,
-                 std::to_string(comm->attached_layers()) +
+    const moe_comm& c = comm_of(comm);
+    moe::require(c.attached_layers() == 0, MOE_STATUS_INVALID_STATE,
+                 std::to_string(c.attached_layers()) +
                      " layer(s) still use this communicator: detach them first "
                      "(moe_layer_set_comm(layer, NULL, NULL, 0)) or destroy them");
-    moe::HandleRegistry::instance().remove(comm);
-    delete comm;
+    delete static_cast<moe_comm*>(registry().remove(comm, moe::HandleKind::Comm, "comm"));
   });
 }
 
@@ -641,33 +649,29 @@ moe_status_t moe_layer_comm_traffic(moe_layer_t layer, moe_comm_traffic_t* traff
 moe_status_t moe_group_create(moe_group_t* group) {
   return guarded(__func__, [&] {
     require_pointer(group, "group");
-    auto* g = new moe_group();
-    moe::HandleRegistry::instance().add(g, moe::HandleKind::Group);
-    *group = g;
+    *group = new_handle<moe_group_t>(std::make_unique<moe_group>(), moe::HandleKind::Group);
   });
 }
 
 moe_status_t moe_group_destroy(moe_group_t group) {
   return guarded(__func__, [&] {
     if (group == nullptr) return;
-    moe::HandleRegistry::instance().check(group, moe::HandleKind::Group, "group");
-    moe::HandleRegistry::instance().remove(group);
-    delete group;
+    delete static_cast<moe_group*>(registry().remove(group, moe::HandleKind::Group, "group"));
   });
 }
 
 moe_status_t moe_group_add(moe_group_t group, const_moe_layer_t layer) {
   return guarded(__func__, [&] {
-    moe::HandleRegistry::instance().check(group, moe::HandleKind::Group, "group");
+    moe_group& g = group_of(group);
     layer_of(layer);
-    group->layers.push_back(layer);
+    g.layers.push_back(layer);
   });
 }
 
 moe_status_t moe_group_get_metrics(moe_group_t group, moe_split_t split, moe_scope_t scope,
                                    moe_group_metrics_t* metrics) {
   return guarded(__func__, [&] {
-    moe::HandleRegistry::instance().check(group, moe::HandleKind::Group, "group");
+    const moe_group& g = group_of(group);
     checked_split(split);
     checked_scope(scope);
     const moe_group_metrics_t defaults = MOE_GROUP_METRICS_INIT;
@@ -675,7 +679,7 @@ moe_status_t moe_group_get_metrics(moe_group_t group, moe_split_t split, moe_sco
     const double nan = std::nan("");
     double frac_sum = 0, frac_max = nan, active_min = nan, aux_sum = 0, drop_sum = 0;
     int64_t counted = 0;
-    for (const moe_layer* layer : group->layers) {
+    for (const_moe_layer_t layer : g.layers) {
       const moe::MetricSet m = metrics_of(layer_of(layer), split, scope);
       const double max_frac = m.scalar("max_frac");
       if (std::isnan(max_frac)) continue;
@@ -688,7 +692,7 @@ moe_status_t moe_group_get_metrics(moe_group_t group, moe_split_t split, moe_sco
       drop_sum += m.scalar("drop_rate");
       ++counted;
     }
-    out.layers = static_cast<int64_t>(group->layers.size());
+    out.layers = static_cast<int64_t>(g.layers.size());
     out.max_frac_mean = counted ? frac_sum / static_cast<double>(counted) : nan;
     out.max_frac_max = frac_max;
     out.active_min = active_min;

@@ -1,8 +1,11 @@
-// The set of live handles. Every handle that crosses the ABI is looked up here before
-// it is dereferenced, so a destroyed, forged or wrongly-typed handle gets
-// MOE_STATUS_INVALID_HANDLE instead of a crash.
+// The live handles. A handle that crosses the ABI is not an address but a token: a value
+// handed out once and never again, looked up here before anything is touched. So a
+// destroyed, forged or wrongly-typed handle gets MOE_STATUS_INVALID_HANDLE instead of a
+// crash, and a destroyed handle stays refused even when the allocator puts a new object
+// at the address the old one had (keyed by address, a stale handle used to reach it).
 #pragma once
 
+#include <cstdint>
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -17,14 +20,29 @@ class HandleRegistry {
  public:
   static HandleRegistry& instance();
 
-  void add(const void* handle, HandleKind kind);
-  void remove(const void* handle);
-  // Throws MOE_STATUS_INVALID_HANDLE unless `handle` is live and of `kind`.
-  void check(const void* handle, HandleKind kind, const char* what) const;
+  // Registers `object` and returns its new handle.
+  const void* add(void* object, HandleKind kind);
+  // The object behind a live handle of `kind`; throws MOE_STATUS_NULL_POINTER or
+  // MOE_STATUS_INVALID_HANDLE otherwise.
+  void* lookup(const void* handle, HandleKind kind, const char* what) const;
+  // Retires a live handle of `kind` (never handed out again) and returns its object.
+  void* remove(const void* handle, HandleKind kind, const char* what);
 
  private:
+  struct Entry {
+    void* object;
+    HandleKind kind;
+  };
+  const Entry& entry(const void* handle, HandleKind kind, const char* what) const;
+
   mutable std::mutex mutex_;
-  std::unordered_map<const void*, HandleKind> live_;
+  uint64_t issued_ = 0;
+  std::unordered_map<const void*, Entry> live_;
 };
+
+template <typename Object>
+Object& handle_object(const void* handle, HandleKind kind, const char* what) {
+  return *static_cast<Object*>(HandleRegistry::instance().lookup(handle, kind, what));
+}
 
 }  // namespace moe

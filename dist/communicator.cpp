@@ -37,9 +37,16 @@ void Communicator::all_to_all(const void* send, const int64_t* send_bytes, void*
                               const int64_t* recv_bytes) {
   require(send_bytes && recv_bytes, MOE_STATUS_NULL_POINTER,
           "send_bytes and recv_bytes are required");
-  for (int p = 0; p < world(); ++p)
+  bool sends = false, receives = false;
+  for (int p = 0; p < world(); ++p) {
     require(send_bytes[p] >= 0 && recv_bytes[p] >= 0, MOE_STATUS_INVALID_ARGUMENT,
             "byte counts must be >= 0 (peer " + std::to_string(p) + ")");
+    sends = sends || send_bytes[p] > 0;
+    receives = receives || recv_bytes[p] > 0;
+  }
+  // A transport would read or write through them: refuse before it does.
+  require(send || !sends, MOE_STATUS_NULL_POINTER, "send is NULL with bytes to send");
+  require(recv || !receives, MOE_STATUS_NULL_POINTER, "recv is NULL with bytes to receive");
   run("all_to_all", [&](char* err, size_t len) {
     return ops_.all_to_all(ops_.state, send, send_bytes, recv, recv_bytes, timeout_s_, err, len);
   });

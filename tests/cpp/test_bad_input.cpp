@@ -113,6 +113,57 @@ TEST(BadInput, HandlesAreChecked) {
   EXPECT_STATUS(moe_layer_backward(layer, foreign.get(), &bargs), MOE_STATUS_INVALID_ARGUMENT);
 }
 
+// A destroyed handle stays refused even when a new object of the same kind is created at
+// once (and, keyed by address, would have been found at the old one's address): forward
+// must not reach the new layer, and a second destroy must not destroy it.
+TEST(BadInput, StaleHandlesStayDeadWhenMemoryIsReused) {
+  moe_layer_config_t c = make_config(8, 8, 4, 2);
+  for (int round = 0; round < 50; ++round) {
+    moe_layer_t a = nullptr, b = nullptr;
+    ASSERT_EQ(moe_layer_create(&c, &a), MOE_STATUS_SUCCESS);
+    ASSERT_EQ(moe_layer_destroy(a), MOE_STATUS_SUCCESS);
+    ASSERT_EQ(moe_layer_create(&c, &b), MOE_STATUS_SUCCESS);
+    int64_t step = 0;
+    EXPECT_STATUS(moe_layer_get_step(a, &step), MOE_STATUS_INVALID_HANDLE);
+    EXPECT_STATUS(moe_layer_destroy(a), MOE_STATUS_INVALID_HANDLE);
+    EXPECT_NE(a, b);
+    EXPECT_STATUS(moe_layer_get_step(b, &step), MOE_STATUS_SUCCESS);  // b is untouched
+    ASSERT_EQ(moe_layer_destroy(b), MOE_STATUS_SUCCESS);
+
+    moe_group_t g = nullptr, h = nullptr;
+    ASSERT_EQ(moe_group_create(&g), MOE_STATUS_SUCCESS);
+    ASSERT_EQ(moe_group_destroy(g), MOE_STATUS_SUCCESS);
+    ASSERT_EQ(moe_group_create(&h), MOE_STATUS_SUCCESS);
+    EXPECT_STATUS(moe_group_destroy(g), MOE_STATUS_INVALID_HANDLE);
+    ASSERT_EQ(moe_group_destroy(h), MOE_STATUS_SUCCESS);
+
+    moe_comm_t m = nullptr, n = nullptr;
+    ASSERT_EQ(moe_comm_create_local(&m), MOE_STATUS_SUCCESS);
+    ASSERT_EQ(moe_comm_destroy(m), MOE_STATUS_SUCCESS);
+    ASSERT_EQ(moe_comm_create_local(&n), MOE_STATUS_SUCCESS);
+    int32_t rank = -1, world = -1;
+    EXPECT_STATUS(moe_comm_rank(m, &rank, &world), MOE_STATUS_INVALID_HANDLE);
+    EXPECT_STATUS(moe_comm_destroy(m), MOE_STATUS_INVALID_HANDLE);
+    EXPECT_STATUS(moe_comm_rank(n, &rank, &world), MOE_STATUS_SUCCESS);
+    ASSERT_EQ(moe_comm_destroy(n), MOE_STATUS_SUCCESS);
+  }
+}
+
+// A group that holds a destroyed layer refuses to summarise it rather than read freed memory.
+TEST(BadInput, AGroupWithADestroyedLayerIsRefused) {
+  moe_layer_config_t c = make_config(8, 8, 4, 2);
+  moe_layer_t a = nullptr;
+  moe_group_t g = nullptr;
+  ASSERT_EQ(moe_layer_create(&c, &a), MOE_STATUS_SUCCESS);
+  ASSERT_EQ(moe_group_create(&g), MOE_STATUS_SUCCESS);
+  ASSERT_EQ(moe_group_add(g, a), MOE_STATUS_SUCCESS);
+  ASSERT_EQ(moe_layer_destroy(a), MOE_STATUS_SUCCESS);
+  moe_group_metrics_t m = MOE_GROUP_METRICS_INIT;
+  EXPECT_STATUS(moe_group_get_metrics(g, MOE_SPLIT_TRAIN, MOE_SCOPE_LAST, &m),
+                MOE_STATUS_INVALID_HANDLE);
+  EXPECT_EQ(moe_group_destroy(g), MOE_STATUS_SUCCESS);
+}
+
 TEST(BadInput, NullPointersEverywhere) {
   Problem<float> p(make_config(8, 8, 4, 2), 10, 1);
   moe_layer_t layer = p.layer.get();

@@ -110,6 +110,23 @@ TEST(Comm, AFailedCollectiveBreaksTheCommunicator) {
   EXPECT_EQ(moe_comm_destroy(comm), MOE_STATUS_SUCCESS);
 }
 
+// NULL buffers with bytes to move are the caller's error: refused before the transport
+// touches them (it used to crash), and the communicator stays usable.
+TEST(Comm, NullBuffersWithBytesAreRefused) {
+  LoopbackState state;
+  const moe_comm_ops_t ops = loopback_ops(&state);
+  moe_comm_t comm = nullptr;
+  ASSERT_EQ(moe_comm_create(&ops, 0.0, &comm), MOE_STATUS_SUCCESS);
+  const int64_t eight[1] = {8}, none[1] = {0};
+  char sent[8] = {}, received[8] = {};
+  EXPECT_EQ(moe_comm_all_to_all(comm, nullptr, eight, received, eight), MOE_STATUS_NULL_POINTER);
+  EXPECT_EQ(moe_comm_all_to_all(comm, sent, eight, nullptr, eight), MOE_STATUS_NULL_POINTER);
+  EXPECT_EQ(state.all_to_all_calls, 0);
+  EXPECT_EQ(moe_comm_all_to_all(comm, nullptr, none, nullptr, none), MOE_STATUS_SUCCESS);
+  EXPECT_EQ(moe_comm_all_to_all(comm, sent, eight, received, eight), MOE_STATUS_SUCCESS);
+  EXPECT_EQ(moe_comm_destroy(comm), MOE_STATUS_SUCCESS);
+}
+
 TEST(Comm, BadTablesAreRefused) {
   LoopbackState state;
   moe_comm_t comm = nullptr;
