@@ -53,6 +53,8 @@ moe_status_t guarded(const char* function, Body&& body) {
 
 // Handles are registry tokens (handle_registry.hpp), never the objects' addresses: every
 // use goes through these lookups.
+constexpr int64_t kMaxStep = int64_t{1} << 62;
+
 moe::HandleRegistry& registry() {
   return moe::HandleRegistry::instance();
 }
@@ -300,7 +302,10 @@ moe_status_t moe_layer_stage_profile(moe_layer_t layer, moe_stage_profile_t* pro
 moe_status_t moe_layer_set_step(moe_layer_t layer, int64_t step) {
   return guarded(__func__, [&] {
     moe::Layer& l = layer_of(layer);
-    moe::require(step >= 0, MOE_STATUS_INVALID_ARGUMENT, "step must be >= 0");
+    // Bounded so that counting on from it never overflows (2^62 training calls is beyond
+    // any run).
+    moe::require(step >= 0 && step <= kMaxStep, MOE_STATUS_INVALID_ARGUMENT,
+                 "step must be in [0, 2^62], got " + std::to_string(step));
     l.step = step;
   });
 }
@@ -495,7 +500,33 @@ moe_status_t moe_layer_set_verdict_thresholds(moe_layer_t layer,
                                               const moe_verdict_thresholds_t* thresholds) {
   return guarded(__func__, [&] {
     moe::Layer& l = layer_of(layer);
-    l.thresholds = moe::read_sized(thresholds, moe::default_thresholds(), "thresholds");
+    const moe_verdict_thresholds_t t =
+        moe::read_sized(thresholds, moe::default_thresholds(), "thresholds");
+    // Every threshold is a finite number >= 0 (a NaN one would judge nothing and say so
+    // nowhere); the warm-up is a step count.
+    const std::pair<const char*, double> values[] = {
+        {"collapse_max_frac", t.collapse_max_frac},
+        {"collapse_active_experts", t.collapse_active_experts},
+        {"imbalance_load_cv", t.imbalance_load_cv},
+        {"imbalance_entropy_norm", t.imbalance_entropy_norm},
+        {"imbalance_kl", t.imbalance_kl},
+        {"imbalance_dead_fraction", t.imbalance_dead_fraction},
+        {"imbalance_max_frac_floor", t.imbalance_max_frac_floor},
+        {"imbalance_max_frac_experts", t.imbalance_max_frac_experts},
+        {"moderate_load_cv", t.moderate_load_cv},
+        {"diffuse_entropy_norm", t.diffuse_entropy_norm},
+        {"diffuse_top1_experts", t.diffuse_top1_experts},
+        {"peaked_top1", t.peaked_top1},
+        {"peaked_entropy_norm", t.peaked_entropy_norm},
+        {"pressure_drop_rate", t.pressure_drop_rate},
+        {"pressure_frac_gap", t.pressure_frac_gap}};
+    for (const auto& [name, value] : values)
+      moe::require(std::isfinite(value) && value >= 0.0, MOE_STATUS_INVALID_ARGUMENT,
+                   std::string("thresholds.") + name + " must be finite and >= 0, got " +
+                       std::to_string(value));
+    moe::require(t.specialization_warmup_steps >= 0, MOE_STATUS_INVALID_ARGUMENT,
+                 "thresholds.specialization_warmup_steps must be >= 0");
+    l.thresholds = t;
   });
 }
 

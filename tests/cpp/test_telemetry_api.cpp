@@ -177,6 +177,21 @@ TEST(TelemetryApi, BadInputIsRefusedAndChangesNothing) {
   EXPECT_EQ(moe_layer_verdicts(layer, MOE_SPLIT_TRAIN, MOE_SCOPE_LAST, nullptr),
             MOE_STATUS_NULL_POINTER);
   EXPECT_EQ(moe_layer_set_verdict_thresholds(layer, nullptr), MOE_STATUS_NULL_POINTER);
+  // NaN, infinite or negative thresholds are refused, and the layer keeps its own.
+  for (double bad : {std::nan(""), -0.5, HUGE_VAL}) {
+    moe_verdict_thresholds_t t = MOE_VERDICT_THRESHOLDS_INIT;
+    t.imbalance_load_cv = bad;
+    EXPECT_EQ(moe_layer_set_verdict_thresholds(layer, &t), MOE_STATUS_INVALID_ARGUMENT) << bad;
+  }
+  moe_verdict_thresholds_t negative_warmup = MOE_VERDICT_THRESHOLDS_INIT;
+  negative_warmup.specialization_warmup_steps = -1;
+  EXPECT_EQ(moe_layer_set_verdict_thresholds(layer, &negative_warmup), MOE_STATUS_INVALID_ARGUMENT);
+  // A step from which counting on would overflow is refused.
+  int64_t step = -1;
+  ASSERT_EQ(moe_layer_get_step(layer, &step), MOE_STATUS_SUCCESS);
+  EXPECT_EQ(moe_layer_set_step(layer, INT64_MAX), MOE_STATUS_INVALID_ARGUMENT);
+  EXPECT_EQ(moe_layer_set_step(layer, int64_t{1} << 62), MOE_STATUS_SUCCESS);
+  EXPECT_EQ(moe_layer_set_step(layer, step), MOE_STATUS_SUCCESS);
   EXPECT_EQ(moe_layer_weight_metrics(layer, nullptr), MOE_STATUS_NULL_POINTER);
   EXPECT_EQ(moe_ctx_compare_routing(nullptr, nullptr, nullptr, nullptr), MOE_STATUS_NULL_POINTER);
   Problem<float> other(make_config(8, 8, 4, 2), 21, 1);

@@ -186,3 +186,16 @@ def test_library_path_names_the_file_loaded():
     import os
     path = moe.library_path()
     assert os.path.isfile(path) and os.path.basename(path).startswith("libmoe.so")
+
+
+def test_bad_verdict_thresholds_are_refused_and_change_nothing():
+    layer, rng = make_layer()
+    layer.forward(rng.standard_normal((16, 8)))
+    before = layer.verdicts()
+    for bad in (float("nan"), -1.0, float("inf")):
+        with pytest.raises(moe.MoeError) as err:
+            layer.set_verdict_thresholds(imbalance_load_cv=bad)
+        assert err.value.status == "INVALID_ARGUMENT"
+    with pytest.raises(ValueError):
+        layer.set_verdict_thresholds(specialization_warmup_steps=-1)
+    assert layer.verdicts() == before

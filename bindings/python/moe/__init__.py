@@ -562,6 +562,9 @@ class Layer:
         unknown = set(thresholds) - set(defaults)
         if unknown:
             raise TypeError(f"unknown thresholds {sorted(unknown)}")
+        if "specialization_warmup_steps" in thresholds:
+            thresholds["specialization_warmup_steps"] = _int(
+                thresholds["specialization_warmup_steps"], "specialization_warmup_steps")
         defaults.update(thresholds)
         for name, value in defaults.items():
             setattr(t, name, value)
