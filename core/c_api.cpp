@@ -51,10 +51,11 @@ moe_status_t guarded(const char* function, Body&& body) {
   }
 }
 
-// Handles are registry tokens (handle_registry.hpp), never the objects' addresses: every
-// use goes through these lookups.
+// The largest step set_step takes: counting on from it never overflows.
 constexpr int64_t kMaxStep = int64_t{1} << 62;
 
+// Handles are registry tokens (handle_registry.hpp), never the objects' addresses: every
+// use goes through these lookups.
 moe::HandleRegistry& registry() {
   return moe::HandleRegistry::instance();
 }
@@ -133,12 +134,16 @@ struct moe_comm : moe::dist::Communicator {
 
 namespace {
 
-moe_comm_t new_comm(const moe_comm_ops_t& ops, double timeout_s) {
-  auto created = std::make_unique<moe_comm>(ops, timeout_s);
-  auto handle = static_cast<moe_comm_t>(
-      const_cast<void*>(registry().add(created.get(), moe::HandleKind::Comm)));
-  created.release();
+// A new handle of `kind` for a new object (the registry owns nothing: destroy deletes).
+template <typename Handle, typename Object>
+Handle new_handle(std::unique_ptr<Object> object, moe::HandleKind kind) {
+  auto handle = static_cast<Handle>(const_cast<void*>(registry().add(object.get(), kind)));
+  object.release();
   return handle;
+}
+
+moe_comm_t new_comm(const moe_comm_ops_t& ops, double timeout_s) {
+  return new_handle<moe_comm_t>(std::make_unique<moe_comm>(ops, timeout_s), moe::HandleKind::Comm);
 }
 
 moe_comm& comm_of(moe_comm_t comm) {
@@ -147,14 +152,6 @@ moe_comm& comm_of(moe_comm_t comm) {
 
 moe_group& group_of(moe_group_t group) {
   return moe::handle_object<moe_group>(group, moe::HandleKind::Group, "group");
-}
-
-// A new handle of `kind` for a new object (the registry owns nothing: destroy deletes).
-template <typename Handle, typename Object>
-Handle new_handle(std::unique_ptr<Object> object, moe::HandleKind kind) {
-  auto handle = static_cast<Handle>(const_cast<void*>(registry().add(object.get(), kind)));
-  object.release();
-  return handle;
 }
 
 }  // namespace

@@ -3,19 +3,22 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <string>
+#include <vector>
 
 #include "moe/moe.h"
 
 namespace moe::tools {
 
-inline std::string backend_names() {
-  std::string names = "auto";
+// "auto", then this libmoe's backends in moe_backend_name's order.
+inline std::vector<std::string> backend_choices() {
+  std::vector<std::string> names = {"auto"};
   int32_t count = 0;
   if (moe_backend_count(&count) != MOE_STATUS_SUCCESS) return names;
   for (int32_t i = 0; i < count; ++i) {
     const char* name = nullptr;
-    if (moe_backend_name(i, &name) == MOE_STATUS_SUCCESS && name) names += std::string(", ") + name;
+    if (moe_backend_name(i, &name) == MOE_STATUS_SUCCESS && name) names.emplace_back(name);
   }
   return names;
 }
@@ -23,15 +26,11 @@ inline std::string backend_names() {
 inline CLI::Validator backend_validator() {
   return CLI::Validator(
       [](std::string& value) -> std::string {
-        if (value == "auto") return std::string();
-        int32_t count = 0;
-        if (moe_backend_count(&count) == MOE_STATUS_SUCCESS)
-          for (int32_t i = 0; i < count; ++i) {
-            const char* name = nullptr;
-            if (moe_backend_name(i, &name) == MOE_STATUS_SUCCESS && name && value == name)
-              return std::string();
-          }
-        return "unknown backend '" + value + "' (this libmoe has: " + backend_names() + ")";
+        const std::vector<std::string> choices = backend_choices();
+        if (std::find(choices.begin(), choices.end(), value) != choices.end()) return "";
+        std::string listed;
+        for (const std::string& name : choices) listed += (listed.empty() ? "" : ", ") + name;
+        return "unknown backend '" + value + "' (this libmoe has: " + listed + ")";
       },
       "BACKEND");
 }

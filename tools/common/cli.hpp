@@ -39,29 +39,47 @@ inline std::optional<std::string> config_file_problem(const std::string& path,
   if (!in) return path + ": cannot open";
   std::string line;
   int64_t number = 0;
+  const auto at = [&](const std::string& what) {
+    return path + ":" + std::to_string(number) + ": " + what;
+  };
   while (std::getline(in, line)) {
     ++number;
     if (!line.empty() && line.back() == '\r') line.pop_back();
     for (unsigned char c : line)
-      if ((c < 0x20 && c != '\t') || c == 0x7f)
-        return path + ":" + std::to_string(number) + ": not a text line (control byte)";
+      if ((c < 0x20 && c != '\t') || c == 0x7f) return at("not a text line (control byte)");
     const size_t first = line.find_first_not_of(" \t");
     if (first == std::string::npos) continue;
     const char lead = line[first];
     if (lead == '#' || lead == ';') continue;
-    if (lead == '[')
-      return path + ":" + std::to_string(number) +
-             ": sections are not used (options are top-level `key = value` lines)";
+    if (lead == '[') return at("sections are not used (options are top-level `key = value` lines)");
     const size_t eq = line.find('=');
-    if (eq == std::string::npos || line.find_first_not_of(" \t", first) == eq)
-      return path + ":" + std::to_string(number) + ": expected `key = value`, got: " + line;
+    if (eq == std::string::npos || first == eq) return at("expected `key = value`, got: " + line);
     std::string key = line.substr(first, eq - first);
     key.erase(key.find_last_not_of(" \t") + 1);
     if (std::find(keys.begin(), keys.end(), key) == keys.end())
-      return path + ":" + std::to_string(number) + ": unknown key '" + key +
-             "' (keys are the long flags without --; see --help)";
+      return at("unknown key '" + key + "' (keys are the long flags without --; see --help)");
   }
   return std::nullopt;
+}
+
+// The config files named on the command line (`--config FILE` or `--config=FILE`).
+inline std::vector<std::string> config_paths(const CLI::Option& config, int argc, char** argv) {
+  std::vector<std::string> paths;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    const size_t eq = arg.find('=');
+    if (config.check_name(arg) && i + 1 < argc)
+      paths.emplace_back(argv[i + 1]);
+    else if (eq != std::string::npos && config.check_name(arg.substr(0, eq)))
+      paths.push_back(arg.substr(eq + 1));
+  }
+  return paths;
+}
+
+// A bad command line: one message on stderr, then the usage exit code.
+inline int usage_error(const std::string& tool, const std::string& message) {
+  std::cerr << tool << ": " << message << "\nRun with --help for more information.\n";
+  return kExitUsage;
 }
 
 // Parses the command line. Returns nothing when the tool should go on, else the exit
@@ -71,21 +89,14 @@ inline std::optional<int> parse_command_line(CLI::App& app, int argc, char** arg
   app.allow_config_extras(CLI::config_extras_mode::error);
   try {
     if (CLI::Option* config = app.get_config_ptr()) {
+      // Check the config file's text before CLI11 reads it (see config_file_problem).
+      const std::vector<std::string> paths = config_paths(*config, argc, argv);
       std::vector<std::string> keys;
       for (const CLI::Option* option : app.get_options())
         if (option->get_configurable())
           for (const std::string& name : option->get_lnames()) keys.push_back(name);
-      // Check the config file's text before CLI11 reads it (see config_file_problem).
-      for (int i = 1; i + 1 < argc; ++i)
-        if (config->check_name(argv[i]))
-          if (auto problem = config_file_problem(argv[i + 1], keys)) throw CLI::ConversionError(*problem);
-      for (int i = 1; i < argc; ++i) {
-        const std::string arg = argv[i];
-        const size_t eq = arg.find('=');
-        if (eq != std::string::npos && config->check_name(arg.substr(0, eq)))
-          if (auto problem = config_file_problem(arg.substr(eq + 1), keys))
-            throw CLI::ConversionError(*problem);
-      }
+      for (const std::string& path : paths)
+        if (auto problem = config_file_problem(path, keys)) throw CLI::ConversionError(*problem);
     }
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp&) {
@@ -98,9 +109,7 @@ inline std::optional<int> parse_command_line(CLI::App& app, int argc, char** arg
     std::cout << e.what() << "\n";
     return kExitSuccess;
   } catch (const CLI::ParseError& e) {
-    std::cerr << app.get_name() << ": " << e.what() << "\n"
-              << "Run with --help for more information.\n";
-    return kExitUsage;
+    return usage_error(app.get_name(), e.what());
   }
   return std::nullopt;
 }
@@ -142,7 +151,8 @@ inline CLI::Validator integer_in(long double low, long double high) {
   return CLI::Validator(
       [low, high, range = range.str()](std::string& text) -> std::string {
         const size_t start = !text.empty() && (text[0] == '-' || text[0] == '+') ? 1 : 0;
-        if (text.size() == start || text.find_first_not_of("0123456789", start) != std::string::npos)
+        if (text.size() == start ||
+            text.find_first_not_of("0123456789", start) != std::string::npos)
           return "must be a whole number in " + range + ", got '" + text + "'";
         const long double value = std::strtold(text.c_str(), nullptr);
         if (value < low || value > high) return "must be in " + range + ", got " + text;

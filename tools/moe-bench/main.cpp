@@ -128,8 +128,8 @@ int main(int argc, char** argv) {
                "moe-bench"};
   moe::tools::add_version_flag(app, "moe-bench");
   CLI::Option* shape = app.add_option("--shape", o.shapes, "shapes to run")
-                          ->capture_default_str()
-                          ->check(CLI::IsMember({"mixtral-small", "fine-grained", "decode"}));
+                           ->capture_default_str()
+                           ->check(CLI::IsMember({"mixtral-small", "fine-grained", "decode"}));
   app.add_option("--backend", o.backend, "backend: auto or one of moe_backend_name()")
       ->capture_default_str()
       ->check(moe::tools::backend_validator());

@@ -56,9 +56,8 @@ int main(int argc, char** argv) {
   app.add_flag("--summary", quiet_steps, "print only the summed figures, not every step");
   if (auto exit_code = moe::tools::parse_command_line(app, argc, argv)) return *exit_code;
   if (files.empty() && compare.empty()) {
-    std::cerr << "moe-stats: give a log file (or - for stdin), or --compare A B\n"
-                 "Run with --help for more information.\n";
-    return moe::tools::kExitUsage;
+    return moe::tools::usage_error("moe-stats",
+                                   "give a log file (or - for stdin), or --compare A B");
   }
   try {
     if (!compare.empty()) {

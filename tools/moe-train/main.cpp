@@ -11,7 +11,6 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
-#include <limits>
 #include <nlohmann/json.hpp>
 #include <random>
 
@@ -108,12 +107,11 @@ std::string export_of(moe_layer_t layer, moe_split_t split, moe_scope_t scope) {
 // run that cannot fit is refused at once instead of failing minutes later.
 std::string memory_problem(const Options& o) {
   const long double d = o.d_model, E = o.n_experts, k = o.top_k, T = o.batch_size;
-  const long double F = (o.activation == "swiglu" || o.activation == "geglu") ? 2.0L * o.d_ff
-                                                                                : o.d_ff;
+  const long double F = moe::train::ff_width(o);
   // Per layer: the teacher's weights, the student's with gradients and Adam moments
   // (5 copies in all), the stack's inputs and outputs, and the layer's routed rows.
-  const long double per_layer = 5 * (d * E + E * d * F + E * o.d_ff * d) + 8 * T * d +
-                                4 * T * k * (F + o.d_ff + d);
+  const long double per_layer =
+      5 * (d * E + E * d * F + E * o.d_ff * d) + 8 * T * d + 4 * T * k * (F + o.d_ff + d);
   const long double bytes = 4.0L * o.layers * per_layer;
   const long double physical = static_cast<long double>(sysconf(_SC_PHYS_PAGES)) *
                                static_cast<long double>(sysconf(_SC_PAGE_SIZE));
@@ -174,8 +172,8 @@ void add_options(CLI::App& app, Options& o, bool& dropless, bool& json, bool& no
   app.add_option("--activation", o.activation, "relu | gelu | gelu_tanh | silu | swiglu | geglu")
       ->capture_default_str()
       ->check(CLI::IsMember({"relu", "gelu", "gelu_tanh", "silu", "swiglu", "geglu"}));
-  CLI::Option* dropless_flag =
-      app.add_flag("--dropless", dropless, "no capacity limit (the default unless --capacity_factor)");
+  CLI::Option* dropless_flag = app.add_flag(
+      "--dropless", dropless, "no capacity limit (the default unless --capacity_factor)");
   app.add_option("--capacity_factor", o.capacity_factor, "C = ceil(f T k / E); 0 = dropless")
       ->capture_default_str()
       ->check(finite_at_least(0))
@@ -213,9 +211,7 @@ void add_options(CLI::App& app, Options& o, bool& dropless, bool& json, bool& no
   app.add_option("--seed", o.seed, "seed of data, weights and noise (>= 0)")
       ->capture_default_str()
       ->check(integer_in(0, 18446744073709551615.0L));
-  app.add_option("--max_iters", o.max_iters, "training steps")
-      ->capture_default_str()
-      ->check(steps);
+  app.add_option("--max_iters", o.max_iters, "training steps")->capture_default_str()->check(steps);
   app.add_option("--eval_interval", o.eval_interval, "steps between evaluations")
       ->capture_default_str()
       ->check(steps);
@@ -251,15 +247,12 @@ int main(int argc, char** argv) {
   add_options(app, o, dropless, json, no_dashboard);
   if (auto exit_code = moe::tools::parse_command_line(app, argc, argv)) return *exit_code;
   if (dropless) o.capacity_factor = 0.0;
-  if (o.top_k > o.n_experts) {
-    std::cerr << "moe-train: --top_k (" << o.top_k << ") must be at most --n_experts ("
-              << o.n_experts << ")\nRun with --help for more information.\n";
-    return moe::tools::kExitUsage;
-  }
-  if (const std::string problem = memory_problem(o); !problem.empty()) {
-    std::cerr << "moe-train: " << problem << "\nRun with --help for more information.\n";
-    return moe::tools::kExitUsage;
-  }
+  if (o.top_k > o.n_experts)
+    return moe::tools::usage_error("moe-train", "--top_k (" + std::to_string(o.top_k) +
+                                                    ") must be at most --n_experts (" +
+                                                    std::to_string(o.n_experts) + ")");
+  if (const std::string problem = memory_problem(o); !problem.empty())
+    return moe::tools::usage_error("moe-train", problem);
   try {
     std::filesystem::create_directories(o.out);
     std::ofstream jsonl(o.out + "/metrics.jsonl");

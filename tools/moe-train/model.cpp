@@ -27,11 +27,11 @@ moe_noise_t noise_of(const std::string& name) {
   throw std::invalid_argument("unknown router noise type '" + name + "'");
 }
 
-bool gated(const std::string& activation) {
-  return activation == "swiglu" || activation == "geglu";
-}
-
 }  // namespace
+
+int64_t ff_width(const Options& o) {
+  return o.activation == "swiglu" || o.activation == "geglu" ? 2 * o.d_ff : o.d_ff;
+}
 
 moe_layer_config_t layer_config(const Options& o, bool teacher) {
   moe_layer_config_t c = MOE_LAYER_CONFIG_INIT;
@@ -68,7 +68,7 @@ moe_layer_config_t layer_config(const Options& o, bool teacher) {
 Stack::Stack(const Options& o, bool teacher, uint64_t seed) : options_(o) {
   std::mt19937_64 rng(seed);
   std::normal_distribution<float> normal(0.f, 1.f);
-  const int64_t d = o.d_model, E = o.n_experts, F = gated(o.activation) ? 2 * o.d_ff : o.d_ff;
+  const int64_t d = o.d_model, E = o.n_experts, F = ff_width(o);
   const moe_layer_config_t config = layer_config(o, teacher);
   for (int64_t l = 0; l < o.layers; ++l) {
     Block b{moe::Layer(config), {}, {}, {}, {}, {}, {}};
@@ -117,7 +117,7 @@ std::vector<float> Stack::forward(const std::vector<float>& x, const std::vector
 
 void Stack::backward(const std::vector<float>& dy) {
   const int64_t d = options_.d_model, E = options_.n_experts;
-  const int64_t F = gated(options_.activation) ? 2 * options_.d_ff : options_.d_ff;
+  const int64_t F = ff_width(options_);
   std::vector<float> grad = dy, dx(dy.size());
   for (auto it = blocks_.rbegin(); it != blocks_.rend(); ++it) {
     Block& b = *it;

@@ -48,6 +48,9 @@ struct Block {
   std::vector<float> input, output;  // h_l and MoE(h_l) of the last forward
 };
 
+// Columns of W1: 2 d_ff for the gated activations (swiglu, geglu), else d_ff.
+int64_t ff_width(const Options& o);
+
 moe_layer_config_t layer_config(const Options& o, bool teacher);
 
 class Stack {

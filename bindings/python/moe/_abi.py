@@ -170,21 +170,20 @@ def _candidates():
     here = os.path.dirname(os.path.abspath(__file__))
     # A source checkout: bindings/python/moe -> the repository's build/.
     out = [os.path.normpath(os.path.join(here, "..", "..", "..", "build", "libmoe.so"))]
-    prefixes = []
+    seen = set()
     for prefix in (_installed_prefix(here), sys.prefix, "/usr/local", "/usr"):
-        if prefix and os.path.realpath(prefix) not in [os.path.realpath(p) for p in prefixes]:
-            prefixes.append(prefix)
-    for prefix in prefixes:
-        out += [os.path.join(prefix, libdir, _LIBRARY_NAME) for libdir in _libdirs()]
+        if prefix and os.path.realpath(prefix) not in seen:
+            seen.add(os.path.realpath(prefix))
+            out += [os.path.join(prefix, libdir, _LIBRARY_NAME) for libdir in _libdirs()]
     return out
 
 
-def _find_library():
-    """The path of the libmoe to load, or the bare soname for the dynamic loader."""
-    for candidate in _candidates():
-        if os.path.isfile(candidate) or os.environ.get("MOE_LIBRARY"):
-            return candidate
-    return _LIBRARY_NAME
+def _find_library(candidates):
+    """The path of the libmoe to load (MOE_LIBRARY as given, else the first candidate that
+    exists), or the bare soname for the dynamic loader."""
+    if os.environ.get("MOE_LIBRARY"):
+        return candidates[0]
+    return next((c for c in candidates if os.path.isfile(c)), _LIBRARY_NAME)
 
 
 def _loaded_path(name):
@@ -206,9 +205,10 @@ library_path = None  # the libmoe that load() opened
 
 def load():
     global library_path
-    path = _find_library()
+    candidates = _candidates()
+    path = _find_library(candidates)
     searched = ("$MOE_LIBRARY" if os.environ.get("MOE_LIBRARY") else
-                ", ".join(_candidates()) + ", then the dynamic loader")
+                ", ".join(candidates) + ", then the dynamic loader")
     try:
         lib = C.CDLL(path)
     except OSError as e:
