@@ -9,10 +9,19 @@ include_dir=$(cd "$1" && pwd)
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 
+# The CUDA runtime headers: where CMake found them (MOE_CUDA_INCLUDE_DIRS, set by the
+# ctest that runs this), else beside the nvcc on PATH, else in the usual prefix. Each
+# candidate must hold cuda_runtime_api.h: the nvcc on PATH may be a wrapper script whose
+# ../include is not the toolkit's (CI's /usr/local/bin/nvcc is one).
 cuda_include=""
-for nvcc in "$(command -v nvcc || true)" /usr/local/cuda/bin/nvcc; do
-  if [ -n "$nvcc" ] && [ -x "$nvcc" ]; then
-    cuda_include=$(cd "$(dirname "$nvcc")/../include" && pwd)
+candidates=()
+IFS=: read -r -a candidates <<< "${MOE_CUDA_INCLUDE_DIRS:-}"
+nvcc_on_path=$(command -v nvcc || true)
+[ -n "$nvcc_on_path" ] && candidates+=("$(dirname "$(readlink -f "$nvcc_on_path")")/../include")
+candidates+=(/usr/local/cuda/include)
+for candidate in "${candidates[@]}"; do
+  if [ -n "$candidate" ] && [ -f "$candidate/cuda_runtime_api.h" ]; then
+    cuda_include=$(cd "$candidate" && pwd)
     break
   fi
 done
