@@ -12,6 +12,12 @@ MOE_HOST_DEVICE inline double sigmoid(double x) {
   return x >= 0 ? 1.0 / (1.0 + ::exp(-x)) : ::exp(x) / (1.0 + ::exp(x));
 }
 
+// log(sigmoid(x)) for every x: sigmoid itself is 0 in double below about -745, and the
+// sigmoid router's probabilities and renormalized gates are ratios of such values.
+MOE_HOST_DEVICE inline double log_sigmoid(double x) {
+  return x >= 0 ? -::log1p(::exp(-x)) : x - ::log1p(::exp(x));
+}
+
 // The scalar activation (for gated kinds: the one applied to the gate half).
 MOE_HOST_DEVICE inline double activate(moe_activation_t kind, double x) {
   constexpr double kInvSqrt2 = 0.70710678118654752440;

@@ -13,6 +13,7 @@
 #include "core/error.hpp"
 #include "core/handle_registry.hpp"
 #include "core/layer.hpp"
+#include "core/layer_entry.hpp"
 #include "core/pipeline.hpp"
 #include "core/raw_enum.hpp"
 #include "core/sized_struct.hpp"
@@ -36,6 +37,7 @@ moe_status_t fail(moe_status_t status, const std::string& message) {
 
 template <typename Body>
 moe_status_t guarded(const char* function, Body&& body) {
+  const moe::LayerCall call;  // the layers this call enters are left when it returns
   try {
     last_error.clear();
     body();
@@ -60,8 +62,11 @@ moe::HandleRegistry& registry() {
   return moe::HandleRegistry::instance();
 }
 
+// Every use of a layer enters it: one thread at a time (layer_entry.hpp).
 moe::Layer& layer_of(const_moe_layer_t handle) {
-  return moe::handle_object<moe_layer>(handle, moe::HandleKind::Layer, "layer").impl;
+  moe::Layer& layer = moe::handle_object<moe_layer>(handle, moe::HandleKind::Layer, "layer").impl;
+  moe::enter_layer(layer);
+  return layer;
 }
 
 const moe::SavedState& state_of(const_moe_ctx_t handle) {
@@ -154,6 +159,24 @@ moe_group& group_of(moe_group_t group) {
   return moe::handle_object<moe_group>(group, moe::HandleKind::Group, "group");
 }
 
+void checked_export_format(moe_export_format_t format) {
+  const int raw = moe::raw_enum(format);
+  moe::require(raw >= MOE_EXPORT_JSONL && raw <= MOE_EXPORT_CSV_ROW, MOE_STATUS_INVALID_ARGUMENT,
+               "format is not a moe_export_format_t: " + std::to_string(raw));
+}
+
+moe::LayerExport export_of(const moe::Layer& l, const moe::MetricSet& m, moe_split_t split,
+                           moe_scope_t scope) {
+  return {&m, {l.name, split, scope, l.telemetry.recorded_step(split)}, l.config.num_experts};
+}
+
+// Text out through a caller's buffer: *length always, the text (NUL-terminated) only
+// when it fits.
+void hand_out(const std::string& text, char* buffer, size_t capacity, size_t* length) {
+  *length = text.size();
+  if (buffer && capacity > text.size()) std::memcpy(buffer, text.c_str(), text.size() + 1);
+}
+
 }  // namespace
 
 extern "C" {
@@ -215,6 +238,7 @@ moe_status_t moe_layer_create(const moe_layer_config_t* config, moe_layer_t* lay
 moe_status_t moe_layer_destroy(moe_layer_t layer) {
   return guarded(__func__, [&] {
     if (layer == nullptr) return;
+    moe::forget_layer(layer_of(layer));  // refused while another thread is inside it
     delete static_cast<moe_layer*>(registry().remove(layer, moe::HandleKind::Layer, "layer"));
   });
 }
@@ -335,8 +359,11 @@ moe_status_t moe_layer_build_hash_table(moe_layer_t layer, const int64_t* ids, i
     moe::require(l.config.router == MOE_ROUTER_HASH, MOE_STATUS_INVALID_STATE,
                  "the layer's router is not 'hash'");
     moe::require(n >= 0, MOE_STATUS_INVALID_ARGUMENT, "n must be >= 0");
-    moe::require(vocab_size > 0 && vocab_size <= (int64_t{1} << 32), MOE_STATUS_INVALID_ARGUMENT,
-                 "vocab_size must be in [1, 2^32]");
+    // 2^24 ids: 64 times the largest vocabularies in use, and a table that fits in
+    // memory (its build holds three arrays of vocab_size entries).
+    moe::require(
+        vocab_size > 0 && vocab_size <= (int64_t{1} << 24), MOE_STATUS_INVALID_ARGUMENT,
+        "vocab_size must be in [1, 2^24] (docs/limits.md), got " + std::to_string(vocab_size));
     if (n > 0) require_pointer(ids, "ids");
     for (int64_t i = 0; i < n; ++i)
       moe::require(ids[i] >= 0 && ids[i] < vocab_size, MOE_STATUS_INVALID_ARGUMENT,
@@ -379,11 +406,19 @@ moe_status_t moe_ctx_routing_stats(const_moe_ctx_t ctx, moe_routing_stats_t* sta
     const moe::SavedState& s = state_of(ctx);
     const moe_routing_stats_t defaults = MOE_ROUTING_STATS_INIT;
     moe_routing_stats_t out = moe::read_sized(stats, defaults, "stats");
+    const size_t E = s.plan.demand.size();
+    // A version-1 struct ends before `entries`: such callers are trusted to hold E.
+    const bool says_entries =
+        stats->size >= offsetof(moe_routing_stats_t, entries) + sizeof(out.entries);
+    moe::require(
+        !says_entries || (!out.demand && !out.served) || out.entries >= static_cast<int64_t>(E),
+        MOE_STATUS_SHAPE_MISMATCH,
+        "stats.entries is " + std::to_string(out.entries) + ", but the layer has " +
+            std::to_string(E) + " experts: demand and served need room for each");
     out.tokens = s.plan.tokens;
     out.nonfinite_rows = s.routing.nonfinite_rows;
     out.capacity = s.plan.capacity;
     out.dropped_total = s.plan.dropped_total();
-    const size_t E = s.plan.demand.size();
     if (out.demand) std::memcpy(out.demand, s.plan.demand.data(), E * sizeof(int64_t));
     if (out.served) std::memcpy(out.served, s.plan.served.data(), E * sizeof(int64_t));
     moe::write_sized(stats, out, "stats");
@@ -481,15 +516,10 @@ moe_status_t moe_layer_telemetry_export(const_moe_layer_t layer, moe_export_form
   return guarded(__func__, [&] {
     const moe::Layer& l = layer_of(layer);
     require_pointer(length, "length");
-    const int raw = moe::raw_enum(format);
-    moe::require(raw >= MOE_EXPORT_JSONL && raw <= MOE_EXPORT_PROMETHEUS,
-                 MOE_STATUS_INVALID_ARGUMENT,
-                 "format is not a moe_export_format_t: " + std::to_string(raw));
+    checked_export_format(format);
     const moe::MetricSet m = metrics_of(l, split, scope);
-    const std::string text = moe::export_metrics(
-        format, m, {l.name, split, scope, l.telemetry.recorded_step(split)}, l.config.num_experts);
-    *length = text.size();
-    if (buffer && capacity > text.size()) std::memcpy(buffer, text.c_str(), text.size() + 1);
+    hand_out(moe::export_metrics(format, {export_of(l, m, split, scope)}), buffer, capacity,
+             length);
   });
 }
 
@@ -616,7 +646,8 @@ moe_status_t moe_comm_rank(moe_comm_t comm, int32_t* rank, int32_t* world) {
 
 moe_status_t moe_comm_all_to_all(moe_comm_t comm, const void* send, const int64_t* send_bytes,
                                  void* recv, const int64_t* recv_bytes) {
-  return guarded(__func__, [&] { comm_of(comm).all_to_all(send, send_bytes, recv, recv_bytes); });
+  return guarded(__func__,
+                 [&] { comm_of(comm).all_to_all_paired(send, send_bytes, recv, recv_bytes); });
 }
 
 moe_status_t moe_comm_all_reduce_sum(moe_comm_t comm, double* data, int64_t count) {
@@ -728,6 +759,27 @@ moe_status_t moe_group_get_metrics(moe_group_t group, moe_split_t split, moe_sco
     out.drop_frac_mean = counted ? drop_sum / static_cast<double>(counted) : nan;
     out.collapsed = counted && (frac_max >= 0.90 || active_min <= 1) ? 1 : 0;
     moe::write_sized(metrics, out, "metrics");
+  });
+}
+
+moe_status_t moe_group_telemetry_export(moe_group_t group, moe_export_format_t format,
+                                        moe_split_t split, moe_scope_t scope, char* buffer,
+                                        size_t capacity, size_t* length) {
+  return guarded(__func__, [&] {
+    const moe_group& g = group_of(group);
+    require_pointer(length, "length");
+    checked_export_format(format);
+    checked_split(split);
+    checked_scope(scope);
+    std::vector<moe::MetricSet> metrics;
+    metrics.reserve(g.layers.size());  // the exports point into it
+    std::vector<moe::LayerExport> layers;
+    for (const_moe_layer_t layer : g.layers) {
+      const moe::Layer& l = layer_of(layer);
+      metrics.push_back(metrics_of(l, split, scope));
+      layers.push_back(export_of(l, metrics.back(), split, scope));
+    }
+    hand_out(moe::export_metrics(format, layers), buffer, capacity, length);
   });
 }
 

@@ -1,6 +1,7 @@
 #include "core/config.hpp"
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 
 #include "core/error.hpp"
@@ -16,9 +17,27 @@ double linear_schedule(double from, double to, int64_t step, int64_t iters) {
   return from + (to - from) * t;
 }
 
+// The largest weight, rate, noise std and capacity factor, and the temperatures' range:
+// far past any useful setting, and small enough that every product the layer forms with
+// them (scores z/tau of any float logit, capacities, selection biases) stays finite.
+constexpr double kMaxCoefficient = 1e6;
+constexpr double kMinTemperature = 1e-6, kMaxTemperature = 1e6;
+
+// The shortest text that reads back as `value` (1e-06, not 9.9999999999999995e-07).
+std::string number(double value) {
+  char text[32];
+  const auto end = std::to_chars(text, text + sizeof text, value).ptr;
+  return std::string(text, end);
+}
+
+void require_in_range(double value, double low, double high, const char* name) {
+  require(std::isfinite(value) && value >= low && value <= high, MOE_STATUS_INVALID_ARGUMENT,
+          std::string(name) + " must be in [" + number(low) + ", " + number(high) + "], got " +
+              number(value));
+}
+
 void require_finite_nonnegative(double value, const char* name) {
-  require(std::isfinite(value) && value >= 0.0, MOE_STATUS_INVALID_ARGUMENT,
-          std::string(name) + " must be finite and >= 0, got " + std::to_string(value));
+  require_in_range(value, 0.0, kMaxCoefficient, name);
 }
 
 void require_enum(int raw, int first, int last, const char* name, const char* type) {
@@ -27,6 +46,19 @@ void require_enum(int raw, int first, int last, const char* name, const char* ty
 }
 
 }  // namespace
+
+int64_t checked_elements(std::initializer_list<int64_t> sizes, const std::string& what) {
+  int64_t product = 1;
+  bool fits = true;
+  for (int64_t size : sizes) {
+    // Compared before multiplying: size <= kMaxElements / product keeps it exact.
+    fits = fits && size >= 0 && (product == 0 || size <= kMaxElements / product);
+    if (fits) product *= size;
+  }
+  require(fits, MOE_STATUS_INVALID_ARGUMENT,
+          what + " would hold more than 2^48 elements (docs/limits.md): sizes too large");
+  return product;
+}
 
 double LayerConfig::temperature(int64_t step) const {
   return linear_schedule(temp_init, temp_final, step, temp_anneal_iters);
@@ -88,8 +120,12 @@ LayerConfig config_from_abi(const moe_layer_config_t* abi) {
           "config.d_ff must be > 0, got " + std::to_string(in.d_ff));
   require(in.num_experts >= 1, MOE_STATUS_INVALID_ARGUMENT,
           "config.num_experts must be >= 1, got " + std::to_string(in.num_experts));
-  require(in.num_experts <= (int64_t{1} << 30), MOE_STATUS_INVALID_ARGUMENT,
-          "config.num_experts is too large: " + std::to_string(in.num_experts));
+  require(
+      in.num_experts <= kMaxExperts, MOE_STATUS_INVALID_ARGUMENT,
+      "config.num_experts must be <= 2^20 (docs/limits.md), got " + std::to_string(in.num_experts));
+  const int64_t ff_width = checked_elements({in.d_ff, 2}, "config.d_ff");
+  checked_elements({in.d_model, in.num_experts}, "the router weight [d_model, num_experts]");
+  checked_elements({in.num_experts, in.d_model, ff_width}, "w1 [num_experts, d_model, d_ff]");
   require(in.top_k >= 1 && in.top_k <= in.num_experts, MOE_STATUS_INVALID_ARGUMENT,
           "config.top_k must be in [1, num_experts=" + std::to_string(in.num_experts) + "], got " +
               std::to_string(in.top_k));
@@ -104,10 +140,10 @@ LayerConfig config_from_abi(const moe_layer_config_t* abi) {
                "config.drop_policy", "moe_drop_policy_t");
   require_enum(raw_enum(in.hash_mode), MOE_HASH_AUTO, MOE_HASH_CONTENT, "config.hash_mode",
                "moe_hash_mode_t");
-  require(std::isfinite(in.router_temp_init) && in.router_temp_init > 0.0,
-          MOE_STATUS_INVALID_ARGUMENT, "config.router_temp_init must be finite and > 0");
-  require(std::isfinite(in.router_temp_final) && in.router_temp_final > 0.0,
-          MOE_STATUS_INVALID_ARGUMENT, "config.router_temp_final must be finite and > 0");
+  require_in_range(in.router_temp_init, kMinTemperature, kMaxTemperature,
+                   "config.router_temp_init");
+  require_in_range(in.router_temp_final, kMinTemperature, kMaxTemperature,
+                   "config.router_temp_final");
   require(in.router_temp_anneal_iters >= 0, MOE_STATUS_INVALID_ARGUMENT,
           "config.router_temp_anneal_iters must be >= 0");
   require(in.router_noise_decay_iters >= 0, MOE_STATUS_INVALID_ARGUMENT,
@@ -116,8 +152,10 @@ LayerConfig config_from_abi(const moe_layer_config_t* abi) {
   require_finite_nonnegative(in.load_balance_alpha, "config.load_balance_alpha");
   require_finite_nonnegative(in.router_z_loss_coef, "config.router_z_loss_coef");
   require_finite_nonnegative(in.bias_update_rate, "config.bias_update_rate");
-  require(std::isfinite(in.capacity_factor), MOE_STATUS_INVALID_ARGUMENT,
-          "config.capacity_factor must be finite (<= 0 means dropless)");
+  require(std::isfinite(in.capacity_factor) && in.capacity_factor <= kMaxCoefficient,
+          MOE_STATUS_INVALID_ARGUMENT,
+          "config.capacity_factor must be finite and <= 1e6 (<= 0 means dropless), got " +
+              number(in.capacity_factor));
   require(in.renormalize >= -1 && in.renormalize <= 1, MOE_STATUS_INVALID_ARGUMENT,
           "config.renormalize must be -1 (auto), 0 or 1");
   require(in.expert_bias == 0 || in.expert_bias == 1, MOE_STATUS_INVALID_ARGUMENT,

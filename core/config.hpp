@@ -2,11 +2,25 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 
 #include "moe/moe.h"
 
 namespace moe {
+
+// Size limits (docs/limits.md). Every weight, input and buffer a call forms holds at most
+// kMaxElements elements, so that no product of sizes overflows 64 bits (and no size is
+// taken on trust that no machine could hold); one forward takes at most kMaxTokens.
+constexpr int64_t kMaxElements = int64_t{1} << 48;
+constexpr int64_t kMaxTokens = int64_t{1} << 40;
+// The most experts a layer (or a record moe-stats reads) has: 2^20, the largest
+// published expert count (a million experts, PEER), and E x E counts stay addressable.
+constexpr int64_t kMaxExperts = int64_t{1} << 20;
+
+// The product of `sizes` (each >= 0); throws INVALID_ARGUMENT, naming `what`, when it
+// exceeds kMaxElements.
+int64_t checked_elements(std::initializer_list<int64_t> sizes, const std::string& what);
 
 struct LayerConfig {
   int64_t d_model = 0;

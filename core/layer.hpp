@@ -2,9 +2,11 @@
 // little state that training changes (step counter, selection bias, hash table).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "backends/backend.hpp"
@@ -43,6 +45,8 @@ class Layer {
   moe_verdict_thresholds_t thresholds;
   moe_stage_profile_t profile = MOE_STAGE_PROFILE_INIT;
   std::unique_ptr<dist::ExpertParallel> ep;  // set while a communicator is attached
+  // The thread inside a C call on this layer, if any (layer_entry.hpp).
+  std::atomic<std::thread::id> entered_by{};
 
   // Experts whose weights this rank holds: all, or its share under expert parallelism.
   int64_t experts_held() const { return ep ? ep->local_expert_count() : config.num_experts; }

@@ -258,6 +258,11 @@ void check_forward_args(const Layer& layer, const moe_forward_args_t& args) {
           "args.x must have rank 2 [T, d], got rank " + std::to_string(args.x.ndim));
   const int64_t T = args.x.shape[0];
   require(T >= 0, MOE_STATUS_SHAPE_MISMATCH, "args.x has a negative token count");
+  require(T <= kMaxTokens, MOE_STATUS_INVALID_ARGUMENT,
+          "args.x has " + std::to_string(T) + " tokens, more than one call takes (2^40)");
+  checked_elements({T, c.num_experts}, "the routing scores [T, num_experts]");
+  checked_elements({T, c.slots(), std::max(c.d_model, c.ff_width())},
+                   "the expert activations [T * slots, max(d_model, d_ff)]");
   const moe_device_t device = layer.backend.device();
   check_tensor(args.x, "args.x", c.dtype, device, {T, c.d_model});
   check_tensor(args.y, "args.y", c.dtype, device, {T, c.d_model});
@@ -346,6 +351,7 @@ std::unique_ptr<SavedState> forward(Layer& layer, const moe_forward_args_t& args
   }
   charge(layer.profile.telemetry, layer.profile.exchange, telemetry.lap(), layer.ep.get());
   // Training-only state changes come last, once nothing can fail any more.
+  layer.telemetry.count_forward();
   if (args.train) {
     update_selection_bias(c, saved->batch_demand(), layer.selection_bias);
     ++layer.step;

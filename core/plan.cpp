@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 
 namespace moe {
@@ -13,10 +14,19 @@ int64_t Plan::dropped_total() const {
 }
 
 int64_t capacity_for(double capacity_factor, int64_t tokens, int64_t top_k, int64_t num_experts) {
-  const double c = std::ceil(capacity_factor * static_cast<double>(tokens * top_k) /
-                             static_cast<double>(num_experts));
-  const double limit = static_cast<double>(int64_t{1} << 62);
-  return c >= limit ? (int64_t{1} << 62) : static_cast<int64_t>(c);
+  const int64_t copies = tokens * top_k;
+  const double exact =
+      capacity_factor * static_cast<double>(copies) / static_cast<double>(num_experts);
+  // A factor such as 1.1 is not a double: 1.1 * 25 * 2 / 5 evaluates to 11.000000000000002,
+  // and its ceiling to 12. A value within a few ulps of an integer is that integer, the
+  // capacity the caller's decimal factor meant.
+  const double nearest = std::nearbyint(exact);
+  const bool integral =
+      std::fabs(exact - nearest) <= 8 * std::numeric_limits<double>::epsilon() * nearest;
+  const double c = integral ? nearest : std::ceil(exact);
+  // No expert can hold more than every copy of the batch: a larger capacity would only
+  // size buffers and sums past what can ever be used.
+  return c >= static_cast<double>(copies) ? copies : static_cast<int64_t>(c);
 }
 
 std::vector<int64_t> demand_of(const std::vector<int32_t>& expert, int64_t num_experts) {

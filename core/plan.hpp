@@ -58,7 +58,8 @@ std::vector<int64_t> demand_of(const std::vector<int32_t>& expert, int64_t num_e
 int64_t configured_capacity(const LayerConfig& config, int64_t tokens,
                             const std::vector<int64_t>& demand);
 
-// C = ceil(capacity_factor * T*k/E), saturated so that it never overflows.
+// C = ceil(capacity_factor * T*k/E) for the factor as the caller wrote it in decimal (a
+// product within a few ulps of an integer is that integer), at most T*k.
 int64_t capacity_for(double capacity_factor, int64_t tokens, int64_t top_k, int64_t num_experts);
 
 }  // namespace moe

@@ -23,13 +23,16 @@ double selection_noise(const LayerConfig& config, double std_dev, int64_t step, 
   return std_dev * draw;
 }
 
-// Indices of the k largest keys, largest first; equal keys go to the lower index.
-void top_k_indices(const double* key, int64_t n, int64_t k, int32_t* out) {
+// Indices of the k largest keys, largest first. Equal keys go to the larger score (the
+// sigmoid router's keys saturate: sigmoid is exactly 1 above about 37 and 0 below about
+// -745), then to the lower index.
+void top_k_indices(const double* key, const double* score, int64_t n, int64_t k, int32_t* out) {
   for (int64_t j = 0; j < k; ++j) {
     int64_t best = -1;
     for (int64_t e = 0; e < n; ++e) {
       if (std::find(out, out + j, static_cast<int32_t>(e)) != out + j) continue;
-      if (best < 0 || key[e] > key[best]) best = e;
+      if (best < 0 || key[e] > key[best] || (key[e] == key[best] && score[e] > score[best]))
+        best = e;
     }
     out[j] = static_cast<int32_t>(best);
   }
@@ -40,6 +43,13 @@ void softmax_row(const double* u, int64_t n, double* p) {
   double sum = 0.0;
   for (int64_t e = 0; e < n; ++e) sum += (p[e] = std::exp(u[e] - m));
   for (int64_t e = 0; e < n; ++e) p[e] /= sum;
+}
+
+// out[i] = sigmoid(u[i]) / sum_j sigmoid(u[j]), as a softmax of log sigmoid: the plain
+// ratio is 0/0 when every score is below about -745.
+void normalized_sigmoids(const double* u, int64_t n, double* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = log_sigmoid(u[i]);
+  softmax_row(out, n, out);
 }
 
 template <typename S>
@@ -95,11 +105,16 @@ void score_rows(const LayerConfig& config, Routing& r, std::vector<double>& u) {
     for (int64_t e = 0; e < E; ++e) sum += std::exp(z[e] - m);
     r.lse[t] = m + std::log(sum);
     for (int64_t e = 0; e < E; ++e) u[t * E + e] = z[e] / r.temperature;
+    // Finite logits of a double input can still overflow once divided by a small
+    // temperature; such a row has no scores, and is counted as non-finite.
+    if (!std::all_of(&u[t * E], &u[t * E] + E, [](double v) { return std::isfinite(v); })) {
+      r.nonfinite[t] = 1;
+      continue;
+    }
     double* p = &r.prob[t * E];
     if (config.router == MOE_ROUTER_SIGMOID) {
-      double total = 0.0;
-      for (int64_t e = 0; e < E; ++e) total += (r.sigmoid[t * E + e] = sigmoid(u[t * E + e]));
-      for (int64_t e = 0; e < E; ++e) p[e] = r.sigmoid[t * E + e] / total;
+      for (int64_t e = 0; e < E; ++e) r.sigmoid[t * E + e] = sigmoid(u[t * E + e]);
+      normalized_sigmoids(&u[t * E], E, p);
     } else {
       softmax_row(&u[t * E], E, p);
     }
@@ -112,23 +127,28 @@ void select_token_choice(const LayerConfig& config, const RouterState& state,
   const bool sigmoid_router = config.router == MOE_ROUTER_SIGMOID;
 #pragma omp parallel if (worth_threads(r.tokens * E * k))
   {
-    std::vector<double> key(E);
+    std::vector<double> key(E), noisy(E), chosen_scores(k);
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < r.tokens; ++t) {
       if (r.nonfinite[t]) continue;
       for (int64_t e = 0; e < E; ++e) {
-        const double noisy = u[t * E + e] + selection_noise(config, noise_std, state.step,
-                                                            state.token_offset + t, e);
-        key[e] = (sigmoid_router ? sigmoid(noisy) : noisy) + (*state.selection_bias)[e];
+        noisy[e] = u[t * E + e] +
+                   selection_noise(config, noise_std, state.step, state.token_offset + t, e);
+        key[e] = (sigmoid_router ? sigmoid(noisy[e]) : noisy[e]) + (*state.selection_bias)[e];
       }
       int32_t* chosen = &r.expert[t * k];
-      top_k_indices(key.data(), E, k, chosen);
-      const std::vector<double>& base = sigmoid_router ? r.sigmoid : r.prob;
-      double total = 0.0;
-      for (int64_t j = 0; j < k; ++j) total += base[t * E + chosen[j]];
-      for (int64_t j = 0; j < k; ++j) {
-        const double a = base[t * E + chosen[j]];
-        r.gate[t * k + j] = config.renormalize ? a / total : a;
+      double* gate = &r.gate[t * k];
+      top_k_indices(key.data(), noisy.data(), E, k, chosen);
+      if (!config.renormalize) {
+        const std::vector<double>& base = sigmoid_router ? r.sigmoid : r.prob;
+        for (int64_t j = 0; j < k; ++j) gate[j] = base[t * E + chosen[j]];
+      } else if (sigmoid_router) {
+        for (int64_t j = 0; j < k; ++j) chosen_scores[j] = u[t * E + chosen[j]];
+        normalized_sigmoids(chosen_scores.data(), k, gate);
+      } else {
+        // P restricted to the chosen experts, renormalized: a softmax over their scores.
+        for (int64_t j = 0; j < k; ++j) chosen_scores[j] = u[t * E + chosen[j]];
+        softmax_row(chosen_scores.data(), k, gate);
       }
     }
   }
@@ -271,17 +291,16 @@ void route_backward(const LayerConfig& config, const Routing& r, const std::vect
       const int32_t* chosen = &r.expert[t * slots];
       const double* g = &r.gate[t * slots];
       const double* dg = &dgate[t * slots];
+      // Held as base * d(loss)/d(base): with g_j = base_j / sum_chosen(base) that is
+      // (dg_j - dg.g) g_j, with no division by a sum that can underflow to 0.
       if (token_choice && config.renormalize) {
-        const std::vector<double>& base = sigmoid_router ? r.sigmoid : r.prob;
-        double total = 0.0, dg_dot_g = 0.0;
-        for (int64_t j = 0; j < slots; ++j) {
-          total += base[t * E + chosen[j]];
-          dg_dot_g += dg[j] * g[j];
-        }
-        for (int64_t j = 0; j < slots; ++j) d_base[chosen[j]] += (dg[j] - dg_dot_g) / total;
+        double dg_dot_g = 0.0;
+        for (int64_t j = 0; j < slots; ++j) dg_dot_g += dg[j] * g[j];
+        for (int64_t j = 0; j < slots; ++j) d_base[chosen[j]] += (dg[j] - dg_dot_g) * g[j];
       } else {
+        const std::vector<double>& base = sigmoid_router ? r.sigmoid : r.prob;
         for (int64_t j = 0; j < slots; ++j)
-          if (chosen[j] >= 0) d_base[chosen[j]] += dg[j];
+          if (chosen[j] >= 0) d_base[chosen[j]] += dg[j] * base[t * E + chosen[j]];
       }
       // The aux loss reaches P: d(alpha * E * sum_e f_e * mean_t P)/dP[t,e].
       for (int64_t e = 0; e < E; ++e)
@@ -291,17 +310,17 @@ void route_backward(const LayerConfig& config, const Routing& r, const std::vect
       for (int64_t e = 0; e < E; ++e) dot += d_prob[e] * p[e];
 
       if (sigmoid_router) {
+        // ds_e s_e = d_base_e + (d_prob_e - dot) P_e (P_e = s_e / sum(s)), and
+        // dsigmoid/du = s (1 - s).
         const double* s = &r.sigmoid[t * E];
-        const double total = std::accumulate(s, s + E, 0.0);
-        for (int64_t e = 0; e < E; ++e) {
-          const double ds = d_base[e] + (d_prob[e] - dot) / total;
-          dz[e] = ds * s[e] * (1.0 - s[e]) / tau;
-        }
+        for (int64_t e = 0; e < E; ++e)
+          dz[e] = (d_base[e] + (d_prob[e] - dot) * p[e]) * (1.0 - s[e]) / tau;
       } else {
-        for (int64_t e = 0; e < E; ++e) d_prob[e] += d_base[e];
-        double dot_all = 0.0;
-        for (int64_t e = 0; e < E; ++e) dot_all += d_prob[e] * p[e];
-        for (int64_t e = 0; e < E; ++e) dz[e] = p[e] * (d_prob[e] - dot_all) / tau;
+        // With base = P: dz = P (d_prob - P.d_prob) + d_base - P sum(d_base), over tau.
+        double base_total = 0.0;
+        for (int64_t e = 0; e < E; ++e) base_total += d_base[e];
+        for (int64_t e = 0; e < E; ++e)
+          dz[e] = (p[e] * (d_prob[e] - dot) + d_base[e] - p[e] * base_total) / tau;
       }
       // z-loss: d(coef * mean_t lse_t^2)/dz = coef * 2 lse_t softmax(z_t) / T_valid.
       if (config.z_loss_coef > 0.0) {

@@ -1,5 +1,6 @@
 #include "core/tensor_check.hpp"
 
+#include <cstdint>
 #include <vector>
 
 #include "core/config.hpp"
@@ -41,6 +42,11 @@ void check_tensor(const moe_tensor_t& t, const char* name, moe_dtype_t dtype, mo
                                      "on the GPU"));
   require(t.data != nullptr || elements == 0, MOE_STATUS_NULL_POINTER,
           std::string(name) + ".data is NULL");
+  // The kernels load whole elements: a pointer into the middle of one is refused, not
+  // read misaligned (undefined behaviour, a fault on some machines).
+  require(reinterpret_cast<uintptr_t>(t.data) % dtype_size(dtype) == 0, MOE_STATUS_INVALID_ARGUMENT,
+          std::string(name) + ".data is not aligned to its dtype's " +
+              std::to_string(dtype_size(dtype)) + " bytes");
 }
 
 }  // namespace moe

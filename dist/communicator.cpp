@@ -1,5 +1,8 @@
 #include "dist/communicator.hpp"
 
+#include <algorithm>
+#include <vector>
+
 #include "core/error.hpp"
 
 namespace moe::dist {
@@ -50,6 +53,38 @@ void Communicator::all_to_all(const void* send, const int64_t* send_bytes, void*
   run("all_to_all", [&](char* err, size_t len) {
     return ops_.all_to_all(ops_.state, send, send_bytes, recv, recv_bytes, timeout_s_, err, len);
   });
+}
+
+void Communicator::all_to_all_paired(const void* send, const int64_t* send_bytes, void* recv,
+                                     const int64_t* recv_bytes) {
+  require(send_bytes && recv_bytes, MOE_STATUS_NULL_POINTER,
+          "send_bytes and recv_bytes are required");
+  const int64_t W = world();
+  // Counts travel as doubles (the all-reduce's type): exact below 2^53 bytes.
+  constexpr int64_t kMaxBytes = int64_t{1} << 53;
+  for (int64_t p = 0; p < W; ++p)
+    require(send_bytes[p] <= kMaxBytes && recv_bytes[p] <= kMaxBytes, MOE_STATUS_INVALID_ARGUMENT,
+            "byte counts must be <= 2^53 (peer " + std::to_string(p) + ")");
+  // sent[r][p]: what rank r sends p; expected[r][p]: what rank r expects from p. Each
+  // rank fills its own rows, the sum gives every rank both whole tables, and every rank
+  // reaches the same verdict without a second round.
+  std::vector<double> tables(2 * W * W, 0.0);
+  for (int64_t p = 0; p < W; ++p) {
+    tables[rank() * W + p] = static_cast<double>(std::max<int64_t>(send_bytes[p], 0));
+    tables[W * W + rank() * W + p] = static_cast<double>(std::max<int64_t>(recv_bytes[p], 0));
+  }
+  all_reduce_sum(tables.data(), static_cast<int64_t>(tables.size()));
+  for (int64_t from = 0; from < W; ++from)
+    for (int64_t to = 0; to < W; ++to) {
+      const double sent = tables[from * W + to], expected = tables[W * W + to * W + from];
+      require(sent == expected, MOE_STATUS_INVALID_ARGUMENT,
+              "byte counts do not pair up: rank " + std::to_string(from) + " sends " +
+                  std::to_string(static_cast<int64_t>(sent)) + " bytes to rank " +
+                  std::to_string(to) + ", which expects " +
+                  std::to_string(static_cast<int64_t>(expected)) +
+                  " (nothing moved; the communicator stays usable)");
+    }
+  all_to_all(send, send_bytes, recv, recv_bytes);
 }
 
 void Communicator::all_reduce_sum(double* data, int64_t count) {

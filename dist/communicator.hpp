@@ -26,6 +26,12 @@ class Communicator {
   // the communicator is broken and every later call throws at once.
   void all_to_all(const void* send, const int64_t* send_bytes, void* recv,
                   const int64_t* recv_bytes);
+  // all_to_all for callers' own counts (moe_comm_all_to_all): first checks, with one
+  // small all-reduce, that every rank's counts pair up (what p sends q is what q expects
+  // from p). A mismatch is the caller's argument error, not a transport failure: every
+  // rank gets INVALID_ARGUMENT, nothing moves, and the communicator stays usable.
+  void all_to_all_paired(const void* send, const int64_t* send_bytes, void* recv,
+                         const int64_t* recv_bytes);
   void all_reduce_sum(double* data, int64_t count);
   void barrier();
 

@@ -11,7 +11,8 @@ packages=(
                                             # libdnnl-dev only recommends
   libopenmpi-dev openmpi-bin                # communicators over MPI (expert parallelism)
   libcli11-dev nlohmann-json3-dev           # the tools (moe-train, moe-stats, moe-bench)
-  clang-14 libclang-rt-14-dev               # the fuzz target (libFuzzer)
+  clang-14 libclang-rt-14-dev               # the fuzz targets (libFuzzer)
+  libomp-14-dev                             # OpenMP for the library built with clang-14
   libgtest-dev libbenchmark-dev             # tests and benchmarks
   python3 python3-numpy python3-torch python3-pytest  # binding tests, PyTorch parity
   python3-venv python3-pip python3-setuptools python3-wheel  # pip install ./bindings/python

@@ -132,31 +132,26 @@ __global__ void route_kernel(RouteParams p, const float* logits, const double* b
   for (int64_t e = 0; e < E; ++e) sum += exp(z[e] - m);
   lse[t] = static_cast<float>(m + log(sum));
 
-  // Probabilities P and the gate base a_e (P for softmax, sigmoid(u) for sigmoid).
+  // Probabilities P: softmax(u), or sigmoid(u) / sum(sigmoid(u)) taken as a softmax of
+  // log sigmoid(u) (the plain ratio is 0/0 when every score is below about -745).
   const double tau = p.temperature;
-  double total = 0.0, um = -INFINITY;
-  if (p.sigmoid_router) {
-    for (int64_t e = 0; e < E; ++e) total += sigmoid(z[e] / tau);
-  } else {
-    for (int64_t e = 0; e < E; ++e) um = fmax(um, z[e] / tau);
-    for (int64_t e = 0; e < E; ++e) total += exp(z[e] / tau - um);
-  }
-  for (int64_t e = 0; e < E; ++e) {
+  auto score = [&](int64_t e) {
     const double u = z[e] / tau;
-    if (p.sigmoid_router) {
-      const double s = sigmoid(u);
-      sig[t * E + e] = static_cast<float>(s);
-      prob[t * E + e] = static_cast<float>(s / total);
-    } else {
-      prob[t * E + e] = static_cast<float>(exp(u - um) / total);
-    }
+    return p.sigmoid_router ? log_sigmoid(u) : u;
+  };
+  double um = -INFINITY, total = 0.0;
+  for (int64_t e = 0; e < E; ++e) um = fmax(um, score(e));
+  for (int64_t e = 0; e < E; ++e) total += exp(score(e) - um);
+  for (int64_t e = 0; e < E; ++e) {
+    prob[t * E + e] = static_cast<float>(exp(score(e) - um) / total);
+    if (p.sigmoid_router) sig[t * E + e] = static_cast<float>(sigmoid(z[e] / tau));
   }
 
-  // Top-k by selection key; equal keys go to the lower expert id (as cpu_ref).
-  double base_sum = 0.0;
+  // Top-k by selection key; equal keys go to the larger score (sigmoid keys saturate),
+  // then to the lower expert id (as cpu_ref).
   for (int64_t j = 0; j < k; ++j) {
     int64_t best = -1;
-    double best_key = 0.0;
+    double best_key = 0.0, best_noisy = 0.0;
     for (int64_t e = 0; e < E; ++e) {
       bool taken = false;
       for (int64_t i = 0; i < j; ++i) taken = taken || chosen[i] == e;
@@ -168,20 +163,27 @@ __global__ void route_kernel(RouteParams p, const float* logits, const double* b
                                     : standard_normal(p.seed, p.step, p.token_offset + t, e));
       }
       const double key = (p.sigmoid_router ? sigmoid(noisy) : noisy) + bias[e];
-      if (best < 0 || key > best_key) {
+      if (best < 0 || key > best_key || (key == best_key && noisy > best_noisy)) {
         best = e;
         best_key = key;
+        best_noisy = noisy;
       }
     }
     chosen[j] = static_cast<int32_t>(best);
     atomicAdd(&demand[best], 1ULL);
-    const double a = p.sigmoid_router ? sigmoid(z[best] / tau) : exp(z[best] / tau - um) / total;
-    gates[t * k + j] = static_cast<float>(a);
-    base_sum += a;
   }
-  if (p.renormalize)
-    for (int64_t j = 0; j < k; ++j)
-      gates[t * k + j] = static_cast<float>(static_cast<double>(gates[t * k + j]) / base_sum);
+  // Gates: the base (P, or sigmoid(u)) of each chosen expert, or with renormalisation
+  // the same softmax over the chosen experts' scores alone.
+  double chosen_max = -INFINITY, chosen_total = 0.0;
+  for (int64_t j = 0; j < k; ++j) chosen_max = fmax(chosen_max, score(chosen[j]));
+  for (int64_t j = 0; j < k; ++j) chosen_total += exp(score(chosen[j]) - chosen_max);
+  for (int64_t j = 0; j < k; ++j) {
+    const int64_t e = chosen[j];
+    const double a = p.renormalize      ? exp(score(e) - chosen_max) / chosen_total
+                     : p.sigmoid_router ? sigmoid(z[e] / tau)
+                                        : exp(score(e) - um) / total;
+    gates[t * k + j] = static_cast<float>(a);
+  }
 }
 
 // Block e < E: sum of P[:, e] over finite rows; block E: sum of lse^2 and the count
@@ -473,40 +475,37 @@ __global__ void route_backward_kernel(RouteParams p, double alpha, double z_coef
   const float* dg = dgate + t * k;
   const float* P = prob + t * E;
 
-  // d(loss)/d(gate base) for the chosen experts (renormalisation couples them).
-  double renorm_total = 0.0, dg_dot_g = 0.0;
-  if (p.renormalize) {
-    for (int64_t j = 0; j < k; ++j) {
-      renorm_total += p.sigmoid_router ? sig[t * E + chosen[j]] : P[chosen[j]];
-      dg_dot_g += static_cast<double>(dg[j]) * g[j];
-    }
-  }
+  // base_e * d(loss)/d(base_e) for the chosen experts (base: P, or sigmoid(u)). With
+  // renormalisation g_j = base_j / sum_chosen(base), so it is (dg_j - dg.g) g_j: no
+  // division by a sum of sigmoids, which is 0 in float below about -103.
+  double dg_dot_g = 0.0;
+  if (p.renormalize)
+    for (int64_t j = 0; j < k; ++j) dg_dot_g += static_cast<double>(dg[j]) * g[j];
   auto d_base = [&](int64_t e) {
     double acc = 0.0;
-    for (int64_t j = 0; j < k; ++j)
-      if (chosen[j] == e) acc += p.renormalize ? (dg[j] - dg_dot_g) / renorm_total : dg[j];
+    for (int64_t j = 0; j < k; ++j) {
+      if (chosen[j] != e) continue;
+      const double base = p.sigmoid_router ? sig[t * E + e] : P[e];
+      acc += p.renormalize ? (dg[j] - dg_dot_g) * g[j] : dg[j] * base;
+    }
     return acc;
   };
   auto d_prob_aux = [&](int64_t e) {
     return alpha * static_cast<double>(E) * static_cast<double>(demand[e]) /
            static_cast<double>(total) / valid;
   };
-  if (p.sigmoid_router) {
-    const float* s = sig + t * E;
-    double s_total = 0.0, dot = 0.0;
-    for (int64_t e = 0; e < E; ++e) {
-      s_total += s[e];
-      dot += d_prob_aux(e) * P[e];
-    }
-    for (int64_t e = 0; e < E; ++e) {
-      const double ds = d_base(e) + (d_prob_aux(e) - dot) / s_total;
-      out[e] = static_cast<float>(ds * s[e] * (1.0 - s[e]) / tau);
-    }
-  } else {
-    double dot = 0.0;
-    for (int64_t e = 0; e < E; ++e) dot += (d_prob_aux(e) + d_base(e)) * P[e];
-    for (int64_t e = 0; e < E; ++e)
-      out[e] = static_cast<float>(P[e] * (d_prob_aux(e) + d_base(e) - dot) / tau);
+  double dot = 0.0, base_total = 0.0;
+  for (int64_t e = 0; e < E; ++e) {
+    dot += d_prob_aux(e) * P[e];
+    base_total += d_base(e);
+  }
+  for (int64_t e = 0; e < E; ++e) {
+    // Sigmoid: (d_base + (d_prob - dot) P) (1 - s); softmax: P (d_prob - dot) + d_base -
+    // P sum(d_base); both over tau.
+    const double aux = (d_prob_aux(e) - dot) * P[e];
+    const double d = p.sigmoid_router ? (d_base(e) + aux) * (1.0 - sig[t * E + e])
+                                      : aux + d_base(e) - P[e] * base_total;
+    out[e] = static_cast<float>(d / tau);
   }
   if (z_coef > 0.0) {
     const double scale = z_coef * 2.0 * lse[t] / valid;

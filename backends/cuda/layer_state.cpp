@@ -118,7 +118,7 @@ StepStats SavedOnDevice::step_stats(const LayerConfig& config,
   s.tokens_fully_dropped = w[L.tokens_fully_dropped()];
   s.seq_pairs = w[L.seq_pairs()];
   s.seq_same_top1 = w[L.seq_same_top1()];
-  s.coactivation.assign(w + L.coactivation(), w + L.coactivation() + E * E);
+  s.coactivation.assign(w + L.coactivation(), w + L.coactivation() + L.coactivation_words());
   return s;
 }
 

@@ -53,6 +53,7 @@ __global__ void token_sums_kernel(StatsInputs in, double* partial, int64_t* out)
       ++picked;
       dropped += in.dropped[t * slots + i];
       mass += p[chosen[i]];
+      if (layout.coactivation_words() == 0) continue;
       for (int64_t j = 0; j < slots; ++j)
         if (chosen[j] >= 0)
           atomicAdd(&counts[layout.coactivation() + chosen[i] * E + chosen[j]], 1ULL);

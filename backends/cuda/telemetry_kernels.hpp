@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "core/portable.hpp"
+#include "core/telemetry/step_stats.hpp"
 
 namespace moe::cuda {
 
@@ -20,8 +21,11 @@ struct StatsLayout {
   MOE_HOST_DEVICE int64_t tokens_fully_dropped() const { return kDoubles; }
   MOE_HOST_DEVICE int64_t seq_pairs() const { return kDoubles + 1; }
   MOE_HOST_DEVICE int64_t seq_same_top1() const { return kDoubles + 2; }
-  MOE_HOST_DEVICE int64_t coactivation() const { return kDoubles + 3; }  // E * E
-  MOE_HOST_DEVICE int64_t words() const { return kDoubles + 3 + experts * experts; }
+  MOE_HOST_DEVICE int64_t coactivation() const { return kDoubles + 3; }  // E * E, or none
+  MOE_HOST_DEVICE int64_t coactivation_words() const {
+    return keeps_coactivation(experts) ? experts * experts : 0;
+  }
+  MOE_HOST_DEVICE int64_t words() const { return kDoubles + 3 + coactivation_words(); }
 };
 
 struct StatsInputs {

@@ -9,10 +9,6 @@ LayerTelemetry::LayerTelemetry(int64_t experts, int64_t interval, double ema_dec
   reset();
 }
 
-bool LayerTelemetry::due() {
-  return interval_ > 0 && calls_++ % interval_ == 0;
-}
-
 void LayerTelemetry::record(bool train, const StepStats& stats, const LayerConfig& config,
                             int64_t step) {
   Split& s = splits_[train ? MOE_SPLIT_TRAIN : MOE_SPLIT_EVAL];

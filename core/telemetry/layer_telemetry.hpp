@@ -14,8 +14,13 @@ class LayerTelemetry {
  public:
   LayerTelemetry(int64_t experts, int64_t interval, double ema_decay);
 
-  // Whether this forward call is sampled (every interval-th call; never when 0).
-  bool due();
+  // Whether the forward call under way is sampled (every interval-th completed call;
+  // never when the interval is 0). Asking does not advance the schedule: every part of
+  // one call (the group's check-in, a device pipeline, the record) gets one answer,
+  // and only count_forward, once the call has completed, moves on. So a rejected or
+  // failed call shifts nothing.
+  bool due() const { return interval_ > 0 && calls_ % interval_ == 0; }
+  void count_forward() { ++calls_; }
   void record(bool train, const StepStats& stats, const LayerConfig& config, int64_t step);
   void reset();
 

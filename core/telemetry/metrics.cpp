@@ -257,7 +257,8 @@ MetricSet compute_metrics(const StepStats& s, const LayerConfig& config) {
 
   double jaccard_sum = 0, jaccard_max = kNaN;
   int64_t pairs = 0;
-  for (int64_t i = 0; i < E; ++i)
+  const int64_t coactivation_rows = s.coactivation.empty() ? 0 : E;  // none past the limit
+  for (int64_t i = 0; i < coactivation_rows; ++i)
     for (int64_t j = i + 1; j < E; ++j) {
       const double both = static_cast<double>(s.coactivation[i * E + j]);
       const double either =

@@ -10,11 +10,12 @@
 
 namespace moe {
 
-StepStats::StepStats(int64_t num_experts)
+StepStats::StepStats(int64_t num_experts, bool with_coactivation)
     : experts(num_experts),
       demand(num_experts, 0),
       served(num_experts, 0),
-      coactivation(num_experts * num_experts, 0),
+      coactivation(
+          with_coactivation && keeps_coactivation(num_experts) ? num_experts * num_experts : 0, 0),
       importance(num_experts, 0.0) {}
 
 void StepStats::add(const StepStats& o) {
@@ -134,6 +135,7 @@ StepStats collect_step_stats(const LayerConfig& config, const Routing& r, const 
       ++picked;
       dropped += plan.dropped[t * slots + i];
       mass += p[chosen[i]];
+      if (s.coactivation.empty()) continue;
       for (int64_t j = 0; j < slots; ++j)
         if (chosen[j] >= 0) ++s.coactivation[chosen[i] * E + chosen[j]];
     }

@@ -14,6 +14,14 @@ struct Routing;
 struct Plan;
 struct LayerConfig;
 
+// The co-activation matrix is E x E counts per statistics record (a layer keeps several,
+// and a window one more): it is kept up to this many experts, and left empty above, where
+// the co-activation metrics are undefined (docs/limits.md). 256 experts: 512 KiB each.
+constexpr int64_t kMaxCoactivationExperts = 256;
+MOE_HOST_DEVICE inline bool keeps_coactivation(int64_t experts) {
+  return experts <= kMaxCoactivationExperts;
+}
+
 struct StepStats {
   int64_t experts = 0;
   int64_t steps = 0;
@@ -24,7 +32,8 @@ struct StepStats {
   int64_t tokens_fully_dropped = 0;
   int64_t capacity_sum = 0;
   std::vector<int64_t> demand, served;  // [E]
-  std::vector<int64_t> coactivation;    // [E*E]: tokens that chose both i and j (i == j: d_i)
+  std::vector<int64_t> coactivation;    // [E*E]: tokens that chose both i and j (i == j: d_i);
+                                        // empty unless keeps_coactivation(E)
   std::vector<double> importance;       // [E]: sum over valid tokens of P[t,e]
   double entropy_sum = 0, top1_sum = 0, topk_mass_sum = 0, margin_sum = 0;
   double logit_max_abs = 0;
@@ -32,7 +41,9 @@ struct StepStats {
   int64_t seq_pairs = 0, seq_same_top1 = 0;
   double seq_overlap_sum = 0, seq_cosine_sum = 0;
 
-  explicit StepStats(int64_t num_experts = 0);
+  // with_coactivation false: no co-activation matrix even for a small E (moe-stats, whose
+  // counts logs hold no pairs).
+  explicit StepStats(int64_t num_experts = 0, bool with_coactivation = true);
   void add(const StepStats& other);
   // Every field as doubles (exact for counts below 2^53), to send to other ranks.
   std::vector<double> to_values() const;

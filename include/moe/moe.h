@@ -56,14 +56,14 @@ typedef enum moe_status {
 } moe_status_t;
 
 /* A static English name of the status, e.g. "MOE_STATUS_SHAPE_MISMATCH". Never NULL. */
-MOE_API const char *moe_status_string(moe_status_t status);
+MOE_API const char* moe_status_string(moe_status_t status);
 
 /* The message of the last failed call on this thread ("" if none). Valid until the
  * next call into the library on the same thread. Never NULL. */
-MOE_API const char *moe_last_error(void);
+MOE_API const char* moe_last_error(void);
 
 /* Library version (any pointer may be NULL). */
-MOE_API moe_status_t moe_version(int32_t *major, int32_t *minor, int32_t *patch);
+MOE_API moe_status_t moe_version(int32_t* major, int32_t* minor, int32_t* patch);
 
 /* ------------------------------------------------------------------ enums */
 
@@ -103,10 +103,10 @@ typedef enum moe_drop_policy {
 } moe_drop_policy_t;
 
 typedef enum moe_hash_mode {
-  MOE_HASH_AUTO = 0,    /* table if one was built, else mix of ids, else content */
-  MOE_HASH_MIX = 1,     /* token ids through a fixed 64-bit mix */
-  MOE_HASH_TABLE = 2,   /* balanced lookup table (moe_layer_build_hash_table) */
-  MOE_HASH_CONTENT = 3  /* a hash of the row's bytes; used when no ids are given */
+  MOE_HASH_AUTO = 0,   /* table if one was built, else mix of ids, else content */
+  MOE_HASH_MIX = 1,    /* token ids through a fixed 64-bit mix */
+  MOE_HASH_TABLE = 2,  /* balanced lookup table (moe_layer_build_hash_table) */
+  MOE_HASH_CONTENT = 3 /* a hash of the row's bytes; used when no ids are given */
 } moe_hash_mode_t;
 
 /* ------------------------------------------------------------------ tensors */
@@ -115,7 +115,7 @@ typedef enum moe_hash_mode {
 
 /* A dense row-major tensor view. Frozen: this struct will never change size. */
 typedef struct moe_tensor {
-  void *data;
+  void* data;
   int64_t shape[MOE_MAX_DIMS];
   int32_t ndim;
   moe_dtype_t dtype;
@@ -124,7 +124,25 @@ typedef struct moe_tensor {
 } moe_tensor_t;
 
 /* A tensor the caller leaves out (data NULL, rank 0). */
-#define MOE_TENSOR_EMPTY { NULL, {0, 0, 0, 0}, 0, MOE_DTYPE_F32, MOE_DEVICE_CPU, 0 }
+#define MOE_TENSOR_EMPTY \
+  { NULL, {0, 0, 0, 0}, 0, MOE_DTYPE_F32, MOE_DEVICE_CPU, 0 }
+
+/* A host tensor over memory the caller holds as const, for the tensors the library only
+ * reads: args.x, args.dy, the weights of moe_layer_set_weights. The library never writes
+ * through those, so the one cast that `data`'s type needs lives here, not in every
+ * caller. ndim (1..MOE_MAX_DIMS) values are read from shape; a bad ndim gives a tensor of
+ * rank 0, which every entry point refuses. */
+static inline moe_tensor_t moe_tensor_const(const void* data, moe_dtype_t dtype, int32_t ndim,
+                                            const int64_t* shape) {
+  moe_tensor_t t = MOE_TENSOR_EMPTY;
+  int32_t i;
+  t.data = (void*)(uintptr_t)data;
+  t.dtype = dtype;
+  if (ndim < 1 || ndim > MOE_MAX_DIMS || shape == NULL) return t;
+  for (i = 0; i < ndim; ++i) t.shape[i] = shape[i];
+  t.ndim = ndim;
+  return t;
+}
 
 /* ------------------------------------------------------------------ layer config */
 
@@ -142,16 +160,16 @@ typedef struct moe_layer_config {
   moe_router_t router;
   moe_dtype_t dtype;
   int32_t expert_bias; /* 1: experts have biases b1 [E,F] and b2 [E,d] */
-  const char *backend; /* "cpu_ref", "auto" or NULL (= "auto"); copied at create */
+  const char* backend; /* "cpu_ref", "auto" or NULL (= "auto"); copied at create */
 
   /* Router temperature, annealed linearly over training steps. */
-  double router_temp_init;             /* > 0; default 1 */
-  double router_temp_final;            /* > 0; default 1 */
-  int64_t router_temp_anneal_iters;    /* 0: constant router_temp_init */
+  double router_temp_init;          /* > 0; default 1 */
+  double router_temp_final;         /* > 0; default 1 */
+  int64_t router_temp_anneal_iters; /* 0: constant router_temp_init */
   /* Selection noise (training calls only), std decaying linearly to 0. */
-  moe_noise_t router_noise_type;       /* default none */
-  double router_noise_std_init;        /* >= 0 */
-  int64_t router_noise_decay_iters;    /* 0: constant std */
+  moe_noise_t router_noise_type;    /* default none */
+  double router_noise_std_init;     /* >= 0 */
+  int64_t router_noise_decay_iters; /* 0: constant std */
   /* Losses. */
   double load_balance_alpha; /* weight of the Switch aux loss, >= 0; default 0 */
   double router_z_loss_coef; /* weight of the z-loss, >= 0; default 0 */
@@ -167,18 +185,17 @@ typedef struct moe_layer_config {
   moe_hash_mode_t hash_mode;
   uint64_t seed; /* every random choice (noise) derives from it */
   /* version 2 */
-  int64_t telemetry_interval;   /* record routing telemetry every N-th forward call; 0 = off;
-                                   default 1 */
-  double telemetry_ema_decay;   /* EMA of every scalar: ema = decay*ema + (1-decay)*x;
-                                   default 0.9 */
+  int64_t telemetry_interval; /* record routing telemetry every N-th forward call; 0 = off;
+                                 default 1 */
+  double telemetry_ema_decay; /* EMA of every scalar: ema = decay*ema + (1-decay)*x;
+                                 default 0.9 */
 } moe_layer_config_t;
 
-#define MOE_LAYER_CONFIG_INIT                                                          \
-  {                                                                                    \
-    sizeof(moe_layer_config_t), MOE_LAYER_CONFIG_VERSION, 0, 0, 0, 1,                   \
-        MOE_ACTIVATION_GELU, MOE_ROUTER_SOFTMAX, MOE_DTYPE_F32, 0, NULL, 1.0, 1.0, 0,   \
-        MOE_NOISE_NONE, 0.0, 0, 0.0, 0.0, 0.0, -1, 0.0, MOE_DROP_POSITION, 0,           \
-        MOE_HASH_AUTO, 0, 1, 0.9                                                        \
+#define MOE_LAYER_CONFIG_INIT                                                                      \
+  {                                                                                                \
+    sizeof(moe_layer_config_t), MOE_LAYER_CONFIG_VERSION, 0, 0, 0, 1, MOE_ACTIVATION_GELU,         \
+        MOE_ROUTER_SOFTMAX, MOE_DTYPE_F32, 0, NULL, 1.0, 1.0, 0, MOE_NOISE_NONE, 0.0, 0, 0.0, 0.0, \
+        0.0, -1, 0.0, MOE_DROP_POSITION, 0, MOE_HASH_AUTO, 0, 1, 0.9                               \
   }
 
 /* ------------------------------------------------------------------ weights */
@@ -201,10 +218,10 @@ typedef struct moe_weights {
   moe_tensor_t b2;
 } moe_weights_t;
 
-#define MOE_WEIGHTS_INIT                                                               \
-  {                                                                                    \
-    sizeof(moe_weights_t), MOE_WEIGHTS_VERSION, MOE_TENSOR_EMPTY, MOE_TENSOR_EMPTY,     \
-        MOE_TENSOR_EMPTY, MOE_TENSOR_EMPTY, MOE_TENSOR_EMPTY                            \
+#define MOE_WEIGHTS_INIT                                                            \
+  {                                                                                 \
+    sizeof(moe_weights_t), MOE_WEIGHTS_VERSION, MOE_TENSOR_EMPTY, MOE_TENSOR_EMPTY, \
+        MOE_TENSOR_EMPTY, MOE_TENSOR_EMPTY, MOE_TENSOR_EMPTY                        \
   }
 
 /* ------------------------------------------------------------------ calls */
@@ -216,15 +233,15 @@ typedef struct moe_forward_args {
   uint32_t version;
   moe_tensor_t x;           /* [IN]  [T, d] */
   moe_tensor_t y;           /* [OUT] [T, d]; overwritten (the caller adds the residual) */
-  const int64_t *token_ids; /* [IN]  optional, T ids for the hash router */
+  const int64_t* token_ids; /* [IN]  optional, T ids for the hash router */
   int64_t seq_len;          /* [IN]  tokens per sequence (telemetry), 0 = unknown */
   int32_t train;            /* [IN]  1: training call (noise, anneal, bias updates) */
 } moe_forward_args_t;
 
-#define MOE_FORWARD_ARGS_INIT                                                          \
-  {                                                                                    \
-    sizeof(moe_forward_args_t), MOE_FORWARD_ARGS_VERSION, MOE_TENSOR_EMPTY,             \
-        MOE_TENSOR_EMPTY, NULL, 0, 1                                                    \
+#define MOE_FORWARD_ARGS_INIT                                                                 \
+  {                                                                                           \
+    sizeof(moe_forward_args_t), MOE_FORWARD_ARGS_VERSION, MOE_TENSOR_EMPTY, MOE_TENSOR_EMPTY, \
+        NULL, 0, 1                                                                            \
   }
 
 #define MOE_BACKWARD_ACCUMULATE 1u /* add into gradient buffers instead of overwriting */
@@ -241,10 +258,10 @@ typedef struct moe_backward_args {
   uint32_t flags;      /* MOE_BACKWARD_ACCUMULATE applies to dx and to every grad */
 } moe_backward_args_t;
 
-#define MOE_BACKWARD_ARGS_INIT                                                         \
-  {                                                                                    \
-    sizeof(moe_backward_args_t), MOE_BACKWARD_ARGS_VERSION, MOE_TENSOR_EMPTY,           \
-        MOE_TENSOR_EMPTY, MOE_WEIGHTS_INIT, 0                                           \
+#define MOE_BACKWARD_ARGS_INIT                                                                  \
+  {                                                                                             \
+    sizeof(moe_backward_args_t), MOE_BACKWARD_ARGS_VERSION, MOE_TENSOR_EMPTY, MOE_TENSOR_EMPTY, \
+        MOE_WEIGHTS_INIT, 0                                                                     \
   }
 
 #define MOE_LOSSES_VERSION 1
@@ -258,12 +275,15 @@ typedef struct moe_losses {
   double z_loss_scaled;   /* router_z_loss_coef * z_loss */
 } moe_losses_t;
 
-#define MOE_LOSSES_INIT { sizeof(moe_losses_t), MOE_LOSSES_VERSION, 0, 0, 0, 0 }
+#define MOE_LOSSES_INIT \
+  { sizeof(moe_losses_t), MOE_LOSSES_VERSION, 0, 0, 0, 0 }
 
-#define MOE_ROUTING_STATS_VERSION 1
+#define MOE_ROUTING_STATS_VERSION 2
 
-/* Counts of one forward call. The per-expert arrays are caller-owned, E entries
- * each, and may be NULL. */
+/* Counts of one forward call. The per-expert arrays are caller-owned and may be NULL;
+ * when either is given, `entries` says how many each holds, and fewer than E is
+ * refused (MOE_STATUS_SHAPE_MISMATCH, nothing written). A version-1 caller's struct,
+ * which has no `entries`, is trusted to hold E, as before. */
 typedef struct moe_routing_stats {
   uint32_t size;
   uint32_t version;
@@ -271,56 +291,57 @@ typedef struct moe_routing_stats {
   int64_t nonfinite_rows; /* tokens whose logits (or row, for hash) held NaN/Inf */
   int64_t capacity;       /* C (dropless: max demand) */
   int64_t dropped_total;
-  int64_t *demand; /* [OUT] d_e, copies chosen per expert before capacity */
-  int64_t *served; /* [OUT] s_e = min(d_e, C) */
+  int64_t* demand; /* [OUT] d_e, copies chosen per expert before capacity */
+  int64_t* served; /* [OUT] s_e = min(d_e, C) */
+  int64_t entries; /* [IN] room in demand and in served, >= E (version 2) */
 } moe_routing_stats_t;
 
-#define MOE_ROUTING_STATS_INIT                                                         \
-  { sizeof(moe_routing_stats_t), MOE_ROUTING_STATS_VERSION, 0, 0, 0, 0, NULL, NULL }
+#define MOE_ROUTING_STATS_INIT \
+  { sizeof(moe_routing_stats_t), MOE_ROUTING_STATS_VERSION, 0, 0, 0, 0, NULL, NULL, 0 }
 
 /* ------------------------------------------------------------------ handles */
 
-typedef struct moe_layer *moe_layer_t;
-typedef const struct moe_layer *const_moe_layer_t;
-typedef struct moe_ctx *moe_ctx_t; /* saved state of one forward call */
-typedef const struct moe_ctx *const_moe_ctx_t;
+typedef struct moe_layer* moe_layer_t;
+typedef const struct moe_layer* const_moe_layer_t;
+typedef struct moe_ctx* moe_ctx_t; /* saved state of one forward call */
+typedef const struct moe_ctx* const_moe_ctx_t;
 
 /* ------------------------------------------------------------------ backends */
 
 /* Number of compiled-in backends, and the name of the i-th, in "auto"'s order of preference
  * (cuda, onednn, then cpu_ref, always last). */
-MOE_API moe_status_t moe_backend_count(int32_t *count);
-MOE_API moe_status_t moe_backend_name(int32_t index, const char **name);
+MOE_API moe_status_t moe_backend_count(int32_t* count);
+MOE_API moe_status_t moe_backend_name(int32_t index, const char** name);
 
 /* ------------------------------------------------------------------ layer */
 
 /* Creates a layer. Validates the whole config: sizes > 0, 1 <= k <= E, temperatures
  * > 0, non-negative coefficients, a known backend that supports the dtype. */
-MOE_API moe_status_t moe_layer_create(const moe_layer_config_t *config, moe_layer_t *layer);
+MOE_API moe_status_t moe_layer_create(const moe_layer_config_t* config, moe_layer_t* layer);
 MOE_API moe_status_t moe_layer_destroy(moe_layer_t layer);
 
 /* The layer's effective config (defaults resolved, backend = the one chosen; the
  * backend string stays owned by the layer). Reads config->size like every input. */
-MOE_API moe_status_t moe_layer_get_config(const_moe_layer_t layer, moe_layer_config_t *config);
+MOE_API moe_status_t moe_layer_get_config(const_moe_layer_t layer, moe_layer_config_t* config);
 
 /* Binds caller-owned weights (no copy). Shapes and dtypes are checked here; the
  * memory must stay valid and unchanged from each forward to its backward. */
-MOE_API moe_status_t moe_layer_set_weights(moe_layer_t layer, const moe_weights_t *weights);
+MOE_API moe_status_t moe_layer_set_weights(moe_layer_t layer, const moe_weights_t* weights);
 
 /* Forward. ctx may be NULL (inference: nothing is saved). Otherwise *ctx receives a
  * new saved state that moe_layer_backward consumes and moe_ctx_destroy frees; several
  * may be alive at once (micro-batches). A training call (args->train) advances the
  * layer's step counter (temperature and noise schedules) and applies the selection-bias
  * update; an eval call changes no layer state. */
-MOE_API moe_status_t moe_layer_forward(moe_layer_t layer, const moe_forward_args_t *args,
-                                       moe_ctx_t *ctx);
+MOE_API moe_status_t moe_layer_forward(moe_layer_t layer, const moe_forward_args_t* args,
+                                       moe_ctx_t* ctx);
 
 /* Backward of the forward call that produced ctx. Writes dx and every non-empty
  * gradient buffer (overwrite, or add with MOE_BACKWARD_ACCUMULATE). The aux-loss and
  * z-loss gradients (scaled by their coefficients) are included in the router and x
  * gradients. ctx stays valid: backward may be called again. */
 MOE_API moe_status_t moe_layer_backward(moe_layer_t layer, const_moe_ctx_t ctx,
-                                        const moe_backward_args_t *args);
+                                        const moe_backward_args_t* args);
 
 /* The device stream (a cudaStream_t for the cuda backend; see moe_cuda.h) on which
  * the layer's later calls enqueue their work; NULL is the default stream. Device
@@ -328,24 +349,24 @@ MOE_API moe_status_t moe_layer_backward(moe_layer_t layer, const_moe_ctx_t ctx,
  * the per-expert counts back once (they size the expert GEMMs and are the routing
  * telemetry), and outputs are ready when the stream reaches them. CPU backends
  * ignore the stream. */
-MOE_API moe_status_t moe_layer_set_stream(moe_layer_t layer, void *stream);
+MOE_API moe_status_t moe_layer_set_stream(moe_layer_t layer, void* stream);
 
 /* Step counter (training forward calls so far); set it to resume a run. */
-MOE_API moe_status_t moe_layer_get_step(const_moe_layer_t layer, int64_t *step);
+MOE_API moe_status_t moe_layer_get_step(const_moe_layer_t layer, int64_t* step);
 MOE_API moe_status_t moe_layer_set_step(moe_layer_t layer, int64_t step);
 
 /* Per-expert selection bias (E values, float64), used by the softmax and sigmoid
  * routers for selection only (not for gate values). */
-MOE_API moe_status_t moe_layer_get_selection_bias(const_moe_layer_t layer, double *bias,
+MOE_API moe_status_t moe_layer_get_selection_bias(const_moe_layer_t layer, double* bias,
                                                   int64_t count);
-MOE_API moe_status_t moe_layer_set_selection_bias(moe_layer_t layer, const double *bias,
+MOE_API moe_status_t moe_layer_set_selection_bias(moe_layer_t layer, const double* bias,
                                                   int64_t count);
 
 /* Hash router: builds the balanced lookup table from token-id frequencies in ids[0..n)
  * (ids in [0, vocab_size)). Ids seen most often are placed first, each on the k least
  * loaded distinct experts. Ids outside the table fall back to the 64-bit mix. */
-MOE_API moe_status_t moe_layer_build_hash_table(moe_layer_t layer, const int64_t *ids,
-                                                int64_t n, int64_t vocab_size);
+MOE_API moe_status_t moe_layer_build_hash_table(moe_layer_t layer, const int64_t* ids, int64_t n,
+                                                int64_t vocab_size);
 
 /* ------------------------------------------------------------------ saved state */
 
@@ -353,17 +374,16 @@ MOE_API moe_status_t moe_ctx_destroy(moe_ctx_t ctx);
 
 /* Shape of the routing decision: *tokens = T, *slots = k for token choice, E for
  * expert choice (slot j of a token is then expert j, or -1 if e did not take it). */
-MOE_API moe_status_t moe_ctx_routing_shape(const_moe_ctx_t ctx, int64_t *tokens,
-                                           int64_t *slots);
+MOE_API moe_status_t moe_ctx_routing_shape(const_moe_ctx_t ctx, int64_t* tokens, int64_t* slots);
 
 /* Copies the routing decision into caller buffers of tokens*slots entries (any may
  * be NULL): expert id per slot (-1: none, e.g. a non-finite row), gate (as float,
  * after renormalisation), dropped flag (1 if the copy exceeded capacity). */
-MOE_API moe_status_t moe_ctx_routing(const_moe_ctx_t ctx, int32_t *experts, float *gates,
-                                     uint8_t *dropped);
+MOE_API moe_status_t moe_ctx_routing(const_moe_ctx_t ctx, int32_t* experts, float* gates,
+                                     uint8_t* dropped);
 
-MOE_API moe_status_t moe_ctx_losses(const_moe_ctx_t ctx, moe_losses_t *losses);
-MOE_API moe_status_t moe_ctx_routing_stats(const_moe_ctx_t ctx, moe_routing_stats_t *stats);
+MOE_API moe_status_t moe_ctx_losses(const_moe_ctx_t ctx, moe_losses_t* losses);
+MOE_API moe_status_t moe_ctx_routing_stats(const_moe_ctx_t ctx, moe_routing_stats_t* stats);
 
 /* ------------------------------------------------------------------ telemetry */
 /* Every forward call that telemetry samples (config.telemetry_interval) records the
@@ -388,16 +408,16 @@ typedef enum moe_metric_shape {
 
 /* The catalogue of metric names (scalars first, then per-expert, then matrix), so that
  * bindings never hard-code a layout. `help` may be NULL. */
-MOE_API moe_status_t moe_metric_count(int32_t *count);
-MOE_API moe_status_t moe_metric_info(int32_t index, const char **name, moe_metric_shape_t *shape,
-                                     const char **help);
+MOE_API moe_status_t moe_metric_count(int32_t* count);
+MOE_API moe_status_t moe_metric_info(int32_t index, const char** name, moe_metric_shape_t* shape,
+                                     const char** help);
 
 /* One metric by name: writes up to `capacity` values (1, E or E*E) and the number the
  * metric has in *count (query with values NULL). Undefined values (no tokens yet, no
  * sequence pairs) are NaN. */
-MOE_API moe_status_t moe_layer_metric(const_moe_layer_t layer, moe_split_t split,
-                                      moe_scope_t scope, const char *name, double *values,
-                                      int64_t capacity, int64_t *count);
+MOE_API moe_status_t moe_layer_metric(const_moe_layer_t layer, moe_split_t split, moe_scope_t scope,
+                                      const char* name, double* values, int64_t capacity,
+                                      int64_t* count);
 
 #define MOE_TELEMETRY_SNAPSHOT_VERSION 1
 
@@ -407,24 +427,25 @@ MOE_API moe_status_t moe_layer_metric(const_moe_layer_t layer, moe_split_t split
 typedef struct moe_telemetry_snapshot {
   uint32_t size;
   uint32_t version;
-  moe_split_t split;    /* [IN] */
-  moe_scope_t scope;    /* [IN] */
-  double *scalars;      /* [OUT] */
-  double *per_expert;   /* [OUT] */
-  double *coactivation; /* [OUT] */
+  moe_split_t split;      /* [IN] */
+  moe_scope_t scope;      /* [IN] */
+  double* scalars;        /* [OUT] */
+  double* per_expert;     /* [OUT] */
+  double* coactivation;   /* [OUT] */
   int32_t num_scalars;    /* [OUT] */
   int32_t num_per_expert; /* [OUT] */
   int64_t num_experts;    /* [OUT] */
-  int64_t step;           /* [OUT] layer step when the last call of this split was recorded, -1: none */
+  int64_t step; /* [OUT] layer step when the last call of this split was recorded, -1: none */
 } moe_telemetry_snapshot_t;
 
 #define MOE_TELEMETRY_SNAPSHOT_INIT                                                    \
   {                                                                                    \
-    sizeof(moe_telemetry_snapshot_t), MOE_TELEMETRY_SNAPSHOT_VERSION, MOE_SPLIT_TRAIN,  \
-        MOE_SCOPE_LAST, NULL, NULL, NULL, 0, 0, 0, -1                                   \
+    sizeof(moe_telemetry_snapshot_t), MOE_TELEMETRY_SNAPSHOT_VERSION, MOE_SPLIT_TRAIN, \
+        MOE_SCOPE_LAST, NULL, NULL, NULL, 0, 0, 0, -1                                  \
   }
 
-MOE_API moe_status_t moe_layer_telemetry(const_moe_layer_t layer, moe_telemetry_snapshot_t *snapshot);
+MOE_API moe_status_t moe_layer_telemetry(const_moe_layer_t layer,
+                                         moe_telemetry_snapshot_t* snapshot);
 
 /* Where the time goes: wall-clock seconds spent in each pipeline stage, summed over
  * the calls since the layer was created or the profile last reset. Host backends
@@ -446,32 +467,38 @@ typedef struct moe_stage_profile {
   double exchange, exchange_backward;
 } moe_stage_profile_t;
 
-#define MOE_STAGE_PROFILE_INIT \
-  { sizeof(moe_stage_profile_t), MOE_STAGE_PROFILE_VERSION, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, \
-    0, 0, 0, 0, 0, 0, 0, 0 }
+#define MOE_STAGE_PROFILE_INIT                                                                     \
+  {                                                                                                \
+    sizeof(moe_stage_profile_t), MOE_STAGE_PROFILE_VERSION, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, \
+        0, 0, 0, 0, 0                                                                              \
+  }
 
 /* Reads the profile; with reset != 0 also starts a new one. */
-MOE_API moe_status_t moe_layer_stage_profile(moe_layer_t layer, moe_stage_profile_t *profile,
+MOE_API moe_status_t moe_layer_stage_profile(moe_layer_t layer, moe_stage_profile_t* profile,
                                              int32_t reset);
 
 /* Starts new windows and EMAs (both splits). */
 MOE_API moe_status_t moe_layer_telemetry_reset(moe_layer_t layer);
 
 /* The layer's name in exports (default "layer<serial>"); copied. */
-MOE_API moe_status_t moe_layer_set_name(moe_layer_t layer, const char *name);
+MOE_API moe_status_t moe_layer_set_name(moe_layer_t layer, const char* name);
 
 typedef enum moe_export_format {
-  MOE_EXPORT_JSONL = 0,     /* one JSON object and a newline */
-  MOE_EXPORT_CSV = 1,       /* a header line and one row (per-expert columns name_e<i>) */
-  MOE_EXPORT_PROMETHEUS = 2 /* text exposition format, gauges named moe_<metric> */
+  MOE_EXPORT_JSONL = 0,      /* one JSON object and a newline per layer */
+  MOE_EXPORT_CSV = 1,        /* a header line and a row per layer (columns name_e<i>) */
+  MOE_EXPORT_PROMETHEUS = 2, /* text exposition format, gauges named moe_<metric> */
+  MOE_EXPORT_CSV_HEADER = 3, /* the CSV header line alone: write it once per file ... */
+  MOE_EXPORT_CSV_ROW = 4     /* ... then append the rows alone on every call */
 } moe_export_format_t;
 
 /* Renders every metric of (split, scope) into `buffer` (NUL-terminated). *length gets
  * the length without the NUL; with buffer NULL or too small nothing is written and
- * *length says how much is needed. */
+ * *length says how much is needed. Every output is well formed whatever the layer's
+ * name holds: the name is made valid UTF-8 (invalid bytes become U+FFFD) and escaped
+ * for the format (JSON escapes, CSV quoting per RFC 4180, Prometheus label escapes). */
 MOE_API moe_status_t moe_layer_telemetry_export(const_moe_layer_t layer, moe_export_format_t format,
-                                                moe_split_t split, moe_scope_t scope,
-                                                char *buffer, size_t capacity, size_t *length);
+                                                moe_split_t split, moe_scope_t scope, char* buffer,
+                                                size_t capacity, size_t* length);
 
 /* Verdicts (docs/metrics.md, verdicts). Each names the metric and threshold that decided it
  * and a hint; all strings are static. Thresholds are per layer. */
@@ -480,38 +507,38 @@ MOE_API moe_status_t moe_layer_telemetry_export(const_moe_layer_t layer, moe_exp
 typedef struct moe_verdict_thresholds {
   uint32_t size;
   uint32_t version;
-  double collapse_max_frac;          /* 0.90 */
-  double collapse_active_experts;    /* 1 */
-  double imbalance_load_cv;          /* 0.6 */
-  double imbalance_entropy_norm;     /* 0.5 */
-  double imbalance_kl;               /* 2.0 */
-  double imbalance_dead_fraction;    /* 0.25 (dead_experts > E/4) */
-  double imbalance_max_frac_floor;   /* 0.35 */
-  double imbalance_max_frac_experts; /* 3.0 (max_frac > max(0.35, 3/E)) */
-  double moderate_load_cv;           /* 0.2 */
-  double diffuse_entropy_norm;       /* 0.95 */
-  double diffuse_top1_experts;       /* 1.2 (top1_p_mean < 1.2/E) */
-  double peaked_top1;                /* 0.8 */
-  double peaked_entropy_norm;        /* 0.2 */
+  double collapse_max_frac;            /* 0.90 */
+  double collapse_active_experts;      /* 1 */
+  double imbalance_load_cv;            /* 0.6 */
+  double imbalance_entropy_norm;       /* 0.5 */
+  double imbalance_kl;                 /* 2.0 */
+  double imbalance_dead_fraction;      /* 0.25 (dead_experts > E/4) */
+  double imbalance_max_frac_floor;     /* 0.35 */
+  double imbalance_max_frac_experts;   /* 3.0 (max_frac > max(0.35, 3/E)) */
+  double moderate_load_cv;             /* 0.2 */
+  double diffuse_entropy_norm;         /* 0.95 */
+  double diffuse_top1_experts;         /* 1.2 (top1_p_mean < 1.2/E) */
+  double peaked_top1;                  /* 0.8 */
+  double peaked_entropy_norm;          /* 0.2 */
   int64_t specialization_warmup_steps; /* 100 */
-  double pressure_drop_rate;         /* 0.02 */
-  double pressure_frac_gap;          /* 0.02 (frac_dem_max - frac_srv_max) */
+  double pressure_drop_rate;           /* 0.02 */
+  double pressure_frac_gap;            /* 0.02 (frac_dem_max - frac_srv_max) */
 } moe_verdict_thresholds_t;
 
-#define MOE_VERDICT_THRESHOLDS_INIT                                                    \
-  {                                                                                    \
-    sizeof(moe_verdict_thresholds_t), MOE_VERDICT_THRESHOLDS_VERSION, 0.90, 1, 0.6, 0.5, \
-        2.0, 0.25, 0.35, 3.0, 0.2, 0.95, 1.2, 0.8, 0.2, 100, 0.02, 0.02                 \
+#define MOE_VERDICT_THRESHOLDS_INIT                                                           \
+  {                                                                                           \
+    sizeof(moe_verdict_thresholds_t), MOE_VERDICT_THRESHOLDS_VERSION, 0.90, 1, 0.6, 0.5, 2.0, \
+        0.25, 0.35, 3.0, 0.2, 0.95, 1.2, 0.8, 0.2, 100, 0.02, 0.02                            \
   }
 
 typedef struct moe_verdict {
-  const char *label;  /* balance: balanced|moderate|imbalanced|collapsed; specialization:
+  const char* label;  /* balance: balanced|moderate|imbalanced|collapsed; specialization:
                          healthy|diffuse|peaked|warming_up|not_applicable; capacity:
                          ok|pressure; any: no_data */
-  const char *metric; /* the metric that decided it ("" for no_data, not_applicable) */
+  const char* metric; /* the metric that decided it ("" for no_data, not_applicable) */
   double value;       /* its value */
   double threshold;   /* the threshold it crossed (or stayed within) */
-  const char *hint;   /* what to change (the user's own levers), "" when nothing */
+  const char* hint;   /* what to change (the user's own levers), "" when nothing */
 } moe_verdict_t;
 
 #define MOE_VERDICTS_VERSION 1
@@ -524,21 +551,24 @@ typedef struct moe_verdicts {
   moe_verdict_t capacity;
 } moe_verdicts_t;
 
-#define MOE_VERDICT_EMPTY { "", "", 0.0, 0.0, "" }
-#define MOE_VERDICTS_INIT                                                              \
-  { sizeof(moe_verdicts_t), MOE_VERDICTS_VERSION, MOE_VERDICT_EMPTY, MOE_VERDICT_EMPTY, \
-    MOE_VERDICT_EMPTY }
+#define MOE_VERDICT_EMPTY \
+  { "", "", 0.0, 0.0, "" }
+#define MOE_VERDICTS_INIT                                                               \
+  {                                                                                     \
+    sizeof(moe_verdicts_t), MOE_VERDICTS_VERSION, MOE_VERDICT_EMPTY, MOE_VERDICT_EMPTY, \
+        MOE_VERDICT_EMPTY                                                               \
+  }
 
 MOE_API moe_status_t moe_layer_set_verdict_thresholds(moe_layer_t layer,
-                                                      const moe_verdict_thresholds_t *thresholds);
-MOE_API moe_status_t moe_layer_verdicts(const_moe_layer_t layer, moe_split_t split, moe_scope_t scope,
-                                        moe_verdicts_t *verdicts);
+                                                      const moe_verdict_thresholds_t* thresholds);
+MOE_API moe_status_t moe_layer_verdicts(const_moe_layer_t layer, moe_split_t split,
+                                        moe_scope_t scope, moe_verdicts_t* verdicts);
 
 /* Routing consistency between two saved states of the same probe batch (e.g. two
  * checkpoints): the fraction of tokens with the same top-1 expert, and the mean
  * |S_A & S_B| / k. */
 MOE_API moe_status_t moe_ctx_compare_routing(const_moe_ctx_t a, const_moe_ctx_t b,
-                                             double *consistency, double *topk_consistency);
+                                             double* consistency, double* topk_consistency);
 
 #define MOE_WEIGHT_METRICS_VERSION 1
 
@@ -551,9 +581,11 @@ typedef struct moe_weight_metrics {
   double expert_similarity_std;
 } moe_weight_metrics_t;
 
-#define MOE_WEIGHT_METRICS_INIT { sizeof(moe_weight_metrics_t), MOE_WEIGHT_METRICS_VERSION, 0, 0, 0 }
+#define MOE_WEIGHT_METRICS_INIT \
+  { sizeof(moe_weight_metrics_t), MOE_WEIGHT_METRICS_VERSION, 0, 0, 0 }
 
-MOE_API moe_status_t moe_layer_weight_metrics(const_moe_layer_t layer, moe_weight_metrics_t *metrics);
+MOE_API moe_status_t moe_layer_weight_metrics(const_moe_layer_t layer,
+                                              moe_weight_metrics_t* metrics);
 
 /* ------------------------------------------------------------------------------
  * Communicators (expert parallelism). moe.h holds no MPI, NCCL or CUDA type: a
@@ -566,41 +598,44 @@ MOE_API moe_status_t moe_layer_weight_metrics(const_moe_layer_t layer, moe_weigh
 typedef struct moe_comm_ops {
   uint32_t size;
   uint32_t version;
-  int32_t rank;       /* this process's rank in [0, world) */
-  int32_t world;      /* number of ranks */
+  int32_t rank;        /* this process's rank in [0, world) */
+  int32_t world;       /* number of ranks */
   moe_device_t device; /* where the buffers handed to the callbacks live */
-  void *state;        /* the callbacks' first argument */
+  void* state;         /* the callbacks' first argument */
   /* Rank p receives send_bytes[p] bytes from this rank, packed in rank order in
    * `send`; this rank receives recv_bytes[p] bytes from rank p, packed in rank order
    * in `recv`. Counts may be zero and uneven. */
-  int (*all_to_all)(void *state, const void *send, const int64_t *send_bytes, void *recv,
-                    const int64_t *recv_bytes, double timeout_s, char *err, size_t errlen);
+  int (*all_to_all)(void* state, const void* send, const int64_t* send_bytes, void* recv,
+                    const int64_t* recv_bytes, double timeout_s, char* err, size_t errlen);
   /* In-place sum over the ranks of `count` doubles (host memory). */
-  int (*all_reduce_sum)(void *state, double *data, int64_t count, double timeout_s, char *err,
+  int (*all_reduce_sum)(void* state, double* data, int64_t count, double timeout_s, char* err,
                         size_t errlen);
-  int (*barrier)(void *state, double timeout_s, char *err, size_t errlen);
+  int (*barrier)(void* state, double timeout_s, char* err, size_t errlen);
   /* Called once by moe_comm_destroy; may be NULL. */
-  void (*destroy)(void *state);
+  void (*destroy)(void* state);
 } moe_comm_ops_t;
 
-typedef struct moe_comm *moe_comm_t;
+typedef struct moe_comm* moe_comm_t;
 
 /* A communicator over `ops` (copied; ops->state must outlive it). timeout_s applies to
  * every collective (0 = wait forever). After a failed or timed-out collective the
  * communicator refuses further use (MOE_STATUS_COMM_ERROR), as a peer may be gone. */
-MOE_API moe_status_t moe_comm_create(const moe_comm_ops_t *ops, double timeout_s,
-                                     moe_comm_t *comm);
+MOE_API moe_status_t moe_comm_create(const moe_comm_ops_t* ops, double timeout_s, moe_comm_t* comm);
 /* The local communicator: one rank, in process (all-to-all copies to itself). A layer
  * attached to it runs the expert-parallel path with one rank owning every expert. */
-MOE_API moe_status_t moe_comm_create_local(moe_comm_t *comm);
+MOE_API moe_status_t moe_comm_create_local(moe_comm_t* comm);
 MOE_API moe_status_t moe_comm_destroy(moe_comm_t comm);
-MOE_API moe_status_t moe_comm_rank(moe_comm_t comm, int32_t *rank, int32_t *world);
+MOE_API moe_status_t moe_comm_rank(moe_comm_t comm, int32_t* rank, int32_t* world);
 /* The collectives, for tests and for callers' own use (e.g. all-reducing the router
- * gradient): the same checks and timeout as the layer's exchanges. */
-MOE_API moe_status_t moe_comm_all_to_all(moe_comm_t comm, const void *send,
-                                         const int64_t *send_bytes, void *recv,
-                                         const int64_t *recv_bytes);
-MOE_API moe_status_t moe_comm_all_reduce_sum(moe_comm_t comm, double *data, int64_t count);
+ * gradient): the same checks and timeout as the layer's exchanges. moe_comm_all_to_all
+ * first checks, in one small all-reduce, that the ranks' byte counts pair up (what rank
+ * p sends rank q is what q expects from p): a mismatch is refused on every rank with
+ * MOE_STATUS_INVALID_ARGUMENT before any data moves, and the communicator stays usable.
+ * Only a transport's failure or timeout breaks it. */
+MOE_API moe_status_t moe_comm_all_to_all(moe_comm_t comm, const void* send,
+                                         const int64_t* send_bytes, void* recv,
+                                         const int64_t* recv_bytes);
+MOE_API moe_status_t moe_comm_all_reduce_sum(moe_comm_t comm, double* data, int64_t count);
 MOE_API moe_status_t moe_comm_barrier(moe_comm_t comm);
 
 /* ------------------------------------------------------------------------------
@@ -624,13 +659,13 @@ MOE_API moe_status_t moe_comm_barrier(moe_comm_t comm);
  * NCCL, staged through host memory otherwise). The expert-choice router is refused, as
  * its selection is batch-wide. */
 MOE_API moe_status_t moe_layer_set_comm(moe_layer_t layer, moe_comm_t comm,
-                                        const int32_t *expert_owner, int64_t count);
+                                        const int32_t* expert_owner, int64_t count);
 
 /* This rank's experts: their global ids, ascending, the order of its expert weights.
  * experts may be NULL to ask only the count; else it has room for `capacity`. Without
  * a communicator the layer owns every expert. */
-MOE_API moe_status_t moe_layer_local_experts(const_moe_layer_t layer, int32_t *experts,
-                                             int64_t capacity, int64_t *count);
+MOE_API moe_status_t moe_layer_local_experts(const_moe_layer_t layer, int32_t* experts,
+                                             int64_t capacity, int64_t* count);
 
 /* The router gradient is per rank (each rank's tokens' share); this sums it in place
  * over the layer's communicator: in rank order with double accumulation, rounded once,
@@ -664,12 +699,12 @@ typedef struct moe_comm_traffic {
 
 /* Reads the traffic since attachment or the last reset; peers (may be NULL) receives
  * min(peer_count, world) entries. reset != 0 starts counting anew. */
-MOE_API moe_status_t moe_layer_comm_traffic(moe_layer_t layer, moe_comm_traffic_t *traffic,
-                                            moe_peer_traffic_t *peers, int32_t peer_count,
+MOE_API moe_status_t moe_layer_comm_traffic(moe_layer_t layer, moe_comm_traffic_t* traffic,
+                                            moe_peer_traffic_t* peers, int32_t peer_count,
                                             int32_t reset);
 
 /* A telemetry group: the layers of one model, summarised together. */
-typedef struct moe_group *moe_group_t;
+typedef struct moe_group* moe_group_t;
 
 #define MOE_GROUP_METRICS_VERSION 1
 
@@ -677,7 +712,7 @@ typedef struct moe_group_metrics {
   uint32_t size;
   uint32_t version;
   int64_t layers;
-  double max_frac_mean;  /* mean over layers of max_frac */
+  double max_frac_mean; /* mean over layers of max_frac */
   double max_frac_max;
   double active_min;     /* min over layers of active_experts */
   double aux_mean;       /* mean of aux_loss_scaled */
@@ -685,14 +720,23 @@ typedef struct moe_group_metrics {
   int32_t collapsed;     /* max_frac_max >= 0.90 or active_min <= 1 */
 } moe_group_metrics_t;
 
-#define MOE_GROUP_METRICS_INIT { sizeof(moe_group_metrics_t), MOE_GROUP_METRICS_VERSION, 0, 0, 0, 0, 0, 0, 0 }
+#define MOE_GROUP_METRICS_INIT \
+  { sizeof(moe_group_metrics_t), MOE_GROUP_METRICS_VERSION, 0, 0, 0, 0, 0, 0, 0 }
 
-MOE_API moe_status_t moe_group_create(moe_group_t *group);
+MOE_API moe_status_t moe_group_create(moe_group_t* group);
 MOE_API moe_status_t moe_group_destroy(moe_group_t group);
 /* Adds a layer (not owned; it must stay alive while the group is queried). */
 MOE_API moe_status_t moe_group_add(moe_group_t group, const_moe_layer_t layer);
 MOE_API moe_status_t moe_group_get_metrics(moe_group_t group, moe_split_t split, moe_scope_t scope,
-                                           moe_group_metrics_t *metrics);
+                                           moe_group_metrics_t* metrics);
+/* The whole model in one export, buffer and length as moe_layer_telemetry_export:
+ * JSONL a line per layer; CSV one header and a row per layer (the layers must have one
+ * expert count); Prometheus each metric's HELP and TYPE once with every layer's samples
+ * (what a scrape endpoint serves; passes promtool check metrics). The layers' names
+ * must differ (MOE_STATUS_INVALID_ARGUMENT otherwise: their series would collide). */
+MOE_API moe_status_t moe_group_telemetry_export(moe_group_t group, moe_export_format_t format,
+                                                moe_split_t split, moe_scope_t scope, char* buffer,
+                                                size_t capacity, size_t* length);
 
 #ifdef __cplusplus
 }

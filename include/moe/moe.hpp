@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -29,8 +30,12 @@ inline void check(moe_status_t status) {
 }
 
 // A dense row-major view of caller memory of any dtype (bfloat16 included: pass the
-// storage of the caller's 2-byte type).
+// storage of the caller's 2-byte type). At most MOE_MAX_DIMS dimensions, else throws.
 inline moe_tensor_t tensor(void* data, moe_dtype_t dtype, std::initializer_list<int64_t> shape) {
+  if (shape.size() > MOE_MAX_DIMS)
+    throw Exception(MOE_STATUS_SHAPE_MISMATCH, "moe::tensor: " + std::to_string(shape.size()) +
+                                                   " dimensions, at most " +
+                                                   std::to_string(MOE_MAX_DIMS));
   moe_tensor_t t{};
   t.data = data;
   t.dtype = dtype;
@@ -38,18 +43,34 @@ inline moe_tensor_t tensor(void* data, moe_dtype_t dtype, std::initializer_list<
   return t;
 }
 
-// The same, with the dtype taken from the element type.
-template <typename T>
-moe_tensor_t tensor(T* data, std::initializer_list<int64_t> shape);
-
-template <>
-inline moe_tensor_t tensor<float>(float* data, std::initializer_list<int64_t> shape) {
-  return tensor(static_cast<void*>(data), MOE_DTYPE_F32, shape);
+// Over memory held as const: for the tensors the library only reads (args.x, args.dy,
+// weights; see moe_tensor_const in moe.h).
+inline moe_tensor_t tensor(const void* data, moe_dtype_t dtype,
+                           std::initializer_list<int64_t> shape) {
+  return tensor(const_cast<void*>(data), dtype, shape);
 }
 
+// The dtype of an element type: float, double, and uint16_t for bfloat16 storage.
+template <typename T>
+struct dtype_of;
 template <>
-inline moe_tensor_t tensor<double>(double* data, std::initializer_list<int64_t> shape) {
-  return tensor(static_cast<void*>(data), MOE_DTYPE_F64, shape);
+struct dtype_of<float> {
+  static constexpr moe_dtype_t value = MOE_DTYPE_F32;
+};
+template <>
+struct dtype_of<double> {
+  static constexpr moe_dtype_t value = MOE_DTYPE_F64;
+};
+template <>
+struct dtype_of<uint16_t> {
+  static constexpr moe_dtype_t value = MOE_DTYPE_BF16;
+};
+
+// The same, with the dtype taken from the element type (const or not).
+template <typename T>
+moe_tensor_t tensor(T* data, std::initializer_list<int64_t> shape) {
+  using Element = std::remove_const_t<T>;
+  return tensor(const_cast<Element*>(data), dtype_of<Element>::value, shape);
 }
 
 // Saved state of one forward call; consumed by Layer::backward.
@@ -101,6 +122,7 @@ class Context {
     s.served.resize(static_cast<size_t>(num_experts));
     s.summary.demand = s.demand.data();
     s.summary.served = s.served.data();
+    s.summary.entries = num_experts;  // fewer than the layer's E is refused
     check(moe_ctx_routing_stats(ctx_, &s.summary));
     return s;
   }

@@ -10,18 +10,18 @@
 
 static int failures = 0;
 
-#define CHECK(cond)                                                    \
-  do {                                                                 \
-    if (!(cond)) {                                                     \
-      fprintf(stderr, "%s:%d: CHECK(%s) failed; last error: %s\n",     \
-              __FILE__, __LINE__, #cond, moe_last_error());            \
-      ++failures;                                                      \
-    }                                                                  \
+#define CHECK(cond)                                                                           \
+  do {                                                                                        \
+    if (!(cond)) {                                                                            \
+      fprintf(stderr, "%s:%d: CHECK(%s) failed; last error: %s\n", __FILE__, __LINE__, #cond, \
+              moe_last_error());                                                              \
+      ++failures;                                                                             \
+    }                                                                                         \
   } while (0)
 
 #define CHECK_OK(call) CHECK((call) == MOE_STATUS_SUCCESS)
 
-static moe_tensor_t tensor2(float *data, int64_t a, int64_t b) {
+static moe_tensor_t tensor2(float* data, int64_t a, int64_t b) {
   moe_tensor_t t = MOE_TENSOR_EMPTY;
   t.data = data;
   t.ndim = 2;
@@ -30,14 +30,14 @@ static moe_tensor_t tensor2(float *data, int64_t a, int64_t b) {
   return t;
 }
 
-static moe_tensor_t tensor3(float *data, int64_t a, int64_t b, int64_t c) {
+static moe_tensor_t tensor3(float* data, int64_t a, int64_t b, int64_t c) {
   moe_tensor_t t = tensor2(data, a, b);
   t.ndim = 3;
   t.shape[2] = c;
   return t;
 }
 
-static void fill(float *v, size_t n, unsigned seed) {
+static void fill(float* v, size_t n, unsigned seed) {
   size_t i;
   for (i = 0; i < n; ++i) {
     seed = seed * 1103515245u + 12345u;
@@ -55,7 +55,7 @@ int main(void) {
   uint8_t dropped[T * K];
   int64_t demand[E], served[E], tokens = 0, slots = 0, step = -1;
   int32_t major = 0, count = 0, i;
-  const char *name = NULL;
+  const char* name = NULL;
   moe_layer_config_t config = MOE_LAYER_CONFIG_INIT;
   moe_weights_t weights = MOE_WEIGHTS_INIT;
   moe_forward_args_t fwd = MOE_FORWARD_ARGS_INIT;
@@ -113,6 +113,11 @@ int main(void) {
   CHECK(losses.aux_loss >= 1.0 - 1e-9); /* Switch loss is >= 1 ... for these counts */
   stats.demand = demand;
   stats.served = served;
+  stats.entries = E - 1; /* room for fewer than E: refused, nothing written */
+  demand[E - 1] = -7;
+  CHECK(moe_ctx_routing_stats(ctx, &stats) == MOE_STATUS_SHAPE_MISMATCH);
+  CHECK(demand[E - 1] == -7);
+  stats.entries = E;
   CHECK_OK(moe_ctx_routing_stats(ctx, &stats));
   CHECK(stats.tokens == T);
   CHECK(demand[0] + demand[1] + demand[2] + demand[3] == T * K);
@@ -132,6 +137,21 @@ int main(void) {
   fwd.x.shape[1] = D;
   CHECK_OK(moe_layer_forward(layer, &fwd, NULL));
 
+  /* An input the caller holds as const goes in without a cast (-Wcast-qual clean). */
+  {
+    const float* input = x;
+    const int64_t shape[2] = {T, D};
+    float again[T * D];
+    memcpy(again, y, sizeof again);
+    fwd.x = moe_tensor_const(input, MOE_DTYPE_F32, 2, shape);
+    fwd.train = 0;
+    CHECK_OK(moe_layer_forward(layer, &fwd, NULL));
+    CHECK(memcmp(again, y, sizeof again) == 0);
+    fwd.x = moe_tensor_const(input, MOE_DTYPE_F32, 5, shape); /* rank 5: rank 0, refused */
+    CHECK(moe_layer_forward(layer, &fwd, NULL) == MOE_STATUS_SHAPE_MISMATCH);
+    fwd.x = tensor2(x, T, D);
+  }
+
   /* Telemetry: the catalogue, one metric by name, a snapshot, verdicts, an export. */
   {
     int32_t metrics = 0;
@@ -143,15 +163,16 @@ int main(void) {
     moe_verdicts_t verdicts = MOE_VERDICTS_INIT;
     CHECK_OK(moe_metric_count(&metrics));
     CHECK(metrics > 50 && metrics < 256);
-    CHECK_OK(moe_layer_metric(layer, MOE_SPLIT_TRAIN, MOE_SCOPE_LAST, "load_cv", &load_cv, 1, &count));
+    CHECK_OK(
+        moe_layer_metric(layer, MOE_SPLIT_TRAIN, MOE_SCOPE_LAST, "load_cv", &load_cv, 1, &count));
     CHECK(count == 1 && load_cv >= 0);
     snapshot.scalars = scalars;
     CHECK_OK(moe_layer_telemetry(layer, &snapshot));
     CHECK(snapshot.num_experts == E && snapshot.step == 1); /* the second training call */
     CHECK_OK(moe_layer_verdicts(layer, MOE_SPLIT_TRAIN, MOE_SCOPE_WINDOW, &verdicts));
     CHECK(strlen(verdicts.balance.label) > 0);
-    CHECK_OK(moe_layer_telemetry_export(layer, MOE_EXPORT_PROMETHEUS, MOE_SPLIT_TRAIN, MOE_SCOPE_LAST,
-                                        text, sizeof text, &length));
+    CHECK_OK(moe_layer_telemetry_export(layer, MOE_EXPORT_PROMETHEUS, MOE_SPLIT_TRAIN,
+                                        MOE_SCOPE_LAST, text, sizeof text, &length));
     CHECK(length > 0 && strstr(text, "moe_load_cv{") != NULL);
   }
 

@@ -3,8 +3,12 @@
 // and the handle stays usable with unchanged results afterwards.
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <string>
+#include <thread>
 
 #include "problem.hpp"
 
@@ -302,6 +306,140 @@ TEST(BadInput, StatusStringsAreNamed) {
     EXPECT_EQ(std::string(moe_status_string(static_cast<moe_status_t>(s))).rfind("MOE_STATUS_", 0),
               0u);
   EXPECT_STREQ(moe_status_string(static_cast<moe_status_t>(1000)), "MOE_STATUS_UNKNOWN");
+}
+
+// Numbers that no layer can use are refused at create with the range in the message:
+// a temperature of 1e-310 made every output NaN, a capacity factor of 1e300 overflowed
+// the capacity, and sizes whose products pass 2^48 elements overflowed 64-bit products.
+TEST(BadInput, RangesAndSizesAreBoundedAtCreate) {
+  moe_layer_t layer = nullptr;
+  auto create = [&](auto mutate) {
+    moe_layer_config_t c = make_config(8, 8, 4, 2);
+    mutate(c);
+    const moe_status_t status = moe_layer_create(&c, &layer);
+    if (status == MOE_STATUS_SUCCESS) moe_layer_destroy(layer);
+    layer = nullptr;
+    return status;
+  };
+  EXPECT_STATUS(create([](moe_layer_config_t& c) { c.router_temp_init = 1e-310; }),
+                MOE_STATUS_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(moe_last_error()).find("1e-06"), std::string::npos) << moe_last_error();
+  EXPECT_STATUS(create([](moe_layer_config_t& c) { c.router_temp_final = 1e7; }),
+                MOE_STATUS_INVALID_ARGUMENT);
+  EXPECT_STATUS(create([](moe_layer_config_t& c) { c.router_temp_init = 1e-6; }),
+                MOE_STATUS_SUCCESS);
+  EXPECT_STATUS(create([](moe_layer_config_t& c) { c.capacity_factor = 1e300; }),
+                MOE_STATUS_INVALID_ARGUMENT);
+  EXPECT_STATUS(create([](moe_layer_config_t& c) { c.capacity_factor = 1e6; }), MOE_STATUS_SUCCESS);
+  EXPECT_STATUS(create([](moe_layer_config_t& c) { c.load_balance_alpha = 1e300; }),
+                MOE_STATUS_INVALID_ARGUMENT);
+  EXPECT_STATUS(create([](moe_layer_config_t& c) { c.router_noise_std_init = 1e7; }),
+                MOE_STATUS_INVALID_ARGUMENT);
+  EXPECT_STATUS(create([](moe_layer_config_t& c) { c.bias_update_rate = 1e300; }),
+                MOE_STATUS_INVALID_ARGUMENT);
+  EXPECT_STATUS(create([](moe_layer_config_t& c) { c.d_ff = INT64_MAX; }),
+                MOE_STATUS_INVALID_ARGUMENT);
+  EXPECT_STATUS(create([](moe_layer_config_t& c) {
+                  c.d_model = int64_t{1} << 20;
+                  c.d_ff = int64_t{1} << 20;
+                  c.num_experts = int64_t{1} << 10;  // w1 would hold 2^51 elements
+                }),
+                MOE_STATUS_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(moe_last_error()).find("w1"), std::string::npos) << moe_last_error();
+}
+
+// A shape whose element count overflows, or a pointer into the middle of an element, is
+// refused with a status (a [2^62, d] input was a SIGSEGV, a misaligned one a misaligned
+// load), and the layer's results afterwards are unchanged.
+TEST(BadInput, HugeShapesAndMisalignedDataAreRefused) {
+  Problem<float> p(make_config(8, 8, 4, 2), 10, 1);
+  moe_layer_t layer = p.layer.get();
+  p.forward(false);
+  const std::vector<float> reference_y = p.y;
+  for (int64_t tokens : {int64_t{1} << 62, INT64_MAX, (int64_t{1} << 40) + 1, int64_t{1} << 45}) {
+    moe_forward_args_t a = p.forward_args();
+    a.x.shape[0] = a.y.shape[0] = tokens;
+    EXPECT_STATUS(moe_layer_forward(layer, &a, nullptr), MOE_STATUS_INVALID_ARGUMENT);
+  }
+  std::vector<float> shifted(p.x.size() + 1);
+  std::memcpy(reinterpret_cast<char*>(shifted.data()) + 1, p.x.data(), p.x.size() * sizeof(float));
+  moe_forward_args_t a = p.forward_args();
+  a.x.data = reinterpret_cast<char*>(shifted.data()) + 1;
+  EXPECT_STATUS(moe_layer_forward(layer, &a, nullptr), MOE_STATUS_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(moe_last_error()).find("aligned"), std::string::npos);
+  moe_weights_t w = p.weights(p.router, p.w1, p.b1, p.w2, p.b2);
+  w.w2.data = reinterpret_cast<char*>(w.w2.data) + 2;
+  EXPECT_STATUS(moe_layer_set_weights(layer, &w), MOE_STATUS_INVALID_ARGUMENT);
+  p.y.assign(p.y.size(), -1.f);
+  p.forward(false);
+  EXPECT_EQ(p.y, reference_y);
+}
+
+// Two threads training one layer (documented unsupported) once lost updates silently
+// (step 1999 after 2000 training calls). Each call now either runs whole or is refused
+// with INVALID_STATE, changing nothing: the step counts exactly the calls that ran.
+TEST(BadInput, TwoThreadsOnOneLayerAreRefusedNotRaced) {
+  Problem<float> p(make_config(16, 32, 4, 2), 64, 1);
+  moe_layer_t layer = p.layer.get();
+  std::atomic<int> ran{0}, refused{0}, other{0};
+  auto hammer = [&] {
+    std::vector<float> y(p.y.size());
+    for (int i = 0; i < 300; ++i) {
+      moe_forward_args_t a = p.forward_args(true);
+      a.y.data = y.data();
+      moe_ctx_t ctx = nullptr;
+      const moe_status_t status = moe_layer_forward(layer, &a, &ctx);
+      if (status == MOE_STATUS_SUCCESS) {
+        ++ran;
+        moe_ctx_destroy(ctx);
+      } else if (status == MOE_STATUS_INVALID_STATE &&
+                 std::string(moe_last_error()).find("another thread") != std::string::npos) {
+        ++refused;
+      } else {
+        ++other;
+      }
+    }
+  };
+  std::thread a(hammer), b(hammer);
+  a.join();
+  b.join();
+  EXPECT_EQ(other.load(), 0);
+  EXPECT_EQ(ran.load() + refused.load(), 600);
+  std::printf("two threads: %d calls ran, %d refused\n", ran.load(), refused.load());
+  EXPECT_EQ(p.layer.step(), ran.load()) << refused.load() << " calls were refused";
+  // Free again once both are done.
+  p.forward();
+  EXPECT_EQ(p.layer.step(), ran.load() + 1);
+}
+
+// moe.hpp: const buffers and bfloat16 storage make tensors (both were link errors), five
+// dimensions throw instead of writing past shape[4], and ctx.stats(n) with n below E is
+// refused instead of overflowing the caller's arrays.
+TEST(BadInput, CppWrapperTensorsAndStatsAreChecked) {
+  Problem<float> p(make_config(8, 8, 8, 2), 10, 1);
+  p.forward(false);
+  const std::vector<float> reference_y = p.y;
+  const std::vector<float> input = p.x;
+  moe_forward_args_t a = p.forward_args(false);
+  a.x = moe::tensor(input.data(), {p.T, p.d});
+  EXPECT_EQ(a.x.dtype, MOE_DTYPE_F32);
+  p.y.assign(p.y.size(), 0.f);
+  moe::Context ctx = p.layer.forward(a);
+  EXPECT_EQ(p.y, reference_y);
+
+  std::vector<uint16_t> storage(6);
+  const std::vector<uint16_t> frozen(6);
+  EXPECT_EQ(moe::tensor(storage.data(), {2, 3}).dtype, MOE_DTYPE_BF16);
+  EXPECT_EQ(moe::tensor(frozen.data(), {2, 3}).dtype, MOE_DTYPE_BF16);
+  EXPECT_THROW(moe::tensor(storage.data(), {1, 1, 1, 1, 6}), moe::Exception);
+
+  try {
+    ctx.stats(2);
+    ADD_FAILURE() << "stats(2) on an 8-expert layer was accepted";
+  } catch (const moe::Exception& e) {
+    EXPECT_EQ(e.status(), MOE_STATUS_SHAPE_MISMATCH);
+  }
+  EXPECT_EQ(ctx.stats(8).demand.size(), 8u);
 }
 
 }  // namespace

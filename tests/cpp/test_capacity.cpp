@@ -132,4 +132,23 @@ TEST(Capacity, DroplessCapacityIsMaxDemand) {
   EXPECT_EQ(s.summary.dropped_total, 0);
 }
 
+// C is the ceiling of the factor as written in decimal: 1.1 * 25 * 2 / 5 is 11, though
+// in doubles it is 11.000000000000002 (once rounded up to 12). Expected values are worked
+// by hand; a factor past every copy of the batch gives C = T*k, not an overflowing C.
+TEST(Capacity, RoundsTheDecimalFactorExactly) {
+  struct Case {
+    double factor;
+    int64_t tokens, top_k, experts, capacity;
+  } cases[] = {{1.1, 25, 2, 5, 11}, {1.1, 26, 2, 5, 12},  {0.3, 10, 1, 3, 1},  {0.7, 30, 2, 6, 7},
+               {1.2, 50, 1, 6, 10}, {1.25, 97, 2, 6, 41}, {1e6, 40, 2, 4, 80}, {2.0, 1, 1, 8, 1}};
+  for (const Case& k : cases) {
+    SCOPED_TRACE(testing::Message()
+                 << k.factor << " * " << k.tokens << " * " << k.top_k << " / " << k.experts);
+    moe_layer_config_t c = make_config(4, 4, k.experts, k.top_k);
+    c.capacity_factor = k.factor;
+    Problem<float> p(c, k.tokens, 1);
+    EXPECT_EQ(p.forward().stats(p.E).summary.capacity, k.capacity);
+  }
+}
+
 }  // namespace

@@ -5,6 +5,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include "moe/moe_mpi.h"
@@ -90,6 +91,21 @@ int main(int argc, char** argv) {
       moe_comm_all_to_all(comm, nullptr, nullptr, nullptr, zero.data()) == MOE_STATUS_NULL_POINTER,
       "null counts");
   CHECK(moe_comm_barrier(comm) == MOE_STATUS_SUCCESS, "usable after refusals");
+
+  // Counts that do not pair up (rank 0 sends 8 bytes to the last rank, which expects
+  // 4) are the caller's error, refused on every rank before any data moves; the
+  // communicator stays usable, and the next exchange is intact.
+  std::vector<int64_t> send_bytes(world, 0), recv_bytes(world, 0);
+  if (rank == 0) send_bytes[world - 1] = 8;
+  if (rank == world - 1) recv_bytes[0] = 4;
+  std::vector<unsigned char> out(8, 1), in(8, 0);
+  CHECK(moe_comm_all_to_all(comm, out.data(), send_bytes.data(), in.data(), recv_bytes.data()) ==
+            MOE_STATUS_INVALID_ARGUMENT,
+        "mismatched counts");
+  CHECK(std::strstr(moe_last_error(), "do not pair up") != nullptr, "message: %s",
+        moe_last_error());
+  exchange_round(comm, rank, world, 7);
+  CHECK(moe_comm_barrier(comm) == MOE_STATUS_SUCCESS, "usable after a caller's mismatch");
 
   CHECK(moe_comm_destroy(comm) == MOE_STATUS_SUCCESS, "destroy");
   CHECK(moe_comm_barrier(comm) == MOE_STATUS_INVALID_HANDLE, "destroyed handle");

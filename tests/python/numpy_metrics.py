@@ -4,6 +4,8 @@ import math
 
 import numpy as np
 
+from capacity import capacity
+
 
 def load_metrics(counts):
     c = np.asarray(counts, dtype=np.float64)
@@ -34,9 +36,9 @@ def recount(routing, P, logits, *, top_k, capacity_factor, alpha=0.0, z_coef=0.0
     s = np.array([((experts == e) & ~dropped).sum() for e in range(E)], dtype=np.float64)
     Tk = T * top_k
     if expert_choice:
-        C = min(T, math.ceil((capacity_factor if capacity_factor > 0 else 1.0) * Tk / E))
+        C = min(T, capacity(capacity_factor if capacity_factor > 0 else 1.0, Tk, E))
     else:
-        C = d.max() if capacity_factor <= 0 else math.ceil(capacity_factor * Tk / E)
+        C = d.max() if capacity_factor <= 0 else capacity(capacity_factor, Tk, E)
     out = {"tokens": T, "steps": 1, "frac_dem_max": d.max() / Tk, "frac_srv_max": s.max() / Tk}
     out.update(load_metrics(d))
     served = load_metrics(s)

@@ -122,3 +122,55 @@ def test_layer_names_that_are_not_utf8():
     result = subprocess.run([BINARY, "--json", "-"], input=b"1,\xb0\xb0,4,4\n", capture_output=True)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)[0]["layer"] == "\ufffd\ufffd"
+
+
+def peak_rss_mib(args, path):
+    """Runs moe-stats in a child that reports its own peak resident memory (ru_maxrss
+    of the exec'd program)."""
+    probe = ("import resource, subprocess, sys; "
+             "r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+             "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024);"
+             "sys.stderr.write(r.stderr)")
+    out = subprocess.run(["/usr/bin/python3", "-c", probe, BINARY, *args, str(path)],
+                         capture_output=True, text=True)
+    code, mib = map(int, out.stdout.split())
+    return code, mib, out.stderr
+
+
+def test_wide_records_use_memory_linear_in_experts(tmp_path):
+    # 20,000 experts: one record once took 9.4 GB (an E x E co-activation matrix per record).
+    E = 20000
+    log = tmp_path / "wide.csv"
+    rows = [",".join(["0", "a"] + [str((e * 7 + s) % 13) for e in range(E)]) for s in range(3)]
+    log.write_text("\n".join(rows) + "\n")
+    code, mib, stderr = peak_rss_mib(["--json", "--summary"], log)
+    assert code == 0, stderr
+    assert mib < 200, f"{mib} MiB for {E} experts"
+
+
+def test_records_past_the_limits_are_refused_by_line(tmp_path):
+    # More counts than a layer can have experts (2^20), and a line past 64 MiB, are
+    # refused with the line named; the long line is never held whole in memory.
+    too_many = tmp_path / "too_many.csv"
+    too_many.write_text("0,a," + ",".join(["1"] * ((1 << 20) + 1)) + "\n")
+    result = run(str(too_many))
+    assert result.returncode == 1 and "too_many.csv:1" in result.stderr and "2^20" in result.stderr
+    long_line = tmp_path / "long.log"
+    with open(long_line, "wb") as f:
+        f.write(b"0,a,1,2\n[" + b" " * (150 << 20) + b"]\n0,a,3,4\n")
+    code, mib, stderr = peak_rss_mib([], long_line)
+    assert code == 1 and "long.log:2" in stderr and "64 MiB" in stderr, stderr
+    # At most the 64 MiB kept (in a string that grows by doubling), not the 150 MiB line.
+    assert mib < 140, f"{mib} MiB to skip a 150 MiB line"
+    code, _, stderr = peak_rss_mib(["--lenient", "--json"], long_line)
+    assert code == 0 and "1 malformed lines skipped" in stderr, stderr
+
+
+def test_served_above_demand_is_refused(tmp_path):
+    # A drop rate of -99 with "capacity: ok" was reported for such a record.
+    log = tmp_path / "served.jsonl"
+    log.write_text(json.dumps({"step": 1, "layer": "a", "expert_counts": [1, 2],
+                               "expert_served": [100, 2]}) + "\n")
+    result = run(str(log))
+    assert result.returncode == 1 and "served.jsonl:1" in result.stderr
+    assert "exceed" in result.stderr

@@ -1,10 +1,11 @@
 """An independent PyTorch implementation of the MoE layer (the usual loop over experts
 with index_add_), used as the parity oracle. It shares no code with the library: it
 follows the definitions in docs/ and ARCHITECTURE.md directly."""
-import math
 
 import torch
 import torch.nn.functional as F
+
+from capacity import capacity
 
 GATED = {"swiglu": F.silu, "geglu": lambda v: F.gelu(v)}
 PLAIN = {"relu": F.relu, "gelu": lambda v: F.gelu(v), "silu": F.silu,
@@ -59,7 +60,7 @@ def moe_forward(x, wr, w1, w2, b1, b2, *, router, activation, top_k, capacity_fa
     y = torch.zeros_like(x)
     if router == "expert_choice":
         factor = capacity_factor if capacity_factor > 0 else 1.0
-        C = min(T, math.ceil(factor * (T * top_k) / E))
+        C = min(T, capacity(factor, T * top_k, E))
         demand = torch.full((E,), float(C))
         experts = torch.full((T, E), -1, dtype=torch.long)
         for e in range(E):
@@ -82,7 +83,7 @@ def moe_forward(x, wr, w1, w2, b1, b2, *, router, activation, top_k, capacity_fa
             gates = gates / gates.sum(-1, keepdim=True)
         demand = torch.bincount(experts.flatten(), minlength=E).to(x.dtype)
         if capacity_factor > 0:
-            C = math.ceil(capacity_factor * (T * top_k) / E)
+            C = capacity(capacity_factor, T * top_k, E)
         else:
             C = int(demand.max()) if T else 0
         kept = select_kept(experts, gates.detach(), E, C, drop_policy)

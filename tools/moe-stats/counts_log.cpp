@@ -4,12 +4,22 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 
+#include "core/config.hpp"
+
 namespace moe::stats {
 namespace {
 
 struct LineError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
+
+void push_count(std::vector<int64_t>& counts, int64_t count) {
+  if (static_cast<int64_t>(counts.size()) >= kMaxExperts)
+    throw LineError(
+        "more than 2^20 counts in one record, the most experts a layer has "
+        "(docs/limits.md)");
+  counts.push_back(count);
+}
 
 std::string trim(const std::string& s) {
   size_t a = 0, b = s.size();
@@ -84,7 +94,7 @@ void parse_torch_print(const std::string& line, int64_t step, std::vector<Counts
     c.expect("tensor(");
     c.expect("[");
     while (!c.peek(']')) {
-      r.counts.push_back(c.integer());
+      push_count(r.counts, c.integer());
       if (!c.peek(']')) c.expect(",");
     }
     c.expect("]");
@@ -104,6 +114,8 @@ std::vector<int64_t> json_counts(const nlohmann::json& v, const char* key) {
   if (!v.is_array() || v.empty())
     throw LineError(std::string("'") + key + "' is not a non-empty array");
   std::vector<int64_t> out;
+  if (v.size() > static_cast<size_t>(kMaxExperts))
+    throw LineError(std::string("'") + key + "' holds more than 2^20 counts (docs/limits.md)");
   for (const auto& x : v) {
     if (!x.is_number()) throw LineError(std::string("'") + key + "' holds a non-number");
     const double d = x.get<double>();
@@ -138,6 +150,11 @@ void parse_json(const std::string& line, int64_t step, std::vector<CountsRecord>
     if (j.contains("expert_served")) r.served = json_counts(j["expert_served"], "expert_served");
     if (r.served.size() && r.served.size() != r.counts.size())
       throw LineError("expert_served and expert_counts differ in length");
+    for (size_t e = 0; e < r.served.size(); ++e)
+      if (r.served[e] > r.counts[e])
+        throw LineError("expert " + std::to_string(e) + " served " + std::to_string(r.served[e]) +
+                        " copies of a demand of " + std::to_string(r.counts[e]) +
+                        " (served can never exceed demand)");
     if (j.contains("tokens") && j["tokens"].is_number() && j["tokens"].get<double>() == 0)
       return;  // a record of a window with nothing in it
   } else {
@@ -165,7 +182,7 @@ void parse_csv(const std::string& line, bool& header_seen, std::vector<CountsRec
   r.step = parse_count(cells[0], "step");
   if (cells[1].empty()) throw LineError("empty layer");
   r.layer = cells[1];
-  for (size_t i = 2; i < cells.size(); ++i) r.counts.push_back(parse_count(cells[i], "count"));
+  for (size_t i = 2; i < cells.size(); ++i) push_count(r.counts, parse_count(cells[i], "count"));
   out.push_back(std::move(r));
 }
 
@@ -188,22 +205,55 @@ void parse_line(const std::string& raw, const std::string& source, int64_t line_
   }
 }
 
-ParseResult parse_counts_log(std::istream& in, const std::string& source, bool lenient) {
-  ParseResult result;
-  std::string line;
-  int64_t number = 0, step_counter = 0;
-  bool header_seen = false;
-  while (std::getline(in, line)) {
-    ++number;
-    try {
-      parse_line(line, source, number, step_counter, result.records, header_seen);
-    } catch (const ParseError& e) {
-      if (!lenient) throw;
-      ++result.skipped_lines;
-      result.skipped_messages.push_back(e.what());
+namespace {
+
+// std::getline, but a line past `limit` bytes is skipped to its end instead of held:
+// returns false at the end of the input, and sets too_long for such a line.
+bool read_bounded_line(std::istream& in, std::string& line, size_t limit, bool& too_long) {
+  line.clear();
+  too_long = false;
+  std::streambuf* buffer = in.rdbuf();
+  bool any = false;
+  for (int c = buffer->sbumpc(); c != std::char_traits<char>::eof(); c = buffer->sbumpc()) {
+    any = true;
+    if (c == '\n') return true;
+    if (line.size() < limit) {
+      line.push_back(static_cast<char>(c));
+    } else {
+      too_long = true;
     }
   }
-  return result;
+  return any;
+}
+
+}  // namespace
+
+ParseSummary parse_counts_log(std::istream& in, const std::string& source, bool lenient,
+                              const RecordSink& sink) {
+  ParseSummary summary;
+  std::string line;
+  std::vector<CountsRecord> records;
+  int64_t number = 0, step_counter = 0;
+  bool header_seen = false, too_long = false;
+  while (read_bounded_line(in, line, kMaxLineBytes, too_long)) {
+    ++number;
+    records.clear();
+    try {
+      if (too_long) throw ParseError(source, number, "line longer than 64 MiB (docs/limits.md)");
+      parse_line(line, source, number, step_counter, records, header_seen);
+    } catch (const ParseError& e) {
+      if (!lenient) throw;
+      ++summary.skipped_lines;
+      if (summary.skipped_messages.size() < kMaxSkippedMessages)
+        summary.skipped_messages.push_back(e.what());
+      continue;
+    }
+    for (CountsRecord& r : records) {
+      ++summary.records;
+      sink(std::move(r));
+    }
+  }
+  return summary;
 }
 
 }  // namespace moe::stats

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <istream>
 #include <stdexcept>
 #include <string>
@@ -26,14 +27,25 @@ struct ParseError : std::runtime_error {
       : std::runtime_error(source + ":" + std::to_string(line) + ": " + what) {}
 };
 
-struct ParseResult {
-  std::vector<CountsRecord> records;
-  int64_t skipped_lines = 0;  // malformed lines skipped under lenient parsing
-  std::vector<std::string> skipped_messages;
-};
+// Limits (docs/limits.md): a record holds at most kMaxExperts counts (the library's
+// own limit on E), and a line at most kMaxLineBytes, room for that many counts of any
+// size. A longer line is refused without being read into memory whole.
+constexpr size_t kMaxLineBytes = size_t{64} << 20;
 
-// Throws ParseError naming source and line for a malformed line, unless lenient.
-ParseResult parse_counts_log(std::istream& in, const std::string& source, bool lenient);
+struct ParseSummary {
+  int64_t records = 0;
+  int64_t skipped_lines = 0;                  // malformed lines skipped under lenient parsing
+  std::vector<std::string> skipped_messages;  // the first kMaxSkippedMessages of them
+};
+constexpr size_t kMaxSkippedMessages = 100;
+
+using RecordSink = std::function<void(CountsRecord&&)>;
+
+// Streams `in`: each record goes to `sink` as soon as its line is parsed, so memory
+// holds one line, not the file. Throws ParseError naming source and line for a
+// malformed line, unless lenient.
+ParseSummary parse_counts_log(std::istream& in, const std::string& source, bool lenient,
+                              const RecordSink& sink);
 
 // One line (exposed for the fuzzer and the tests); appends what it holds to out.
 void parse_line(const std::string& line, const std::string& source, int64_t line_number,

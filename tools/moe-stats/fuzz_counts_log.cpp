@@ -12,8 +12,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   for (bool lenient : {false, true}) {
     std::istringstream in(text);
     try {
-      const auto parsed = moe::stats::parse_counts_log(in, "fuzz", lenient);
-      const auto report = moe::stats::build_report(parsed.records);
+      moe::stats::ReportBuilder builder;
+      moe::stats::parse_counts_log(in, "fuzz", lenient,
+                                   [&](moe::stats::CountsRecord&& r) { builder.add(r); });
+      const auto report = builder.finish();
       moe::stats::report_text(report, true);
       moe::stats::json_text(moe::stats::report_json(report));
       moe::stats::json_text(moe::stats::compare_json(report, report));

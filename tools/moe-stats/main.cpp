@@ -13,26 +13,34 @@
 
 namespace {
 
-moe::stats::ParseResult read(const std::string& path, bool lenient) {
-  if (path == "-") return moe::stats::parse_counts_log(std::cin, "<stdin>", lenient);
+// The log streams through the report builder: memory holds one line and the report.
+moe::stats::ParseSummary read(const std::string& path, bool lenient,
+                              moe::stats::ReportBuilder& builder) {
+  auto sink = [&](moe::stats::CountsRecord&& r) { builder.add(r); };
+  if (path == "-") return moe::stats::parse_counts_log(std::cin, "<stdin>", lenient, sink);
   std::error_code error;
   if (std::filesystem::is_directory(path, error))
     throw std::runtime_error(path + ": is a directory, not a log");
   std::ifstream in(path);
   if (!in) throw std::runtime_error(path + ": cannot open");
-  return moe::stats::parse_counts_log(in, path, lenient);
+  return moe::stats::parse_counts_log(in, path, lenient, sink);
 }
 
 std::vector<moe::stats::LayerReport> report_of(const std::string& path, bool lenient) {
-  const moe::stats::ParseResult parsed = read(path, lenient);
+  moe::stats::ReportBuilder builder;
+  const moe::stats::ParseSummary parsed = read(path, lenient, builder);
   for (const std::string& message : parsed.skipped_messages)
     std::cerr << "moe-stats: skipped " << message << "\n";
+  if (parsed.skipped_lines > static_cast<int64_t>(parsed.skipped_messages.size()))
+    std::cerr << "moe-stats: (the other "
+              << parsed.skipped_lines - static_cast<int64_t>(parsed.skipped_messages.size())
+              << " skipped lines are not listed)\n";
   if (parsed.skipped_lines)
     std::cerr << "moe-stats: " << path << ": " << parsed.skipped_lines
               << " malformed lines skipped\n";
   // Nothing to report is a failure: an empty file, a header alone, or every line skipped.
-  if (parsed.records.empty()) throw std::runtime_error(path + ": no records");
-  return moe::stats::build_report(parsed.records);
+  if (parsed.records == 0) throw std::runtime_error(path + ": no records");
+  return builder.finish();
 }
 
 }  // namespace

@@ -33,7 +33,7 @@ int64_t checked_add(int64_t a, int64_t b) {
 // (k = 1, T = the copies), which is exactly what the count metrics need.
 StepStats stats_of(const std::vector<int64_t>& counts, const std::vector<int64_t>& served) {
   const int64_t E = static_cast<int64_t>(counts.size());
-  StepStats s(E);
+  StepStats s(E, /*with_coactivation=*/false);
   s.steps = 1;
   int64_t total = 0;
   for (int64_t c : counts) total = checked_add(total, c);
@@ -85,49 +85,51 @@ const std::vector<std::string>& report_metric_names(bool with_served) {
   return with_served ? both : counts;
 }
 
-std::vector<LayerReport> build_report(const std::vector<CountsRecord>& records) {
-  std::vector<LayerReport> layers;
-  std::map<std::string, size_t> index;
-  std::map<std::string, StepStats> sums;
-  std::map<std::string, bool> served_seen;
-  for (const CountsRecord& r : records) {
-    const std::string key = key_of(r.layer, r.split);
-    auto it = index.find(key);
-    if (it == index.end()) {
-      it = index.emplace(key, layers.size()).first;
-      layers.push_back({r.layer, r.split, {}, {}, {}, {}});
-      sums.emplace(key, StepStats(static_cast<int64_t>(r.counts.size())));
-      served_seen[key] = !r.served.empty();
-    }
-    StepStats& sum = sums.at(key);
-    if (static_cast<int64_t>(r.counts.size()) != sum.experts)
-      throw std::runtime_error(
-          "layer " + key + " changes its number of experts from " + std::to_string(sum.experts) +
-          " to " + std::to_string(r.counts.size()) + " at step " + std::to_string(r.step));
-    const StepStats step = stats_of(r.counts, r.served);
-    // Check the window's sums before StepStats::add makes them (it does not check).
-    for (size_t e = 0; e < r.counts.size(); ++e) {
-      checked_add(sum.demand[e], step.demand[e]);
-      checked_add(sum.served[e], step.served[e]);
-    }
-    checked_add(sum.nominal_copies, step.nominal_copies);
-    sum.add(step);
-    const bool with_served = served_seen[key];
-    layers[it->second].steps.push_back(
-        {r.step, pick(compute_metrics(step, config_of(sum.experts)), with_served)});
+void ReportBuilder::add(const CountsRecord& r) {
+  const std::string key = key_of(r.layer, r.split);
+  auto it = index_.find(key);
+  if (it == index_.end()) {
+    it = index_.emplace(key, layers_.size()).first;
+    layers_.push_back({r.layer, r.split, {}, {}, {}, {}});
+    sums_.push_back({StepStats(static_cast<int64_t>(r.counts.size()), false), !r.served.empty()});
   }
-  for (LayerReport& l : layers) {
-    const std::string key = key_of(l.layer, l.split);
-    const StepStats& sum = sums.at(key);
+  StepStats& sum = sums_[it->second].sum;
+  if (static_cast<int64_t>(r.counts.size()) != sum.experts)
+    throw std::runtime_error(
+        "layer " + key + " changes its number of experts from " + std::to_string(sum.experts) +
+        " to " + std::to_string(r.counts.size()) + " at step " + std::to_string(r.step));
+  const StepStats step = stats_of(r.counts, r.served);
+  // Check the window's sums before StepStats::add makes them (it does not check).
+  for (size_t e = 0; e < r.counts.size(); ++e) {
+    checked_add(sum.demand[e], step.demand[e]);
+    checked_add(sum.served[e], step.served[e]);
+  }
+  checked_add(sum.nominal_copies, step.nominal_copies);
+  sum.add(step);
+  layers_[it->second].steps.push_back(
+      {r.step, pick(compute_metrics(step, config_of(sum.experts)), sums_[it->second].served_seen)});
+}
+
+std::vector<LayerReport> ReportBuilder::finish() {
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    LayerReport& l = layers_[i];
+    const StepStats& sum = sums_[i].sum;
+    const bool served_seen = sums_[i].served_seen;
     const LayerConfig config = config_of(sum.experts);
     const MetricSet m = compute_metrics(sum, config);
-    l.summed = pick(m, served_seen[key]);
+    l.summed = pick(m, served_seen);
     l.summed_counts.assign(sum.demand.begin(), sum.demand.end());
     const moe_verdicts_t v = judge(m, config, default_thresholds(), 0);
     l.verdicts["balance"] = tools::verdict_json(v.balance);
-    if (served_seen[key]) l.verdicts["capacity"] = tools::verdict_json(v.capacity);
+    if (served_seen) l.verdicts["capacity"] = tools::verdict_json(v.capacity);
   }
-  return layers;
+  return std::move(layers_);
+}
+
+std::vector<LayerReport> build_report(const std::vector<CountsRecord>& records) {
+  ReportBuilder builder;
+  for (const CountsRecord& r : records) builder.add(r);
+  return builder.finish();
 }
 
 std::string json_text(const nlohmann::json& value) {

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "core/telemetry/step_stats.hpp"
 #include "tools/moe-stats/counts_log.hpp"
 
 namespace moe::stats {
@@ -19,8 +20,26 @@ struct LayerReport {
   std::map<std::string, nlohmann::json> verdicts;
 };
 
-// Groups records by (split, layer) in order of appearance. Throws std::runtime_error
-// when a layer's expert count changes or counts overflow.
+// Builds the report one record at a time (moe-stats streams its logs through it):
+// records are grouped by (split, layer) in order of appearance, and only each layer's
+// sums and per-step figures are kept. add throws std::runtime_error when a layer's
+// expert count changes or counts overflow.
+class ReportBuilder {
+ public:
+  void add(const CountsRecord& record);
+  std::vector<LayerReport> finish();
+
+ private:
+  struct Layer {
+    StepStats sum;
+    bool served_seen = false;
+  };
+  std::vector<LayerReport> layers_;
+  std::map<std::string, size_t> index_;
+  std::vector<Layer> sums_;
+};
+
+// The report of a whole set of records at once.
 std::vector<LayerReport> build_report(const std::vector<CountsRecord>& records);
 
 // The metric names a report prints, in order.

@@ -105,6 +105,17 @@ def compare_routing(a, b):
     return {"routing_consistency": top1.value, "routing_topk_consistency": topk.value}
 
 
+def _export(function, handle, fmt, split, scope):
+    """Text from moe_layer_telemetry_export or moe_group_telemetry_export."""
+    args = (handle, _enum(_abi.EXPORT_FORMATS, fmt, "format"), _enum(_abi.SPLITS, split, "split"),
+            _enum(_abi.SCOPES, scope, "scope"))
+    length = C.c_size_t()
+    _check(function(*args, None, 0, C.byref(length)))
+    buffer = C.create_string_buffer(length.value + 1)
+    _check(function(*args, buffer, length.value + 1, C.byref(length)))
+    return buffer.raw[:length.value].decode("utf-8")
+
+
 class Group:
     """The layers of one model, summarised together (max_frac_mean, collapsed, ...)."""
 
@@ -122,6 +133,14 @@ class Group:
     def add(self, layer):
         _check(_lib.moe_group_add(self._handle, layer._handle))
         self._layers.append(layer)
+
+    def export(self, fmt="prometheus", split="train", scope="last"):
+        """Every layer's metrics in one text (docs/telemetry.md, exports): "prometheus"
+        (each metric's HELP and TYPE once, a sample per layer: what a scrape endpoint
+        serves), "jsonl" (a line per layer), "csv" (one header, a row per layer), or
+        "csv_header" / "csv_row" to write the header once and append rows. The layers'
+        names (Layer.set_name) must differ."""
+        return _export(_lib.moe_group_telemetry_export, self._handle, fmt, split, scope)
 
     def metrics(self, split="train", scope="last"):
         m = _abi.sized(_abi.GroupMetrics)
@@ -505,28 +524,29 @@ class Layer:
         """Every metric of the catalogue (moe.metric_names(); definitions in
         docs/metrics.md) as {name: value}: a float for each scalar, a list of E floats
         for each per-expert metric (expert_counts, expert_served, frac_dem, frac_srv,
-        dropped), E lists of E for coactivation. NaN where a metric is undefined (no
-        tokens recorded yet, no sequence pairs).
+        dropped), E lists of E for coactivation (an empty list past 256 experts, where
+        the layer keeps no co-activation: docs/limits.md). NaN where a metric is
+        undefined (no tokens recorded yet, no sequence pairs).
         split: "train" or "eval" (forward calls with train=True or False).
         scope: "last" (the last recorded call; every call unless the layer was made with
         telemetry_interval > 1), "window" (summed since reset_telemetry()) or "ema"
         (an exponential moving average of each scalar; vectors are the window's)."""
         split_id = _enum(_abi.SPLITS, split, "split")
         scope_id = _enum(_abi.SCOPES, scope, "scope")
-        buffer = np.empty(self.num_experts * self.num_experts, dtype=np.float64)
         count = C.c_int64()
         out = {}
         for name, shape, _ in metric_names():
-            _check(_lib.moe_layer_metric(self._handle, split_id, scope_id, name.encode(),
-                                         buffer.ctypes.data_as(C.POINTER(C.c_double)),
-                                         buffer.size, C.byref(count)))
-            values = buffer[:count.value]
+            args = (self._handle, split_id, scope_id, name.encode())
+            _check(_lib.moe_layer_metric(*args, None, 0, C.byref(count)))
+            values = np.empty(count.value, dtype=np.float64)
+            _check(_lib.moe_layer_metric(*args, values.ctypes.data_as(C.POINTER(C.c_double)),
+                                         values.size, C.byref(count)))
             if shape == "scalar":
                 out[name] = float(values[0])
             elif shape == "per_expert":
                 out[name] = values.tolist()
             else:
-                out[name] = values.reshape(self.num_experts, self.num_experts).tolist()
+                out[name] = values.reshape(-1, self.num_experts).tolist() if values.size else []
         return out
 
     def telemetry_compare(self, scope="window"):
@@ -539,17 +559,19 @@ class Layer:
         _check(_lib.moe_layer_telemetry_reset(self._handle))
 
     def set_name(self, name):
-        _check(_lib.moe_layer_set_name(self._handle, name.encode()))
+        """The layer's name in exports: any text without NUL characters (exports make it
+        valid UTF-8 and escape it for their format)."""
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, got {type(name).__name__}")
+        if "\0" in name:
+            raise ValueError("name must not contain NUL characters")
+        _check(_lib.moe_layer_set_name(self._handle, name.encode("utf-8", "surrogateescape")))
 
     def export(self, fmt="jsonl", split="train", scope="last"):
-        """The metrics as text: "jsonl", "csv" or "prometheus"."""
-        args = (self._handle, _enum(_abi.EXPORT_FORMATS, fmt, "format"),
-                _enum(_abi.SPLITS, split, "split"), _enum(_abi.SCOPES, scope, "scope"))
-        length = C.c_size_t()
-        _check(_lib.moe_layer_telemetry_export(*args, None, 0, C.byref(length)))
-        buffer = C.create_string_buffer(length.value + 1)
-        _check(_lib.moe_layer_telemetry_export(*args, buffer, length.value + 1, C.byref(length)))
-        return buffer.value.decode()
+        """The metrics as text: "jsonl" (one line), "csv" (header and row), "prometheus",
+        or "csv_header" / "csv_row" to write the header once per file and append a row
+        per call."""
+        return _export(_lib.moe_layer_telemetry_export, self._handle, fmt, split, scope)
 
     def set_verdict_thresholds(self, **thresholds):
         t = _abi.sized(_abi.VerdictThresholds)

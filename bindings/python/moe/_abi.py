@@ -66,12 +66,12 @@ class RoutingStats(C.Structure):
     _fields_ = [("size", C.c_uint32), ("version", C.c_uint32), ("tokens", C.c_int64),
                 ("nonfinite_rows", C.c_int64), ("capacity", C.c_int64),
                 ("dropped_total", C.c_int64), ("demand", C.POINTER(C.c_int64)),
-                ("served", C.POINTER(C.c_int64))]
+                ("served", C.POINTER(C.c_int64)), ("entries", C.c_int64)]
 
 
 SPLITS = {"train": 0, "eval": 1}
 SCOPES = {"last": 0, "window": 1, "ema": 2}
-EXPORT_FORMATS = {"jsonl": 0, "csv": 1, "prometheus": 2}
+EXPORT_FORMATS = {"jsonl": 0, "csv": 1, "prometheus": 2, "csv_header": 3, "csv_row": 4}
 SHAPES = {0: "scalar", 1: "per_expert", 2: "matrix"}
 
 
@@ -271,6 +271,8 @@ def load():
         "moe_group_destroy": (status, [C.c_void_p]),
         "moe_group_add": (status, [C.c_void_p, layer]),
         "moe_group_get_metrics": (status, [C.c_void_p, C.c_int, C.c_int, C.POINTER(GroupMetrics)]),
+        "moe_group_telemetry_export": (status, [C.c_void_p, C.c_int, C.c_int, C.c_int, C.c_char_p,
+                                                C.c_size_t, C.POINTER(C.c_size_t)]),
     }
     for name, (restype, argtypes) in sigs.items():
         fn = getattr(lib, name)
