@@ -53,9 +53,6 @@ moe_status_t guarded(const char* function, Body&& body) {
   }
 }
 
-// The largest step set_step takes: counting on from it never overflows.
-constexpr int64_t kMaxStep = int64_t{1} << 62;
-
 // Handles are registry tokens (handle_registry.hpp), never the objects' addresses: every
 // use goes through these lookups.
 moe::HandleRegistry& registry() {
@@ -287,6 +284,9 @@ moe_status_t moe_layer_backward(moe_layer_t layer, const_moe_ctx_t ctx,
     try {
       saved = &state_of(ctx);
       in = moe::read_sized(args, defaults, "args");
+      // The gradients are a sized struct of their own: read by their size too.
+      const moe_weights_t no_gradients = MOE_WEIGHTS_INIT;
+      in.grads = moe::read_sized(&in.grads, no_gradients, "args.grads");
     } catch (const moe::Error& e) {
       moe::refuse_backward(l, e);
     }
@@ -325,7 +325,7 @@ moe_status_t moe_layer_set_step(moe_layer_t layer, int64_t step) {
     moe::Layer& l = layer_of(layer);
     // Bounded so that counting on from it never overflows (2^62 training calls is beyond
     // any run).
-    moe::require(step >= 0 && step <= kMaxStep, MOE_STATUS_INVALID_ARGUMENT,
+    moe::require(step >= 0 && step <= moe::kMaxStep, MOE_STATUS_INVALID_ARGUMENT,
                  "step must be in [0, 2^62], got " + std::to_string(step));
     l.step = step;
   });

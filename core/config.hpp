@@ -17,6 +17,9 @@ constexpr int64_t kMaxTokens = int64_t{1} << 40;
 // The most experts a layer (or a record moe-stats reads) has: 2^20, the largest
 // published expert count (a million experts, PEER), and E x E counts stay addressable.
 constexpr int64_t kMaxExperts = int64_t{1} << 20;
+// The step counter stays in [0, 2^62]: set_step takes that range, and a training call
+// at 2^62 is refused, so every step the layer reports can be set again.
+constexpr int64_t kMaxStep = int64_t{1} << 62;
 
 // The product of `sizes` (each >= 0); throws INVALID_ARGUMENT, naming `what`, when it
 // exceeds kMaxElements.

@@ -269,6 +269,9 @@ void check_forward_args(const Layer& layer, const moe_forward_args_t& args) {
   require(args.seq_len >= 0, MOE_STATUS_INVALID_ARGUMENT, "args.seq_len must be >= 0");
   require(args.train == 0 || args.train == 1, MOE_STATUS_INVALID_ARGUMENT,
           "args.train must be 0 or 1");
+  require(!args.train || layer.step < kMaxStep, MOE_STATUS_INVALID_STATE,
+          "the step counter is at its limit, 2^62: a training call cannot count on "
+          "(moe_layer_set_step to restart it)");
   require(!(c.router == MOE_ROUTER_HASH && args.token_ids == nullptr && T > 0 &&
             (c.hash_mode == MOE_HASH_MIX || c.hash_mode == MOE_HASH_TABLE)),
           MOE_STATUS_NULL_POINTER,

@@ -106,8 +106,11 @@ void score_rows(const LayerConfig& config, Routing& r, std::vector<double>& u) {
     r.lse[t] = m + std::log(sum);
     for (int64_t e = 0; e < E; ++e) u[t * E + e] = z[e] / r.temperature;
     // Finite logits of a double input can still overflow once divided by a small
-    // temperature; such a row has no scores, and is counted as non-finite.
-    if (!std::all_of(&u[t * E], &u[t * E] + E, [](double v) { return std::isfinite(v); })) {
+    // temperature, or once squared by the z-loss (past about 1e154); such a row has no
+    // scores, and is counted as non-finite.
+    if (!std::isfinite(r.lse[t] * r.lse[t]) ||
+        !std::all_of(&u[t * E], &u[t * E] + E, [](double v) { return std::isfinite(v); })) {
+      r.lse[t] = 0.0;
       r.nonfinite[t] = 1;
       continue;
     }

@@ -1,11 +1,19 @@
 #include "dist/communicator.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "core/error.hpp"
+#include "core/raw_enum.hpp"
 
 namespace moe::dist {
+namespace {
+
+// The most ranks a communicator has: one per expert at the most experts a layer has.
+constexpr int kMaxWorld = 1 << 20;
+
+}  // namespace
 
 Communicator::Communicator(const moe_comm_ops_t& ops, double timeout_s)
     : ops_(ops), timeout_s_(timeout_s) {
@@ -15,7 +23,13 @@ Communicator::Communicator(const moe_comm_ops_t& ops, double timeout_s)
           "ops->rank must be in [0, world), got " + std::to_string(ops.rank));
   require(ops.all_to_all && ops.all_reduce_sum && ops.barrier, MOE_STATUS_NULL_POINTER,
           "ops->all_to_all, all_reduce_sum and barrier are required");
-  require(timeout_s >= 0.0, MOE_STATUS_INVALID_ARGUMENT, "timeout_s must be >= 0");
+  require(std::isfinite(timeout_s) && timeout_s >= 0.0, MOE_STATUS_INVALID_ARGUMENT,
+          "timeout_s must be finite and >= 0 (0 = wait forever)");
+  require(ops.world <= kMaxWorld, MOE_STATUS_INVALID_ARGUMENT,
+          "ops->world must be <= 2^20, got " + std::to_string(ops.world));
+  require(raw_enum(ops.device) >= MOE_DEVICE_CPU && raw_enum(ops.device) <= MOE_DEVICE_CUDA,
+          MOE_STATUS_INVALID_ARGUMENT,
+          "ops->device is not a moe_device_t: " + std::to_string(raw_enum(ops.device)));
 }
 
 Communicator::~Communicator() {

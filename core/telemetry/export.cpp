@@ -211,11 +211,15 @@ const char* scope_name(moe_scope_t scope) {
 }
 
 std::string export_metrics(moe_export_format_t format, const std::vector<LayerExport>& layers) {
+  // Names are compared as exported: two names that differ only in invalid bytes become
+  // the same once repaired.
   std::set<std::string> names;
-  for (const LayerExport& layer : layers)
-    require(names.insert(layer.labels.layer).second, MOE_STATUS_INVALID_ARGUMENT,
-            "two layers are named '" + valid_utf8(layer.labels.layer) +
-                "': their exported series would collide (moe_layer_set_name)");
+  for (const LayerExport& layer : layers) {
+    const std::string name = valid_utf8(layer.labels.layer);
+    require(names.insert(name).second, MOE_STATUS_INVALID_ARGUMENT,
+            "two layers are named '" + name +
+                "' (as exported): their series would collide (moe_layer_set_name)");
+  }
   const bool csv =
       format == MOE_EXPORT_CSV || format == MOE_EXPORT_CSV_HEADER || format == MOE_EXPORT_CSV_ROW;
   if (csv)

@@ -3,6 +3,7 @@
 // and the handle stays usable with unchanged results afterwards.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstdio>
@@ -228,10 +229,15 @@ TEST(BadInput, ShapesAndDtypesAreChecked) {
   EXPECT_STATUS(forward_with([](moe_forward_args_t& a) { a.x.dtype = MOE_DTYPE_F64; }),
                 MOE_STATUS_SHAPE_MISMATCH);
   EXPECT_STATUS(forward_with([](moe_forward_args_t& a) {
-                  const int junk = 77;
+                  const int junk = 77;  // no dtype at all: an invalid argument
                   std::memcpy(&a.x.dtype, &junk, sizeof junk);
                 }),
-                MOE_STATUS_SHAPE_MISMATCH);
+                MOE_STATUS_INVALID_ARGUMENT);
+  EXPECT_STATUS(forward_with([](moe_forward_args_t& a) {
+                  const int junk = 77;
+                  std::memcpy(&a.y.device, &junk, sizeof junk);
+                }),
+                MOE_STATUS_INVALID_ARGUMENT);
   EXPECT_STATUS(forward_with([](moe_forward_args_t& a) { a.x.device = MOE_DEVICE_CUDA; }),
                 MOE_STATUS_UNSUPPORTED);
   EXPECT_STATUS(forward_with([](moe_forward_args_t& a) { a.x.shape[0] = -1; }),
@@ -440,6 +446,41 @@ TEST(BadInput, CppWrapperTensorsAndStatsAreChecked) {
     EXPECT_EQ(e.status(), MOE_STATUS_SHAPE_MISMATCH);
   }
   EXPECT_EQ(ctx.stats(8).demand.size(), 8u);
+}
+
+// The gradients of moe_backward_args_t are a sized struct of their own: a size that
+// cannot be a struct is refused, and a size that ends before the tensors means the
+// caller asks for none (as moe_layer_set_weights reads its struct).
+TEST(BadInput, BackwardReadsTheGradientsByTheirSize) {
+  Problem<float> p(make_config(8, 8, 4, 2), 10, 1);
+  moe::Context ctx = p.forward();
+  for (uint32_t size : {0u, 3u}) {
+    moe_backward_args_t b = p.backward_args();
+    b.grads.size = size;
+    EXPECT_STATUS(moe_layer_backward(p.layer.get(), ctx.get(), &b), MOE_STATUS_INVALID_ARGUMENT);
+  }
+  moe_backward_args_t b = p.backward_args();
+  b.grads.size = 8;  // header only: no gradient tensors
+  std::fill(p.g_w1.begin(), p.g_w1.end(), 5.f);
+  EXPECT_STATUS(moe_layer_backward(p.layer.get(), ctx.get(), &b), MOE_STATUS_SUCCESS);
+  EXPECT_EQ(p.g_w1, std::vector<float>(p.g_w1.size(), 5.f));
+  p.backward(ctx);
+  EXPECT_NE(p.g_w1, std::vector<float>(p.g_w1.size(), 5.f));
+}
+
+// The step stays in the range set_step takes: a training call at 2^62 is refused, so
+// every step a layer reports can be set again.
+TEST(BadInput, TheStepStaysWithinWhatSetStepTakes) {
+  Problem<float> p(make_config(8, 8, 4, 2), 10, 1);
+  const int64_t limit = int64_t{1} << 62;
+  ASSERT_EQ(moe_layer_set_step(p.layer.get(), limit - 1), MOE_STATUS_SUCCESS);
+  p.forward();
+  EXPECT_EQ(p.layer.step(), limit);
+  moe_forward_args_t a = p.forward_args(true);
+  EXPECT_STATUS(moe_layer_forward(p.layer.get(), &a, nullptr), MOE_STATUS_INVALID_STATE);
+  EXPECT_EQ(p.layer.step(), limit);
+  EXPECT_STATUS(moe_layer_set_step(p.layer.get(), p.layer.step()), MOE_STATUS_SUCCESS);
+  p.forward(false);  // evaluation does not count
 }
 
 }  // namespace

@@ -4,6 +4,8 @@
 // destroy hands the state back. (tests/mpi runs moe_mpi.h under mpirun.)
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -138,6 +140,15 @@ TEST(Comm, BadTablesAreRefused) {
   EXPECT_EQ(moe_comm_create(&ops, 0.0, &comm), MOE_STATUS_NULL_POINTER);
   ops = loopback_ops(&state);
   EXPECT_EQ(moe_comm_create(&ops, -1.0, &comm), MOE_STATUS_INVALID_ARGUMENT);
+  EXPECT_EQ(moe_comm_create(&ops, INFINITY, &comm), MOE_STATUS_INVALID_ARGUMENT);
+  EXPECT_EQ(moe_comm_create(&ops, NAN, &comm), MOE_STATUS_INVALID_ARGUMENT);
+  const int junk_device = 9;
+  std::memcpy(&ops.device, &junk_device, sizeof junk_device);
+  EXPECT_EQ(moe_comm_create(&ops, 0.0, &comm), MOE_STATUS_INVALID_ARGUMENT);
+  ops = loopback_ops(&state);
+  ops.world = INT32_MAX;
+  EXPECT_EQ(moe_comm_create(&ops, 0.0, &comm), MOE_STATUS_INVALID_ARGUMENT);
+  ops = loopback_ops(&state);
   ops.size = 0;
   EXPECT_EQ(moe_comm_create(&ops, 0.0, &comm), MOE_STATUS_INVALID_ARGUMENT);
   EXPECT_EQ(moe_comm_create(nullptr, 0.0, &comm), MOE_STATUS_NULL_POINTER);

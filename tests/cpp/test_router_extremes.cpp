@@ -149,4 +149,20 @@ TEST(RouterExtremes, ScoresThatOverflowAreNonFiniteRows) {
   }
 }
 
+// Float64 logits past about 1e154 overflow the z-loss's square (lse^2): such a row has no
+// score either, instead of an Inf z-loss and an Inf dx.
+TEST(RouterExtremes, LogitsWhoseZLossOverflowsAreNonFiniteRows) {
+  moe_layer_config_t c = extreme_config();
+  c.router_z_loss_coef = 1e-3;
+  Problem<double> p(c, 4, 5);
+  for (int64_t t = 0; t < p.T; ++t) p.x[t * p.d] = t == 0 ? 1e200 : 0.0;
+  for (int64_t e = 0; e < p.E; ++e) p.router[e] = 1.0;
+  p.bind();
+  moe::Context ctx = p.forward();
+  p.backward(ctx);
+  EXPECT_EQ(ctx.stats(p.E).summary.nonfinite_rows, 1);
+  EXPECT_TRUE(std::isfinite(ctx.losses().z_loss));
+  EXPECT_TRUE(all_finite(p.y) && all_finite(p.dx) && all_finite(p.g_router));
+}
+
 }  // namespace

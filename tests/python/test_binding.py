@@ -162,6 +162,30 @@ def test_integers_out_of_range_are_refused_not_wrapped():
     assert moe.Layer(8, 8, 4, 2, seed=2 ** 64 - 1).config()["seed"] == 2 ** 64 - 1
 
 
+def test_call_arguments_are_checked_not_wrapped_or_cast():
+    layer = moe.Layer(4, 4, 2, 1, dtype="float64")
+    layer.set_weights(router=np.ones((4, 2)), w1=np.ones((2, 4, 4)), w2=np.ones((2, 4, 4)))
+    x = np.ones((3, 4))
+    for value in (2 ** 64 + 5, 2 ** 63 + 7, -1):
+        with pytest.raises(ValueError):
+            layer.step = value  # 2**64 + 5 once set the step to 5
+    with pytest.raises(ValueError):
+        layer.forward(x, seq_len=2 ** 64 + 1)
+    with pytest.raises(TypeError):
+        layer.forward(x, train="no")  # a truthy string once ran a training call
+    with pytest.raises(TypeError):
+        layer.forward(x.astype(np.complex128))  # the imaginary part would be dropped
+    assert layer.step == 0
+    hashed = moe.Layer(4, 4, 2, 1, router="hash", dtype="float64")
+    with pytest.raises(ValueError):
+        hashed.build_hash_table([0, 1], 2 ** 64 + 1)  # once a vocabulary of 1
+    with pytest.raises(TypeError):
+        hashed.build_hash_table([1.5, 2.5], 8)  # once truncated to 1 and 2
+    with pytest.raises(ValueError):
+        hashed.build_hash_table(np.array([2 ** 63 + 1], dtype=np.uint64), 8)
+    hashed.build_hash_table(np.array([0, 1, 1], dtype=np.uint32), 8)
+
+
 def test_flags_and_types_are_checked():
     with pytest.raises(TypeError):
         moe.Layer(8, 8, 4, 1, expert_bias="no")  # would have been truthy: biases on

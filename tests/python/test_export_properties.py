@@ -117,6 +117,10 @@ def test_group_exports_refuse_what_cannot_be_written():
     a, b = layers_named(["same", "same"])
     with pytest.raises(moe.MoeError, match="named 'same'"):
         moe.Group([a, b]).export("prometheus")
+    # Names that differ only in invalid bytes are the same once repaired.
+    c, d = layers_named(["x\udcff", "x\ufffd"])
+    with pytest.raises(moe.MoeError, match="as exported"):
+        moe.Group([c, d]).export("jsonl")
     b.set_name("other")
     assert moe.Group([a, b]).export("prometheus")
     wide = layers_named(["wide"], E=6)[0]
@@ -126,3 +130,5 @@ def test_group_exports_refuse_what_cannot_be_written():
     assert moe.Group().export("prometheus").count("# HELP") > 10  # no layer: families only
     with pytest.raises(ValueError):
         a.set_name("nul\0inside")
+    a.set_name("lone \ud800 surrogate")  # its code units, repaired on export
+    assert json.loads(a.export("jsonl"))["layer"] == "lone \ufffd\ufffd\ufffd surrogate"

@@ -93,7 +93,8 @@ def test_malformed_lines_name_file_and_line(tmp_path):
     assert "2 malformed lines skipped" in lenient.stderr and ":4: negative count" in lenient.stderr
     assert len(json.loads(lenient.stdout)[0]["steps"]) == 1
     for text, message in [("[(1, tensor([1, 2)]\n", "expected"), ('{"counts": "x"}\n', "counts"),
-                          ("{nope\n", "not a JSON object"), ("[(1, tensor([]))]\n", "no counts")]:
+                          ("{nope\n", "not valid JSON"), ("[1]\n", "expected '('"),
+                          ("[(1, tensor([]))]\n", "no counts")]:
         result = run("-", stdin=text)
         assert result.returncode == 1 and "<stdin>:1:" in result.stderr and message in result.stderr
     width = run("-", stdin='{"counts":[1,2]}\n{"counts":[1,2,3]}\n')
@@ -174,3 +175,36 @@ def test_served_above_demand_is_refused(tmp_path):
     result = run(str(log))
     assert result.returncode == 1 and "served.jsonl:1" in result.stderr
     assert "exceed" in result.stderr
+
+
+def test_records_the_report_cannot_take_are_line_errors(tmp_path):
+    # Counts that overflow 64 bits once summed, and a layer changing its expert count,
+    # are errors of their line (file:line), skipped under --lenient like any other.
+    overflow = tmp_path / "overflow.csv"
+    overflow.write_text("1,0,1,2\n2,0,9223372036854775807,9223372036854775807\n3,0,4,5\n")
+    result = run(str(overflow))
+    assert result.returncode == 1 and "overflow.csv:2" in result.stderr
+    layer = report("--lenient", str(overflow))[0]
+    assert layer["summed"]["expert_counts"] == [5, 7]
+    widths = tmp_path / "widths.csv"
+    widths.write_text("1,a,1,2\n2,a,1,2,3\n3,a,4,5\n")
+    result = run(str(widths))
+    assert result.returncode == 1 and "widths.csv:2" in result.stderr
+    assert report("--lenient", str(widths))[0]["summed"]["expert_counts"] == [5, 7]
+
+
+def test_quoted_csv_names_float_prints_and_json_errors(tmp_path):
+    quoted = tmp_path / "quoted.csv"
+    quoted.write_text('step,layer,e0,e1\n1,"a,b",1,2\n2,"say ""hi""",3,4\n')
+    assert [l["layer"] for l in report(str(quoted))] == ["a,b", 'say "hi"']
+    floats = tmp_path / "floats.log"
+    floats.write_text("[(0, tensor([5295., 4616.])), (1, tensor([1.0000e+05, 2.0000e+00]))]\n")
+    layers = report(str(floats))
+    assert [l["summed"]["expert_counts"] for l in layers] == [[5295, 4616], [100000, 2]]
+    fractional = tmp_path / "fractional.log"
+    fractional.write_text("[(0, tensor([1.5, 2.0]))]\n")
+    assert run(str(fractional)).returncode == 1
+    bad_json = tmp_path / "bad.jsonl"
+    bad_json.write_bytes(b'{"step": 1, "layer": "\xff", "counts": [1, 2]}\n')
+    result = run(str(bad_json))
+    assert result.returncode == 1 and "bad.jsonl:1: not valid JSON" in result.stderr

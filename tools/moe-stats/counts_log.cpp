@@ -1,6 +1,8 @@
 #include "tools/moe-stats/counts_log.hpp"
 
 #include <cctype>
+#include <cmath>
+#include <cstring>
 #include <limits>
 #include <nlohmann/json.hpp>
 
@@ -28,19 +30,70 @@ std::string trim(const std::string& s) {
   return s.substr(a, b - a);
 }
 
+// A count: an integer, or a number written as a float that holds one ("12.", "1.2e+03").
 int64_t parse_count(const std::string& text, const char* what) {
   const std::string t = trim(text);
   if (t.empty()) throw LineError(std::string("empty ") + what);
+  const std::string not_integer = std::string("not an integer ") + what + ": '" + t + "'";
   size_t used = 0;
   long long v = 0;
-  try {
-    v = std::stoll(t, &used);
-  } catch (const std::exception&) {
-    throw LineError(std::string("not an integer ") + what + ": '" + t + "'");
+  if (t.find_first_of(".eE") == std::string::npos) {
+    try {
+      v = std::stoll(t, &used);
+    } catch (const std::exception&) {
+      throw LineError(not_integer);
+    }
+  } else {
+    double d = 0;
+    try {
+      d = std::stod(t, &used);
+    } catch (const std::exception&) {
+      throw LineError(not_integer);
+    }
+    if (!(std::fabs(d) <= 9.0e18) || d != std::floor(d)) throw LineError(not_integer);
+    v = static_cast<long long>(d);
   }
-  if (used != t.size()) throw LineError(std::string("not an integer ") + what + ": '" + t + "'");
+  if (used != t.size()) throw LineError(not_integer);
   if (v < 0) throw LineError(std::string("negative ") + what + ": " + t);
   return v;
+}
+
+// The fields of one CSV line (RFC 4180): a field in double quotes may hold commas, and
+// "" inside it is one quote. Unquoted fields are trimmed.
+std::vector<std::string> csv_fields(const std::string& line) {
+  std::vector<std::string> fields;
+  size_t i = 0;
+  while (true) {
+    std::string field;
+    while (i < line.size() && line[i] == ' ') ++i;
+    if (i < line.size() && line[i] == '"') {
+      ++i;
+      while (true) {
+        if (i >= line.size()) throw LineError("a quoted CSV field is not closed");
+        if (line[i] == '"') {
+          if (i + 1 < line.size() && line[i + 1] == '"') {
+            field += '"';
+            i += 2;
+            continue;
+          }
+          ++i;
+          break;
+        }
+        field += line[i++];
+      }
+      while (i < line.size() && line[i] == ' ') ++i;
+      if (i < line.size() && line[i] != ',')
+        throw LineError("text after a quoted CSV field at column " + std::to_string(i + 1));
+    } else {
+      const size_t comma = line.find(',', i);
+      field = trim(line.substr(i, comma == std::string::npos ? std::string::npos : comma - i));
+      i = comma == std::string::npos ? line.size() : comma;
+    }
+    fields.push_back(field);
+    if (i >= line.size()) break;
+    ++i;  // the comma
+  }
+  return fields;
 }
 
 // A cursor over one line of PyTorch's tuple print.
@@ -60,10 +113,14 @@ class Cursor {
       throw LineError("expected '" + token + "' at column " + std::to_string(i_ + 1));
     i_ += token.size();
   }
+  // A count: digits, or a float that holds an integer, as PyTorch prints a float
+  // tensor of counts ("5295.", "1.0000e+05").
   int64_t integer() {
     skip_space();
     const size_t start = i_;
-    while (i_ < s_.size() && std::isdigit(static_cast<unsigned char>(s_[i_]))) ++i_;
+    while (i_ < s_.size() && (std::isdigit(static_cast<unsigned char>(s_[i_])) ||
+                              std::strchr(".eE+-", s_[i_]) != nullptr))
+      ++i_;
     if (start == i_) throw LineError("expected a number at column " + std::to_string(start + 1));
     return parse_count(s_.substr(start, i_ - start), "count");
   }
@@ -133,8 +190,19 @@ std::string json_label(const nlohmann::json& v) {
 }
 
 void parse_json(const std::string& line, int64_t step, std::vector<CountsRecord>& out) {
-  const nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
-  if (j.is_discarded() || !j.is_object()) throw LineError("not a JSON object");
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(line);
+  } catch (const nlohmann::json::parse_error& e) {
+    // nlohmann's message without its id prefix and without the text it last read (which
+    // may hold the very bytes that are not UTF-8).
+    std::string what = e.what();
+    if (const size_t id_end = what.find("] "); id_end != std::string::npos)
+      what.erase(0, id_end + 2);
+    if (const size_t echo = what.find("; last read"); echo != std::string::npos) what.erase(echo);
+    throw LineError("not valid JSON: " + what);
+  }
+  if (!j.is_object()) throw LineError("not a JSON object");
   CountsRecord r;
   r.step = step;
   if (j.contains("step")) {
@@ -164,15 +232,7 @@ void parse_json(const std::string& line, int64_t step, std::vector<CountsRecord>
 }
 
 void parse_csv(const std::string& line, bool& header_seen, std::vector<CountsRecord>& out) {
-  std::vector<std::string> cells;
-  size_t start = 0;
-  while (true) {
-    const size_t comma = line.find(',', start);
-    cells.push_back(
-        trim(line.substr(start, comma == std::string::npos ? std::string::npos : comma - start)));
-    if (comma == std::string::npos) break;
-    start = comma + 1;
-  }
+  const std::vector<std::string> cells = csv_fields(line);
   if (!header_seen && cells[0] == "step") {
     header_seen = true;
     return;
@@ -248,9 +308,21 @@ ParseSummary parse_counts_log(std::istream& in, const std::string& source, bool 
         summary.skipped_messages.push_back(e.what());
       continue;
     }
+    // A record the report cannot take (a layer changing its expert count, counts
+    // overflowing 64 bits) is this line's error too.
     for (CountsRecord& r : records) {
-      ++summary.records;
-      sink(std::move(r));
+      try {
+        sink(std::move(r));
+        ++summary.records;
+      } catch (const ParseError&) {
+        throw;
+      } catch (const std::runtime_error& e) {
+        if (!lenient) throw ParseError(source, number, e.what());
+        ++summary.skipped_lines;
+        if (summary.skipped_messages.size() < kMaxSkippedMessages)
+          summary.skipped_messages.push_back(ParseError(source, number, e.what()).what());
+        break;
+      }
     }
   }
   return summary;

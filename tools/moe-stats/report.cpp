@@ -86,25 +86,29 @@ const std::vector<std::string>& report_metric_names(bool with_served) {
 }
 
 void ReportBuilder::add(const CountsRecord& r) {
+  // Every check comes before any change: a record refused (and skipped under
+  // --lenient) leaves the report as it was.
   const std::string key = key_of(r.layer, r.split);
   auto it = index_.find(key);
-  if (it == index_.end()) {
+  const StepStats step = stats_of(r.counts, r.served);
+  if (it != index_.end()) {
+    const StepStats& sum = sums_[it->second].sum;
+    if (static_cast<int64_t>(r.counts.size()) != sum.experts)
+      throw std::runtime_error(
+          "layer " + key + " changes its number of experts from " + std::to_string(sum.experts) +
+          " to " + std::to_string(r.counts.size()) + " at step " + std::to_string(r.step));
+    // The window's sums, checked before StepStats::add makes them (it does not check).
+    for (size_t e = 0; e < r.counts.size(); ++e) {
+      checked_add(sum.demand[e], step.demand[e]);
+      checked_add(sum.served[e], step.served[e]);
+    }
+    checked_add(sum.nominal_copies, step.nominal_copies);
+  } else {
     it = index_.emplace(key, layers_.size()).first;
     layers_.push_back({r.layer, r.split, {}, {}, {}, {}});
     sums_.push_back({StepStats(static_cast<int64_t>(r.counts.size()), false), !r.served.empty()});
   }
   StepStats& sum = sums_[it->second].sum;
-  if (static_cast<int64_t>(r.counts.size()) != sum.experts)
-    throw std::runtime_error(
-        "layer " + key + " changes its number of experts from " + std::to_string(sum.experts) +
-        " to " + std::to_string(r.counts.size()) + " at step " + std::to_string(r.step));
-  const StepStats step = stats_of(r.counts, r.served);
-  // Check the window's sums before StepStats::add makes them (it does not check).
-  for (size_t e = 0; e < r.counts.size(); ++e) {
-    checked_add(sum.demand[e], step.demand[e]);
-    checked_add(sum.served[e], step.served[e]);
-  }
-  checked_add(sum.nominal_copies, step.nominal_copies);
   sum.add(step);
   layers_[it->second].steps.push_back(
       {r.step, pick(compute_metrics(step, config_of(sum.experts)), sums_[it->second].served_seen)});

@@ -201,6 +201,17 @@ def _flag(value, what):
     raise TypeError(f"{what} must be True or False, got {value!r}")
 
 
+def _token_ids(values, what):
+    """Token ids for an int64 array of the ABI: integers only (floats such as 1.5 and
+    unsigned ids past 2^63 - 1 were once converted silently), as a contiguous int64 copy."""
+    array = np.asarray(values)
+    if array.size and (array.dtype.kind not in "iu" or array.dtype == np.bool_):
+        raise TypeError(f"{what} must hold integers, got dtype {array.dtype}")
+    if array.dtype.kind == "u" and array.size and int(array.max()) > _INT64_MAX:
+        raise ValueError(f"{what} holds ids past 2^63 - 1")
+    return np.ascontiguousarray(array, dtype=np.int64).ravel()
+
+
 def _enum(table, value, what):
     if value not in table:
         raise ValueError(f"unknown {what} {value!r}; expected one of {sorted(table)}")
@@ -322,6 +333,12 @@ class Layer:
         return t
 
     def _array(self, value):
+        """An input as a contiguous array of the layer's dtype (copied when needed). Only
+        real numbers convert: complex values (their imaginary part would be dropped),
+        strings and objects are refused."""
+        kind = np.asarray(value).dtype.kind
+        if kind not in "biuf":
+            raise TypeError(f"expected an array of real numbers, got dtype kind {kind!r}")
         return np.ascontiguousarray(value, dtype=self.dtype)
 
     def config(self):
@@ -348,7 +365,7 @@ class Layer:
 
     @step.setter
     def step(self, value):
-        _check(_lib.moe_layer_set_step(self._handle, value))
+        _check(_lib.moe_layer_set_step(self._handle, _int(value, "step", 0, 2 ** 62)))
 
     def stage_profile(self, reset=False):
         """Seconds spent per pipeline stage since creation or the last reset, with the
@@ -373,9 +390,10 @@ class Layer:
             self._handle, v.ctypes.data_as(C.POINTER(C.c_double)), v.size))
 
     def build_hash_table(self, token_ids, vocab_size):
-        ids = np.ascontiguousarray(token_ids, dtype=np.int64).ravel()
+        ids = _token_ids(token_ids, "token_ids")
         _check(_lib.moe_layer_build_hash_table(
-            self._handle, ids.ctypes.data_as(C.POINTER(C.c_int64)), ids.size, vocab_size))
+            self._handle, ids.ctypes.data_as(C.POINTER(C.c_int64)), ids.size,
+            _int(vocab_size, "vocab_size", 1, 2 ** 24)))
 
     # ---------------------------------------------------------------- the layer
     def set_weights(self, router=None, w1=None, w2=None, b1=None, b2=None):
@@ -401,12 +419,12 @@ class Layer:
         args.x, args.y = self._tensor(x), self._tensor(y)
         ids = None
         if token_ids is not None:
-            ids = np.ascontiguousarray(token_ids, dtype=np.int64).ravel()
+            ids = _token_ids(token_ids, "token_ids")
             if ids.size != x.shape[0]:
                 raise ValueError(f"token_ids has {ids.size} entries for {x.shape[0]} tokens")
             args.token_ids = ids.ctypes.data_as(C.POINTER(C.c_int64))
-        args.seq_len = seq_len or 0
-        args.train = int(bool(train))
+        args.seq_len = 0 if seq_len is None else _int(seq_len, "seq_len")
+        args.train = _flag(train, "train")
         handle = C.c_void_p()
         _check(_lib.moe_layer_forward(self._handle, C.byref(args), C.byref(handle)))
         self._last = Context(handle, self, self._weights)
@@ -565,7 +583,11 @@ class Layer:
             raise TypeError(f"name must be a str, got {type(name).__name__}")
         if "\0" in name:
             raise ValueError("name must not contain NUL characters")
-        _check(_lib.moe_layer_set_name(self._handle, name.encode("utf-8", "surrogateescape")))
+        try:  # bytes that were not UTF-8 come back as they were (os.fsdecode's escapes)
+            raw = name.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # a lone surrogate: its code units, which exports repair
+            raw = name.encode("utf-8", "surrogatepass")
+        _check(_lib.moe_layer_set_name(self._handle, raw))
 
     def export(self, fmt="jsonl", split="train", scope="last"):
         """The metrics as text: "jsonl" (one line), "csv" (header and row), "prometheus",
