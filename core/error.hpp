@@ -1,5 +1,6 @@
 // Errors inside the library are C++ exceptions carrying a status; the C ABI layer
-// (c_api.cpp) catches them and turns them into a status and a thread-local message.
+// (core/abi/, entry.hpp's guarded) catches them and turns them into a status and a
+// thread-local message.
 #pragma once
 
 #include <stdexcept>

@@ -1,7 +1,12 @@
-// moe.hpp: a thin header-only C++ wrapper over moe.h. Statuses become moe::Exception,
-// handles become move-only RAII objects. Nothing here is compiled into the library,
-// so it adds no ABI of its own.
+// moe.hpp: a thin header-only C++17 wrapper over the whole of moe.h. Statuses become
+// moe::Exception, handles (layers, contexts, groups, communicators) move-only RAII
+// objects, caller arrays std::vector, exports std::string. Nothing here is compiled into
+// the library, so it adds no ABI of its own; the raw handle of every object is get().
 #pragma once
+
+#if (defined(_MSVC_LANG) ? _MSVC_LANG : __cplusplus) < 201703L
+#error "moe.hpp needs C++17 or later (-std=c++17)"
+#endif
 
 #include <cstdint>
 #include <stdexcept>
@@ -28,6 +33,58 @@ class Exception : public std::runtime_error {
 inline void check(moe_status_t status) {
   if (status != MOE_STATUS_SUCCESS) throw Exception(status, moe_last_error());
 }
+
+// The library's version, and its compiled-in backends in "auto"'s order.
+struct Version {
+  int32_t major = 0, minor = 0, patch = 0;
+};
+inline Version version() {
+  Version v;
+  check(moe_version(&v.major, &v.minor, &v.patch));
+  return v;
+}
+inline std::vector<std::string> backends() {
+  int32_t count = 0;
+  check(moe_backend_count(&count));
+  std::vector<std::string> names;
+  for (int32_t i = 0; i < count; ++i) {
+    const char* name = nullptr;
+    check(moe_backend_name(i, &name));
+    names.emplace_back(name);
+  }
+  return names;
+}
+
+// The metric catalogue (docs/metrics.md), scalars first.
+struct CatalogueEntry {
+  std::string name, help;
+  moe_metric_shape_t shape;
+};
+inline std::vector<CatalogueEntry> metric_catalogue() {
+  int32_t count = 0;
+  check(moe_metric_count(&count));
+  std::vector<CatalogueEntry> out;
+  for (int32_t i = 0; i < count; ++i) {
+    const char *name = nullptr, *help = nullptr;
+    moe_metric_shape_t shape = MOE_METRIC_SCALAR;
+    check(moe_metric_info(i, &name, &shape, &help));
+    out.push_back({name, help ? help : "", shape});
+  }
+  return out;
+}
+
+namespace detail {
+// Text out of an export call: asks for the length, then fills a string of it.
+template <typename Call>
+std::string exported_text(Call&& call) {
+  size_t length = 0;
+  check(call(nullptr, size_t{0}, &length));
+  std::string text(length + 1, '\0');
+  check(call(text.data(), text.size(), &length));
+  text.resize(length);
+  return text;
+}
+}  // namespace detail
 
 // A dense row-major view of caller memory of any dtype (bfloat16 included: pass the
 // storage of the caller's 2-byte type). At most MOE_MAX_DIMS dimensions, else throws.
@@ -116,19 +173,81 @@ class Context {
     moe_routing_stats_t summary = MOE_ROUTING_STATS_INIT;
     std::vector<int64_t> demand, served;
   };
+  // num_experts: the layer's E (fewer is refused with MOE_STATUS_SHAPE_MISMATCH).
   Stats stats(int64_t num_experts) const {
     Stats s;
     s.demand.resize(static_cast<size_t>(num_experts));
     s.served.resize(static_cast<size_t>(num_experts));
     s.summary.demand = s.demand.data();
     s.summary.served = s.served.data();
-    s.summary.entries = num_experts;  // fewer than the layer's E is refused
+    s.summary.entries = num_experts;
     check(moe_ctx_routing_stats(ctx_, &s.summary));
     return s;
   }
 
+  // Routing consistency against another saved state of the same probe batch.
+  struct Consistency {
+    double top1 = 0, topk = 0;
+  };
+  Consistency compare_routing(const Context& other) const {
+    Consistency c;
+    check(moe_ctx_compare_routing(ctx_, other.ctx_, &c.top1, &c.topk));
+    return c;
+  }
+
  private:
   moe_ctx_t ctx_ = nullptr;
+};
+
+// A communicator (expert parallelism, docs/distributed.md).
+class Comm {
+ public:
+  Comm() = default;
+  // Over the caller's transport callbacks.
+  Comm(const moe_comm_ops_t& ops, double timeout_s) {
+    check(moe_comm_create(&ops, timeout_s, &comm_));
+  }
+  // Takes ownership of a communicator made by moe_mpi.h or moe_nccl.h.
+  static Comm adopt(moe_comm_t comm) {
+    Comm c;
+    c.comm_ = comm;
+    return c;
+  }
+  // The built-in one-rank communicator.
+  static Comm local() {
+    moe_comm_t comm = nullptr;
+    check(moe_comm_create_local(&comm));
+    return adopt(comm);
+  }
+  Comm(Comm&& other) noexcept : comm_(std::exchange(other.comm_, nullptr)) {}
+  Comm& operator=(Comm&& other) noexcept {
+    std::swap(comm_, other.comm_);
+    return *this;
+  }
+  Comm(const Comm&) = delete;
+  Comm& operator=(const Comm&) = delete;
+  ~Comm() { moe_comm_destroy(comm_); }
+
+  moe_comm_t get() const { return comm_; }
+  int32_t rank() const { return rank_and_world().first; }
+  int32_t world() const { return rank_and_world().second; }
+  // send_bytes[p] to rank p, recv_bytes[p] from rank p, packed in rank order.
+  void all_to_all(const void* send, const std::vector<int64_t>& send_bytes, void* recv,
+                  const std::vector<int64_t>& recv_bytes) {
+    check(moe_comm_all_to_all(comm_, send, send_bytes.data(), recv, recv_bytes.data()));
+  }
+  void all_reduce_sum(std::vector<double>& values) {
+    check(moe_comm_all_reduce_sum(comm_, values.data(), static_cast<int64_t>(values.size())));
+  }
+  void barrier() { check(moe_comm_barrier(comm_)); }
+
+ private:
+  std::pair<int32_t, int32_t> rank_and_world() const {
+    int32_t rank = 0, world = 0;
+    check(moe_comm_rank(comm_, &rank, &world));
+    return {rank, world};
+  }
+  moe_comm_t comm_ = nullptr;
 };
 
 class Layer {
@@ -153,6 +272,10 @@ class Layer {
     check(moe_layer_forward(layer_, &args, &ctx));
     return Context(ctx);
   }
+  // Forward when no backward follows (evaluation): no saved state is kept.
+  void forward_only(const moe_forward_args_t& args) {
+    check(moe_layer_forward(layer_, &args, nullptr));
+  }
 
   void backward(const Context& ctx, const moe_backward_args_t& args) {
     check(moe_layer_backward(layer_, ctx.get(), &args));
@@ -164,22 +287,99 @@ class Layer {
     return c;
   }
 
+  void set_stream(void* stream) { check(moe_layer_set_stream(layer_, stream)); }
+
   int64_t step() const {
     int64_t s = 0;
     check(moe_layer_get_step(layer_, &s));
     return s;
   }
+  void set_step(int64_t step) { check(moe_layer_set_step(layer_, step)); }
+
+  std::vector<double> selection_bias() const {
+    std::vector<double> bias(static_cast<size_t>(config().num_experts));
+    check(moe_layer_get_selection_bias(layer_, bias.data(), static_cast<int64_t>(bias.size())));
+    return bias;
+  }
+  void set_selection_bias(const std::vector<double>& bias) {
+    check(moe_layer_set_selection_bias(layer_, bias.data(), static_cast<int64_t>(bias.size())));
+  }
+  void build_hash_table(const std::vector<int64_t>& ids, int64_t vocab_size) {
+    check(moe_layer_build_hash_table(layer_, ids.data(), static_cast<int64_t>(ids.size()),
+                                     vocab_size));
+  }
+
   moe_stage_profile_t stage_profile(bool reset = false) {
     moe_stage_profile_t p = MOE_STAGE_PROFILE_INIT;
     check(moe_layer_stage_profile(layer_, &p, reset ? 1 : 0));
     return p;
   }
 
-  // Expert parallelism (moe.h): attach a communicator (empty owner: contiguous blocks).
+  // Telemetry (docs/telemetry.md): one metric by name (1, E or E*E values).
+  std::vector<double> metric(const std::string& name, moe_split_t split = MOE_SPLIT_TRAIN,
+                             moe_scope_t scope = MOE_SCOPE_LAST) const {
+    int64_t count = 0;
+    check(moe_layer_metric(layer_, split, scope, name.c_str(), nullptr, 0, &count));
+    std::vector<double> values(static_cast<size_t>(count));
+    check(moe_layer_metric(layer_, split, scope, name.c_str(), values.data(), count, &count));
+    return values;
+  }
+  // Every metric at once, in catalogue order.
+  struct Snapshot {
+    std::vector<double> scalars, per_expert, coactivation;
+    int64_t num_experts = 0, step = -1;
+  };
+  Snapshot telemetry(moe_split_t split = MOE_SPLIT_TRAIN,
+                     moe_scope_t scope = MOE_SCOPE_LAST) const {
+    moe_telemetry_snapshot_t s = MOE_TELEMETRY_SNAPSHOT_INIT;
+    s.split = split;
+    s.scope = scope;
+    check(moe_layer_telemetry(layer_, &s));  // the counts
+    Snapshot out;
+    out.scalars.resize(static_cast<size_t>(s.num_scalars));
+    out.per_expert.resize(static_cast<size_t>(s.num_per_expert * s.num_experts));
+    out.coactivation.resize(static_cast<size_t>(metric("coactivation", split, scope).size()));
+    s.scalars = out.scalars.data();
+    s.per_expert = out.per_expert.data();
+    s.coactivation = out.coactivation.empty() ? nullptr : out.coactivation.data();
+    check(moe_layer_telemetry(layer_, &s));
+    out.num_experts = s.num_experts;
+    out.step = s.step;
+    return out;
+  }
+  void reset_telemetry() { check(moe_layer_telemetry_reset(layer_)); }
+  void set_name(const std::string& name) { check(moe_layer_set_name(layer_, name.c_str())); }
+  std::string export_text(moe_export_format_t format, moe_split_t split = MOE_SPLIT_TRAIN,
+                          moe_scope_t scope = MOE_SCOPE_LAST) const {
+    return detail::exported_text([&](char* buffer, size_t capacity, size_t* length) {
+      return moe_layer_telemetry_export(layer_, format, split, scope, buffer, capacity, length);
+    });
+  }
+  void set_verdict_thresholds(const moe_verdict_thresholds_t& thresholds) {
+    check(moe_layer_set_verdict_thresholds(layer_, &thresholds));
+  }
+  moe_verdicts_t verdicts(moe_split_t split = MOE_SPLIT_TRAIN,
+                          moe_scope_t scope = MOE_SCOPE_WINDOW) const {
+    moe_verdicts_t v = MOE_VERDICTS_INIT;
+    check(moe_layer_verdicts(layer_, split, scope, &v));
+    return v;
+  }
+  moe_weight_metrics_t weight_metrics() const {
+    moe_weight_metrics_t m = MOE_WEIGHT_METRICS_INIT;
+    check(moe_layer_weight_metrics(layer_, &m));
+    return m;
+  }
+
+  // Expert parallelism (moe.h): attach a communicator (empty owner: contiguous blocks);
+  // detach() to go back to one process. The communicator must outlive the attachment.
+  void set_comm(const Comm& comm, const std::vector<int32_t>& expert_owner = {}) {
+    set_comm(comm.get(), expert_owner);
+  }
   void set_comm(moe_comm_t comm, const std::vector<int32_t>& expert_owner = {}) {
     check(moe_layer_set_comm(layer_, comm, expert_owner.empty() ? nullptr : expert_owner.data(),
                              static_cast<int64_t>(expert_owner.size())));
   }
+  void detach() { check(moe_layer_set_comm(layer_, nullptr, nullptr, 0)); }
   std::vector<int32_t> local_experts() const {
     int64_t n = 0;
     check(moe_layer_local_experts(layer_, nullptr, 0, &n));
@@ -204,6 +404,39 @@ class Layer {
 
  private:
   moe_layer_t layer_ = nullptr;
+};
+
+// A telemetry group: the layers of one model, summarised and exported together. The
+// layers are not owned: they must outlive the group's queries.
+class Group {
+ public:
+  Group() { check(moe_group_create(&group_)); }
+  Group(Group&& other) noexcept : group_(std::exchange(other.group_, nullptr)) {}
+  Group& operator=(Group&& other) noexcept {
+    std::swap(group_, other.group_);
+    return *this;
+  }
+  Group(const Group&) = delete;
+  Group& operator=(const Group&) = delete;
+  ~Group() { moe_group_destroy(group_); }
+
+  moe_group_t get() const { return group_; }
+  void add(const Layer& layer) { check(moe_group_add(group_, layer.get())); }
+  moe_group_metrics_t metrics(moe_split_t split = MOE_SPLIT_TRAIN,
+                              moe_scope_t scope = MOE_SCOPE_LAST) const {
+    moe_group_metrics_t m = MOE_GROUP_METRICS_INIT;
+    check(moe_group_get_metrics(group_, split, scope, &m));
+    return m;
+  }
+  std::string export_text(moe_export_format_t format, moe_split_t split = MOE_SPLIT_TRAIN,
+                          moe_scope_t scope = MOE_SCOPE_LAST) const {
+    return detail::exported_text([&](char* buffer, size_t capacity, size_t* length) {
+      return moe_group_telemetry_export(group_, format, split, scope, buffer, capacity, length);
+    });
+  }
+
+ private:
+  moe_group_t group_ = nullptr;
 };
 
 }  // namespace moe

@@ -125,6 +125,11 @@ def test_layer_names_that_are_not_utf8():
     assert json.loads(result.stdout)[0]["layer"] == "\ufffd\ufffd"
 
 
+# Under AddressSanitizer (the suite's second run preloads it) memory holds shadow bytes
+# and a quarantine of freed blocks: the peak sizes below are asserted in the release run.
+SANITIZED = "libasan" in os.environ.get("LD_PRELOAD", "")
+
+
 def peak_rss_mib(args, path):
     """Runs moe-stats in a child that reports its own peak resident memory (ru_maxrss
     of the exec'd program)."""
@@ -146,7 +151,7 @@ def test_wide_records_use_memory_linear_in_experts(tmp_path):
     log.write_text("\n".join(rows) + "\n")
     code, mib, stderr = peak_rss_mib(["--json", "--summary"], log)
     assert code == 0, stderr
-    assert mib < 200, f"{mib} MiB for {E} experts"
+    assert SANITIZED or mib < 200, f"{mib} MiB for {E} experts"
 
 
 def test_records_past_the_limits_are_refused_by_line(tmp_path):
@@ -162,7 +167,7 @@ def test_records_past_the_limits_are_refused_by_line(tmp_path):
     code, mib, stderr = peak_rss_mib([], long_line)
     assert code == 1 and "long.log:2" in stderr and "64 MiB" in stderr, stderr
     # At most the 64 MiB kept (in a string that grows by doubling), not the 150 MiB line.
-    assert mib < 140, f"{mib} MiB to skip a 150 MiB line"
+    assert SANITIZED or mib < 140, f"{mib} MiB to skip a 150 MiB line"
     code, _, stderr = peak_rss_mib(["--lenient", "--json"], long_line)
     assert code == 0 and "1 malformed lines skipped" in stderr, stderr
 

@@ -7,19 +7,14 @@
 #include <string>
 #include <vector>
 
-#include "moe/moe.h"
+#include "moe/moe.hpp"
 
 namespace moe::tools {
 
 // "auto", then this libmoe's backends in moe_backend_name's order.
 inline std::vector<std::string> backend_choices() {
   std::vector<std::string> names = {"auto"};
-  int32_t count = 0;
-  if (moe_backend_count(&count) != MOE_STATUS_SUCCESS) return names;
-  for (int32_t i = 0; i < count; ++i) {
-    const char* name = nullptr;
-    if (moe_backend_name(i, &name) == MOE_STATUS_SUCCESS && name) names.emplace_back(name);
-  }
+  for (std::string& name : moe::backends()) names.push_back(std::move(name));
   return names;
 }
 

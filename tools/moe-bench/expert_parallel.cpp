@@ -2,10 +2,12 @@
 
 #include <mpi.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "core/bfloat16.hpp"
 #include "moe/moe.hpp"
@@ -44,7 +46,7 @@ double timed_collective_ms(int reps, Call&& call) {
 
 // The layer's dispatch (bytes per peer of one forward's row exchange) through the
 // moe communicator and through a bare MPI_Alltoallv.
-nlohmann::json exchange_comparison(moe_comm_t comm, const std::vector<int64_t>& send_bytes,
+nlohmann::json exchange_comparison(moe::Comm& comm, const std::vector<int64_t>& send_bytes,
                                    const std::vector<int64_t>& recv_bytes, int reps, int world) {
   std::vector<int> sc(world), sd(world), rc(world), rd(world);
   int64_t send_total = 0, recv_total = 0;
@@ -59,11 +61,8 @@ nlohmann::json exchange_comparison(moe_comm_t comm, const std::vector<int64_t>& 
   std::vector<char> send(static_cast<size_t>(send_total), 1), recv(static_cast<size_t>(recv_total));
   MPI_Comm bare;
   MPI_Comm_dup(MPI_COMM_WORLD, &bare);
-  const double moe_ms = timed_collective_ms(reps, [&] {
-    if (moe_comm_all_to_all(comm, send.data(), send_bytes.data(), recv.data(), recv_bytes.data()) !=
-        MOE_STATUS_SUCCESS)
-      throw std::runtime_error(moe_last_error());
-  });
+  const double moe_ms = timed_collective_ms(
+      reps, [&] { comm.all_to_all(send.data(), send_bytes, recv.data(), recv_bytes); });
   const double mpi_ms = timed_collective_ms(reps, [&] {
     MPI_Alltoallv(send.data(), sc.data(), sd.data(), MPI_BYTE, recv.data(), rc.data(), rd.data(),
                   MPI_BYTE, bare);
@@ -81,9 +80,9 @@ nlohmann::json exchange_comparison(moe_comm_t comm, const std::vector<int64_t>& 
 }
 
 template <typename S>
-nlohmann::json run_shape(const Options& o, const Shape& s, moe_dtype_t dtype, moe_comm_t comm,
+nlohmann::json run_shape(const Options& o, const Shape& s, moe_dtype_t dtype, moe::Comm& comm,
                          int world) {
-  LayerProblem<S> problem(s, dtype, o.backend, comm);
+  LayerProblem<S> problem(s, dtype, o.backend, comm.get());
   moe::Layer& layer = problem.layer;
   const Timings t = time_pairs(
       o, [&] { return problem.forward(); }, [&](moe::Context& ctx) { problem.backward(ctx); },
@@ -153,19 +152,20 @@ int run_expert_parallel(const Options& o) {
   int rank = 0, world = 1;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &world);
-  moe_comm_t comm = nullptr;
+  moe_comm_t handle = nullptr;
   int status = 0;
-  if (moe_comm_create_mpi(MPI_COMM_WORLD, 600.0, &comm) != MOE_STATUS_SUCCESS) {
+  if (moe_comm_create_mpi(MPI_COMM_WORLD, 600.0, &handle) != MOE_STATUS_SUCCESS) {
     std::cerr << "moe-bench: rank " << rank << ": " << moe_last_error() << "\n";
     MPI_Abort(MPI_COMM_WORLD, 1);
   }
+  std::optional<moe::Comm> comm = moe::Comm::adopt(handle);
   nlohmann::json results = nlohmann::json::array();
   try {
     for (const Shape& s : standard_shapes()) {
       if (std::find(o.shapes.begin(), o.shapes.end(), s.name) == o.shapes.end()) continue;
       nlohmann::json j = o.dtype == "bf16"
-                             ? run_shape<moe::bfloat16>(o, s, MOE_DTYPE_BF16, comm, world)
-                             : run_shape<float>(o, s, MOE_DTYPE_F32, comm, world);
+                             ? run_shape<moe::bfloat16>(o, s, MOE_DTYPE_BF16, *comm, world)
+                             : run_shape<float>(o, s, MOE_DTYPE_F32, *comm, world);
       if (rank == 0) print_row(o.json ? stderr : stdout, j);
       results.push_back(j);
     }
@@ -174,7 +174,7 @@ int run_expert_parallel(const Options& o) {
     MPI_Abort(MPI_COMM_WORLD, 1);
   }
   if (rank == 0 && o.json) std::cout << results.dump(2) << "\n";
-  moe_comm_destroy(comm);
+  comm.reset();  // before MPI goes
   MPI_Finalize();
   return status;
 }

@@ -85,22 +85,8 @@ double mse(const std::vector<float>& y, const std::vector<float>& target, std::v
   return sum / n;
 }
 
-double scalar(moe_layer_t layer, moe_split_t split, moe_scope_t scope, const char* name) {
-  double v = NAN;
-  int64_t n = 0;
-  moe::check(moe_layer_metric(layer, split, scope, name, &v, 1, &n));
-  return v;
-}
-
-std::string export_of(moe_layer_t layer, moe_split_t split, moe_scope_t scope) {
-  size_t length = 0;
-  moe::check(
-      moe_layer_telemetry_export(layer, MOE_EXPORT_JSONL, split, scope, nullptr, 0, &length));
-  std::string text(length + 1, '\0');
-  moe::check(moe_layer_telemetry_export(layer, MOE_EXPORT_JSONL, split, scope, text.data(),
-                                        text.size(), &length));
-  text.resize(length);
-  return text;
+double scalar(const moe::Layer& layer, moe_split_t split, moe_scope_t scope, const char* name) {
+  return layer.metric(name, split, scope).at(0);
 }
 
 // The sizes are checked against this machine's memory before anything is allocated: a
@@ -261,9 +247,8 @@ int main(int argc, char** argv) {
     // Evaluation draws the same clusters as training, from a stream one batch ahead.
     Data train_data(o, o.seed + 7), eval_stream(o, o.seed + 7);
     eval_stream.next();
-    moe_group_t group = nullptr;
-    moe::check(moe_group_create(&group));
-    for (auto& b : student.blocks()) moe::check(moe_group_add(group, b.layer.get()));
+    moe::Group group;
+    for (auto& b : student.blocks()) group.add(b.layer);
 
     const bool live = isatty(STDERR_FILENO);
     std::fprintf(
@@ -282,7 +267,7 @@ int main(int argc, char** argv) {
     for (int64_t step = 1; step <= o.max_iters; ++step) {
       // The health report judges the last 20% of training as one window.
       if (step == final_window_start)
-        for (auto& b : student.blocks()) moe::check(moe_layer_telemetry_reset(b.layer.get()));
+        for (auto& b : student.blocks()) b.layer.reset_telemetry();
       const Batch batch = train_data.next();
       const std::vector<float> target = teacher.forward(batch.x, batch.cluster, false, 0);
       const std::vector<float> y = student.forward(batch.x, batch.cluster, true, kSeqLen);
@@ -309,14 +294,13 @@ int main(int argc, char** argv) {
         jsonl << nlohmann::json{{"step", step}, {"kind", "eval"}, {"val_loss", val_loss}}.dump()
               << "\n";
         for (auto& b : student.blocks())
-          jsonl << export_of(b.layer.get(), MOE_SPLIT_EVAL, MOE_SCOPE_LAST);
+          jsonl << b.layer.export_text(MOE_EXPORT_JSONL, MOE_SPLIT_EVAL, MOE_SCOPE_LAST);
       }
       if (log_now) {
         const double seconds =
             std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
         const double tok_s = step * o.batch_size / seconds;
-        moe_group_metrics_t g = MOE_GROUP_METRICS_INIT;
-        moe::check(moe_group_get_metrics(group, MOE_SPLIT_TRAIN, MOE_SCOPE_LAST, &g));
+        const moe_group_metrics_t g = group.metrics(MOE_SPLIT_TRAIN, MOE_SCOPE_LAST);
         jsonl << nlohmann::json{{"step", step},
                                 {"kind", "train"},
                                 {"loss", loss},
@@ -330,7 +314,7 @@ int main(int argc, char** argv) {
                      .dump()
               << "\n";
         for (auto& b : student.blocks())
-          jsonl << export_of(b.layer.get(), MOE_SPLIT_TRAIN, MOE_SCOPE_LAST);
+          jsonl << b.layer.export_text(MOE_EXPORT_JSONL, MOE_SPLIT_TRAIN, MOE_SCOPE_LAST);
         char line[256];
         std::snprintf(
             line, sizeof line,
@@ -365,15 +349,14 @@ int main(int argc, char** argv) {
                  (long long)o.max_iters, seconds, first_loss, loss, val_loss,
                  (long long)final_window_start, (long long)o.max_iters);
     for (auto& b : student.blocks()) {
-      moe_verdicts_t v = MOE_VERDICTS_INIT;
-      moe::check(moe_layer_verdicts(b.layer.get(), MOE_SPLIT_TRAIN, MOE_SCOPE_WINDOW, &v));
+      const moe_verdicts_t v = b.layer.verdicts(MOE_SPLIT_TRAIN, MOE_SCOPE_WINDOW);
       nlohmann::json metrics;
       for (const char* name :
            {"max_frac", "load_cv", "load_entropy_norm", "kl_to_uniform", "gini", "min_max_ratio",
             "dead_experts", "drop_rate", "router_entropy_norm_mean", "top1_p_mean", "aux_loss",
             "seq_consistency"})
-        metrics[name] = moe::tools::finite_or_null(
-            scalar(b.layer.get(), MOE_SPLIT_TRAIN, MOE_SCOPE_WINDOW, name));
+        metrics[name] =
+            moe::tools::finite_or_null(scalar(b.layer, MOE_SPLIT_TRAIN, MOE_SCOPE_WINDOW, name));
       const std::string name = "layer" + std::to_string(layers.size());
       std::fprintf(report, "  %s: balance %s (%s %s vs %s)", name.c_str(), v.balance.label,
                    v.balance.metric, figure(v.balance.value).c_str(),
@@ -396,12 +379,10 @@ int main(int argc, char** argv) {
       std::fprintf(report, "\n");
       layers.push_back({{"name", name}, {"final_window", metrics}, {"verdicts", verdicts_json(v)}});
     }
-    moe_group_metrics_t g = MOE_GROUP_METRICS_INIT;
-    moe::check(moe_group_get_metrics(group, MOE_SPLIT_TRAIN, MOE_SCOPE_WINDOW, &g));
+    const moe_group_metrics_t g = group.metrics(MOE_SPLIT_TRAIN, MOE_SCOPE_WINDOW);
     std::fprintf(report, "  model: max_frac_mean %s max_frac_max %s active_min %s collapsed %d\n",
                  figure(g.max_frac_mean).c_str(), figure(g.max_frac_max).c_str(),
                  figure(g.active_min).c_str(), g.collapsed);
-    moe_group_destroy(group);
 
     using moe::tools::finite_or_null;
     nlohmann::json summary{{"steps", o.max_iters},

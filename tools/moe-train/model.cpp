@@ -86,7 +86,7 @@ Stack::Stack(const Options& o, bool teacher, uint64_t seed) : options_(o) {
     w.w2 = moe::tensor(b.w2.value.data(), {E, o.d_ff, d});
     b.layer.set_weights(w);
     const std::string name = "layer" + std::to_string(l);
-    moe::check(moe_layer_set_name(b.layer.get(), name.c_str()));
+    b.layer.set_name(name);
     blocks_.push_back(std::move(b));
   }
 }
@@ -108,7 +108,7 @@ std::vector<float> Stack::forward(const std::vector<float>& x, const std::vector
     if (train) {
       b.ctx = b.layer.forward(a);
     } else {
-      moe::check(moe_layer_forward(b.layer.get(), &a, nullptr));
+      b.layer.forward_only(a);
     }
     for (size_t i = 0; i < h.size(); ++i) h[i] += b.output[i];
   }
