@@ -56,6 +56,11 @@ class Bytes {
   bool done() const { return at_ >= size_; }
   uint8_t byte() { return at_ < size_ ? data_[at_++] : 0; }
   int64_t small(int64_t lo, int64_t hi) { return lo + byte() % (hi - lo + 1); }
+  // An enum's raw value: mostly lo..hi (a little past the last value), sometimes far
+  // outside (UBSan reports a load only past the enum's bit range, e.g. 9 for 0..4).
+  int64_t raw(int64_t lo, int64_t hi) {
+    return byte() % 8 ? small(lo, hi) : pick<int64_t>({-1, 9, 77, 1 << 20, INT32_MIN});
+  }
   template <typename T>
   T pick(std::initializer_list<T> values) {
     return values.begin()[byte() % values.size()];
@@ -141,7 +146,7 @@ void spoil(moe_tensor_t& t, Bytes& in) {
     case 0: t.shape[in.small(0, 3)] += in.pick<int64_t>({1, -1, int64_t{1} << 62}); break;
     case 1: t.data = nullptr; break;
     case 2: t.data = static_cast<char*>(t.data) + 1; break;  // misaligned
-    case 3: set_raw(t.dtype, in.small(0, 5)); break;
+    case 3: set_raw(t.dtype, in.raw(0, 3)); break;
     case 4: t.ndim = static_cast<int32_t>(in.small(-1, 6)); break;
     case 5: t.device = MOE_DEVICE_CUDA; break;
     default: break;
@@ -186,8 +191,8 @@ void check_export(const std::string& text, int format) {
 }
 
 void export_and_check(LayerSlot& l, Bytes& in) {
-  const int format = static_cast<int>(in.small(0, 5)), split = static_cast<int>(in.small(0, 2)),
-            scope = static_cast<int>(in.small(0, 3));
+  const int format = static_cast<int>(in.raw(0, 5)), split = static_cast<int>(in.raw(0, 2)),
+            scope = static_cast<int>(in.raw(0, 3));
   size_t length = 0;
   if (checked(fuzz_layer_export(l.handle, format, split, scope, nullptr, 0, &length)) !=
       MOE_STATUS_SUCCESS)
@@ -205,20 +210,20 @@ void create(LayerSlot& l, Bytes& in) {
   c.d_ff = in.small(0, 6);
   c.num_experts = in.pick<int64_t>({1, 2, 3, 4, 8, 0, -1, int64_t{1} << 40});
   c.top_k = in.small(0, 4);
-  set_raw(c.activation, in.small(0, 6));
-  set_raw(c.router, in.small(0, 4));
+  set_raw(c.activation, in.raw(0, 6));
+  set_raw(c.router, in.raw(0, 4));
   c.dtype = MOE_DTYPE_F64;
   c.backend = in.pick<const char*>({"cpu_ref", "cpu_ref", "cpu_ref", "no_such", nullptr});
   c.capacity_factor = in.number();
   c.router_temp_init = in.byte() % 4 ? 1.0 : in.number();
-  set_raw(c.router_noise_type, in.small(0, 3));
+  set_raw(c.router_noise_type, in.raw(0, 3));
   c.router_noise_std_init = in.byte() % 2 ? 0.0 : in.number();
   c.load_balance_alpha = in.byte() % 2 ? 0.01 : in.number();
   c.router_z_loss_coef = in.byte() % 2 ? 0.0 : in.number();
   c.bias_update_rate = in.byte() % 2 ? 0.0 : in.number();
   c.expert_bias = static_cast<int32_t>(in.small(0, 2));
   c.pad_to_capacity = static_cast<int32_t>(in.small(0, 1));
-  set_raw(c.drop_policy, in.small(0, 2));
+  set_raw(c.drop_policy, in.raw(0, 2));
   c.telemetry_interval = in.small(-1, 3);
   c.renormalize = static_cast<int32_t>(in.small(-2, 2));
   moe_layer_t handle = nullptr;
@@ -287,8 +292,8 @@ void telemetry(LayerSlot& l, Bytes& in) {
       int64_t count = 0;
       const char* name = in.pick<const char*>(
           {"load_cv", "expert_counts", "coactivation", "nope", "", "drop_rate"});
-      checked(fuzz_layer_metric(l.handle, static_cast<int>(in.small(0, 2)),
-                                static_cast<int>(in.small(0, 3)), name,
+      checked(fuzz_layer_metric(l.handle, static_cast<int>(in.raw(0, 2)),
+                                static_cast<int>(in.raw(0, 3)), name,
                                 in.byte() % 2 ? values : nullptr, in.small(-1, 64), &count));
       break;
     }
@@ -305,8 +310,8 @@ void telemetry(LayerSlot& l, Bytes& in) {
       t.specialization_warmup_steps = in.pick<int64_t>({0, -1, 100, INT64_MAX});
       checked(moe_layer_set_verdict_thresholds(l.handle, &t));
       moe_verdicts_t v = MOE_VERDICTS_INIT;
-      checked(fuzz_layer_verdicts(l.handle, static_cast<int>(in.small(0, 2)),
-                                  static_cast<int>(in.small(0, 3)), &v));
+      checked(fuzz_layer_verdicts(l.handle, static_cast<int>(in.raw(0, 2)),
+                                  static_cast<int>(in.raw(0, 3)), &v));
       break;
     }
     case 4:
@@ -365,7 +370,7 @@ void group_calls(LayerSlot* layers, Bytes& in) {
   promise(checked(moe_group_create(&group)) == MOE_STATUS_SUCCESS);
   for (int i = 0; i < 3; ++i)
     if (in.byte() % 2) checked(moe_group_add(group, layers[i].handle));
-  const int format = static_cast<int>(in.small(0, 5)), scope = static_cast<int>(in.small(0, 3));
+  const int format = static_cast<int>(in.raw(0, 5)), scope = static_cast<int>(in.raw(0, 3));
   size_t length = 0;
   if (checked(fuzz_group_export(group, format, 0, scope, nullptr, 0, &length)) ==
       MOE_STATUS_SUCCESS) {
