@@ -30,6 +30,9 @@ moe_status_t moe_group_add(moe_group_t group, const_moe_layer_t layer) {
   return guarded(__func__, [&] {
     moe_group& g = group_of(group);
     layer_of(layer);
+    // Twice in one group, a layer would count twice in every mean.
+    moe::require(std::find(g.layers.begin(), g.layers.end(), layer) == g.layers.end(),
+                 MOE_STATUS_INVALID_ARGUMENT, "the layer is in the group already");
     g.layers.push_back(layer);
   });
 }

@@ -6,7 +6,7 @@
 
 #if (defined(_MSVC_LANG) ? _MSVC_LANG : __cplusplus) < 201703L
 #error "moe.hpp needs C++17 or later (-std=c++17)"
-#endif
+#else  // the whole header: an older standard sees the one message above, nothing else
 
 #include <cstdint>
 #include <stdexcept>
@@ -175,6 +175,10 @@ class Context {
   };
   // num_experts: the layer's E (fewer is refused with MOE_STATUS_SHAPE_MISMATCH).
   Stats stats(int64_t num_experts) const {
+    if (num_experts < 1)
+      throw Exception(
+          MOE_STATUS_SHAPE_MISMATCH,
+          "Context::stats: num_experts must be the layer's E, got " + std::to_string(num_experts));
     Stats s;
     s.demand.resize(static_cast<size_t>(num_experts));
     s.served.resize(static_cast<size_t>(num_experts));
@@ -372,9 +376,16 @@ class Layer {
 
   // Expert parallelism (moe.h): attach a communicator (empty owner: contiguous blocks);
   // detach() to go back to one process. The communicator must outlive the attachment.
+  // An empty Comm (default-made or moved-from) throws: detach() detaches. A temporary
+  // is refused at compile time: the communicator must outlive the attachment.
   void set_comm(const Comm& comm, const std::vector<int32_t>& expert_owner = {}) {
+    if (comm.get() == nullptr)
+      throw Exception(MOE_STATUS_NULL_POINTER,
+                      "Layer::set_comm: the Comm is empty (default-made or moved-from); "
+                      "detach() detaches");
     set_comm(comm.get(), expert_owner);
   }
+  void set_comm(Comm&& comm, const std::vector<int32_t>& expert_owner = {}) = delete;
   void set_comm(moe_comm_t comm, const std::vector<int32_t>& expert_owner = {}) {
     check(moe_layer_set_comm(layer_, comm, expert_owner.empty() ? nullptr : expert_owner.data(),
                              static_cast<int64_t>(expert_owner.size())));
@@ -422,6 +433,7 @@ class Group {
 
   moe_group_t get() const { return group_; }
   void add(const Layer& layer) { check(moe_group_add(group_, layer.get())); }
+  void add(Layer&& layer) = delete;  // the layer must outlive the group's queries
   moe_group_metrics_t metrics(moe_split_t split = MOE_SPLIT_TRAIN,
                               moe_scope_t scope = MOE_SCOPE_LAST) const {
     moe_group_metrics_t m = MOE_GROUP_METRICS_INIT;
@@ -440,3 +452,5 @@ class Group {
 };
 
 }  // namespace moe
+
+#endif  // C++17

@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -141,6 +142,56 @@ TEST(CppWrapper, GroupsAndCommunicators) {
   p.forward();
   EXPECT_EQ(p.layer.traffic().totals.world, 1);
   p.layer.detach();
+}
+
+// What the fresh-eyes review of the wrapper found: an empty Comm detached instead of
+// failing, stats(0) and stats(-1) escaped the status check, a layer could join a group
+// twice, and temporaries could be attached or added (their handles die at once).
+template <typename T, typename Arg, typename = void>
+struct can_add : std::false_type {};
+template <typename T, typename Arg>
+struct can_add<T, Arg, std::void_t<decltype(std::declval<T&>().add(std::declval<Arg>()))>>
+    : std::true_type {};
+template <typename T, typename Arg, typename = void>
+struct can_attach : std::false_type {};
+template <typename T, typename Arg>
+struct can_attach<T, Arg, std::void_t<decltype(std::declval<T&>().set_comm(std::declval<Arg>()))>>
+    : std::true_type {};
+
+TEST(CppWrapper, MisuseIsRefused) {
+  static_assert(can_add<moe::Group, const moe::Layer&>::value);
+  static_assert(!can_add<moe::Group, moe::Layer&&>::value, "a temporary layer joins no group");
+  static_assert(can_attach<moe::Layer, const moe::Comm&>::value);
+  static_assert(!can_attach<moe::Layer, moe::Comm&&>::value, "a temporary Comm is not attached");
+
+  Problem<float> p(make_config(8, 8, 4, 2), 6, 1);
+  moe::Context ctx = p.forward();
+  for (int64_t n : {0, -1}) {
+    try {
+      ctx.stats(n);
+      ADD_FAILURE() << "stats(" << n << ") was accepted";
+    } catch (const moe::Exception& e) {
+      EXPECT_EQ(e.status(), MOE_STATUS_SHAPE_MISMATCH);
+    }
+  }
+  moe::Comm empty;
+  try {
+    p.layer.set_comm(empty);
+    ADD_FAILURE() << "an empty Comm was attached (it detached)";
+  } catch (const moe::Exception& e) {
+    EXPECT_EQ(e.status(), MOE_STATUS_NULL_POINTER);
+  }
+  p.forward();  // the weights are still bound
+
+  moe::Group group;
+  group.add(p.layer);
+  try {
+    group.add(p.layer);
+    ADD_FAILURE() << "a layer joined one group twice";
+  } catch (const moe::Exception& e) {
+    EXPECT_EQ(e.status(), MOE_STATUS_INVALID_ARGUMENT);
+  }
+  EXPECT_EQ(group.metrics().layers, 1);
 }
 
 }  // namespace
