@@ -40,11 +40,6 @@ void require_finite_nonnegative(double value, const char* name) {
   require_in_range(value, 0.0, kMaxCoefficient, name);
 }
 
-void require_enum(int raw, int first, int last, const char* name, const char* type) {
-  require(raw >= first && raw <= last, MOE_STATUS_INVALID_ARGUMENT,
-          std::string(name) + " is not a " + type + ": " + std::to_string(raw));
-}
-
 }  // namespace
 
 int64_t checked_elements(std::initializer_list<int64_t> sizes, const std::string& what) {
@@ -129,16 +124,16 @@ LayerConfig config_from_abi(const moe_layer_config_t* abi) {
   require(in.top_k >= 1 && in.top_k <= in.num_experts, MOE_STATUS_INVALID_ARGUMENT,
           "config.top_k must be in [1, num_experts=" + std::to_string(in.num_experts) + "], got " +
               std::to_string(in.top_k));
-  require_enum(raw_enum(in.activation), MOE_ACTIVATION_RELU, MOE_ACTIVATION_GEGLU,
-               "config.activation", "moe_activation_t");
-  require_enum(raw_enum(in.router), MOE_ROUTER_SOFTMAX, MOE_ROUTER_EXPERT_CHOICE, "config.router",
+  require_enum(in.activation, MOE_ACTIVATION_RELU, MOE_ACTIVATION_GEGLU, "config.activation",
+               "moe_activation_t");
+  require_enum(in.router, MOE_ROUTER_SOFTMAX, MOE_ROUTER_EXPERT_CHOICE, "config.router",
                "moe_router_t");
-  require_enum(raw_enum(in.dtype), MOE_DTYPE_F32, MOE_DTYPE_BF16, "config.dtype", "moe_dtype_t");
-  require_enum(raw_enum(in.router_noise_type), MOE_NOISE_NONE, MOE_NOISE_GUMBEL,
-               "config.router_noise_type", "moe_noise_t");
-  require_enum(raw_enum(in.drop_policy), MOE_DROP_POSITION, MOE_DROP_PROBABILITY,
-               "config.drop_policy", "moe_drop_policy_t");
-  require_enum(raw_enum(in.hash_mode), MOE_HASH_AUTO, MOE_HASH_CONTENT, "config.hash_mode",
+  require_enum(in.dtype, MOE_DTYPE_F32, MOE_DTYPE_BF16, "config.dtype", "moe_dtype_t");
+  require_enum(in.router_noise_type, MOE_NOISE_NONE, MOE_NOISE_GUMBEL, "config.router_noise_type",
+               "moe_noise_t");
+  require_enum(in.drop_policy, MOE_DROP_POSITION, MOE_DROP_PROBABILITY, "config.drop_policy",
+               "moe_drop_policy_t");
+  require_enum(in.hash_mode, MOE_HASH_AUTO, MOE_HASH_CONTENT, "config.hash_mode",
                "moe_hash_mode_t");
   require_in_range(in.router_temp_init, kMinTemperature, kMaxTemperature,
                    "config.router_temp_init");

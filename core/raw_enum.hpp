@@ -3,6 +3,9 @@
 #pragma once
 
 #include <cstring>
+#include <string>
+
+#include "core/error.hpp"
 
 namespace moe {
 
@@ -12,6 +15,16 @@ int raw_enum(const Enum& value) {
   int raw;
   std::memcpy(&raw, &value, sizeof raw);
   return raw;
+}
+
+// Throws INVALID_ARGUMENT unless `value` (taken by reference, read as raw bits) is one
+// of first..last: "<name> is not a <type>: <raw value>".
+template <typename Enum>
+void require_enum(const Enum& value, int first, int last, const std::string& name,
+                  const char* type) {
+  const int raw = raw_enum(value);
+  require(raw >= first && raw <= last, MOE_STATUS_INVALID_ARGUMENT,
+          name + " is not a " + type + ": " + std::to_string(raw));
 }
 
 }  // namespace moe

@@ -34,13 +34,9 @@ void check_tensor(const moe_tensor_t& t, const char* name, moe_dtype_t dtype, mo
   }
   // An int that is no enum value at all is an invalid argument; a valid dtype or device
   // that is not this layer's is a mismatch.
-  require(raw_enum(t.dtype) >= MOE_DTYPE_F32 && raw_enum(t.dtype) <= MOE_DTYPE_BF16,
-          MOE_STATUS_INVALID_ARGUMENT,
-          std::string(name) + ".dtype is not a moe_dtype_t: " + std::to_string(raw_enum(t.dtype)));
-  require(
-      raw_enum(t.device) >= MOE_DEVICE_CPU && raw_enum(t.device) <= MOE_DEVICE_CUDA,
-      MOE_STATUS_INVALID_ARGUMENT,
-      std::string(name) + ".device is not a moe_device_t: " + std::to_string(raw_enum(t.device)));
+  require_enum(t.dtype, MOE_DTYPE_F32, MOE_DTYPE_BF16, std::string(name) + ".dtype", "moe_dtype_t");
+  require_enum(t.device, MOE_DEVICE_CPU, MOE_DEVICE_CUDA, std::string(name) + ".device",
+               "moe_device_t");
   require(raw_enum(t.dtype) == dtype, MOE_STATUS_SHAPE_MISMATCH,
           std::string(name) + " has dtype " + std::to_string(raw_enum(t.dtype)) +
               ", the layer's is " + dtype_name(dtype) + " (" + std::to_string(dtype) + ")");

@@ -49,23 +49,17 @@ void require_expert_count(const Layer& layer, int64_t count) {
 }
 
 moe_split_t checked_split(const moe_split_t& split) {
-  const int raw = raw_enum(split);
-  require(raw == MOE_SPLIT_TRAIN || raw == MOE_SPLIT_EVAL, MOE_STATUS_INVALID_ARGUMENT,
-          "split is not a moe_split_t: " + std::to_string(raw));
+  require_enum(split, MOE_SPLIT_TRAIN, MOE_SPLIT_EVAL, "split", "moe_split_t");
   return split;
 }
 
 moe_scope_t checked_scope(const moe_scope_t& scope) {
-  const int raw = raw_enum(scope);
-  require(raw >= MOE_SCOPE_LAST && raw <= MOE_SCOPE_EMA, MOE_STATUS_INVALID_ARGUMENT,
-          "scope is not a moe_scope_t: " + std::to_string(raw));
+  require_enum(scope, MOE_SCOPE_LAST, MOE_SCOPE_EMA, "scope", "moe_scope_t");
   return scope;
 }
 
 void checked_export_format(const moe_export_format_t& format) {
-  const int raw = raw_enum(format);
-  require(raw >= MOE_EXPORT_JSONL && raw <= MOE_EXPORT_CSV_ROW, MOE_STATUS_INVALID_ARGUMENT,
-          "format is not a moe_export_format_t: " + std::to_string(raw));
+  require_enum(format, MOE_EXPORT_JSONL, MOE_EXPORT_CSV_ROW, "format", "moe_export_format_t");
 }
 
 MetricSet metrics_of(const Layer& l, const moe_split_t& split, const moe_scope_t& scope) {
