@@ -1,17 +1,39 @@
 #include "dist/communicator.hpp"
 
-#include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <optional>
 #include <vector>
 
+#include "core/config.hpp"
 #include "core/error.hpp"
 #include "core/raw_enum.hpp"
 
 namespace moe::dist {
 namespace {
 
-// The most ranks a communicator has: one per expert at the most experts a layer has.
-constexpr int kMaxWorld = 1 << 20;
+// One rank's own arguments to an all-to-all, checked before any traffic: the counts
+// present, each in [0, max_bytes], and a buffer wherever bytes move.
+void check_exchange_args(int world, const void* send, const int64_t* send_bytes, const void* recv,
+                         const int64_t* recv_bytes, int64_t max_bytes) {
+  require(send_bytes && recv_bytes, MOE_STATUS_NULL_POINTER,
+          "send_bytes and recv_bytes are required");
+  bool sends = false, receives = false;
+  for (int p = 0; p < world; ++p) {
+    require(send_bytes[p] >= 0 && recv_bytes[p] >= 0, MOE_STATUS_INVALID_ARGUMENT,
+            "byte counts must be >= 0 (peer " + std::to_string(p) + ")");
+    require(send_bytes[p] <= max_bytes && recv_bytes[p] <= max_bytes, MOE_STATUS_INVALID_ARGUMENT,
+            "byte counts must be <= 2^53 (peer " + std::to_string(p) + ")");
+    sends = sends || send_bytes[p] > 0;
+    receives = receives || recv_bytes[p] > 0;
+  }
+  // A transport would read or write through them: refuse before it does.
+  require(send || !sends, MOE_STATUS_NULL_POINTER, "send is NULL with bytes to send");
+  require(recv || !receives, MOE_STATUS_NULL_POINTER, "recv is NULL with bytes to receive");
+}
+
+// Counts a caller passes travel as doubles (the all-reduce's type): exact below 2^53.
+constexpr int64_t kMaxCallerBytes = int64_t{1} << 53;
 
 }  // namespace
 
@@ -25,11 +47,10 @@ Communicator::Communicator(const moe_comm_ops_t& ops, double timeout_s)
           "ops->all_to_all, all_reduce_sum and barrier are required");
   require(std::isfinite(timeout_s) && timeout_s >= 0.0, MOE_STATUS_INVALID_ARGUMENT,
           "timeout_s must be finite and >= 0 (0 = wait forever)");
-  require(ops.world <= kMaxWorld, MOE_STATUS_INVALID_ARGUMENT,
+  // The most ranks: one per expert at the most experts a layer has.
+  require(ops.world <= kMaxExperts, MOE_STATUS_INVALID_ARGUMENT,
           "ops->world must be <= 2^20, got " + std::to_string(ops.world));
-  require(raw_enum(ops.device) >= MOE_DEVICE_CPU && raw_enum(ops.device) <= MOE_DEVICE_CUDA,
-          MOE_STATUS_INVALID_ARGUMENT,
-          "ops->device is not a moe_device_t: " + std::to_string(raw_enum(ops.device)));
+  require_enum(ops.device, MOE_DEVICE_CPU, MOE_DEVICE_CUDA, "ops->device", "moe_device_t");
 }
 
 Communicator::~Communicator() {
@@ -52,18 +73,12 @@ void Communicator::run(const char* what, Call&& call) {
 
 void Communicator::all_to_all(const void* send, const int64_t* send_bytes, void* recv,
                               const int64_t* recv_bytes) {
-  require(send_bytes && recv_bytes, MOE_STATUS_NULL_POINTER,
-          "send_bytes and recv_bytes are required");
-  bool sends = false, receives = false;
-  for (int p = 0; p < world(); ++p) {
-    require(send_bytes[p] >= 0 && recv_bytes[p] >= 0, MOE_STATUS_INVALID_ARGUMENT,
-            "byte counts must be >= 0 (peer " + std::to_string(p) + ")");
-    sends = sends || send_bytes[p] > 0;
-    receives = receives || recv_bytes[p] > 0;
-  }
-  // A transport would read or write through them: refuse before it does.
-  require(send || !sends, MOE_STATUS_NULL_POINTER, "send is NULL with bytes to send");
-  require(recv || !receives, MOE_STATUS_NULL_POINTER, "recv is NULL with bytes to receive");
+  check_exchange_args(world(), send, send_bytes, recv, recv_bytes, INT64_MAX);
+  transport_all_to_all(send, send_bytes, recv, recv_bytes);
+}
+
+void Communicator::transport_all_to_all(const void* send, const int64_t* send_bytes, void* recv,
+                                        const int64_t* recv_bytes) {
   run("all_to_all", [&](char* err, size_t len) {
     return ops_.all_to_all(ops_.state, send, send_bytes, recv, recv_bytes, timeout_s_, err, len);
   });
@@ -71,23 +86,33 @@ void Communicator::all_to_all(const void* send, const int64_t* send_bytes, void*
 
 void Communicator::all_to_all_paired(const void* send, const int64_t* send_bytes, void* recv,
                                      const int64_t* recv_bytes) {
-  require(send_bytes && recv_bytes, MOE_STATUS_NULL_POINTER,
-          "send_bytes and recv_bytes are required");
   const int64_t W = world();
-  // Counts travel as doubles (the all-reduce's type): exact below 2^53 bytes.
-  constexpr int64_t kMaxBytes = int64_t{1} << 53;
-  for (int64_t p = 0; p < W; ++p)
-    require(send_bytes[p] <= kMaxBytes && recv_bytes[p] <= kMaxBytes, MOE_STATUS_INVALID_ARGUMENT,
-            "byte counts must be <= 2^53 (peer " + std::to_string(p) + ")");
-  // sent[r][p]: what rank r sends p; expected[r][p]: what rank r expects from p. Each
-  // rank fills its own rows, the sum gives every rank both whole tables, and every rank
-  // reaches the same verdict without a second round.
-  std::vector<double> tables(2 * W * W, 0.0);
-  for (int64_t p = 0; p < W; ++p) {
-    tables[rank() * W + p] = static_cast<double>(std::max<int64_t>(send_bytes[p], 0));
-    tables[W * W + rank() * W + p] = static_cast<double>(std::max<int64_t>(recv_bytes[p], 0));
+  // A rank's refusal of its own arguments goes into the same all-reduce as the counts,
+  // so that every rank refuses together: a rank that refused alone would leave the
+  // others waiting in the transport until the timeout broke the communicator.
+  std::optional<Error> refusal;
+  try {
+    check_exchange_args(world(), send, send_bytes, recv, recv_bytes, kMaxCallerBytes);
+  } catch (const Error& e) {
+    refusal = e;
+  }
+  // sent[r][p]: what rank r sends p; expected[r][p]: what rank r expects from p; then the
+  // number of ranks that refused. Each rank fills its own rows, the sum gives every rank
+  // the whole tables, and every rank reaches the same verdict without a second round.
+  std::vector<double> tables(2 * W * W + 1, 0.0);
+  if (refusal) {
+    tables.back() = 1.0;
+  } else {
+    for (int64_t p = 0; p < W; ++p) {
+      tables[rank() * W + p] = static_cast<double>(send_bytes[p]);
+      tables[W * W + rank() * W + p] = static_cast<double>(recv_bytes[p]);
+    }
   }
   all_reduce_sum(tables.data(), static_cast<int64_t>(tables.size()));
+  if (refusal) throw *refusal;
+  require(tables.back() == 0.0, MOE_STATUS_INVALID_ARGUMENT,
+          "another rank refused its own arguments to this all_to_all (nothing moved; the "
+          "communicator stays usable)");
   for (int64_t from = 0; from < W; ++from)
     for (int64_t to = 0; to < W; ++to) {
       const double sent = tables[from * W + to], expected = tables[W * W + to * W + from];
@@ -98,7 +123,7 @@ void Communicator::all_to_all_paired(const void* send, const int64_t* send_bytes
                   std::to_string(static_cast<int64_t>(expected)) +
                   " (nothing moved; the communicator stays usable)");
     }
-  all_to_all(send, send_bytes, recv, recv_bytes);
+  transport_all_to_all(send, send_bytes, recv, recv_bytes);
 }
 
 void Communicator::all_reduce_sum(double* data, int64_t count) {

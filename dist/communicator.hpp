@@ -27,9 +27,10 @@ class Communicator {
   void all_to_all(const void* send, const int64_t* send_bytes, void* recv,
                   const int64_t* recv_bytes);
   // all_to_all for callers' own counts (moe_comm_all_to_all): first checks, with one
-  // small all-reduce, that every rank's counts pair up (what p sends q is what q expects
-  // from p). A mismatch is the caller's argument error, not a transport failure: every
-  // rank gets INVALID_ARGUMENT, nothing moves, and the communicator stays usable.
+  // small all-reduce, that no rank refused its own arguments and that every rank's counts
+  // pair up (what p sends q is what q expects from p). Either is the caller's argument
+  // error, not a transport failure: every rank gets a status, nothing moves, and the
+  // communicator stays usable.
   void all_to_all_paired(const void* send, const int64_t* send_bytes, void* recv,
                          const int64_t* recv_bytes);
   void all_reduce_sum(double* data, int64_t count);
@@ -43,6 +44,9 @@ class Communicator {
  private:
   template <typename Call>
   void run(const char* what, Call&& call);
+  // The transport's all-to-all, once the arguments are checked.
+  void transport_all_to_all(const void* send, const int64_t* send_bytes, void* recv,
+                            const int64_t* recv_bytes);
 
   moe_comm_ops_t ops_;
   double timeout_s_;

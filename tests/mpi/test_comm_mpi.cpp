@@ -107,6 +107,17 @@ int main(int argc, char** argv) {
   exchange_round(comm, rank, world, 7);
   CHECK(moe_comm_barrier(comm) == MOE_STATUS_SUCCESS, "usable after a caller's mismatch");
 
+  // One rank alone refusing its own arguments (a negative count) fails the call on every
+  // rank at once, instead of leaving the others in the transport until the timeout.
+  std::vector<int64_t> own_send(world, 0), own_recv(world, 0);
+  if (rank == 0) own_send[0] = -4;
+  const moe_status_t alone =
+      moe_comm_all_to_all(comm, out.data(), own_send.data(), in.data(), own_recv.data());
+  CHECK(alone == MOE_STATUS_INVALID_ARGUMENT, "one rank's refusal: %s", moe_status_string(alone));
+  CHECK(rank == 0 || std::strstr(moe_last_error(), "another rank refused") != nullptr,
+        "message: %s", moe_last_error());
+  exchange_round(comm, rank, world, 8);
+
   CHECK(moe_comm_destroy(comm) == MOE_STATUS_SUCCESS, "destroy");
   CHECK(moe_comm_barrier(comm) == MOE_STATUS_INVALID_HANDLE, "destroyed handle");
   if (rank == 0) std::printf("test_comm_mpi: %d ranks passed\n", world);
