@@ -3,21 +3,33 @@
 // backend overrides only the stages it accelerates and falls back stage by stage to
 // the reference for the rest (the way oneDNN's implementation lists work).
 // Routing and planning (O(T*E) integer and scalar work) run in core/ for now.
+// Backends sit below the layer (core/layer/): they see a layer only through the
+// arguments of their stages, or through DeviceLayer when they run the whole pipeline.
 #pragma once
 
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
-#include "backends/device_memory.hpp"
+#include "backends/saved_state.hpp"
 #include "core/bfloat16.hpp"
 #include "core/config.hpp"
+#include "core/hash_router.hpp"
 #include "core/plan.hpp"
+#include "dist/device_memory.hpp"
 
 namespace moe {
 namespace dist {
+class ExpertParallel;
 struct ForwardCheckIn;
-}
+}  // namespace dist
+
+// The caller's bound weights of a layer.
+struct BoundWeights {
+  bool bound = false;
+  moe_tensor_t router{}, w1{}, b1{}, w2{}, b2{};
+};
 
 // Expert weights of one layer, as bound by the caller (b1, b2 may be null).
 template <typename S>
@@ -68,13 +80,26 @@ struct ExpertGradients {
   /* dx[t] += sum over kept slots, in slot order, of dxp[row] */                                   \
   virtual void permute_backward(const LayerConfig& c, const Plan& plan, const S* dxp, S* dx);
 
-class Layer;
-struct SavedState;
-
 // Per-layer state a backend keeps (handles, device copies); owned by the layer.
 class BackendState {
  public:
   virtual ~BackendState() = default;
+};
+
+// What a device pipeline sees of a layer for one call: what the step reads, nothing
+// it could change behind the layer's back (the layer advances its own step).
+struct DeviceLayer {
+  const LayerConfig& config;
+  const BoundWeights& weights;
+  BackendState& state;  // this backend's, from create_state
+  void* stream;         // the caller's device stream (cudaStream_t), if any
+  uint64_t serial;      // stamped into the saved state
+  int64_t step;
+  const std::vector<double>& selection_bias;  // [E]
+  const HashTable& hash_table;
+  uint64_t hash_table_generation;  // bumped by every build, so device copies know to refresh
+  bool telemetry_due;              // this call's step statistics are wanted
+  dist::ExpertParallel* ep;        // set while a communicator is attached
 };
 
 // A backend whose data lives on its own device runs the whole pipeline there,
@@ -83,9 +108,11 @@ class DevicePipeline {
  public:
   virtual ~DevicePipeline() = default;
   // `group`: this call's place in the expert-parallel group (when layer.ep is set).
-  virtual std::unique_ptr<SavedState> forward(Layer& layer, const moe_forward_args_t& args,
+  virtual std::unique_ptr<SavedState> forward(const DeviceLayer& layer,
+                                              const moe_forward_args_t& args,
                                               const dist::ForwardCheckIn& group) = 0;
-  virtual void backward(Layer& layer, const SavedState& saved, const moe_backward_args_t& args) = 0;
+  virtual void backward(const DeviceLayer& layer, const SavedState& saved,
+                        const moe_backward_args_t& args) = 0;
 };
 
 class Backend {
@@ -102,20 +129,14 @@ class Backend {
   virtual DevicePipeline* device_pipeline() { return nullptr; }
   // Copies a tensor of this backend's device into host memory (weight metrics).
   virtual void read_to_host(const moe_tensor_t& tensor, void* host, size_t bytes);
-  // A device backend's memory on the layer's stream (expert parallelism stages its
-  // exchanges through it); null for host backends.
-  virtual std::unique_ptr<DeviceMemory> device_memory(const Layer&) { return nullptr; }
+  // A device backend's memory on a layer's stream (expert parallelism stages its
+  // exchanges through it); null for host backends. `stream` is the layer's own
+  // member, read at each use, since the caller may set another stream later.
+  virtual std::unique_ptr<DeviceMemory> device_memory(void* const& /*stream*/) { return nullptr; }
 
   MOE_BACKEND_STAGES(float)
   MOE_BACKEND_STAGES(double)
   MOE_BACKEND_STAGES(bfloat16)
 };
-
-// The registry: the one place that knows which backends exist.
-int backend_count();
-Backend& backend_at(int index);
-// "auto" picks the first registered host-memory backend (fastest first, cpu_ref last)
-// that supports the config; a name picks that backend or throws.
-Backend& select_backend(const std::string& name, const LayerConfig& config);
 
 }  // namespace moe

@@ -3,6 +3,8 @@
 #include <string>
 #include <vector>
 
+#include "core/status_name.hpp"
+
 namespace moe::dist {
 
 std::vector<double> check_in(ExpertParallel& ep, const char* call, const Error* refusal,
@@ -17,7 +19,7 @@ std::vector<double> check_in(ExpertParallel& ep, const char* call, const Error* 
     const auto status = static_cast<moe_status_t>(static_cast<int>(all[q * n]));
     if (status != MOE_STATUS_SUCCESS)
       throw Error(status, "rank " + std::to_string(q) + " refused its arguments (" +
-                              moe_status_string(status) + "), so " + call +
+                              status_name(status) + "), so " + call +
                               " was abandoned on every rank of the group; nothing changed");
   }
   return all;

@@ -7,8 +7,8 @@
 #include <memory>
 #include <vector>
 
-#include "backends/device_memory.hpp"
 #include "dist/communicator.hpp"
+#include "dist/device_memory.hpp"
 #include "dist/placement.hpp"
 #include "moe/moe.h"
 

@@ -10,7 +10,10 @@
 #     the prefix gives an `import moe` that finds the installed libmoe by itself and
 #     defaults to the auto backend;
 #   - moved to another folder, the prefix still works (moe.pc, RUNPATH);
-#   - libmoe exports only moe_* symbols.
+#   - libmoe exports only moe_* symbols and links no CUDA library; a build with the
+#     cuda backend installs its plugin beside libmoe, exporting only its entry point,
+#     and a downstream program that asks for backend "cuda" gets a layer where a GPU
+#     is, else a clear refusal (docs/architecture.md, "The cuda plugin").
 # Usage: scripts/check_install.sh BUILD_DIR
 set -euo pipefail
 build_dir=$(cd "$1" && pwd)
@@ -113,5 +116,54 @@ step "only moe_* symbols exported"
 exported=$(nm -D --defined-only "$libdir/libmoe.so" | awk '$2 ~ /[TDB]/ {print $3}' | sed 's/@.*//')
 bad=$(echo "$exported" | grep -v '^moe_' || true)
 [ -z "$bad" ] || fail "symbols exported besides moe_*: $bad"
+
+step "libmoe links no CUDA library; the cuda plugin beside it"
+needed=$(readelf -d "$libdir/libmoe.so.0" | awk '/NEEDED/ {print $NF}')
+! echo "$needed" | grep -Eq 'cuda|cublas' || fail "libmoe needs a CUDA library: $needed"
+plugin=$libdir/libmoe_cuda.so.0
+if [ -f "$plugin" ]; then
+  plugin_exports=$(nm -D --defined-only "$plugin" | awk '$2 ~ /[TDB]/ {print $3}' | sed 's/@.*//')
+  [ "$plugin_exports" = moe_plugin_backend ] || fail "the plugin exports: $plugin_exports"
+fi
+# What a downstream C program gets from backend "cuda" on this machine.
+cat > "$scratch/cuda_layer.c" <<'EOF'
+#include <stdio.h>
+
+#include "moe/moe.h"
+
+int main(void) {
+  int32_t count = 0;
+  const char* first = "";
+  if (moe_backend_count(&count) != MOE_STATUS_SUCCESS || count < 1) return 2;
+  if (moe_backend_name(0, &first) != MOE_STATUS_SUCCESS) return 2;
+  moe_layer_config_t config = MOE_LAYER_CONFIG_INIT;
+  config.d_model = 8;
+  config.d_ff = 16;
+  config.num_experts = 4;
+  config.top_k = 2;
+  config.backend = "cuda";
+  moe_layer_t layer = NULL;
+  moe_status_t status = moe_layer_create(&config, &layer);
+  printf("%s\n%s\n%s\n", first, moe_status_string(status),
+         status == MOE_STATUS_SUCCESS ? "created" : moe_last_error());
+  if (layer) moe_layer_destroy(layer);
+  return 0;
+}
+EOF
+cc -std=c99 -Wall -Wextra -Werror -I"$moved/include" "$scratch/cuda_layer.c" -L"$libdir" -lmoe \
+  -Wl,-rpath,"$libdir" -o "$scratch/cuda_layer"
+mapfile -t got < <("$scratch/cuda_layer")
+[ "${#got[@]}" = 3 ] || fail "the cuda layer program printed: ${got[*]}"
+if [ -f "$plugin" ]; then
+  [ "${got[0]}" = cuda ] || fail "the plugin is installed, yet backend 0 is ${got[0]}"
+  case "${got[1]}: ${got[2]}" in
+    "MOE_STATUS_SUCCESS: created" | *"does not support this machine: no usable CUDA device ("*) ;;
+    *) fail "backend cuda from the install: ${got[1]}: ${got[2]}" ;;
+  esac
+else
+  [ "${got[0]}" != cuda ] || fail "cuda listed without its plugin"
+  case "${got[2]}" in *"there is none beside libmoe"*) ;; *) fail "backend cuda: ${got[2]}" ;; esac
+fi
+step "backend cuda downstream: ${got[1]}: ${got[2]}"
 
 echo "check_install: passed ($(basename "$libdir") layout; $(echo "$exported" | wc -l) symbols)"

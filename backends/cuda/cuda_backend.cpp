@@ -22,7 +22,6 @@
 #include "backends/cuda/plan_kernels.hpp"
 #include "backends/cuda/router_kernels.hpp"
 #include "backends/cuda/telemetry_kernels.hpp"
-#include "core/layer.hpp"
 #include "core/tensor_check.hpp"
 #include "dist/check_in.hpp"
 
@@ -55,7 +54,7 @@ void require_device_weights(const WeightSet& w, const std::string& prefix) {
   require_device_pointer(w.b2, (prefix + "b2").c_str());
 }
 
-cuda::RouteParams route_params(const Layer& layer, int64_t tokens, bool train) {
+cuda::RouteParams route_params(const DeviceLayer& layer, int64_t tokens, bool train) {
   const LayerConfig& c = layer.config;
   cuda::RouteParams p;
   p.tokens = tokens;
@@ -75,10 +74,18 @@ cuda::RouteParams route_params(const Layer& layer, int64_t tokens, bool train) {
 
 std::string CudaBackend::unsupported_reason(const LayerConfig& c) const {
   int devices = 0;
-  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+  const cudaError_t status = cudaGetDeviceCount(&devices);
+  if (status != cudaSuccess) {
     cudaGetLastError();
-    return "this machine: no CUDA device found";
+    // The runtime's own reason: "no device", or a driver that is too old or missing
+    // (where no NVIDIA driver is installed the runtime calls it insufficient, too).
+    return std::string("this machine: no usable CUDA device (cudaGetDeviceCount: ") +
+           cudaGetErrorName(status) + ", " + cudaGetErrorString(status) +
+           (status == cudaErrorInsufficientDriver ? "; also what it says where no NVIDIA driver "
+                                                    "is installed)"
+                                                  : ")");
   }
+  if (devices == 0) return "this machine: no usable CUDA device (cudaGetDeviceCount found none)";
   if (c.dtype != MOE_DTYPE_F32 && c.dtype != MOE_DTYPE_BF16)
     return std::string("dtype ") + dtype_name(c.dtype) + " (cuda runs float32 and bfloat16)";
   return "";
@@ -88,8 +95,8 @@ std::unique_ptr<BackendState> CudaBackend::create_state(const LayerConfig& confi
   return std::make_unique<cuda::LayerState>(config.num_experts);
 }
 
-std::unique_ptr<DeviceMemory> CudaBackend::device_memory(const Layer& layer) {
-  return std::make_unique<cuda::LayerDeviceMemory>(layer);
+std::unique_ptr<DeviceMemory> CudaBackend::device_memory(void* const& stream) {
+  return std::make_unique<cuda::LayerDeviceMemory>(stream);
 }
 
 void CudaBackend::read_to_host(const moe_tensor_t& tensor, void* host, size_t bytes) {
@@ -114,7 +121,7 @@ const int64_t* device_token_ids(const int64_t* ids, int64_t tokens, cudaStream_t
 }
 
 // The hash router's mode for this call, as core/router.cpp resolves "auto".
-moe_hash_mode_t resolved_hash_mode(const Layer& layer, const int64_t* token_ids) {
+moe_hash_mode_t resolved_hash_mode(const DeviceLayer& layer, const int64_t* token_ids) {
   const moe_hash_mode_t mode = layer.config.hash_mode;
   if (mode != MOE_HASH_AUTO) return mode;
   if (token_ids == nullptr) return MOE_HASH_CONTENT;
@@ -127,7 +134,7 @@ namespace {
 
 // Single process: drops, telemetry and the counts' one read-back, then the expert
 // buffer, the experts and combine.
-void forward_single(Layer& layer, cuda::LayerState& state, cuda::SavedOnDevice& s,
+void forward_single(const DeviceLayer& layer, cuda::LayerState& state, cuda::SavedOnDevice& s,
                     const moe_forward_args_t& args, cuda::EventTimer& timer) {
   const LayerConfig& c = layer.config;
   const cudaStream_t stream = s.stream;
@@ -135,7 +142,7 @@ void forward_single(Layer& layer, cuda::LayerState& state, cuda::SavedOnDevice& 
   const int64_t T = s.params.tokens, d = c.d_model, E = c.num_experts, slots = c.slots();
   const int64_t copies = T * slots;
   const bool expert_choice = c.router == MOE_ROUTER_EXPERT_CHOICE;
-  const bool telemetry = layer.telemetry.due();
+  const bool telemetry = layer.telemetry_due;
   const cuda::SummaryLayout L{E};
   const cuda::ReadbackLayout R{E};
   int64_t* summary = s.summary.get<int64_t>();
@@ -201,8 +208,9 @@ void forward_single(Layer& layer, cuda::LayerState& state, cuda::SavedOnDevice& 
 }
 
 // Single process: combine's gradient, the experts', and dx's share through them.
-void backward_single(Layer& layer, cuda::LayerState& state, const cuda::SavedOnDevice& s,
-                     const moe_backward_args_t& args, float* dgate, cuda::EventTimer& timer) {
+void backward_single(const DeviceLayer& layer, cuda::LayerState& state,
+                     const cuda::SavedOnDevice& s, const moe_backward_args_t& args, float* dgate,
+                     cuda::EventTimer& timer) {
   const LayerConfig& c = layer.config;
   const cudaStream_t stream = s.stream;
   const moe_dtype_t dtype = c.dtype;
@@ -234,10 +242,11 @@ void zero_tensor(const moe_tensor_t& t, size_t element, cudaStream_t stream) {
 
 }  // namespace
 
-std::unique_ptr<SavedState> CudaBackend::forward(Layer& layer, const moe_forward_args_t& args,
+std::unique_ptr<SavedState> CudaBackend::forward(const DeviceLayer& layer,
+                                                 const moe_forward_args_t& args,
                                                  const dist::ForwardCheckIn& group) {
   const LayerConfig& c = layer.config;
-  auto& state = static_cast<cuda::LayerState&>(*layer.backend_state);
+  auto& state = static_cast<cuda::LayerState&>(layer.state);
   const BoundWeights& w = layer.weights;
   require_device_pointer(args.x, "args.x");
   require_device_pointer(args.y, "args.y");
@@ -268,8 +277,8 @@ std::unique_ptr<SavedState> CudaBackend::forward(Layer& layer, const moe_forward
 
   s->summary = DeviceBuffer(L.words() * sizeof(int64_t), stream);
   s->loss_sums = DeviceBuffer((E + 4) * sizeof(double), stream);
-  s->stats = DeviceBuffer(
-      layer.telemetry.due() ? cuda::StatsLayout{E}.words() * sizeof(int64_t) : 0, stream);
+  s->stats = DeviceBuffer(layer.telemetry_due ? cuda::StatsLayout{E}.words() * sizeof(int64_t) : 0,
+                          stream);
   check(cudaMemsetAsync(s->summary.get(), 0, s->summary.bytes(), stream), "cudaMemsetAsync");
   s->logits = DeviceBuffer(c.learned_router() ? T * E * sizeof(float) : 0, stream);
   s->prob = DeviceBuffer(T * E * sizeof(float), stream);
@@ -330,10 +339,11 @@ std::unique_ptr<SavedState> CudaBackend::forward(Layer& layer, const moe_forward
   return s;
 }
 
-void CudaBackend::backward(Layer& layer, const SavedState& saved, const moe_backward_args_t& args) {
+void CudaBackend::backward(const DeviceLayer& layer, const SavedState& saved,
+                           const moe_backward_args_t& args) {
   const LayerConfig& c = layer.config;
   const auto& s = static_cast<const cuda::SavedOnDevice&>(saved);
-  auto& state = static_cast<cuda::LayerState&>(*layer.backend_state);
+  auto& state = static_cast<cuda::LayerState&>(layer.state);
   const BoundWeights& w = layer.weights;
   const moe_weights_t& g = args.grads;
   require_device_pointer(args.dy, "args.dy");

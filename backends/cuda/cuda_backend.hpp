@@ -18,12 +18,13 @@ class CudaBackend final : public Backend, public DevicePipeline {
   moe_device_t device() const override { return MOE_DEVICE_CUDA; }
   std::unique_ptr<BackendState> create_state(const LayerConfig& config) override;
   DevicePipeline* device_pipeline() override { return this; }
-  std::unique_ptr<DeviceMemory> device_memory(const Layer& layer) override;
+  std::unique_ptr<DeviceMemory> device_memory(void* const& stream) override;
   void read_to_host(const moe_tensor_t& tensor, void* host, size_t bytes) override;
 
-  std::unique_ptr<SavedState> forward(Layer& layer, const moe_forward_args_t& args,
+  std::unique_ptr<SavedState> forward(const DeviceLayer& layer, const moe_forward_args_t& args,
                                       const dist::ForwardCheckIn& group) override;
-  void backward(Layer& layer, const SavedState& saved, const moe_backward_args_t& args) override;
+  void backward(const DeviceLayer& layer, const SavedState& saved,
+                const moe_backward_args_t& args) override;
 };
 
 }  // namespace moe

@@ -67,7 +67,7 @@ void regroup(const Plan& local, const ExpertLayout& layout, std::vector<int64_t>
 
 }  // namespace
 
-void forward_expert_parallel(Layer& layer, LayerState& state, SavedOnDevice& s,
+void forward_expert_parallel(const DeviceLayer& layer, LayerState& state, SavedOnDevice& s,
                              const moe_forward_args_t& args, const dist::ForwardCheckIn& group,
                              EventTimer& timer) {
   const LayerConfig& c = layer.config;
@@ -106,7 +106,7 @@ void forward_expert_parallel(Layer& layer, LayerState& state, SavedOnDevice& s,
   s.batch_demand = s.exchange.batch_demand.get<int64_t>();
   timer.mark("dispatch");
 
-  if (layer.telemetry.due()) {
+  if (layer.telemetry_due) {
     s.sum_step_stats(c, args.seq_len);
     check(cudaMemcpyAsync(state.readback + R.stats(), s.stats.get(), s.stats.bytes(),
                           cudaMemcpyDeviceToHost, stream),
@@ -120,7 +120,7 @@ void forward_expert_parallel(Layer& layer, LayerState& state, SavedOnDevice& s,
   permute(dtype, plan.rows, d, s.x.get(), s.row_token.get<int64_t>(), sent.get(), stream);
   const DeviceBuffer received =
       exchange_rows(ep, sent.get(), dispatch->send_rows, dispatch->recv_rows, row_bytes, stream);
-  if (layer.telemetry.due())
+  if (layer.telemetry_due)
     s.device_stats.assign(state.readback + R.stats(),
                           state.readback + R.stats() + StatsLayout{E}.words());
   timer.mark("exchange");
@@ -152,7 +152,7 @@ void forward_expert_parallel(Layer& layer, LayerState& state, SavedOnDevice& s,
   s.dispatch = std::move(dispatch);
 }
 
-void backward_expert_parallel(Layer& layer, LayerState& state, const SavedOnDevice& s,
+void backward_expert_parallel(const DeviceLayer& layer, LayerState& state, const SavedOnDevice& s,
                               const moe_backward_args_t& args, float* dgate, EventTimer& timer) {
   const LayerConfig& c = layer.config;
   dist::ExpertParallel& ep = *layer.ep;

@@ -15,14 +15,14 @@ namespace moe::cuda {
 // After routing (`s` holds the decision and the device summary): the group's dispatch,
 // rows out to the experts' owners, this rank's experts, rows back, combine into y.
 // Reads the step's statistics back when telemetry is due.
-void forward_expert_parallel(Layer& layer, LayerState& state, SavedOnDevice& s,
+void forward_expert_parallel(const DeviceLayer& layer, LayerState& state, SavedOnDevice& s,
                              const moe_forward_args_t& args, const dist::ForwardCheckIn& group,
                              EventTimer& timer);
 
 // The mirror image: dy's rows to the experts' owners, the expert gradients, dx's rows
 // back into dx (when given). Fills dgate [T, k] (float32). Collective even where this
 // rank has no tokens or no experts.
-void backward_expert_parallel(Layer& layer, LayerState& state, const SavedOnDevice& s,
+void backward_expert_parallel(const DeviceLayer& layer, LayerState& state, const SavedOnDevice& s,
                               const moe_backward_args_t& args, float* dgate, EventTimer& timer);
 
 }  // namespace moe::cuda

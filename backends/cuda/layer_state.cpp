@@ -26,7 +26,7 @@ LayerState::~LayerState() {
   cublasDestroy(cublas);
 }
 
-const int32_t* LayerState::device_hash_table(const Layer& layer) {
+const int32_t* LayerState::device_hash_table(const DeviceLayer& layer) {
   const HashTable& table = layer.hash_table;
   if (table.empty()) return nullptr;
   if (hash_table_generation != layer.hash_table_generation || hash_table == nullptr) {

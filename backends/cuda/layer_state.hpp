@@ -16,7 +16,6 @@
 #include "backends/cuda/gemm.hpp"
 #include "backends/cuda/kernels.hpp"
 #include "backends/cuda/telemetry_kernels.hpp"
-#include "core/layer.hpp"
 
 namespace moe::cuda {
 
@@ -37,7 +36,7 @@ class LayerState final : public BackendState {
   LayerState(const LayerState&) = delete;
   LayerState& operator=(const LayerState&) = delete;
   // The layer's hash table on the device, copied again when the layer builds a new one.
-  const int32_t* device_hash_table(const Layer& layer);
+  const int32_t* device_hash_table(const DeviceLayer& layer);
 
   cublasHandle_t cublas = nullptr;
   GroupedGemm grouped;
@@ -101,7 +100,7 @@ struct SavedOnDevice final : SavedState {
 // The layer's stream, for allocations and synchronous copies.
 class LayerDeviceMemory final : public DeviceMemory {
  public:
-  explicit LayerDeviceMemory(const Layer& layer) : layer_(layer) {}
+  explicit LayerDeviceMemory(void* const& stream) : stream_(stream) {}
   ~LayerDeviceMemory() override;
   LayerDeviceMemory(const LayerDeviceMemory&) = delete;
   LayerDeviceMemory& operator=(const LayerDeviceMemory&) = delete;
@@ -112,8 +111,8 @@ class LayerDeviceMemory final : public DeviceMemory {
   void* host_staging(int slot, size_t bytes) override;
 
  private:
-  cudaStream_t stream() const { return static_cast<cudaStream_t>(layer_.stream); }
-  const Layer& layer_;
+  cudaStream_t stream() const { return static_cast<cudaStream_t>(stream_); }
+  void* const& stream_;  // the layer's, read at each use
   struct Pinned {
     void* data = nullptr;
     size_t bytes = 0;

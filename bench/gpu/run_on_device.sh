@@ -32,6 +32,11 @@ cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOE_WITH_CUDA=ON \
 grep -i "nccl" /tmp/configure.log | tee -a "$OUT/summary.txt"
 cmake --build build-gpu -j"$(nproc)" >/tmp/build.log 2>&1 || { grep -E "error" /tmp/build.log | head -30; exit 1; }
 
+# The cuda backend is a plugin beside libmoe, which links no CUDA library; the tests
+# below create their layers by name, through it.
+{ echo "libmoe needs: $(readelf -d build-gpu/libmoe.so.0 | awk '/NEEDED/ {printf "%s ", $NF}')"
+  ls -l build-gpu/libmoe_cuda.so.0; } | tee -a "$OUT/summary.txt"
+
 # MOE_GPU_BUILD_ONLY=1 stops here (build-gpu/ is then ready for a command of one's own).
 [ "${MOE_GPU_BUILD_ONLY:-0}" = 1 ] && exit 0
 

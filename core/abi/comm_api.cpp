@@ -2,8 +2,8 @@
 #include <string>
 
 #include "core/abi/entry.hpp"
+#include "core/layer/attach.hpp"
 #include "core/sized_struct.hpp"
-#include "dist/attach.hpp"
 #include "dist/local_comm.hpp"
 
 using namespace moe::abi;  // guarded, the handle lookups, the shared checks (entry.hpp)

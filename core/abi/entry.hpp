@@ -8,10 +8,10 @@
 #include <new>
 #include <string>
 
+#include "core/abi/handle_registry.hpp"
 #include "core/error.hpp"
-#include "core/handle_registry.hpp"
-#include "core/layer.hpp"
-#include "core/layer_entry.hpp"
+#include "core/layer/layer.hpp"
+#include "core/layer/layer_entry.hpp"
 #include "core/telemetry/export.hpp"
 #include "dist/communicator.hpp"
 #include "moe/moe.h"

@@ -4,7 +4,7 @@
 
 #include "core/abi/entry.hpp"
 #include "core/config.hpp"
-#include "core/pipeline.hpp"
+#include "core/layer/pipeline.hpp"
 #include "core/sized_struct.hpp"
 
 using namespace moe::abi;  // guarded, the handle lookups, the shared checks (entry.hpp)

@@ -2,9 +2,10 @@
 // compiled-in backends and the metric catalogue.
 #include <string>
 
-#include "backends/backend.hpp"
 #include "core/abi/entry.hpp"
+#include "core/layer/backend_registry.hpp"
 #include "core/raw_enum.hpp"
+#include "core/status_name.hpp"
 #include "core/telemetry/metrics.hpp"
 
 using namespace moe::abi;  // guarded, the handle lookups, the shared checks (entry.hpp)
@@ -12,20 +13,7 @@ using namespace moe::abi;  // guarded, the handle lookups, the shared checks (en
 extern "C" {
 
 const char* moe_status_string(moe_status_t status) {
-  switch (moe::raw_enum(status)) {
-    case MOE_STATUS_SUCCESS: return "MOE_STATUS_SUCCESS";
-    case MOE_STATUS_NULL_POINTER: return "MOE_STATUS_NULL_POINTER";
-    case MOE_STATUS_INVALID_ARGUMENT: return "MOE_STATUS_INVALID_ARGUMENT";
-    case MOE_STATUS_SHAPE_MISMATCH: return "MOE_STATUS_SHAPE_MISMATCH";
-    case MOE_STATUS_INVALID_HANDLE: return "MOE_STATUS_INVALID_HANDLE";
-    case MOE_STATUS_INVALID_STATE: return "MOE_STATUS_INVALID_STATE";
-    case MOE_STATUS_UNSUPPORTED: return "MOE_STATUS_UNSUPPORTED";
-    case MOE_STATUS_OUT_OF_MEMORY: return "MOE_STATUS_OUT_OF_MEMORY";
-    case MOE_STATUS_BACKEND_ERROR: return "MOE_STATUS_BACKEND_ERROR";
-    case MOE_STATUS_COMM_ERROR: return "MOE_STATUS_COMM_ERROR";
-    case MOE_STATUS_INTERNAL_ERROR: return "MOE_STATUS_INTERNAL_ERROR";
-  }
-  return "MOE_STATUS_UNKNOWN";
+  return moe::status_name(status);
 }
 
 const char* moe_last_error(void) {
@@ -53,7 +41,7 @@ moe_status_t moe_backend_name(int32_t index, const char** name) {
     moe::require(index >= 0 && index < moe::backend_count(), MOE_STATUS_INVALID_ARGUMENT,
                  "backend index " + std::to_string(index) + " is out of range [0, " +
                      std::to_string(moe::backend_count()) + ")");
-    *name = moe::backend_at(index).name();
+    *name = moe::backend_name(index);
   });
 }
 

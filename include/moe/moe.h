@@ -160,7 +160,9 @@ typedef struct moe_layer_config {
   moe_router_t router;
   moe_dtype_t dtype;
   int32_t expert_bias; /* 1: experts have biases b1 [E,F] and b2 [E,d] */
-  const char* backend; /* "cpu_ref", "auto" or NULL (= "auto"); copied at create */
+  const char* backend; /* a name of moe_backend_name ("cuda", "onednn", "cpu_ref"), "auto" or
+                          NULL (= "auto": the first host-memory backend that supports the
+                          config); copied at create */
 
   /* Router temperature, annealed linearly over training steps. */
   double router_temp_init;          /* > 0; default 1 */
@@ -308,8 +310,11 @@ typedef const struct moe_ctx* const_moe_ctx_t;
 
 /* ------------------------------------------------------------------ backends */
 
-/* Number of compiled-in backends, and the name of the i-th, in "auto"'s order of preference
- * (cuda, onednn, then cpu_ref, always last). */
+/* Number of backends a layer can ask for, and the name of the i-th, in "auto"'s order of
+ * preference: cuda, onednn, then cpu_ref, always last. onednn and cpu_ref are compiled into
+ * libmoe; cuda is a plugin, libmoe_cuda.so.0, listed when a regular file of that name is
+ * beside libmoe (checked once per process) and loaded the first time a layer asks for it;
+ * whatever stops it loading or running is that call's MOE_STATUS_UNSUPPORTED and message. */
 MOE_API moe_status_t moe_backend_count(int32_t* count);
 MOE_API moe_status_t moe_backend_name(int32_t index, const char** name);
 

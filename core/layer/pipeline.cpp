@@ -1,4 +1,4 @@
-#include "core/pipeline.hpp"
+#include "core/layer/pipeline.hpp"
 
 #include <algorithm>
 
@@ -331,7 +331,7 @@ std::unique_ptr<SavedState> forward(Layer& layer, const moe_forward_args_t& args
       layer.profile.exchange);
   std::unique_ptr<SavedState> saved;
   if (DevicePipeline* pipeline = layer.backend.device_pipeline()) {
-    saved = pipeline->forward(layer, args, group);
+    saved = pipeline->forward(layer.device_view(), args, group);
   } else if (c.dtype == MOE_DTYPE_F64) {
     saved = forward_typed<double>(layer, args, group);
   } else if (c.dtype == MOE_DTYPE_BF16) {
@@ -376,7 +376,7 @@ void backward(Layer& layer, const SavedState& saved, const moe_backward_args_t& 
       },
       layer.profile.exchange_backward);
   if (DevicePipeline* pipeline = layer.backend.device_pipeline()) {
-    pipeline->backward(layer, saved, args);
+    pipeline->backward(layer.device_view(), saved, args);
   } else if (c.dtype == MOE_DTYPE_F64) {
     backward_typed<double>(layer, saved, args);
   } else if (c.dtype == MOE_DTYPE_BF16) {

@@ -1,8 +1,8 @@
-#include "core/layer.hpp"
+#include "core/layer/layer.hpp"
 
-#include <algorithm>
 #include <atomic>
 
+#include "core/layer/backend_registry.hpp"
 #include "core/telemetry/verdicts.hpp"
 
 namespace moe {
@@ -20,15 +20,10 @@ Layer::Layer(const LayerConfig& cfg)
       name("layer" + std::to_string(serial)),
       thresholds(default_thresholds()) {}
 
-StepStats SavedState::step_stats(const LayerConfig& config, int64_t seq_len) const {
-  return collect_step_stats(config, routing, plan, seq_len);
-}
-
-void SavedState::copy_routing(int32_t* experts, float* gates, uint8_t* dropped) const {
-  const size_t n = routing.expert.size();
-  if (experts) std::copy(routing.expert.begin(), routing.expert.end(), experts);
-  for (size_t i = 0; gates && i < n; ++i) gates[i] = static_cast<float>(routing.gate[i]);
-  if (dropped) std::copy(plan.dropped.begin(), plan.dropped.end(), dropped);
+DeviceLayer Layer::device_view() {
+  return DeviceLayer{
+      config,         weights,    *backend_state,        stream,          serial,  step,
+      selection_bias, hash_table, hash_table_generation, telemetry.due(), ep.get()};
 }
 
 }  // namespace moe

@@ -6,7 +6,7 @@
 #include <memory>
 
 #include "core/error.hpp"
-#include "core/layer.hpp"
+#include "core/layer/layer.hpp"
 
 namespace moe {
 

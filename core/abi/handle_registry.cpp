@@ -1,4 +1,4 @@
-#include "core/handle_registry.hpp"
+#include "core/abi/handle_registry.hpp"
 
 namespace moe {
 namespace {

@@ -1,4 +1,4 @@
-#include "dist/attach.hpp"
+#include "core/layer/attach.hpp"
 
 #include <string>
 #include <utility>
@@ -89,7 +89,7 @@ void attach(Layer& layer, Communicator* comm, const int32_t* expert_owner, int64
   // The one refusal no exchange can carry: a host layer has no device memory to
   // stage a device communicator's exchanges through. (A device layer stages a host
   // communicator's through host memory.)
-  std::unique_ptr<DeviceMemory> memory = layer.backend.device_memory(layer);
+  std::unique_ptr<DeviceMemory> memory = layer.backend.device_memory(layer.stream);
   require(comm->device() == MOE_DEVICE_CPU || memory != nullptr, MOE_STATUS_UNSUPPORTED,
           "this communicator moves device memory; a host layer needs a host communicator "
           "(moe_mpi.h)");

@@ -5,7 +5,7 @@
 // group export enters each of its layers; a layer named twice is entered once).
 #pragma once
 
-#include "core/layer.hpp"
+#include "core/layer/layer.hpp"
 
 namespace moe {
 

@@ -4,7 +4,7 @@
 
 #include <cstdint>
 
-#include "core/layer.hpp"
+#include "core/layer/layer.hpp"
 #include "dist/communicator.hpp"
 
 namespace moe::dist {

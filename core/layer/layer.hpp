@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "backends/backend.hpp"
+#include "backends/saved_state.hpp"
 #include "core/config.hpp"
 #include "core/hash_router.hpp"
 #include "core/host_buffer.hpp"
@@ -20,11 +21,6 @@
 #include "dist/expert_parallel.hpp"
 
 namespace moe {
-
-struct BoundWeights {
-  bool bound = false;
-  moe_tensor_t router{}, w1{}, b1{}, w2{}, b2{};
-};
 
 class Layer {
  public:
@@ -48,36 +44,11 @@ class Layer {
   // The thread inside a C call on this layer, if any (layer_entry.hpp).
   std::atomic<std::thread::id> entered_by{};
 
+  // What a device pipeline sees of this layer for one call.
+  DeviceLayer device_view();
+
   // Experts whose weights this rank holds: all, or its share under expert parallelism.
   int64_t experts_held() const { return ep ? ep->local_expert_count() : config.num_experts; }
-};
-
-// What forward leaves for backward. Typed buffers live in SavedTensors<S>.
-struct SavedState {
-  virtual ~SavedState() = default;
-  // The routing decision into caller host buffers of T*slots (each may be null).
-  virtual void copy_routing(int32_t* experts, float* gates, uint8_t* dropped) const;
-  // The routing statistics of this call, for telemetry.
-  virtual StepStats step_stats(const LayerConfig& config, int64_t seq_len) const;
-  uint64_t layer_serial = 0;
-  moe_dtype_t dtype = MOE_DTYPE_F32;
-  bool expert_choice = false;  // slots are experts, not ranked choices
-  Routing routing;
-  Plan plan;  // this rank's tokens; under expert parallelism, rows in send order
-  std::unique_ptr<dist::Dispatch> dispatch;  // expert parallelism only
-  moe_losses_t losses = MOE_LOSSES_INIT;
-
-  // The batch's pre-drop demand per expert (the group's under expert parallelism).
-  const std::vector<int64_t>& batch_demand() const {
-    return dispatch ? dispatch->batch_demand : plan.demand;
-  }
-};
-
-template <typename S>
-struct SavedTensors final : SavedState {
-  host_buffer<S> x;                 // [T,d], rows that were routed nowhere are zeroed
-  host_buffer<S> xp, h_pre, h, yp;  // the experts' rows (this rank's experts')
-  host_buffer<S> returned;          // expert parallelism: yp of this rank's copies, send order
 };
 
 }  // namespace moe

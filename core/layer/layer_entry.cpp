@@ -1,4 +1,4 @@
-#include "core/layer_entry.hpp"
+#include "core/layer/layer_entry.hpp"
 
 #include <algorithm>
 #include <thread>

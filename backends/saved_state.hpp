@@ -1,0 +1,46 @@
+// What forward leaves for backward: the routing decision, the plan, and the typed
+// buffers the backward stages read. The host pipeline fills SavedTensors<S>; a device
+// pipeline derives its own (backends/cuda/layer_state.hpp).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "core/config.hpp"
+#include "core/host_buffer.hpp"
+#include "core/plan.hpp"
+#include "core/router.hpp"
+#include "core/telemetry/step_stats.hpp"
+#include "dist/dispatch.hpp"
+
+namespace moe {
+
+struct SavedState {
+  virtual ~SavedState() = default;
+  // The routing decision into caller host buffers of T*slots (each may be null).
+  virtual void copy_routing(int32_t* experts, float* gates, uint8_t* dropped) const;
+  // The routing statistics of this call, for telemetry.
+  virtual StepStats step_stats(const LayerConfig& config, int64_t seq_len) const;
+  uint64_t layer_serial = 0;
+  moe_dtype_t dtype = MOE_DTYPE_F32;
+  bool expert_choice = false;  // slots are experts, not ranked choices
+  Routing routing;
+  Plan plan;  // this rank's tokens; under expert parallelism, rows in send order
+  std::unique_ptr<dist::Dispatch> dispatch;  // expert parallelism only
+  moe_losses_t losses = MOE_LOSSES_INIT;
+
+  // The batch's pre-drop demand per expert (the group's under expert parallelism).
+  const std::vector<int64_t>& batch_demand() const {
+    return dispatch ? dispatch->batch_demand : plan.demand;
+  }
+};
+
+template <typename S>
+struct SavedTensors final : SavedState {
+  host_buffer<S> x;                 // [T,d], rows that were routed nowhere are zeroed
+  host_buffer<S> xp, h_pre, h, yp;  // the experts' rows (this rank's experts')
+  host_buffer<S> returned;          // expert parallelism: yp of this rank's copies, send order
+};
+
+}  // namespace moe
