@@ -133,7 +133,7 @@ LayerConfig config_from_abi(const moe_layer_config_t* abi) {
                "moe_noise_t");
   require_enum(in.drop_policy, MOE_DROP_POSITION, MOE_DROP_PROBABILITY, "config.drop_policy",
                "moe_drop_policy_t");
-  require_enum(in.hash_mode, MOE_HASH_AUTO, MOE_HASH_CONTENT, "config.hash_mode",
+  require_enum(in.hash_mode, MOE_HASH_AUTO, MOE_HASH_BALANCED, "config.hash_mode",
                "moe_hash_mode_t");
   require_in_range(in.router_temp_init, kMinTemperature, kMaxTemperature,
                    "config.router_temp_init");
@@ -166,6 +166,44 @@ LayerConfig config_from_abi(const moe_layer_config_t* abi) {
               in.telemetry_ema_decay < 1.0,
           MOE_STATUS_INVALID_ARGUMENT, "config.telemetry_ema_decay must be in [0, 1)");
 
+  const bool grouped = in.n_group > 1;
+  require(in.n_group >= 0 && in.n_group <= in.num_experts &&
+              in.num_experts % std::max<int64_t>(in.n_group, 1) == 0,
+          MOE_STATUS_INVALID_ARGUMENT,
+          "config.n_group must be 0 or 1 (no groups) or divide num_experts=" +
+              std::to_string(in.num_experts) + ", got " + std::to_string(in.n_group));
+  require(in.topk_group >= 0 && in.topk_group <= std::max<int64_t>(in.n_group, 1),
+          MOE_STATUS_INVALID_ARGUMENT,
+          "config.topk_group must be in [0, n_group=" + std::to_string(in.n_group) +
+              "] (0 = all groups; groups need n_group > 1), got " + std::to_string(in.topk_group));
+  require(!grouped || in.router == MOE_ROUTER_SOFTMAX || in.router == MOE_ROUTER_SIGMOID,
+          MOE_STATUS_INVALID_ARGUMENT,
+          "config.n_group > 1 needs a learned token-choice router (softmax or sigmoid): "
+          "groups are chosen by the tokens' scores");
+  const int64_t groups_kept =
+      grouped && in.topk_group > 0 ? in.topk_group : std::max<int64_t>(in.n_group, 1);
+  require(!grouped || groups_kept * (in.num_experts / in.n_group) >= in.top_k,
+          MOE_STATUS_INVALID_ARGUMENT,
+          "config.topk_group=" + std::to_string(in.topk_group) + " groups of " +
+              std::to_string(grouped ? in.num_experts / in.n_group : in.num_experts) +
+              " experts hold fewer than top_k=" + std::to_string(in.top_k) + " experts");
+  require(std::isfinite(in.routed_scaling_factor) && in.routed_scaling_factor > 0.0 &&
+              in.routed_scaling_factor <= kMaxCoefficient,
+          MOE_STATUS_INVALID_ARGUMENT,
+          "config.routed_scaling_factor must be finite, > 0 and <= 1e6 (default 1), got " +
+              number(in.routed_scaling_factor));
+  require(in.routed_scaling_factor == 1.0 || in.router != MOE_ROUTER_EXPERT_CHOICE,
+          MOE_STATUS_INVALID_ARGUMENT,
+          "config.routed_scaling_factor scales token-choice gates; expert choice takes none");
+
+  require(in.min_capacity >= 0 && in.min_capacity <= kMaxTokens, MOE_STATUS_INVALID_ARGUMENT,
+          "config.min_capacity must be in [0, 2^40], got " + std::to_string(in.min_capacity));
+  require(
+      in.min_capacity == 0 || (in.capacity_factor > 0.0 && in.router != MOE_ROUTER_EXPERT_CHOICE),
+      MOE_STATUS_INVALID_ARGUMENT,
+      "config.min_capacity is a floor under token choice's capacity: it needs a "
+      "capacity_factor > 0 (dropless has no capacity) and a token-choice router");
+
   LayerConfig c;
   c.d_model = in.d_model;
   c.d_ff = in.d_ff;
@@ -193,6 +231,10 @@ LayerConfig config_from_abi(const moe_layer_config_t* abi) {
   c.seed = in.seed;
   c.telemetry_interval = in.telemetry_interval;
   c.telemetry_ema_decay = in.telemetry_ema_decay;
+  c.n_group = std::max<int64_t>(in.n_group, 1);
+  c.topk_group = groups_kept;
+  c.routed_scaling_factor = in.routed_scaling_factor;
+  c.min_capacity = in.min_capacity;
   return c;
 }
 
@@ -224,6 +266,10 @@ moe_layer_config_t config_to_abi(const LayerConfig& c) {
   out.seed = c.seed;
   out.telemetry_interval = c.telemetry_interval;
   out.telemetry_ema_decay = c.telemetry_ema_decay;
+  out.n_group = c.n_group;
+  out.topk_group = c.topk_group;
+  out.routed_scaling_factor = c.routed_scaling_factor;
+  out.min_capacity = c.min_capacity;
   return out;
 }
 

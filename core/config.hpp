@@ -53,6 +53,10 @@ struct LayerConfig {
   uint64_t seed = 0;
   int64_t telemetry_interval = 1;
   double telemetry_ema_decay = 0.9;
+  int64_t n_group = 1;     // resolved: 1 = no groups
+  int64_t topk_group = 1;  // resolved: n_group when the ABI says 0 (all)
+  double routed_scaling_factor = 1.0;
+  int64_t min_capacity = 0;
 
   bool gated() const {
     return activation == MOE_ACTIVATION_SWIGLU || activation == MOE_ACTIVATION_GEGLU;
@@ -61,6 +65,7 @@ struct LayerConfig {
   int64_t ff_width() const { return gated() ? 2 * d_ff : d_ff; }
   bool dropless() const { return capacity_factor <= 0.0; }
   bool learned_router() const { return router != MOE_ROUTER_HASH; }
+  bool group_limited() const { return n_group > 1 && topk_group < n_group; }
   // Slots per token in the routing decision: k, or E for expert choice.
   int64_t slots() const { return router == MOE_ROUTER_EXPERT_CHOICE ? num_experts : top_k; }
 

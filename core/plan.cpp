@@ -39,7 +39,8 @@ std::vector<int64_t> demand_of(const std::vector<int32_t>& expert, int64_t num_e
 int64_t configured_capacity(const LayerConfig& config, int64_t tokens,
                             const std::vector<int64_t>& demand) {
   if (!config.dropless())
-    return capacity_for(config.capacity_factor, tokens, config.top_k, config.num_experts);
+    return std::max(config.min_capacity,
+                    capacity_for(config.capacity_factor, tokens, config.top_k, config.num_experts));
   return demand.empty() ? 0 : *std::max_element(demand.begin(), demand.end());
 }
 

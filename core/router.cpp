@@ -2,7 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
+#include <utility>
+#include <vector>
 
 #include "core/activation.hpp"
 #include "core/bfloat16.hpp"
@@ -52,6 +55,46 @@ void normalized_sigmoids(const double* u, int64_t n, double* out) {
   softmax_row(out, n, out);
 }
 
+// Gates 1/k on a hash-routed token's experts, and P's mass with them.
+void set_hash_gates(int64_t E, int64_t k, int64_t t, Routing& r) {
+  for (int64_t j = 0; j < k; ++j) {
+    r.gate[t * k + j] = 1.0 / static_cast<double>(k);
+    r.prob[t * E + r.expert[t * k + j]] = 1.0 / static_cast<double>(k);
+  }
+}
+
+// Balanced hashing, the way BASE layers balance by score: the call's finite tokens in
+// order of their key (the mixed id, else the row's hash; ties by index) are cut into E
+// runs of equal length (within one), run q going to expert q + offset and each further
+// slot j to the next expert, q + offset + j, all mod E. Every slot's per-expert counts
+// are then within 1 of each other; equal keys are neighbours, so a repeated token
+// stays with one expert unless a run ends among its copies. The offset, the smallest
+// key mod E, makes a call of few tokens start at a hashed expert, not always at 0.
+template <typename S>
+void route_hash_balanced(const LayerConfig& config, const S* x, const int64_t* token_ids,
+                         Routing& r) {
+  const int64_t E = config.num_experts, k = config.top_k, d = config.d_model;
+  std::vector<std::pair<uint64_t, int64_t>> order;  // (key, token)
+  order.reserve(static_cast<size_t>(r.tokens));
+  for (int64_t t = 0; t < r.tokens; ++t) {
+    if (r.nonfinite[t]) continue;
+    const uint64_t key = token_ids ? mix64(static_cast<uint64_t>(token_ids[t]))
+                                   : hash_bytes(x + t * d, sizeof(S) * d);
+    order.emplace_back(key, t);
+  }
+  std::sort(order.begin(), order.end());
+  const auto n = static_cast<int64_t>(order.size());
+  if (n == 0) return;
+  const int64_t offset = static_cast<int64_t>(order[0].first % static_cast<uint64_t>(E));
+  for (int64_t rank = 0; rank < n; ++rank) {
+    const int64_t t = order[rank].second;
+    const int64_t run = rank * E / n;  // < E; rank * E fits: tokens and experts are bounded
+    for (int64_t j = 0; j < k; ++j)
+      r.expert[t * k + j] = static_cast<int32_t>((run + offset + j) % E);
+    set_hash_gates(E, k, t, r);
+  }
+}
+
 template <typename S>
 void route_hash(const LayerConfig& config, const RouterState& state, const S* x,
                 const int64_t* token_ids, Routing& r) {
@@ -62,14 +105,21 @@ void route_hash(const LayerConfig& config, const RouterState& state, const S* x,
            : (state.hash_table && !state.hash_table->empty()) ? MOE_HASH_TABLE
                                                               : MOE_HASH_MIX;
   }
-  require(mode == MOE_HASH_CONTENT || token_ids != nullptr, MOE_STATUS_INVALID_ARGUMENT,
-          "the hash router in mode mix/table needs token_ids");
+  require(mode == MOE_HASH_CONTENT || mode == MOE_HASH_BALANCED || token_ids != nullptr,
+          MOE_STATUS_INVALID_ARGUMENT, "the hash router in mode mix/table needs token_ids");
   for (int64_t t = 0; t < r.tokens; ++t) {
     const S* row = x + t * d;
-    if (!std::all_of(row, row + d, [](S v) { return std::isfinite(static_cast<double>(v)); })) {
+    if (r.nonfinite[t] != kMasked &&
+        !std::all_of(row, row + d, [](S v) { return std::isfinite(static_cast<double>(v)); }))
       r.nonfinite[t] = 1;
-      continue;
-    }
+  }
+  if (mode == MOE_HASH_BALANCED) {
+    route_hash_balanced(config, x, token_ids, r);
+    return;
+  }
+  for (int64_t t = 0; t < r.tokens; ++t) {
+    if (r.nonfinite[t]) continue;
+    const S* row = x + t * d;
     int32_t* chosen = &r.expert[t * k];
     const bool in_table = mode == MOE_HASH_TABLE && state.hash_table &&
                           !state.hash_table->empty() && token_ids[t] >= 0 &&
@@ -81,20 +131,25 @@ void route_hash(const LayerConfig& config, const RouterState& state, const S* x,
     } else {
       hash_experts(static_cast<uint64_t>(token_ids[t]), E, k, chosen);
     }
-    for (int64_t j = 0; j < k; ++j) {
-      r.gate[t * k + j] = 1.0 / static_cast<double>(k);
-      r.prob[t * E + chosen[j]] = 1.0 / static_cast<double>(k);
-    }
+    set_hash_gates(E, k, t, r);
   }
 }
 
-// Scores of the learned routers; marks rows with non-finite logits.
+void count_excluded(Routing& r) {
+  r.nonfinite_rows = std::count(r.nonfinite.begin(), r.nonfinite.end(), 1);
+  r.masked_rows = std::count(r.nonfinite.begin(), r.nonfinite.end(), kMasked);
+  r.valid_tokens = r.tokens - r.nonfinite_rows - r.masked_rows;
+}
+
+// Scores of the learned routers; marks rows with non-finite logits (masked rows are
+// left as they are: padding may hold anything).
 void score_rows(const LayerConfig& config, Routing& r, std::vector<double>& u) {
   const int64_t E = config.num_experts;
   u.assign(r.tokens * E, 0.0);
   // Tokens are independent: each thread writes only its tokens' rows.
 #pragma omp parallel for schedule(static) if (worth_threads(r.tokens * E))
   for (int64_t t = 0; t < r.tokens; ++t) {
+    if (r.nonfinite[t] == kMasked) continue;
     const double* z = &r.logits[t * E];
     if (!std::all_of(z, z + E, [](double v) { return std::isfinite(v); })) {
       r.nonfinite[t] = 1;
@@ -124,6 +179,28 @@ void score_rows(const LayerConfig& config, Routing& r, std::vector<double>& u) {
   }
 }
 
+// DeepSeek-V3's group-limited routing: the experts form n_group groups of consecutive
+// ids; a group's score is the sum of its two best selection keys (its one key when it
+// has one expert), the token keeps its topk_group best groups (ties to the lower
+// group), and the experts of the other groups leave the race (key -inf).
+void keep_best_groups(const LayerConfig& config, double* key, std::vector<double>& group_score,
+                      std::vector<int32_t>& kept) {
+  const int64_t groups = config.n_group, size = config.num_experts / groups;
+  for (int64_t g = 0; g < groups; ++g) {
+    const double* s = key + g * size;
+    const int64_t best = std::max_element(s, s + size) - s;
+    double second = -std::numeric_limits<double>::infinity();
+    for (int64_t i = 0; i < size; ++i)
+      if (i != best) second = std::max(second, s[i]);
+    group_score[g] = size > 1 ? s[best] + second : s[best];
+  }
+  top_k_indices(group_score.data(), group_score.data(), groups, config.topk_group, kept.data());
+  for (int64_t g = 0; g < groups; ++g) {
+    if (std::find(kept.begin(), kept.end(), static_cast<int32_t>(g)) != kept.end()) continue;
+    std::fill(key + g * size, key + (g + 1) * size, -std::numeric_limits<double>::infinity());
+  }
+}
+
 void select_token_choice(const LayerConfig& config, const RouterState& state,
                          const std::vector<double>& u, double noise_std, Routing& r) {
   const int64_t E = config.num_experts, k = config.top_k;
@@ -131,6 +208,8 @@ void select_token_choice(const LayerConfig& config, const RouterState& state,
 #pragma omp parallel if (worth_threads(r.tokens * E * k))
   {
     std::vector<double> key(E), noisy(E), chosen_scores(k);
+    std::vector<double> group_score(config.n_group);
+    std::vector<int32_t> kept_groups(config.topk_group);
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < r.tokens; ++t) {
       if (r.nonfinite[t]) continue;
@@ -139,6 +218,10 @@ void select_token_choice(const LayerConfig& config, const RouterState& state,
                    selection_noise(config, noise_std, state.step, state.token_offset + t, e);
         key[e] = (sigmoid_router ? sigmoid(noisy[e]) : noisy[e]) + (*state.selection_bias)[e];
       }
+      // Groups are scored on the selection keys: for the sigmoid router sigmoid plus
+      // bias (DeepSeek-V3's scores_for_choice), for the softmax router its scores plus
+      // bias (Megatron-Core's grouped top-k on logits).
+      if (config.group_limited()) keep_best_groups(config, key.data(), group_score, kept_groups);
       int32_t* chosen = &r.expert[t * k];
       double* gate = &r.gate[t * k];
       top_k_indices(key.data(), noisy.data(), E, k, chosen);
@@ -222,6 +305,9 @@ Routing route(const LayerConfig& config, const RouterState& state, const S* x, c
   r.prob.assign(tokens * E, 0.0);
   r.lse.assign(tokens, 0.0);
   r.nonfinite.assign(tokens, 0);
+  if (state.token_mask)
+    for (int64_t t = 0; t < tokens; ++t)
+      if (state.token_mask[t] == 0) r.nonfinite[t] = kMasked;
 
   if (config.router == MOE_ROUTER_HASH) {
     route_hash(config, state, x, token_ids, r);
@@ -230,8 +316,7 @@ Routing route(const LayerConfig& config, const RouterState& state, const S* x, c
     if (config.router == MOE_ROUTER_SIGMOID) r.sigmoid.assign(tokens * E, 0.0);
     std::vector<double> u;
     score_rows(config, r, u);
-    r.nonfinite_rows = std::count(r.nonfinite.begin(), r.nonfinite.end(), 1);
-    r.valid_tokens = tokens - r.nonfinite_rows;
+    count_excluded(r);
     const double noise_std = state.train ? config.noise_std(state.step) : 0.0;
     if (config.router == MOE_ROUTER_EXPERT_CHOICE) {
       select_expert_choice(config, state, u, noise_std, r);
@@ -239,8 +324,10 @@ Routing route(const LayerConfig& config, const RouterState& state, const S* x, c
       select_token_choice(config, state, u, noise_std, r);
     }
   }
-  r.nonfinite_rows = std::count(r.nonfinite.begin(), r.nonfinite.end(), 1);
-  r.valid_tokens = tokens - r.nonfinite_rows;
+  // DeepSeek-V3's routed_scaling_factor: the gates, renormalised or not, times f.
+  if (config.routed_scaling_factor != 1.0)
+    for (double& g : r.gate) g *= config.routed_scaling_factor;
+  count_excluded(r);
   compute_losses(config, r);
   return r;
 }
@@ -280,6 +367,7 @@ void route_backward(const LayerConfig& config, const Routing& r, const std::vect
   const double tau = r.temperature;
   const bool sigmoid_router = config.router == MOE_ROUTER_SIGMOID;
   const bool token_choice = config.router != MOE_ROUTER_EXPERT_CHOICE;
+  const double gate_scale = token_choice ? config.routed_scaling_factor : 1.0;
 
 #pragma omp parallel if (worth_threads(T * E))
   {
@@ -295,15 +383,17 @@ void route_backward(const LayerConfig& config, const Routing& r, const std::vect
       const double* g = &r.gate[t * slots];
       const double* dg = &dgate[t * slots];
       // Held as base * d(loss)/d(base): with g_j = base_j / sum_chosen(base) that is
-      // (dg_j - dg.g) g_j, with no division by a sum that can underflow to 0.
+      // (dg_j - dg.g) g_j, with no division by a sum that can underflow to 0. Gates
+      // scaled by f (g = f g0) give (f dg_j - f dg.g0) g0_j = (dg_j - dg.g / f) g_j.
       if (token_choice && config.renormalize) {
         double dg_dot_g = 0.0;
         for (int64_t j = 0; j < slots; ++j) dg_dot_g += dg[j] * g[j];
+        dg_dot_g /= gate_scale;
         for (int64_t j = 0; j < slots; ++j) d_base[chosen[j]] += (dg[j] - dg_dot_g) * g[j];
       } else {
         const std::vector<double>& base = sigmoid_router ? r.sigmoid : r.prob;
         for (int64_t j = 0; j < slots; ++j)
-          if (chosen[j] >= 0) d_base[chosen[j]] += dg[j] * base[t * E + chosen[j]];
+          if (chosen[j] >= 0) d_base[chosen[j]] += dg[j] * gate_scale * base[t * E + chosen[j]];
       }
       // The aux loss reaches P: d(alpha * E * sum_e f_e * mean_t P)/dP[t,e].
       for (int64_t e = 0; e < E; ++e)

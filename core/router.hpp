@@ -20,23 +20,30 @@ struct RouterState {
   // Index of this call's first token in the global batch (expert parallelism), so
   // that selection noise, drawn per (step, token, expert), matches a single process.
   int64_t token_offset = 0;
+  // T bytes, 0 = padding (routed nowhere, in no loss or metric); null: no mask.
+  const uint8_t* token_mask = nullptr;
 };
+
+constexpr uint8_t kMasked = 2;  // Routing::nonfinite's mark of a masked token
 
 struct Routing {
   int64_t tokens = 0;
   int64_t slots = 0;  // k, or E for expert choice
   int64_t experts = 0;
   double temperature = 1.0;
-  std::vector<int32_t> expert;        // [T*slots] chosen expert, -1 none
-  std::vector<double> gate;           // [T*slots] gate value (after renormalisation)
-  std::vector<double> prob;           // [T*E] P[t,e] as docs/metrics.md defines it
-  std::vector<double> sigmoid;        // [T*E] sigmoid(z/tau) (sigmoid router only)
-  std::vector<double> logits;         // [T*E] raw logits z (learned routers)
-  std::vector<double> lse;            // [T] logsumexp of the raw logits
-  std::vector<uint8_t> nonfinite;     // [T] 1: logits (or the row) hold NaN/Inf
+  std::vector<int32_t> expert;  // [T*slots] chosen expert, -1 none
+  std::vector<double> gate;     // [T*slots] gate value (after renormalisation)
+  std::vector<double> prob;     // [T*E] P[t,e] as docs/metrics.md defines it
+  std::vector<double> sigmoid;  // [T*E] sigmoid(z/tau) (sigmoid router only)
+  std::vector<double> logits;   // [T*E] raw logits z (learned routers)
+  std::vector<double> lse;      // [T] logsumexp of the raw logits
+  // [T] 1: logits (or the row) hold NaN/Inf; kMasked: padding. Either way the token is
+  // routed nowhere and takes part in no loss; only the first counts as non-finite.
+  std::vector<uint8_t> nonfinite;
   std::vector<double> load_fraction;  // [E] f_e = d_e / sum d (aux loss)
   int64_t nonfinite_rows = 0;
-  int64_t valid_tokens = 0;
+  int64_t masked_rows = 0;
+  int64_t valid_tokens = 0;  // neither non-finite nor masked
   // The batch the losses average over: these tokens, or under expert parallelism the
   // whole group's (dist/batch_routing.cpp makes them global).
   int64_t batch_valid_tokens = 0;

@@ -86,6 +86,12 @@ std::string CudaBackend::unsupported_reason(const LayerConfig& c) const {
                                                   : ")");
   }
   if (devices == 0) return "this machine: no usable CUDA device (cudaGetDeviceCount found none)";
+  if (c.group_limited())
+    return "group-limited routing (n_group, topk_group; the host backends run it, not yet cuda)";
+  if (c.routed_scaling_factor != 1.0)
+    return "routed_scaling_factor other than 1 (the host backends run it, not yet cuda)";
+  if (c.router == MOE_ROUTER_HASH && c.hash_mode == MOE_HASH_BALANCED)
+    return "hash_mode balanced (the host backends run it; not yet on cuda)";
   if (c.dtype != MOE_DTYPE_F32 && c.dtype != MOE_DTYPE_BF16)
     return std::string("dtype ") + dtype_name(c.dtype) + " (cuda runs float32 and bfloat16)";
   return "";
@@ -273,7 +279,7 @@ std::unique_ptr<SavedState> CudaBackend::forward(const DeviceLayer& layer,
   // parallelism the group's batch decides instead.)
   const int64_t fixed_capacity =
       expert_choice ? capacity_for(c.capacity_factor > 0.0 ? c.capacity_factor : 1.0, T, k, E)
-                    : (c.dropless() ? -1 : capacity_for(c.capacity_factor, T, k, E));
+                    : (c.dropless() ? -1 : configured_capacity(c, T, {}));
 
   s->summary = DeviceBuffer(L.words() * sizeof(int64_t), stream);
   s->loss_sums = DeviceBuffer((E + 4) * sizeof(double), stream);

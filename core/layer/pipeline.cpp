@@ -122,8 +122,8 @@ std::unique_ptr<SavedState> forward_typed(Layer& layer, const moe_forward_args_t
   }
   // Selection noise is drawn per batch token: under expert parallelism this rank's
   // tokens start where the lower ranks' end.
-  const RouterState state{&layer.selection_bias, &layer.hash_table, layer.step, args.train != 0,
-                          group.token_offset};
+  const RouterState state{&layer.selection_bias, &layer.hash_table,  layer.step,
+                          args.train != 0,       group.token_offset, args.token_mask};
   saved->routing = route<S>(c, state, x, logits.data(), args.token_ids, T);
   const Routing& routing = saved->routing;
   profile.router += timer.lap();
@@ -272,6 +272,10 @@ void check_forward_args(const Layer& layer, const moe_forward_args_t& args) {
   require(!args.train || layer.step < kMaxStep, MOE_STATUS_INVALID_STATE,
           "the step counter is at its limit, 2^62: a training call cannot count on "
           "(moe_layer_set_step to restart it)");
+  require(args.token_mask == nullptr || layer.backend.device_pipeline() == nullptr,
+          MOE_STATUS_UNSUPPORTED,
+          std::string("args.token_mask: backend '") + layer.backend.name() +
+              "' does not take a token mask yet (the host backends do)");
   require(!(c.router == MOE_ROUTER_HASH && args.token_ids == nullptr && T > 0 &&
             (c.hash_mode == MOE_HASH_MIX || c.hash_mode == MOE_HASH_TABLE)),
           MOE_STATUS_NULL_POINTER,

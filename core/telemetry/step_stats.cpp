@@ -93,9 +93,10 @@ StepStats StepStats::from_values(int64_t num_experts, const double* values) {
 StepStats count_step_stats(const LayerConfig& config, const Routing& r, const Plan& plan) {
   StepStats s(config.num_experts);
   s.steps = 1;
-  s.tokens = r.tokens;
+  // Masked tokens (padding) are in no metric: they are not counted as tokens at all.
+  s.tokens = r.tokens - r.masked_rows;
   s.valid_tokens = r.valid_tokens;
-  s.nominal_copies = r.tokens * config.top_k;
+  s.nominal_copies = s.tokens * config.top_k;
   s.nonfinite_rows = r.nonfinite_rows;
   s.capacity_sum = plan.capacity;
   s.demand = plan.demand;

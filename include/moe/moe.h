@@ -103,10 +103,12 @@ typedef enum moe_drop_policy {
 } moe_drop_policy_t;
 
 typedef enum moe_hash_mode {
-  MOE_HASH_AUTO = 0,   /* table if one was built, else mix of ids, else content */
-  MOE_HASH_MIX = 1,    /* token ids through a fixed 64-bit mix */
-  MOE_HASH_TABLE = 2,  /* balanced lookup table (moe_layer_build_hash_table) */
-  MOE_HASH_CONTENT = 3 /* a hash of the row's bytes; used when no ids are given */
+  MOE_HASH_AUTO = 0,    /* table if one was built, else mix of ids, else content */
+  MOE_HASH_MIX = 1,     /* token ids through a fixed 64-bit mix */
+  MOE_HASH_TABLE = 2,   /* balanced lookup table (moe_layer_build_hash_table) */
+  MOE_HASH_CONTENT = 3, /* a hash of the row's bytes; used when no ids are given */
+  MOE_HASH_BALANCED = 4 /* each call's tokens split evenly by the rank of their hash (of the
+                           id, else of the row): per-expert counts within 1 of each other */
 } moe_hash_mode_t;
 
 /* ------------------------------------------------------------------ tensors */
@@ -146,7 +148,7 @@ static inline moe_tensor_t moe_tensor_const(const void* data, moe_dtype_t dtype,
 
 /* ------------------------------------------------------------------ layer config */
 
-#define MOE_LAYER_CONFIG_VERSION 2
+#define MOE_LAYER_CONFIG_VERSION 3
 
 typedef struct moe_layer_config {
   uint32_t size;    /* sizeof(moe_layer_config_t) as the caller compiled it */
@@ -191,13 +193,22 @@ typedef struct moe_layer_config {
                                  default 1 */
   double telemetry_ema_decay; /* EMA of every scalar: ema = decay*ema + (1-decay)*x;
                                  default 0.9 */
+  /* version 3: DeepSeek-V3's group-limited routing (docs/routing.md). The experts form
+   * n_group equal groups of consecutive ids; each token keeps the topk_group groups whose
+   * two best selection scores sum highest, then takes its top_k inside them. */
+  int64_t n_group;              /* 0 or 1: no groups; else divides num_experts */
+  int64_t topk_group;           /* groups kept per token, in [1, n_group]; 0 = all */
+  double routed_scaling_factor; /* every token-choice gate times this, after
+                                   renormalisation; finite, in (0, 1e6]; default 1 */
+  int64_t min_capacity;         /* DeepSpeed's: C = max(min_capacity, ceil(capacity_factor*T*k/E)),
+                                   token choice with a capacity_factor > 0 only; 0 = none */
 } moe_layer_config_t;
 
 #define MOE_LAYER_CONFIG_INIT                                                                      \
   {                                                                                                \
     sizeof(moe_layer_config_t), MOE_LAYER_CONFIG_VERSION, 0, 0, 0, 1, MOE_ACTIVATION_GELU,         \
         MOE_ROUTER_SOFTMAX, MOE_DTYPE_F32, 0, NULL, 1.0, 1.0, 0, MOE_NOISE_NONE, 0.0, 0, 0.0, 0.0, \
-        0.0, -1, 0.0, MOE_DROP_POSITION, 0, MOE_HASH_AUTO, 0, 1, 0.9                               \
+        0.0, -1, 0.0, MOE_DROP_POSITION, 0, MOE_HASH_AUTO, 0, 1, 0.9, 0, 0, 1.0, 0                 \
   }
 
 /* ------------------------------------------------------------------ weights */
@@ -228,7 +239,7 @@ typedef struct moe_weights {
 
 /* ------------------------------------------------------------------ calls */
 
-#define MOE_FORWARD_ARGS_VERSION 1
+#define MOE_FORWARD_ARGS_VERSION 2
 
 typedef struct moe_forward_args {
   uint32_t size;
@@ -238,12 +249,16 @@ typedef struct moe_forward_args {
   const int64_t* token_ids; /* [IN]  optional, T ids for the hash router */
   int64_t seq_len;          /* [IN]  tokens per sequence (telemetry), 0 = unknown */
   int32_t train;            /* [IN]  1: training call (noise, anneal, bias updates) */
+  /* version 2 */
+  const uint8_t* token_mask; /* [IN]  optional, T host bytes (an attention mask): 0 marks
+                                padding, routed nowhere, output 0, in no loss or metric,
+                                dx 0; NULL: every token takes part */
 } moe_forward_args_t;
 
 #define MOE_FORWARD_ARGS_INIT                                                                 \
   {                                                                                           \
     sizeof(moe_forward_args_t), MOE_FORWARD_ARGS_VERSION, MOE_TENSOR_EMPTY, MOE_TENSOR_EMPTY, \
-        NULL, 0, 1                                                                            \
+        NULL, 0, 1, NULL                                                                      \
   }
 
 #define MOE_BACKWARD_ACCUMULATE 1u /* add into gradient buffers instead of overwriting */
@@ -382,8 +397,9 @@ MOE_API moe_status_t moe_ctx_destroy(moe_ctx_t ctx);
 MOE_API moe_status_t moe_ctx_routing_shape(const_moe_ctx_t ctx, int64_t* tokens, int64_t* slots);
 
 /* Copies the routing decision into caller buffers of tokens*slots entries (any may
- * be NULL): expert id per slot (-1: none, e.g. a non-finite row), gate (as float,
- * after renormalisation), dropped flag (1 if the copy exceeded capacity). */
+ * be NULL): expert id per slot (-1: none, e.g. a non-finite or masked row), gate (as
+ * float, after renormalisation and routed_scaling_factor), dropped flag (1 if the copy
+ * exceeded capacity). */
 MOE_API moe_status_t moe_ctx_routing(const_moe_ctx_t ctx, int32_t* experts, float* gates,
                                      uint8_t* dropped);
 

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <thread>
 
@@ -66,6 +67,29 @@ TEST(BadInput, ConfigValidation) {
   EXPECT_STATUS(moe_layer_create(&ok, nullptr), MOE_STATUS_NULL_POINTER);
 }
 
+TEST(BadInput, GroupLimitedRoutingOptionsAreChecked) {
+  moe_layer_t layer = nullptr;
+  auto create = [&](int64_t n_group, int64_t topk_group, double scaling) {
+    moe_layer_config_t c = make_config(8, 8, 8, 2);
+    c.router = MOE_ROUTER_SIGMOID;
+    c.n_group = n_group;
+    c.topk_group = topk_group;
+    c.routed_scaling_factor = scaling;
+    return moe_layer_create(&c, &layer);
+  };
+  EXPECT_STATUS(create(-1, 0, 1.0), MOE_STATUS_INVALID_ARGUMENT);
+  EXPECT_STATUS(create(INT64_MIN, 0, 1.0), MOE_STATUS_INVALID_ARGUMENT);
+  EXPECT_STATUS(create(INT64_MAX, 0, 1.0), MOE_STATUS_INVALID_ARGUMENT);
+  EXPECT_STATUS(create(4, -1, 1.0), MOE_STATUS_INVALID_ARGUMENT);
+  EXPECT_STATUS(create(4, INT64_MAX, 1.0), MOE_STATUS_INVALID_ARGUMENT);
+  EXPECT_STATUS(create(4, 2, -0.0), MOE_STATUS_INVALID_ARGUMENT);
+  EXPECT_STATUS(create(4, 2, std::numeric_limits<double>::infinity()), MOE_STATUS_INVALID_ARGUMENT);
+  EXPECT_STATUS(create(4, 2, 1e300), MOE_STATUS_INVALID_ARGUMENT);
+  EXPECT_EQ(layer, nullptr);
+  ASSERT_EQ(create(4, 2, 2.5), MOE_STATUS_SUCCESS) << moe_last_error();
+  moe_layer_destroy(layer);
+}
+
 TEST(BadInput, OlderCallerStructGetsDefaults) {
   // A caller compiled when the config ended at `backend` passes a shorter struct.
   moe_layer_config_t c = make_config(8, 8, 4, 2);
@@ -78,6 +102,36 @@ TEST(BadInput, OlderCallerStructGetsDefaults) {
   EXPECT_EQ(out.router_temp_init, 1.0);
   EXPECT_EQ(out.renormalize, 1) << "auto resolves to on for k = 2";
   EXPECT_STREQ(out.backend, moe_test::test_backend());
+  moe_layer_destroy(layer);
+
+  // A forward caller of version 1 (before the token mask): the bytes past its size are
+  // not read, so every token takes part.
+  {
+    Problem<float> p(make_config(8, 8, 4, 2), 6, 1);
+    moe_forward_args_t args = p.forward_args();
+    args.size = offsetof(moe_forward_args_t, token_mask);
+    args.version = 1;
+    args.token_mask = reinterpret_cast<const uint8_t*>(&args);  // garbage beyond the size
+    moe_ctx_t ctx = nullptr;
+    ASSERT_EQ(moe_layer_forward(p.layer.get(), &args, &ctx), MOE_STATUS_SUCCESS)
+        << moe_last_error();
+    std::vector<int32_t> experts(6 * 2, -1);
+    ASSERT_EQ(moe_ctx_routing(ctx, experts.data(), nullptr, nullptr), MOE_STATUS_SUCCESS);
+    for (int32_t e : experts) EXPECT_GE(e, 0);
+    moe_ctx_destroy(ctx);
+  }
+
+  // A caller of version 2 (before the groups): no groups, gates unscaled.
+  c = make_config(8, 8, 4, 2);
+  c.size = offsetof(moe_layer_config_t, n_group);
+  c.version = 2;
+  c.routed_scaling_factor = -1;  // beyond the caller's size
+  ASSERT_EQ(moe_layer_create(&c, &layer), MOE_STATUS_SUCCESS) << moe_last_error();
+  out = MOE_LAYER_CONFIG_INIT;
+  ASSERT_EQ(moe_layer_get_config(layer, &out), MOE_STATUS_SUCCESS);
+  EXPECT_EQ(out.n_group, 1);
+  EXPECT_EQ(out.topk_group, 1);
+  EXPECT_EQ(out.routed_scaling_factor, 1.0);
   moe_layer_destroy(layer);
 }
 

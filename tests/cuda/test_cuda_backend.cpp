@@ -295,6 +295,8 @@ const Variant kVariants[] = {
        c.router_noise_type = MOE_NOISE_GAUSSIAN, c.router_noise_std_init = 0.5;
      },
      false, false},
+    {"min_capacity",  // DeepSpeed's floor: C = max(6, ceil(0.25 T k / E))
+     [](moe_layer_config_t& c) { c.capacity_factor = 0.25, c.min_capacity = 6; }, false, false},
     {"probability_drops",
      [](moe_layer_config_t& c) { c.capacity_factor = 0.8, c.drop_policy = MOE_DROP_PROBABILITY; },
      false, false},
@@ -574,6 +576,38 @@ TEST(CudaBackend, BadInputIsRefused) {
   EXPECT_EQ(moe_layer_create(&c, &layer), MOE_STATUS_UNSUPPORTED);
   EXPECT_NE(std::string(moe_last_error()).find("float64"), std::string::npos);
   g.forward(64);  // still usable
+}
+
+TEST(CudaBackend, RefusesWhatOnlyTheHostBackendsRunYet) {
+  SKIP_WITHOUT_GPU();
+  moe_layer_config_t c = GpuLayer::config();
+  c.router = MOE_ROUTER_HASH;
+  c.hash_mode = MOE_HASH_BALANCED;
+  moe_layer_t layer = nullptr;
+  EXPECT_EQ(moe_layer_create(&c, &layer), MOE_STATUS_UNSUPPORTED);
+  EXPECT_NE(std::string(moe_last_error()).find("hash_mode balanced"), std::string::npos);
+  EXPECT_EQ(layer, nullptr);
+  c = GpuLayer::config();
+  c.router = MOE_ROUTER_SIGMOID;
+  c.n_group = 2;
+  c.topk_group = 1;
+  EXPECT_EQ(moe_layer_create(&c, &layer), MOE_STATUS_UNSUPPORTED);
+  EXPECT_NE(std::string(moe_last_error()).find("group-limited"), std::string::npos);
+  c = GpuLayer::config();
+  c.routed_scaling_factor = 2.5;
+  EXPECT_EQ(moe_layer_create(&c, &layer), MOE_STATUS_UNSUPPORTED);
+  EXPECT_EQ(layer, nullptr);
+
+  // A token mask on forward, likewise; the layer stays usable.
+  GpuLayer g;
+  std::vector<uint8_t> mask(64, 1);
+  moe_forward_args_t a = MOE_FORWARD_ARGS_INIT;
+  a.x = g.x.tensor({64, 32});
+  a.y = g.y.tensor({64, 32});
+  a.token_mask = mask.data();
+  EXPECT_EQ(moe_layer_forward(g.layer.get(), &a, nullptr), MOE_STATUS_UNSUPPORTED);
+  EXPECT_NE(std::string(moe_last_error()).find("token_mask"), std::string::npos);
+  g.forward(64);
 }
 
 }  // namespace

@@ -226,6 +226,11 @@ void create(LayerSlot& l, Bytes& in) {
   set_raw(c.drop_policy, in.raw(0, 2));
   c.telemetry_interval = in.small(-1, 3);
   c.renormalize = static_cast<int32_t>(in.small(-2, 2));
+  set_raw(c.hash_mode, in.raw(0, 4));
+  c.n_group = in.byte() % 2 ? 0 : in.small(-1, 8);
+  c.topk_group = in.byte() % 2 ? 0 : in.small(-1, 8);
+  c.routed_scaling_factor = in.byte() % 2 ? 1.0 : in.number();
+  c.min_capacity = in.byte() % 2 ? 0 : in.small(-1, 6);
   moe_layer_t handle = nullptr;
   if (checked(moe_layer_create(&c, &handle)) != MOE_STATUS_SUCCESS) {
     promise(handle == nullptr);
@@ -251,6 +256,9 @@ void forward(LayerSlot& l, Bytes& in) {
   a.train = static_cast<int32_t>(in.small(0, 2));
   a.token_ids = in.byte() % 3 ? ids.data() : nullptr;
   a.seq_len = in.small(-1, 4);
+  std::vector<uint8_t> mask(T + 1);
+  for (auto& m : mask) m = in.byte() % 3 ? 1 : in.byte();  // any byte: nonzero keeps the token
+  a.token_mask = in.byte() % 2 ? mask.data() : nullptr;
   if (in.byte() % 3 == 0) spoil(in.byte() % 2 ? a.x : a.y, in);
   int64_t step_before = -1, step_after = -1;
   checked(moe_layer_get_step(l.handle, &step_before));

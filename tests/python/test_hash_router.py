@@ -90,3 +90,70 @@ def test_ids_outside_the_table_fall_back_to_the_mix():
     table_routing = layer.routing()["experts"]
     mix_routing = mixed.routing()["experts"]
     assert np.array_equal(table_routing[1:], mix_routing[1:])
+
+
+def test_the_notes_recipe_meets_three_percent_in_balanced_mode_only():
+    """Note 003 verbatim: x = torch.randn(4, 512, 256), 16 experts, counts by
+    torch.bincount, torch's std() (Bessel-corrected) over the mean; no token ids."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    x = torch.randn(4, 512, 256)
+    rsd = {}
+    for mode in ("content", "balanced"):
+        layer = moe.Layer(256, 16, 16, 1, router="hash", hash_mode=mode, dtype="float32")
+        layer.set_weights(w1=np.zeros((16, 256, 16), np.float32),
+                          w2=np.zeros((16, 16, 256), np.float32))
+        layer.forward(x.reshape(-1, 256).numpy())
+        assign = torch.from_numpy(layer.routing()["experts"].astype(np.int64))
+        counts = torch.bincount(assign.view(-1), minlength=16).float()
+        rsd[mode] = (counts.std() / counts.mean()).item()
+    # A content hash is multinomial: about sqrt(E/n) = 8.8% here, far from the target.
+    assert rsd["content"] > 0.05, rsd
+    assert rsd["balanced"] < 0.03, rsd
+
+
+@pytest.mark.parametrize("tokens,top_k,with_ids", [(2048, 1, False), (1000, 2, True), (37, 3, False),
+                                                   (5, 2, True), (1, 4, False)])
+def test_balanced_mode_evens_every_slot_and_keeps_equal_tokens_together(tokens, top_k, with_ids):
+    rng = np.random.default_rng(tokens)
+    # Repeated tokens: 40% of the rows are copies of a few.
+    x = rng.standard_normal((tokens, D))
+    ids = rng.integers(0, 1000, size=tokens)
+    repeats = rng.random(tokens) < 0.4
+    x[repeats] = x[0]
+    ids[repeats] = ids[0]
+    layer = hash_layer(top_k, hash_mode="balanced")
+    layer.forward(x, token_ids=ids if with_ids else None)
+    experts = layer.routing()["experts"]
+    for j in range(top_k):  # each slot's counts within 1 of each other
+        counts = np.bincount(experts[:, j], minlength=E)
+        assert counts.max() - counts.min() <= 1, (j, counts)
+    assert all(len(set(row)) == top_k for row in experts.tolist())
+    # Copies of one token sit next to each other in hash order: they fill as few runs
+    # as their number allows (c copies of n tokens span at most ceil(c*E/n) + 1 runs).
+    copies = int(repeats.sum()) + (0 if repeats[0] else 1)
+    spanned = len(set(experts[x[:, 0] == x[0, 0], 0].tolist()))
+    assert spanned <= -(-copies * E // tokens) + 1, (spanned, copies)
+    # A permutation of the batch permutes the routing (it depends on the set of keys).
+    perm = rng.permutation(tokens)
+    again = hash_layer(top_k, hash_mode="balanced")
+    again.forward(x[perm], token_ids=ids[perm] if with_ids else None)
+    permuted = again.routing()["experts"]
+    # Tokens of equal keys are interchangeable among themselves; the rest must match.
+    keys = ids if with_ids else x[:, 0]
+    _, inverse, multiplicity = np.unique(keys, return_inverse=True, return_counts=True)
+    unique = multiplicity[inverse] == 1
+    assert np.array_equal(permuted[np.argsort(perm)][unique], experts[unique])
+
+
+def test_balanced_mode_routes_nonfinite_rows_nowhere_and_balances_the_rest():
+    x = np.random.default_rng(3).standard_normal((64, D))
+    x[[3, 10, 11]] = np.nan
+    layer = hash_layer(2, hash_mode="balanced")
+    y = layer.forward(x)
+    experts = layer.routing()["experts"]
+    assert (experts[[3, 10, 11]] == -1).all() and np.isfinite(y).all()
+    kept = np.delete(experts, [3, 10, 11], axis=0)
+    for j in range(2):
+        counts = np.bincount(kept[:, j], minlength=E)
+        assert counts.max() - counts.min() <= 1, counts

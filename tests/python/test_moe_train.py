@@ -5,6 +5,8 @@ import json
 import os
 import subprocess
 
+import pytest
+
 import moe
 
 BINARY = os.environ.get("MOE_TRAIN", os.path.join(os.path.dirname(__file__), "..", "..",
@@ -52,6 +54,25 @@ def test_other_routers_and_capacity(tmp_path):
                   ["--capacity_factor", "1.0", "--router_noise_std_init", "0.5"]):
         out, _ = train(tmp_path, flags[1].replace(".", ""), *flags)
         assert (out / "summary.json").exists()
+
+
+@pytest.mark.parametrize("flags", [["--n_group", "3"], ["--n_group", "4", "--topk_group", "5"],
+                                   ["--router", "hash", "--n_group", "4"],
+                                   ["--routed_scaling_factor", "1e7"]])
+def test_a_config_the_library_refuses_is_a_usage_error(tmp_path, flags):
+    out = tmp_path / "refused"
+    result = subprocess.run([BINARY, "--out", str(out), *flags], capture_output=True, text=True)
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "MOE_STATUS_INVALID_ARGUMENT" in result.stderr and not out.exists(), result.stderr
+
+
+def test_balanced_hash_mode_evens_every_step(tmp_path):
+    out, _ = train(tmp_path, "balanced", "--router", "hash", "--hash_mode", "balanced")
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if r.get("split") == "train" and "load_cv" in r]
+    assert steps and all(r["load_cv"] == 0 for r in steps), [r["load_cv"] for r in steps]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["options"]["hash_mode"] == "balanced", summary["options"]
 
 
 def test_config_file_and_bad_flags(tmp_path):

@@ -155,6 +155,24 @@ void add_options(CLI::App& app, Options& o, bool& dropless, bool& json, bool& no
   app.add_option("--router", o.router, "softmax | sigmoid | hash | expert_choice")
       ->capture_default_str()
       ->check(CLI::IsMember({"softmax", "sigmoid", "hash", "expert_choice"}));
+  app.add_option("--hash_mode", o.hash_mode,
+                 "the hash router's: auto | mix | content | balanced (docs/routing.md)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "mix", "content", "balanced"}));
+  app.add_option("--n_group", o.n_group,
+                 "expert groups for group-limited routing (0 = none; divides n_experts)")
+      ->capture_default_str()
+      ->check(integer_in(0, 1 << 20));
+  app.add_option("--topk_group", o.topk_group, "groups each token keeps (0 = all)")
+      ->capture_default_str()
+      ->check(integer_in(0, 1 << 20));
+  app.add_option("--routed_scaling_factor", o.routed_scaling_factor, "gates times this")
+      ->capture_default_str()
+      ->check(finite_at_least(0, false));
+  app.add_option("--min_capacity", o.min_capacity,
+                 "DeepSpeed's floor under the capacity (0 = none; needs --capacity_factor)")
+      ->capture_default_str()
+      ->check(integer_in(0, 1099511627776.0L));
   app.add_option("--activation", o.activation, "relu | gelu | gelu_tanh | silu | swiglu | geglu")
       ->capture_default_str()
       ->check(CLI::IsMember({"relu", "gelu", "gelu_tanh", "silu", "swiglu", "geglu"}));
@@ -239,6 +257,15 @@ int main(int argc, char** argv) {
                                                     std::to_string(o.n_experts) + ")");
   if (const std::string problem = memory_problem(o); !problem.empty())
     return moe::tools::usage_error("moe-train", problem);
+  // The library checks the config as a whole (combinations such as --n_group with
+  // --topk_group, which no single flag's check sees): its refusal of a value is a usage
+  // error too, before anything runs or is written.
+  try {
+    moe::Layer probe(layer_config(o, false));
+  } catch (const moe::Exception& e) {
+    if (e.status() == MOE_STATUS_INVALID_ARGUMENT)
+      return moe::tools::usage_error("moe-train", e.what());
+  }
   try {
     std::filesystem::create_directories(o.out);
     std::ofstream jsonl(o.out + "/metrics.jsonl");
@@ -404,6 +431,11 @@ int main(int argc, char** argv) {
                              {"n_experts", o.n_experts},
                              {"top_k", o.top_k},
                              {"router", o.router},
+                             {"hash_mode", o.hash_mode},
+                             {"n_group", o.n_group},
+                             {"topk_group", o.topk_group},
+                             {"routed_scaling_factor", o.routed_scaling_factor},
+                             {"min_capacity", o.min_capacity},
                              {"activation", o.activation},
                              {"capacity_factor", o.capacity_factor},
                              {"load_balance_alpha", o.load_balance_alpha},

@@ -27,6 +27,13 @@ moe_noise_t noise_of(const std::string& name) {
   throw std::invalid_argument("unknown router noise type '" + name + "'");
 }
 
+moe_hash_mode_t hash_mode_of(const std::string& name) {
+  const char* names[] = {"auto", "mix", "table", "content", "balanced"};
+  for (int i = 0; i < 5; ++i)
+    if (name == names[i]) return static_cast<moe_hash_mode_t>(i);
+  throw std::invalid_argument("unknown hash mode '" + name + "'");
+}
+
 }  // namespace
 
 int64_t ff_width(const Options& o) {
@@ -46,6 +53,11 @@ moe_layer_config_t layer_config(const Options& o, bool teacher) {
     return c;
   }
   c.router = router_of(o.router);
+  c.hash_mode = hash_mode_of(o.hash_mode);
+  c.n_group = o.n_group;
+  c.topk_group = o.topk_group;
+  c.routed_scaling_factor = o.routed_scaling_factor;
+  c.min_capacity = o.min_capacity;
   c.capacity_factor = o.capacity_factor;
   c.load_balance_alpha = o.load_balance_alpha;
   c.router_z_loss_coef = o.router_z_loss_coef;

@@ -22,6 +22,10 @@ struct Options {
   double router_noise_std_init = 0.0;
   int64_t router_noise_decay_iters = 0;
   std::string router_noise_type = "gaussian";
+  std::string hash_mode = "auto";
+  int64_t n_group = 0, topk_group = 0;
+  double routed_scaling_factor = 1.0;
+  int64_t min_capacity = 0;
   double bias_update_rate = 0.0;
   uint64_t seed = 0;
   int64_t max_iters = 600, eval_interval = 100, log_interval = 10, batch_size = 256;

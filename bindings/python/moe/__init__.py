@@ -34,6 +34,7 @@ _ROUTER_OPTIONS = {
     "router_noise_std_init", "router_noise_decay_iters", "load_balance_alpha",
     "router_z_loss_coef", "bias_update_rate", "renormalize", "drop_policy", "pad_to_capacity",
     "hash_mode", "expert_bias", "dtype", "telemetry_interval", "telemetry_ema_decay",
+    "n_group", "topk_group", "routed_scaling_factor", "min_capacity",
 }
 
 
@@ -261,6 +262,14 @@ class Layer:
         cfg.seed = _int(seed, "seed", 0, 2 ** 64 - 1)
         cfg.telemetry_interval = _int(options.pop("telemetry_interval", 1), "telemetry_interval")
         cfg.telemetry_ema_decay = options.pop("telemetry_ema_decay", 0.9)
+        cfg.n_group = _int(options.pop("n_group", 0), "n_group")
+        cfg.topk_group = _int(options.pop("topk_group", 0), "topk_group")
+        scaling = options.pop("routed_scaling_factor", 1.0)
+        if isinstance(scaling, bool) or not isinstance(scaling, (int, float, np.integer,
+                                                                 np.floating)):
+            raise TypeError(f"routed_scaling_factor must be a number, got {scaling!r}")
+        cfg.routed_scaling_factor = scaling
+        cfg.min_capacity = _int(options.pop("min_capacity", 0), "min_capacity")
         self._handle = C.c_void_p()
         _check(_lib.moe_layer_create(C.byref(cfg), C.byref(self._handle)))
         self.d_model, self.d_ff = cfg.d_model, cfg.d_ff
@@ -408,9 +417,12 @@ class Layer:
         _check(_lib.moe_layer_set_weights(self._handle, C.byref(w)))
         self._weights = arrays
 
-    def forward(self, x, train=True, token_ids=None, seq_len=None, return_context=False):
+    def forward(self, x, train=True, token_ids=None, seq_len=None, return_context=False,
+                token_mask=None):
         """y = MoE(x). With return_context=True returns (y, ctx): pass ctx to backward()
-        (and routing(), losses()) to use this call's state when other forwards follow."""
+        (and routing(), losses()) to use this call's state when other forwards follow.
+        token_mask: T booleans or 0/1 integers (an attention mask); False/0 marks padding,
+        which is routed nowhere, outputs 0 and is in no loss or metric."""
         x = self._array(x)
         if x.ndim != 2:
             raise ValueError(f"x must be [T, d], got shape {x.shape}")
@@ -423,6 +435,17 @@ class Layer:
             if ids.size != x.shape[0]:
                 raise ValueError(f"token_ids has {ids.size} entries for {x.shape[0]} tokens")
             args.token_ids = ids.ctypes.data_as(C.POINTER(C.c_int64))
+        mask = None
+        if token_mask is not None:
+            mask = np.asarray(token_mask)
+            if mask.dtype != np.bool_ and (mask.dtype.kind not in "iu" or
+                                           (mask.size and not np.isin(mask, (0, 1)).all())):
+                raise TypeError(f"token_mask must hold booleans or 0/1, got {mask.dtype} "
+                                f"{mask.ravel()[:4]}")
+            if mask.ndim != 1 or mask.size != x.shape[0]:
+                raise ValueError(f"token_mask must be [T] = [{x.shape[0]}], got shape {mask.shape}")
+            mask = np.ascontiguousarray(mask, dtype=np.uint8)
+            args.token_mask = mask.ctypes.data_as(C.POINTER(C.c_uint8))
         args.seq_len = 0 if seq_len is None else _int(seq_len, "seq_len")
         args.train = _flag(train, "train")
         handle = C.c_void_p()

@@ -16,7 +16,7 @@ ACTIVATIONS = {"relu": 0, "gelu": 1, "gelu_tanh": 2, "silu": 3, "swiglu": 4, "ge
 ROUTERS = {"softmax": 0, "sigmoid": 1, "hash": 2, "expert_choice": 3}
 NOISE = {"none": 0, "gaussian": 1, "gumbel": 2}
 DROP_POLICIES = {"position": 0, "probability": 1}
-HASH_MODES = {"auto": 0, "mix": 1, "table": 2, "content": 3}
+HASH_MODES = {"auto": 0, "mix": 1, "table": 2, "content": 3, "balanced": 4}
 
 
 class Tensor(C.Structure):
@@ -25,6 +25,7 @@ class Tensor(C.Structure):
 
 
 class LayerConfig(C.Structure):
+    VERSION = 3  # MOE_LAYER_CONFIG_VERSION
     _fields_ = [
         ("size", C.c_uint32), ("version", C.c_uint32),
         ("d_model", C.c_int64), ("d_ff", C.c_int64), ("num_experts", C.c_int64),
@@ -38,6 +39,8 @@ class LayerConfig(C.Structure):
         ("capacity_factor", C.c_double), ("drop_policy", C.c_int), ("pad_to_capacity", C.c_int32),
         ("hash_mode", C.c_int), ("seed", C.c_uint64),
         ("telemetry_interval", C.c_int64), ("telemetry_ema_decay", C.c_double),
+        ("n_group", C.c_int64), ("topk_group", C.c_int64), ("routed_scaling_factor", C.c_double),
+        ("min_capacity", C.c_int64),
     ]
 
 
@@ -47,8 +50,10 @@ class Weights(C.Structure):
 
 
 class ForwardArgs(C.Structure):
+    VERSION = 2  # MOE_FORWARD_ARGS_VERSION
     _fields_ = [("size", C.c_uint32), ("version", C.c_uint32), ("x", Tensor), ("y", Tensor),
-                ("token_ids", C.POINTER(C.c_int64)), ("seq_len", C.c_int64), ("train", C.c_int32)]
+                ("token_ids", C.POINTER(C.c_int64)), ("seq_len", C.c_int64), ("train", C.c_int32),
+                ("token_mask", C.POINTER(C.c_uint8))]
 
 
 class BackwardArgs(C.Structure):
@@ -133,12 +138,12 @@ class StageProfile(C.Structure):
                 [(name, C.c_double) for name in STAGE_PROFILE_FIELDS])
 
 
-def sized(cls, version=1, **fields):
+def sized(cls, version=None, **fields):
     """A struct with its size and version filled, as the *_INIT macros do (fields not
     given keep zero: fill defaults explicitly where zero is not the default)."""
     s = cls(**fields)
     s.size = C.sizeof(cls)
-    s.version = version
+    s.version = getattr(cls, "VERSION", 1) if version is None else version
     return s
 
 
