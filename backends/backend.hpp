@@ -29,6 +29,7 @@ struct ForwardCheckIn;
 struct BoundWeights {
   bool bound = false;
   moe_tensor_t router{}, w1{}, b1{}, w2{}, b2{};
+  moe_tensor_t shared_w1{}, shared_w2{}, shared_gate{};
 };
 
 // Expert weights of one layer, as bound by the caller (b1, b2 may be null).

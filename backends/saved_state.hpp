@@ -41,6 +41,8 @@ struct SavedTensors final : SavedState {
   host_buffer<S> x;                 // [T,d], rows that were routed nowhere are zeroed
   host_buffer<S> xp, h_pre, h, yp;  // the experts' rows (this rank's experts')
   host_buffer<S> returned;          // expert parallelism: yp of this rank's copies, send order
+  host_buffer<S> shared_h_pre, shared_h, shared_y;  // the shared experts' MLP, [T, width]
+  std::vector<double> shared_gate;                  // [T] sigmoid(x . shared_gate), if gated
 };
 
 }  // namespace moe

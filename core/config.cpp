@@ -204,6 +204,25 @@ LayerConfig config_from_abi(const moe_layer_config_t* abi) {
       "config.min_capacity is a floor under token choice's capacity: it needs a "
       "capacity_factor > 0 (dropless has no capacity) and a token-choice router");
 
+  require(in.num_shared_experts >= 0 && in.num_shared_experts <= kMaxExperts,
+          MOE_STATUS_INVALID_ARGUMENT,
+          "config.num_shared_experts must be in [0, 2^20], got " +
+              std::to_string(in.num_shared_experts));
+  require(in.num_shared_experts == 0 ? in.shared_d_ff == 0 : in.shared_d_ff > 0,
+          MOE_STATUS_INVALID_ARGUMENT,
+          "config.shared_d_ff must be > 0 with shared experts and 0 without, got " +
+              std::to_string(in.shared_d_ff) +
+              " for num_shared_experts=" + std::to_string(in.num_shared_experts));
+  require(in.shared_expert_gate == 0 || (in.shared_expert_gate == 1 && in.num_shared_experts > 0),
+          MOE_STATUS_INVALID_ARGUMENT,
+          "config.shared_expert_gate must be 0, or 1 with num_shared_experts > 0");
+  if (in.num_shared_experts > 0) {
+    const int64_t width =
+        checked_elements({in.num_shared_experts, in.shared_d_ff, 2}, "the shared experts' width");
+    checked_elements({in.d_model, width},
+                     "shared_w1 [d_model, 2 * num_shared_experts * shared_d_ff]");
+  }
+
   LayerConfig c;
   c.d_model = in.d_model;
   c.d_ff = in.d_ff;
@@ -235,6 +254,9 @@ LayerConfig config_from_abi(const moe_layer_config_t* abi) {
   c.topk_group = groups_kept;
   c.routed_scaling_factor = in.routed_scaling_factor;
   c.min_capacity = in.min_capacity;
+  c.num_shared_experts = in.num_shared_experts;
+  c.shared_d_ff = in.shared_d_ff;
+  c.shared_expert_gate = in.shared_expert_gate == 1;
   return c;
 }
 
@@ -270,6 +292,9 @@ moe_layer_config_t config_to_abi(const LayerConfig& c) {
   out.topk_group = c.topk_group;
   out.routed_scaling_factor = c.routed_scaling_factor;
   out.min_capacity = c.min_capacity;
+  out.num_shared_experts = c.num_shared_experts;
+  out.shared_d_ff = c.shared_d_ff;
+  out.shared_expert_gate = c.shared_expert_gate ? 1 : 0;
   return out;
 }
 

@@ -57,6 +57,9 @@ struct LayerConfig {
   int64_t topk_group = 1;  // resolved: n_group when the ABI says 0 (all)
   double routed_scaling_factor = 1.0;
   int64_t min_capacity = 0;
+  int64_t num_shared_experts = 0;
+  int64_t shared_d_ff = 0;
+  bool shared_expert_gate = false;
 
   bool gated() const {
     return activation == MOE_ACTIVATION_SWIGLU || activation == MOE_ACTIVATION_GEGLU;
@@ -66,6 +69,9 @@ struct LayerConfig {
   bool dropless() const { return capacity_factor <= 0.0; }
   bool learned_router() const { return router != MOE_ROUTER_HASH; }
   bool group_limited() const { return n_group > 1 && topk_group < n_group; }
+  // The shared experts as one MLP: its hidden width, and its first matrix's output.
+  int64_t shared_width() const { return num_shared_experts * shared_d_ff; }
+  int64_t shared_ff_width() const { return gated() ? 2 * shared_width() : shared_width(); }
   // Slots per token in the routing decision: k, or E for expert choice.
   int64_t slots() const { return router == MOE_ROUTER_EXPERT_CHOICE ? num_experts : top_k; }
 

@@ -29,10 +29,22 @@ inline SizedHeader checked_header(const void* in, const char* what) {
   return header;
 }
 
+// A size shorter than ours must be one an older version of the struct had: such sizes
+// are multiples of the struct's alignment, so no field is cut in half (half a pointer
+// read as a whole one would crash the call instead of refusing it).
+template <typename T>
+void require_whole_fields(const SizedHeader& header, const char* what) {
+  require(header.size >= sizeof(T) || header.size % alignof(T) == 0, MOE_STATUS_INVALID_ARGUMENT,
+          std::string(what) + "->size is " + std::to_string(header.size) +
+              ", which cuts a field in half (an older version's size is a multiple of " +
+              std::to_string(alignof(T)) + "); initialise the struct with its *_INIT macro");
+}
+
 // Returns `defaults` overlaid with the first min(in->size, sizeof(T)) bytes of *in.
 template <typename T>
 T read_sized(const T* in, const T& defaults, const char* what) {
   const SizedHeader header = checked_header(in, what);
+  require_whole_fields<T>(header, what);
   T out = defaults;
   std::memcpy(static_cast<void*>(&out), in, std::min<size_t>(header.size, sizeof(T)));
   return out;
@@ -43,6 +55,7 @@ T read_sized(const T* in, const T& defaults, const char* what) {
 template <typename T>
 void write_sized(T* out, const T& value, const char* what) {
   const SizedHeader header = checked_header(out, what);
+  require_whole_fields<T>(header, what);
   T copy = value;
   std::memcpy(static_cast<void*>(&copy), &header, sizeof(header));
   std::memcpy(static_cast<void*>(out), &copy, std::min<size_t>(header.size, sizeof(T)));

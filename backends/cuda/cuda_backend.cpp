@@ -86,6 +86,7 @@ std::string CudaBackend::unsupported_reason(const LayerConfig& c) const {
                                                   : ")");
   }
   if (devices == 0) return "this machine: no usable CUDA device (cudaGetDeviceCount found none)";
+  if (c.num_shared_experts > 0) return "shared experts (the host backends run them, not yet cuda)";
   if (c.group_limited())
     return "group-limited routing (n_group, topk_group; the host backends run it, not yet cuda)";
   if (c.routed_scaling_factor != 1.0)

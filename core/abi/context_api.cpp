@@ -52,7 +52,7 @@ moe_status_t moe_ctx_routing_stats(const_moe_ctx_t ctx, moe_routing_stats_t* sta
         MOE_STATUS_SHAPE_MISMATCH,
         "stats.entries is " + std::to_string(out.entries) + ", but the layer has " +
             std::to_string(E) + " experts: demand and served need room for each");
-    out.tokens = s.plan.tokens;
+    out.tokens = s.plan.tokens - s.routing.masked_rows;  // padding is not a token
     out.nonfinite_rows = s.routing.nonfinite_rows;
     out.capacity = s.plan.capacity;
     out.dropped_total = s.plan.dropped_total();

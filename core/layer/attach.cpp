@@ -100,6 +100,11 @@ void attach(Layer& layer, Communicator* comm, const int32_t* expert_owner, int64
     require(c.router != MOE_ROUTER_EXPERT_CHOICE, MOE_STATUS_UNSUPPORTED,
             "expert parallelism does not run the expert-choice router: each expert picks "
             "its tokens from the whole batch, which no rank holds");
+    require(!(c.router == MOE_ROUTER_HASH && c.hash_mode == MOE_HASH_BALANCED && comm->world() > 1),
+            MOE_STATUS_UNSUPPORTED,
+            "expert parallelism over more than one rank does not run the balanced hash mode "
+            "yet: it ranks the whole "
+            "batch's keys, which no rank holds");
     require(layer.backend.device() == MOE_DEVICE_CPU || memory != nullptr, MOE_STATUS_UNSUPPORTED,
             std::string("backend ") + layer.backend.name() +
                 " cannot stage expert-parallel exchanges through its device memory");

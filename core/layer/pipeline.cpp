@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "core/error.hpp"
+#include "core/layer/shared_experts.hpp"
 #include "core/stage_timer.hpp"
 #include "core/tensor_check.hpp"
 #include "dist/batch_stats.hpp"
@@ -44,10 +45,19 @@ void check_weight_set(const LayerConfig& c, int64_t experts_held, moe_device_t d
     }
     require(wanted, MOE_STATUS_INVALID_ARGUMENT,
             p + name + " was given, but the layer has no such parameter (" +
-                (name == "router" ? "the hash router has no weights" : "expert_bias is 0") + ")");
+                (name == "router"               ? "the hash router has no weights"
+                 : name == "shared_gate"        ? "shared_expert_gate is 0"
+                 : name.rfind("shared", 0) == 0 ? "num_shared_experts is 0"
+                                                : "expert_bias is 0") +
+                ")");
     check_tensor(t, (p + name).c_str(), c.dtype, device, shape);
   };
   check(w.router, "router", {d, E}, c.learned_router());
+  // Every rank holds the shared experts whole, whatever experts it owns.
+  const bool shared = c.num_shared_experts > 0;
+  check(w.shared_w1, "shared_w1", {d, c.shared_ff_width()}, shared);
+  check(w.shared_w2, "shared_w2", {c.shared_width(), d}, shared);
+  check(w.shared_gate, "shared_gate", {d, 1}, c.shared_expert_gate);
   if (H == 0) allow_missing = true;
   check(w.w1, "w1", {H, d, F}, true);
   check(w.b1, "b1", {H, F}, c.expert_bias);
@@ -141,6 +151,8 @@ std::unique_ptr<SavedState> forward_typed(Layer& layer, const moe_forward_args_t
   }
   charge(profile.plan, profile.exchange, timer.lap(), layer.ep.get());
   expert_stage_forward(layer, *saved, static_cast<S*>(args.y.data), timer);
+  shared_experts_forward(layer, *saved, static_cast<S*>(args.y.data));
+  profile.experts += timer.lap();
   return saved;
 }
 
@@ -221,9 +233,14 @@ void backward_typed(Layer& layer, const SavedState& base, const moe_backward_arg
     zero_if_present<S>(g.b1, H * F);
     zero_if_present<S>(g.w2, H * c.d_ff * d);
     zero_if_present<S>(g.b2, H * d);
+    zero_if_present<S>(g.shared_w1, d * c.shared_ff_width());
+    zero_if_present<S>(g.shared_w2, c.shared_width() * d);
+    zero_if_present<S>(g.shared_gate, d);
   }
   std::vector<double> dgate(T * saved.plan.slots);
   expert_stage_backward(layer, saved, args, dgate, timer);
+  shared_experts_backward(layer, saved, args);
+  layer.profile.experts_backward += timer.lap();
 
   if (c.learned_router()) {
     std::vector<double> dlogits;
@@ -245,6 +262,9 @@ void bind_weights(Layer& layer, const moe_weights_t& w) {
   layer.weights.b1 = w.b1;
   layer.weights.w2 = w.w2;
   layer.weights.b2 = w.b2;
+  layer.weights.shared_w1 = w.shared_w1;
+  layer.weights.shared_w2 = w.shared_w2;
+  layer.weights.shared_gate = w.shared_gate;
   layer.weights.bound = true;
 }
 

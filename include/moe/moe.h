@@ -200,20 +200,28 @@ typedef struct moe_layer_config {
   int64_t topk_group;           /* groups kept per token, in [1, n_group]; 0 = all */
   double routed_scaling_factor; /* every token-choice gate times this, after
                                    renormalisation; finite, in (0, 1e6]; default 1 */
-  int64_t min_capacity;         /* DeepSpeed's: C = max(min_capacity, ceil(capacity_factor*T*k/E)),
-                                   token choice with a capacity_factor > 0 only; 0 = none */
+  /* DeepSpeed's floor: C = max(min_capacity, ceil(capacity_factor*T*k/E)); token choice
+   * with a capacity_factor > 0 only; 0 = none */
+  int64_t min_capacity;
+  /* Shared experts (DeepSeek-V2/V3, Qwen2-MoE): every token also goes through one MLP of
+   * width num_shared_experts * shared_d_ff (the experts' activation; weights shared_w1,
+   * shared_w2), added to the routed output, times sigmoid(x . shared_gate) when
+   * shared_expert_gate is 1 (Qwen2-MoE's shared_expert_gate). */
+  int64_t num_shared_experts; /* 0 = none */
+  int64_t shared_d_ff;        /* each shared expert's hidden width; > 0 with shared experts */
+  int32_t shared_expert_gate; /* 1: a per-token sigmoid gate [d, 1] on the shared output */
 } moe_layer_config_t;
 
 #define MOE_LAYER_CONFIG_INIT                                                                      \
   {                                                                                                \
     sizeof(moe_layer_config_t), MOE_LAYER_CONFIG_VERSION, 0, 0, 0, 1, MOE_ACTIVATION_GELU,         \
         MOE_ROUTER_SOFTMAX, MOE_DTYPE_F32, 0, NULL, 1.0, 1.0, 0, MOE_NOISE_NONE, 0.0, 0, 0.0, 0.0, \
-        0.0, -1, 0.0, MOE_DROP_POSITION, 0, MOE_HASH_AUTO, 0, 1, 0.9, 0, 0, 1.0, 0                 \
+        0.0, -1, 0.0, MOE_DROP_POSITION, 0, MOE_HASH_AUTO, 0, 1, 0.9, 0, 0, 1.0, 0, 0, 0, 0        \
   }
 
 /* ------------------------------------------------------------------ weights */
 
-#define MOE_WEIGHTS_VERSION 1
+#define MOE_WEIGHTS_VERSION 2
 
 /* Parameters (or, in backward, their gradients). Shapes, all of the layer's dtype:
  *   router [d, E]      (may be left empty for the hash router)
@@ -229,12 +237,18 @@ typedef struct moe_weights {
   moe_tensor_t b1;
   moe_tensor_t w2;
   moe_tensor_t b2;
+  /* version 2: the shared experts' MLP (config.num_shared_experts > 0), S = the number of
+   * shared experts, F' = 2*S*shared_d_ff for swiglu/geglu, else S*shared_d_ff */
+  moe_tensor_t shared_w1;   /* [d, F'] */
+  moe_tensor_t shared_w2;   /* [S*shared_d_ff, d] */
+  moe_tensor_t shared_gate; /* [d, 1], with config.shared_expert_gate only */
 } moe_weights_t;
 
-#define MOE_WEIGHTS_INIT                                                            \
-  {                                                                                 \
-    sizeof(moe_weights_t), MOE_WEIGHTS_VERSION, MOE_TENSOR_EMPTY, MOE_TENSOR_EMPTY, \
-        MOE_TENSOR_EMPTY, MOE_TENSOR_EMPTY, MOE_TENSOR_EMPTY                        \
+#define MOE_WEIGHTS_INIT                                                                          \
+  {                                                                                               \
+    sizeof(moe_weights_t), MOE_WEIGHTS_VERSION, MOE_TENSOR_EMPTY, MOE_TENSOR_EMPTY,               \
+        MOE_TENSOR_EMPTY, MOE_TENSOR_EMPTY, MOE_TENSOR_EMPTY, MOE_TENSOR_EMPTY, MOE_TENSOR_EMPTY, \
+        MOE_TENSOR_EMPTY                                                                          \
   }
 
 /* ------------------------------------------------------------------ calls */
@@ -304,7 +318,7 @@ typedef struct moe_losses {
 typedef struct moe_routing_stats {
   uint32_t size;
   uint32_t version;
-  int64_t tokens;         /* T */
+  int64_t tokens;         /* T, less masked (padding) tokens */
   int64_t nonfinite_rows; /* tokens whose logits (or row, for hash) held NaN/Inf */
   int64_t capacity;       /* C (dropless: max demand) */
   int64_t dropped_total;

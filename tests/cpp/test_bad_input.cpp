@@ -121,6 +121,23 @@ TEST(BadInput, OlderCallerStructGetsDefaults) {
     moe_ctx_destroy(ctx);
   }
 
+  // A size that cuts a field in half is no version's size: refused, not read (half a
+  // pointer read as a whole one crashed the call).
+  {
+    Problem<float> p(make_config(8, 8, 4, 2), 6, 1);
+    std::vector<uint8_t> mask(6, 1);
+    moe_forward_args_t args = p.forward_args();
+    args.token_mask = mask.data();
+    args.size = offsetof(moe_forward_args_t, token_mask) + 4;
+    EXPECT_STATUS(moe_layer_forward(p.layer.get(), &args, nullptr), MOE_STATUS_INVALID_ARGUMENT);
+    EXPECT_NE(std::string(moe_last_error()).find("cuts a field in half"), std::string::npos);
+    moe_layer_config_t half = make_config(8, 8, 4, 2);
+    half.size = offsetof(moe_layer_config_t, backend) + 4;
+    moe_layer_t none = nullptr;
+    EXPECT_STATUS(moe_layer_create(&half, &none), MOE_STATUS_INVALID_ARGUMENT);
+    EXPECT_EQ(none, nullptr);
+  }
+
   // A caller of version 2 (before the groups): no groups, gates unscaled.
   c = make_config(8, 8, 4, 2);
   c.size = offsetof(moe_layer_config_t, n_group);

@@ -99,6 +99,7 @@ struct LayerSlot {
   bool alive = false;
   moe_layer_config_t config = MOE_LAYER_CONFIG_INIT;
   std::vector<double> router, w1, w2, b1, b2, g_router, g_w1, g_w2, g_b1, g_b2;
+  std::vector<double> s1, s2, sg, g_s1, g_s2, g_sg;  // the shared experts' weights
   std::vector<moe_ctx_t> contexts;
   std::vector<double> x, y, dy, dx;
 };
@@ -136,6 +137,19 @@ moe_weights_t weights_of(LayerSlot& l, bool gradients) {
   if (c.expert_bias) {
     w.b1 = tensor(c1, {E, F});
     w.b2 = tensor(c2, {E, d});
+  }
+  if (c.num_shared_experts > 0) {
+    const int64_t width = c.num_shared_experts * c.shared_d_ff;
+    const int64_t width1 = F == c.d_ff ? width : 2 * width;
+    auto& s1 = gradients ? l.g_s1 : l.s1;
+    auto& s2 = gradients ? l.g_s2 : l.s2;
+    auto& sg = gradients ? l.g_sg : l.sg;
+    s1.resize(d * width1, 0.03);
+    s2.resize(width * d, -0.03);
+    sg.resize(d, 0.1);
+    w.shared_w1 = tensor(s1, {d, width1});
+    w.shared_w2 = tensor(s2, {width, d});
+    if (c.shared_expert_gate) w.shared_gate = tensor(sg, {d, 1});
   }
   return w;
 }
@@ -231,6 +245,11 @@ void create(LayerSlot& l, Bytes& in) {
   c.topk_group = in.byte() % 2 ? 0 : in.small(-1, 8);
   c.routed_scaling_factor = in.byte() % 2 ? 1.0 : in.number();
   c.min_capacity = in.byte() % 2 ? 0 : in.small(-1, 6);
+  if (in.byte() % 3 == 0) {
+    c.num_shared_experts = in.small(-1, 2);
+    c.shared_d_ff = in.small(-1, 3);
+    c.shared_expert_gate = static_cast<int32_t>(in.small(-1, 1));
+  }
   moe_layer_t handle = nullptr;
   if (checked(moe_layer_create(&c, &handle)) != MOE_STATUS_SUCCESS) {
     promise(handle == nullptr);

@@ -353,6 +353,13 @@ void refusals(moe_comm_t comm) {
   moe::Layer expert_choice(ec);
   CHECK(moe_layer_set_comm(expert_choice.get(), comm, nullptr, 0) == MOE_STATUS_UNSUPPORTED,
         "expert choice");
+  moe_layer_config_t bh = c;  // the balanced hash ranks the whole batch, which no rank holds
+  bh.router = MOE_ROUTER_HASH;
+  bh.hash_mode = MOE_HASH_BALANCED;
+  moe::Layer balanced(bh);
+  CHECK(moe_layer_set_comm(balanced.get(), comm, nullptr, 0) == MOE_STATUS_UNSUPPORTED &&
+            std::strstr(moe_last_error(), "balanced hash mode"),
+        "balanced hash");
 
   layer.set_comm(comm);
   CHECK(moe_comm_destroy(comm) == MOE_STATUS_INVALID_STATE, "destroyed while attached");

@@ -15,6 +15,7 @@ ROUTERS = [
          routed_scaling_factor=2.0),
     dict(router="hash", hash_mode="content"),
     dict(router="hash", hash_mode="balanced"),
+    dict(router="softmax", num_shared_experts=2, shared_d_ff=4, shared_expert_gate=True),
 ]
 
 
@@ -24,10 +25,16 @@ def make_layer(options):
     return moe.Layer(D, F, E, 2, router=router, dtype="float64", backend="cpu_ref", **options)
 
 
-def weights(rng):
-    return dict(router=rng.standard_normal((D, E)) / np.sqrt(D),
-                w1=rng.standard_normal((E, D, F)) / np.sqrt(D),
-                w2=rng.standard_normal((E, F, D)) / np.sqrt(F))
+def weights(rng, options=None):
+    w = dict(router=rng.standard_normal((D, E)) / np.sqrt(D),
+             w1=rng.standard_normal((E, D, F)) / np.sqrt(D),
+             w2=rng.standard_normal((E, F, D)) / np.sqrt(F))
+    if options and options.get("num_shared_experts"):
+        width = options["num_shared_experts"] * options["shared_d_ff"]
+        w.update(shared_w1=rng.standard_normal((D, width)) / np.sqrt(D),
+                 shared_w2=rng.standard_normal((width, D)) / np.sqrt(width),
+                 shared_gate=rng.standard_normal((D, 1)))
+    return w
 
 
 def run(options, x, dy, w, mask=None):
@@ -39,13 +46,13 @@ def run(options, x, dy, w, mask=None):
     return y, dx, grads, layer.losses(), layer.telemetry(), layer.routing()["experts"]
 
 
-@pytest.mark.parametrize("options", ROUTERS, ids=lambda o: o["router"] + "-" + str(len(o)))
+@pytest.mark.parametrize("options", ROUTERS, ids=lambda o: "-".join(map(str, o.values())))
 def test_masked_tokens_are_as_if_absent(options):
     rng = np.random.default_rng(len(options))
     x, dy = rng.standard_normal((T, D)), rng.standard_normal((T, D))
     mask = rng.random(T) < 0.7
     x[~mask] = rng.choice([np.nan, 1e308, 0.0], size=((~mask).sum(), 1))  # padding holds anything
-    w = weights(rng)
+    w = weights(rng, options)
     y, dx, grads, losses, metrics, experts = run(options, x, dy, w, mask)
     y_ref, dx_ref, grads_ref, losses_ref, metrics_ref, experts_ref = run(
         options, x[mask], dy[mask], w)
@@ -92,3 +99,4 @@ def test_an_all_padding_call_and_bad_masks():
         with pytest.raises(error):
             layer.forward(x, token_mask=bad)
     assert layer.forward(x, token_mask=[1] * 8).shape == (8, D)  # still usable
+    assert layer.forward(np.zeros((0, D)), token_mask=[]).shape == (0, D)  # T = 0

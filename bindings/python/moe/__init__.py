@@ -34,7 +34,8 @@ _ROUTER_OPTIONS = {
     "router_noise_std_init", "router_noise_decay_iters", "load_balance_alpha",
     "router_z_loss_coef", "bias_update_rate", "renormalize", "drop_policy", "pad_to_capacity",
     "hash_mode", "expert_bias", "dtype", "telemetry_interval", "telemetry_ema_decay",
-    "n_group", "topk_group", "routed_scaling_factor", "min_capacity",
+    "n_group", "topk_group", "routed_scaling_factor", "min_capacity", "num_shared_experts",
+    "shared_d_ff", "shared_expert_gate",
 }
 
 
@@ -270,12 +271,18 @@ class Layer:
             raise TypeError(f"routed_scaling_factor must be a number, got {scaling!r}")
         cfg.routed_scaling_factor = scaling
         cfg.min_capacity = _int(options.pop("min_capacity", 0), "min_capacity")
+        cfg.num_shared_experts = _int(options.pop("num_shared_experts", 0), "num_shared_experts")
+        cfg.shared_d_ff = _int(options.pop("shared_d_ff", 0), "shared_d_ff")
+        cfg.shared_expert_gate = _flag(options.pop("shared_expert_gate", False),
+                                       "shared_expert_gate")
         self._handle = C.c_void_p()
         _check(_lib.moe_layer_create(C.byref(cfg), C.byref(self._handle)))
         self.d_model, self.d_ff = cfg.d_model, cfg.d_ff
         self.num_experts, self.top_k = cfg.num_experts, cfg.top_k
         self.router = router
         self.expert_bias = bool(cfg.expert_bias)
+        self.num_shared_experts = cfg.num_shared_experts
+        self.shared_expert_gate = bool(cfg.shared_expert_gate)
         self._weights = {}
         self._last = None      # the Context of the last forward
         self._pending = 0      # training forwards since the last backward
@@ -405,12 +412,16 @@ class Layer:
             _int(vocab_size, "vocab_size", 1, 2 ** 24)))
 
     # ---------------------------------------------------------------- the layer
-    def set_weights(self, router=None, w1=None, w2=None, b1=None, b2=None):
+    def set_weights(self, router=None, w1=None, w2=None, b1=None, b2=None, shared_w1=None,
+                    shared_w2=None, shared_gate=None):
         """Binds the arrays (kept alive by this object). An array that already is contiguous
         in the layer's dtype is bound as it is, without a copy, so updating it in place
-        updates the layer's weights; any other is converted into a copy first."""
+        updates the layer's weights; any other is converted into a copy first. shared_w1
+        [d, F'], shared_w2 [S*shared_d_ff, d] and shared_gate [d, 1] belong to the shared
+        experts (num_shared_experts, shared_expert_gate)."""
         arrays = {k: (None if v is None else self._array(v))
-                  for k, v in dict(router=router, w1=w1, b1=b1, w2=w2, b2=b2).items()}
+                  for k, v in dict(router=router, w1=w1, b1=b1, w2=w2, b2=b2, shared_w1=shared_w1,
+                                   shared_w2=shared_w2, shared_gate=shared_gate).items()}
         w = _abi.sized(_abi.Weights)
         for name, array in arrays.items():
             setattr(w, name, self._tensor(array))
@@ -438,6 +449,8 @@ class Layer:
         mask = None
         if token_mask is not None:
             mask = np.asarray(token_mask)
+            if mask.size == 0:
+                mask = mask.astype(np.uint8)  # [] of any dtype, for T = 0
             if mask.dtype != np.bool_ and (mask.dtype.kind not in "iu" or
                                            (mask.size and not np.isin(mask, (0, 1)).all())):
                 raise TypeError(f"token_mask must hold booleans or 0/1, got {mask.dtype} "
@@ -493,6 +506,11 @@ class Layer:
         if self.expert_bias:
             shapes["b1"] = self._weights["b1"].shape
             shapes["b2"] = self._weights["b2"].shape
+        if self.num_shared_experts:
+            shapes["shared_w1"] = self._weights["shared_w1"].shape
+            shapes["shared_w2"] = self._weights["shared_w2"].shape
+        if self.shared_expert_gate:
+            shapes["shared_gate"] = self._weights["shared_gate"].shape
         if accumulate_into is not None:
             grads = accumulate_into
             self._check_gradients(grads, shapes)

@@ -40,13 +40,16 @@ class LayerConfig(C.Structure):
         ("hash_mode", C.c_int), ("seed", C.c_uint64),
         ("telemetry_interval", C.c_int64), ("telemetry_ema_decay", C.c_double),
         ("n_group", C.c_int64), ("topk_group", C.c_int64), ("routed_scaling_factor", C.c_double),
-        ("min_capacity", C.c_int64),
+        ("min_capacity", C.c_int64), ("num_shared_experts", C.c_int64),
+        ("shared_d_ff", C.c_int64), ("shared_expert_gate", C.c_int32),
     ]
 
 
 class Weights(C.Structure):
+    VERSION = 2  # MOE_WEIGHTS_VERSION
     _fields_ = [("size", C.c_uint32), ("version", C.c_uint32), ("router", Tensor), ("w1", Tensor),
-                ("b1", Tensor), ("w2", Tensor), ("b2", Tensor)]
+                ("b1", Tensor), ("w2", Tensor), ("b2", Tensor), ("shared_w1", Tensor),
+                ("shared_w2", Tensor), ("shared_gate", Tensor)]
 
 
 class ForwardArgs(C.Structure):
