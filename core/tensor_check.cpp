@@ -38,8 +38,9 @@ void check_tensor(const moe_tensor_t& t, const char* name, moe_dtype_t dtype, mo
   require_enum(t.device, MOE_DEVICE_CPU, MOE_DEVICE_CUDA, std::string(name) + ".device",
                "moe_device_t");
   require(raw_enum(t.dtype) == dtype, MOE_STATUS_SHAPE_MISMATCH,
-          std::string(name) + " has dtype " + std::to_string(raw_enum(t.dtype)) +
-              ", the layer's is " + dtype_name(dtype) + " (" + std::to_string(dtype) + ")");
+          std::string(name) + " has dtype " + dtype_name(t.dtype) + " (" +
+              std::to_string(raw_enum(t.dtype)) + "), the layer's is " + dtype_name(dtype) + " (" +
+              std::to_string(dtype) + ")");
   require(raw_enum(t.device) == device, MOE_STATUS_UNSUPPORTED,
           std::string(name) + (device == MOE_DEVICE_CPU
                                    ? " is not in host memory; this layer's backend runs on the CPU"

@@ -283,9 +283,9 @@ typedef struct moe_backward_args {
   uint32_t size;
   uint32_t version;
   moe_tensor_t dy;     /* [IN]  [T, d] gradient of the loss w.r.t. y */
-  moe_tensor_t dx;     /* [OUT] [T, d]; may be empty (data NULL) to skip */
-  moe_weights_t grads; /* [OUT] gradient buffers, shaped as the weights; a tensor
-                          with data NULL is skipped */
+  moe_tensor_t dx;     /* [OUT] [T, d]; MOE_TENSOR_EMPTY (data NULL, rank 0) to skip */
+  moe_weights_t grads; /* [OUT] gradient buffers, shaped as the weights; a tensor left
+                          MOE_TENSOR_EMPTY is skipped (data NULL with a shape is refused) */
   uint32_t flags;      /* MOE_BACKWARD_ACCUMULATE applies to dx and to every grad */
 } moe_backward_args_t;
 

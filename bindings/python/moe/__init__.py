@@ -369,7 +369,7 @@ class Layer:
         for field, table in names.items():
             out[field] = {v: k for k, v in table.items()}.get(out[field], out[field])
         out["backend"] = out["backend"].decode() if out["backend"] else None
-        for flag in ("expert_bias", "renormalize", "pad_to_capacity"):
+        for flag in ("expert_bias", "renormalize", "pad_to_capacity", "shared_expert_gate"):
             out[flag] = bool(out[flag])
         return out
 
