@@ -223,6 +223,24 @@ LayerConfig config_from_abi(const moe_layer_config_t* abi) {
                      "shared_w1 [d_model, 2 * num_shared_experts * shared_d_ff]");
   }
 
+  require_enum(in.capacity_order, MOE_CAPACITY_TOKEN_ORDER, MOE_CAPACITY_SLOT_MAJOR,
+               "config.capacity_order", "moe_capacity_order_t");
+  const bool token_choice_with_capacity =
+      in.capacity_factor > 0.0 && in.router != MOE_ROUTER_EXPERT_CHOICE;
+  require(in.capacity_order == MOE_CAPACITY_TOKEN_ORDER ||
+              (token_choice_with_capacity && in.drop_policy == MOE_DROP_POSITION),
+          MOE_STATUS_INVALID_ARGUMENT,
+          "config.capacity_order slot_major orders the position policy's drops: it needs a "
+          "capacity_factor > 0, drop_policy position and a token-choice router");
+  const bool renormalizes = in.renormalize < 0 ? in.top_k > 1 : in.renormalize == 1;
+  require(in.renormalize_after_drops == 0 ||
+              (in.renormalize_after_drops == 1 && token_choice_with_capacity && renormalizes &&
+               in.router != MOE_ROUTER_HASH),
+          MOE_STATUS_INVALID_ARGUMENT,
+          "config.renormalize_after_drops must be 0, or 1 with renormalised gates of a learned "
+          "token-choice router and a capacity_factor > 0 (there must be drops to renormalise "
+          "over)");
+
   LayerConfig c;
   c.d_model = in.d_model;
   c.d_ff = in.d_ff;
@@ -257,6 +275,8 @@ LayerConfig config_from_abi(const moe_layer_config_t* abi) {
   c.num_shared_experts = in.num_shared_experts;
   c.shared_d_ff = in.shared_d_ff;
   c.shared_expert_gate = in.shared_expert_gate == 1;
+  c.capacity_order = in.capacity_order;
+  c.renormalize_after_drops = in.renormalize_after_drops == 1;
   return c;
 }
 
@@ -295,6 +315,8 @@ moe_layer_config_t config_to_abi(const LayerConfig& c) {
   out.num_shared_experts = c.num_shared_experts;
   out.shared_d_ff = c.shared_d_ff;
   out.shared_expert_gate = c.shared_expert_gate ? 1 : 0;
+  out.capacity_order = c.capacity_order;
+  out.renormalize_after_drops = c.renormalize_after_drops ? 1 : 0;
   return out;
 }
 

@@ -60,6 +60,8 @@ struct LayerConfig {
   int64_t num_shared_experts = 0;
   int64_t shared_d_ff = 0;
   bool shared_expert_gate = false;
+  moe_capacity_order_t capacity_order = MOE_CAPACITY_TOKEN_ORDER;
+  bool renormalize_after_drops = false;
 
   bool gated() const {
     return activation == MOE_ACTIVATION_SWIGLU || activation == MOE_ACTIVATION_GEGLU;

@@ -60,6 +60,25 @@ std::vector<uint8_t> position_drops(const std::vector<int32_t>& expert, int64_t 
   return dropped;
 }
 
+std::vector<uint8_t> slot_major_drops(const std::vector<int32_t>& expert, int64_t slots,
+                                      int64_t capacity, int64_t num_experts) {
+  // Every token's first choice, in token order, then every second choice, and so on.
+  std::vector<uint8_t> dropped(expert.size(), 0);
+  std::vector<int64_t> taken(num_experts, 0);
+  const int64_t tokens = slots > 0 ? static_cast<int64_t>(expert.size()) / slots : 0;
+  for (int64_t j = 0; j < slots; ++j)
+    for (int64_t t = 0; t < tokens; ++t) {
+      const int64_t c = t * slots + j;
+      const int32_t e = expert[c];
+      if (e < 0) continue;
+      if (taken[e] < capacity)
+        ++taken[e];
+      else
+        dropped[c] = 1;
+    }
+  return dropped;
+}
+
 void drop_lowest_gates(const std::vector<double>& gates, int64_t capacity, uint8_t* dropped) {
   const int64_t n = static_cast<int64_t>(gates.size());
   if (n <= capacity) return;
@@ -136,9 +155,12 @@ Plan make_plan(const LayerConfig& config, int64_t tokens, const std::vector<int3
   Plan plan = empty_plan(config, tokens, expert);
   plan.capacity =
       fixed_capacity >= 0 ? fixed_capacity : configured_capacity(config, tokens, plan.demand);
-  plan.dropped = config.drop_policy == MOE_DROP_POSITION
-                     ? position_drops(expert, plan.capacity, std::vector<int64_t>(E, 0))
-                     : probability_drops(expert, gate_rank, E, plan.capacity);
+  if (config.drop_policy == MOE_DROP_PROBABILITY)
+    plan.dropped = probability_drops(expert, gate_rank, E, plan.capacity);
+  else if (config.capacity_order == MOE_CAPACITY_SLOT_MAJOR)
+    plan.dropped = slot_major_drops(expert, plan.slots, plan.capacity, E);
+  else
+    plan.dropped = position_drops(expert, plan.capacity, std::vector<int64_t>(E, 0));
   plan.order.resize(E);
   std::iota(plan.order.begin(), plan.order.end(), 0);
   assign_rows(config, expert, config.pad_to_capacity, plan);

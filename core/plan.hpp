@@ -43,6 +43,10 @@ Plan plan_from_drops(const LayerConfig& config, int64_t tokens, const std::vecto
 
 // The position policy: each expert keeps its earliest copies, up to `capacity` in all,
 // where `ahead[e]` copies of expert e come before these (on lower ranks). [copies]
+// Position drops in slot-major order: all first choices (in token order) before any
+// second choice (GShard, Switch, DeepSpeed).
+std::vector<uint8_t> slot_major_drops(const std::vector<int32_t>& expert, int64_t slots,
+                                      int64_t capacity, int64_t num_experts);
 std::vector<uint8_t> position_drops(const std::vector<int32_t>& expert, int64_t capacity,
                                     std::vector<int64_t> ahead);
 

@@ -424,6 +424,36 @@ void route_backward(const LayerConfig& config, const Routing& r, const std::vect
   }
 }
 
+void renormalize_kept_gates(const LayerConfig& config, const std::vector<uint8_t>& dropped,
+                            Routing& r) {
+  const int64_t E = config.num_experts, k = r.slots;
+  const bool sigmoid_router = config.router == MOE_ROUTER_SIGMOID;
+  std::vector<double> kept_scores, kept_gates;
+  for (int64_t t = 0; t < r.tokens; ++t) {
+    if (r.nonfinite[t]) continue;
+    const int32_t* chosen = &r.expert[t * k];
+    const uint8_t* drop = &dropped[t * k];
+    if (std::none_of(drop, drop + k, [](uint8_t v) { return v != 0; })) continue;
+    // As the renormalised gates are computed: a softmax over the kept experts' scores
+    // (log sigmoid for the sigmoid router), which stays finite where every a_j underflows.
+    kept_scores.clear();
+    for (int64_t j = 0; j < k; ++j)
+      if (!drop[j]) kept_scores.push_back(r.logits[t * E + chosen[j]] / r.temperature);
+    kept_gates.resize(kept_scores.size());
+    if (!kept_scores.empty()) {
+      if (sigmoid_router)
+        normalized_sigmoids(kept_scores.data(), static_cast<int64_t>(kept_scores.size()),
+                            kept_gates.data());
+      else
+        softmax_row(kept_scores.data(), static_cast<int64_t>(kept_scores.size()),
+                    kept_gates.data());
+    }
+    size_t next = 0;
+    for (int64_t j = 0; j < k; ++j)
+      r.gate[t * k + j] = drop[j] ? 0.0 : kept_gates[next++] * config.routed_scaling_factor;
+  }
+}
+
 void update_selection_bias(const LayerConfig& config, const std::vector<int64_t>& demand,
                            std::vector<double>& bias) {
   if (config.bias_update_rate <= 0.0 || !config.learned_router()) return;

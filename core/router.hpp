@@ -70,6 +70,12 @@ void set_batch_losses(const LayerConfig& config, const std::vector<int64_t>& dem
 void route_backward(const LayerConfig& config, const Routing& routing,
                     const std::vector<double>& dgate, std::vector<double>& dlogits);
 
+// DeepSpeed's renormalisation after drops: each token's gates over the copies it kept
+// (dropped[T*slots]), dropped copies' gates 0, times routed_scaling_factor. The
+// backward needs nothing else: a gate of 0 takes no part in the renormalised formula.
+void renormalize_kept_gates(const LayerConfig& config, const std::vector<uint8_t>& dropped,
+                            Routing& routing);
+
 // Aux-loss-free balancing: nudges each expert's selection bias toward equal load.
 void update_selection_bias(const LayerConfig& config, const std::vector<int64_t>& demand,
                            std::vector<double>& bias);

@@ -86,6 +86,9 @@ std::string CudaBackend::unsupported_reason(const LayerConfig& c) const {
                                                   : ")");
   }
   if (devices == 0) return "this machine: no usable CUDA device (cudaGetDeviceCount found none)";
+  if (c.capacity_order != MOE_CAPACITY_TOKEN_ORDER || c.renormalize_after_drops)
+    return "capacity_order slot_major and renormalize_after_drops (the host backends run "
+           "them, not yet cuda)";
   if (c.num_shared_experts > 0) return "shared experts (the host backends run them, not yet cuda)";
   if (c.group_limited())
     return "group-limited routing (n_group, topk_group; the host backends run it, not yet cuda)";

@@ -100,6 +100,10 @@ void attach(Layer& layer, Communicator* comm, const int32_t* expert_owner, int64
     require(c.router != MOE_ROUTER_EXPERT_CHOICE, MOE_STATUS_UNSUPPORTED,
             "expert parallelism does not run the expert-choice router: each expert picks "
             "its tokens from the whole batch, which no rank holds");
+    require(!(c.capacity_order == MOE_CAPACITY_SLOT_MAJOR && comm->world() > 1),
+            MOE_STATUS_UNSUPPORTED,
+            "expert parallelism over more than one rank does not fill capacity slot-major "
+            "yet: that order interleaves every rank's copies slot by slot");
     require(!(c.router == MOE_ROUTER_HASH && c.hash_mode == MOE_HASH_BALANCED && comm->world() > 1),
             MOE_STATUS_UNSUPPORTED,
             "expert parallelism over more than one rank does not run the balanced hash mode "

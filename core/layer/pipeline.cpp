@@ -149,6 +149,7 @@ std::unique_ptr<SavedState> forward_typed(Layer& layer, const moe_forward_args_t
   } else {
     saved->plan = make_plan(c, T, routing.expert, routing.gate, routing.fixed_capacity);
   }
+  if (c.renormalize_after_drops) renormalize_kept_gates(c, saved->plan.dropped, saved->routing);
   charge(profile.plan, profile.exchange, timer.lap(), layer.ep.get());
   expert_stage_forward(layer, *saved, static_cast<S*>(args.y.data), timer);
   shared_experts_forward(layer, *saved, static_cast<S*>(args.y.data));

@@ -102,6 +102,13 @@ typedef enum moe_drop_policy {
   MOE_DROP_PROBABILITY = 1 /* an expert keeps the copies with the highest gates */
 } moe_drop_policy_t;
 
+/* The order in which the position policy fills capacity (docs/routing.md). */
+typedef enum moe_capacity_order {
+  MOE_CAPACITY_TOKEN_ORDER = 0, /* token by token, each token's slots in rank order */
+  MOE_CAPACITY_SLOT_MAJOR = 1   /* every first choice before any second (GShard, Switch,
+                                   DeepSpeed, flaxformer) */
+} moe_capacity_order_t;
+
 typedef enum moe_hash_mode {
   MOE_HASH_AUTO = 0,    /* table if one was built, else mix of ids, else content */
   MOE_HASH_MIX = 1,     /* token ids through a fixed 64-bit mix */
@@ -210,13 +217,19 @@ typedef struct moe_layer_config {
   int64_t num_shared_experts; /* 0 = none */
   int64_t shared_d_ff;        /* each shared expert's hidden width; > 0 with shared experts */
   int32_t shared_expert_gate; /* 1: a per-token sigmoid gate [d, 1] on the shared output */
+  /* Capacity conventions: the order the position policy fills capacity in, and whether
+   * the renormalised gates are renormalised again over the copies kept after drops
+   * (DeepSpeed's top-2 gating; the default renormalises before drops). */
+  moe_capacity_order_t capacity_order;
+  int32_t renormalize_after_drops;
 } moe_layer_config_t;
 
 #define MOE_LAYER_CONFIG_INIT                                                                      \
   {                                                                                                \
     sizeof(moe_layer_config_t), MOE_LAYER_CONFIG_VERSION, 0, 0, 0, 1, MOE_ACTIVATION_GELU,         \
         MOE_ROUTER_SOFTMAX, MOE_DTYPE_F32, 0, NULL, 1.0, 1.0, 0, MOE_NOISE_NONE, 0.0, 0, 0.0, 0.0, \
-        0.0, -1, 0.0, MOE_DROP_POSITION, 0, MOE_HASH_AUTO, 0, 1, 0.9, 0, 0, 1.0, 0, 0, 0, 0        \
+        0.0, -1, 0.0, MOE_DROP_POSITION, 0, MOE_HASH_AUTO, 0, 1, 0.9, 0, 0, 1.0, 0, 0, 0, 0,       \
+        MOE_CAPACITY_TOKEN_ORDER, 0                                                                \
   }
 
 /* ------------------------------------------------------------------ weights */

@@ -173,6 +173,12 @@ void add_options(CLI::App& app, Options& o, bool& dropless, bool& json, bool& no
                  "DeepSpeed's floor under the capacity (0 = none; needs --capacity_factor)")
       ->capture_default_str()
       ->check(integer_in(0, 1099511627776.0L));
+  app.add_option("--capacity_order", o.capacity_order,
+                 "token | slot_major (all first choices before any second)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"token", "slot_major"}));
+  app.add_flag("--renormalize_after_drops", o.renormalize_after_drops,
+               "renormalise the gates over the copies kept after drops (DeepSpeed)");
   app.add_option("--activation", o.activation, "relu | gelu | gelu_tanh | silu | swiglu | geglu")
       ->capture_default_str()
       ->check(CLI::IsMember({"relu", "gelu", "gelu_tanh", "silu", "swiglu", "geglu"}));
@@ -436,6 +442,8 @@ int main(int argc, char** argv) {
                              {"topk_group", o.topk_group},
                              {"routed_scaling_factor", o.routed_scaling_factor},
                              {"min_capacity", o.min_capacity},
+                             {"capacity_order", o.capacity_order},
+                             {"renormalize_after_drops", o.renormalize_after_drops},
                              {"activation", o.activation},
                              {"capacity_factor", o.capacity_factor},
                              {"load_balance_alpha", o.load_balance_alpha},

@@ -35,7 +35,7 @@ _ROUTER_OPTIONS = {
     "router_z_loss_coef", "bias_update_rate", "renormalize", "drop_policy", "pad_to_capacity",
     "hash_mode", "expert_bias", "dtype", "telemetry_interval", "telemetry_ema_decay",
     "n_group", "topk_group", "routed_scaling_factor", "min_capacity", "num_shared_experts",
-    "shared_d_ff", "shared_expert_gate",
+    "shared_d_ff", "shared_expert_gate", "capacity_order", "renormalize_after_drops",
 }
 
 
@@ -275,6 +275,10 @@ class Layer:
         cfg.shared_d_ff = _int(options.pop("shared_d_ff", 0), "shared_d_ff")
         cfg.shared_expert_gate = _flag(options.pop("shared_expert_gate", False),
                                        "shared_expert_gate")
+        cfg.capacity_order = _enum(_abi.CAPACITY_ORDERS, options.pop("capacity_order", "token"),
+                                   "capacity_order")
+        cfg.renormalize_after_drops = _flag(options.pop("renormalize_after_drops", False),
+                                            "renormalize_after_drops")
         self._handle = C.c_void_p()
         _check(_lib.moe_layer_create(C.byref(cfg), C.byref(self._handle)))
         self.d_model, self.d_ff = cfg.d_model, cfg.d_ff
@@ -365,11 +369,12 @@ class Layer:
         out = {name: getattr(cfg, name) for name, _ in _abi.LayerConfig._fields_[2:]}
         names = {"activation": _abi.ACTIVATIONS, "router": _abi.ROUTERS, "dtype": _abi.DTYPES,
                  "router_noise_type": _abi.NOISE, "drop_policy": _abi.DROP_POLICIES,
-                 "hash_mode": _abi.HASH_MODES}
+                 "hash_mode": _abi.HASH_MODES, "capacity_order": _abi.CAPACITY_ORDERS}
         for field, table in names.items():
             out[field] = {v: k for k, v in table.items()}.get(out[field], out[field])
         out["backend"] = out["backend"].decode() if out["backend"] else None
-        for flag in ("expert_bias", "renormalize", "pad_to_capacity", "shared_expert_gate"):
+        for flag in ("expert_bias", "renormalize", "pad_to_capacity", "shared_expert_gate",
+                     "renormalize_after_drops"):
             out[flag] = bool(out[flag])
         return out
 

@@ -17,6 +17,7 @@ ROUTERS = {"softmax": 0, "sigmoid": 1, "hash": 2, "expert_choice": 3}
 NOISE = {"none": 0, "gaussian": 1, "gumbel": 2}
 DROP_POLICIES = {"position": 0, "probability": 1}
 HASH_MODES = {"auto": 0, "mix": 1, "table": 2, "content": 3, "balanced": 4}
+CAPACITY_ORDERS = {"token": 0, "slot_major": 1}
 
 
 class Tensor(C.Structure):
@@ -42,6 +43,7 @@ class LayerConfig(C.Structure):
         ("n_group", C.c_int64), ("topk_group", C.c_int64), ("routed_scaling_factor", C.c_double),
         ("min_capacity", C.c_int64), ("num_shared_experts", C.c_int64),
         ("shared_d_ff", C.c_int64), ("shared_expert_gate", C.c_int32),
+        ("capacity_order", C.c_int), ("renormalize_after_drops", C.c_int32),
     ]
 
 
