@@ -187,7 +187,12 @@ Dispatch make_dispatch(ExpertParallel& ep, const LayerConfig& c, int64_t forward
     std::vector<int64_t> ahead(E, 0);
     kept.assign(W, std::vector<int64_t>(pl.local_experts.size(), 0));
     for (int q = 0; q < W; ++q) {
-      if (q == me) dropped = position_drops(routing.expert, capacity, ahead);
+      // (Slot-major order is refused at attach over more than one rank, so `ahead` is
+      // all zeros when it is asked for here.)
+      if (q == me)
+        dropped = c.capacity_order == MOE_CAPACITY_SLOT_MAJOR
+                      ? slot_major_drops(routing.expert, routing.slots, capacity, E)
+                      : position_drops(routing.expert, capacity, ahead);
       for (size_t j = 0; j < pl.local_experts.size(); ++j) {
         const int32_t e = pl.local_experts[j];
         kept[q][j] = std::clamp(capacity - ahead[e], int64_t{0}, s.demand(q, e));

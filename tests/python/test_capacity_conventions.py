@@ -110,3 +110,47 @@ def test_bad_combinations_are_refused(options, message):
         moe.Layer(8, 8, 4, 2, **options)
     with pytest.raises(ValueError, match="unknown capacity_order"):
         moe.Layer(8, 8, 4, 2, capacity_factor=1.0, capacity_order="random")
+
+
+OPTIONS = {  # every option of the model-family work, each against the plain layer
+    "slot_major": dict(capacity_factor=0.6, capacity_order="slot_major"),
+    "renormalize_after_drops": dict(capacity_factor=0.6, renormalize_after_drops=True,
+                                    renormalize=True),
+    "min_capacity": dict(capacity_factor=0.2, min_capacity=7),
+    "groups": dict(router="sigmoid", n_group=3, topk_group=2, routed_scaling_factor=1.5),
+    "shared": dict(num_shared_experts=2, shared_d_ff=5, shared_expert_gate=True),
+    "everything": dict(router="sigmoid", n_group=3, topk_group=2, routed_scaling_factor=1.5,
+                       capacity_factor=0.6, capacity_order="slot_major",
+                       renormalize_after_drops=True, renormalize=True, min_capacity=3,
+                       num_shared_experts=2, shared_d_ff=5, shared_expert_gate=True),
+}
+
+
+@pytest.mark.parametrize("name", OPTIONS)
+def test_the_one_rank_expert_parallel_path_gives_the_same_bits(name):
+    """Through a communicator (here the local one) the layer takes the expert-parallel
+    path (dispatch, exchanges): with a token mask, it must give the same bits."""
+    options = OPTIONS[name]
+    rng = np.random.default_rng(0)
+    x, dy = rng.standard_normal((40, 8)), rng.standard_normal((40, 8))
+    w = dict(router=rng.standard_normal((8, 6)), w1=rng.standard_normal((6, 8, 8)) / 3,
+             w2=rng.standard_normal((6, 8, 8)) / 3)
+    if options.get("num_shared_experts"):
+        w.update(shared_w1=rng.standard_normal((8, 10)) / 3,
+                 shared_w2=rng.standard_normal((10, 8)) / 3, shared_gate=rng.standard_normal((8, 1)))
+    mask = np.ones(40, bool)
+    mask[::7] = False
+    out = []
+    for attach in (False, True):
+        layer = moe.Layer(8, 8, 6, 2, backend="cpu_ref", **options)
+        if attach:
+            layer.set_comm(moe.Comm.local())
+        layer.set_weights(**w)
+        y = layer.forward(x, token_mask=mask)
+        dx, grads = layer.backward(dy)
+        out.append((y, dx, grads, layer.routing(), layer.telemetry()))
+    (y, dx, grads, routing, telemetry), (y2, dx2, grads2, routing2, telemetry2) = out
+    assert np.array_equal(y, y2) and np.array_equal(dx, dx2)
+    assert all(np.array_equal(grads[k], grads2[k]) for k in grads)
+    assert all(np.array_equal(routing[k], routing2[k]) for k in routing)
+    assert telemetry["expert_counts"] == telemetry2["expert_counts"]
