@@ -241,6 +241,11 @@ LayerConfig config_from_abi(const moe_layer_config_t* abi) {
           "token-choice router and a capacity_factor > 0 (there must be drops to renormalise "
           "over)");
 
+  require(in.bias_update_from_served == 0 ||
+              (in.bias_update_from_served == 1 && in.bias_update_rate > 0.0),
+          MOE_STATUS_INVALID_ARGUMENT,
+          "config.bias_update_from_served must be 0, or 1 with a bias_update_rate > 0");
+
   LayerConfig c;
   c.d_model = in.d_model;
   c.d_ff = in.d_ff;
@@ -277,6 +282,7 @@ LayerConfig config_from_abi(const moe_layer_config_t* abi) {
   c.shared_expert_gate = in.shared_expert_gate == 1;
   c.capacity_order = in.capacity_order;
   c.renormalize_after_drops = in.renormalize_after_drops == 1;
+  c.bias_update_from_served = in.bias_update_from_served == 1;
   return c;
 }
 
@@ -317,6 +323,7 @@ moe_layer_config_t config_to_abi(const LayerConfig& c) {
   out.shared_expert_gate = c.shared_expert_gate ? 1 : 0;
   out.capacity_order = c.capacity_order;
   out.renormalize_after_drops = c.renormalize_after_drops ? 1 : 0;
+  out.bias_update_from_served = c.bias_update_from_served ? 1 : 0;
   return out;
 }
 

@@ -62,6 +62,7 @@ struct LayerConfig {
   bool shared_expert_gate = false;
   moe_capacity_order_t capacity_order = MOE_CAPACITY_TOKEN_ORDER;
   bool renormalize_after_drops = false;
+  bool bias_update_from_served = false;
 
   bool gated() const {
     return activation == MOE_ACTIVATION_SWIGLU || activation == MOE_ACTIVATION_GEGLU;

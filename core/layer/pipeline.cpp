@@ -157,6 +157,16 @@ std::unique_ptr<SavedState> forward_typed(Layer& layer, const moe_forward_args_t
   return saved;
 }
 
+// What the selection-bias update counts: the batch's demand per expert, or with
+// bias_update_from_served what each expert kept of it, min(demand, C): under expert
+// parallelism the group's demand and C, so every rank counts the same.
+std::vector<int64_t> bias_update_counts(const LayerConfig& c, const SavedState& saved) {
+  std::vector<int64_t> counts = saved.batch_demand();
+  if (!c.bias_update_from_served) return counts;
+  for (int64_t& n : counts) n = std::min(n, saved.plan.capacity);
+  return counts;
+}
+
 template <typename S>
 void zero_if_present(const moe_tensor_t& t, int64_t elements) {
   if (t.data) std::fill_n(static_cast<S*>(t.data), elements, S(0));
@@ -381,7 +391,7 @@ std::unique_ptr<SavedState> forward(Layer& layer, const moe_forward_args_t& args
   // Training-only state changes come last, once nothing can fail any more.
   layer.telemetry.count_forward();
   if (args.train) {
-    update_selection_bias(c, saved->batch_demand(), layer.selection_bias);
+    update_selection_bias(c, bias_update_counts(c, *saved), layer.selection_bias);
     ++layer.step;
   }
   if (layer.ep) layer.profile.exchange += layer.ep->take_exchange_seconds();

@@ -222,6 +222,9 @@ typedef struct moe_layer_config {
    * (DeepSpeed's top-2 gating; the default renormalises before drops). */
   moe_capacity_order_t capacity_order;
   int32_t renormalize_after_drops;
+  /* 1: the selection-bias update counts each expert's served copies, min(demand, C),
+   * rather than its demand before drops (needs bias_update_rate > 0) */
+  int32_t bias_update_from_served;
 } moe_layer_config_t;
 
 #define MOE_LAYER_CONFIG_INIT                                                                      \
@@ -229,7 +232,7 @@ typedef struct moe_layer_config {
     sizeof(moe_layer_config_t), MOE_LAYER_CONFIG_VERSION, 0, 0, 0, 1, MOE_ACTIVATION_GELU,         \
         MOE_ROUTER_SOFTMAX, MOE_DTYPE_F32, 0, NULL, 1.0, 1.0, 0, MOE_NOISE_NONE, 0.0, 0, 0.0, 0.0, \
         0.0, -1, 0.0, MOE_DROP_POSITION, 0, MOE_HASH_AUTO, 0, 1, 0.9, 0, 0, 1.0, 0, 0, 0, 0,       \
-        MOE_CAPACITY_TOKEN_ORDER, 0                                                                \
+        MOE_CAPACITY_TOKEN_ORDER, 0, 0                                                             \
   }
 
 /* ------------------------------------------------------------------ weights */

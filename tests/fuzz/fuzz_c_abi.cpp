@@ -247,6 +247,7 @@ void create(LayerSlot& l, Bytes& in) {
   c.min_capacity = in.byte() % 2 ? 0 : in.small(-1, 6);
   set_raw(c.capacity_order, in.byte() % 2 ? 0 : in.raw(0, 2));
   c.renormalize_after_drops = static_cast<int32_t>(in.byte() % 2 ? 0 : in.small(-1, 1));
+  c.bias_update_from_served = static_cast<int32_t>(in.byte() % 2 ? 0 : in.small(-1, 1));
   if (in.byte() % 3 == 0) {
     c.num_shared_experts = in.small(-1, 2);
     c.shared_d_ff = in.small(-1, 3);

@@ -119,7 +119,10 @@ OPTIONS = {  # every option of the model-family work, each against the plain lay
     "min_capacity": dict(capacity_factor=0.2, min_capacity=7),
     "groups": dict(router="sigmoid", n_group=3, topk_group=2, routed_scaling_factor=1.5),
     "shared": dict(num_shared_experts=2, shared_d_ff=5, shared_expert_gate=True),
+    "bias_from_served": dict(capacity_factor=0.6, bias_update_rate=0.01,
+                             bias_update_from_served=True),
     "everything": dict(router="sigmoid", n_group=3, topk_group=2, routed_scaling_factor=1.5,
+                       bias_update_rate=0.01, bias_update_from_served=True,
                        capacity_factor=0.6, capacity_order="slot_major",
                        renormalize_after_drops=True, renormalize=True, min_capacity=3,
                        num_shared_experts=2, shared_d_ff=5, shared_expert_gate=True),
@@ -148,9 +151,33 @@ def test_the_one_rank_expert_parallel_path_gives_the_same_bits(name):
         layer.set_weights(**w)
         y = layer.forward(x, token_mask=mask)
         dx, grads = layer.backward(dy)
-        out.append((y, dx, grads, layer.routing(), layer.telemetry()))
-    (y, dx, grads, routing, telemetry), (y2, dx2, grads2, routing2, telemetry2) = out
+        out.append((y, dx, grads, layer.routing(), layer.telemetry(), layer.selection_bias))
+    (y, dx, grads, routing, telemetry, bias), (y2, dx2, grads2, routing2, telemetry2, bias2) = out
+    assert np.array_equal(bias, bias2)
     assert np.array_equal(y, y2) and np.array_equal(dx, dx2)
     assert all(np.array_equal(grads[k], grads2[k]) for k in grads)
     assert all(np.array_equal(routing[k], routing2[k]) for k in routing)
     assert telemetry["expert_counts"] == telemetry2["expert_counts"]
+
+
+@pytest.mark.parametrize("from_served", [False, True])
+def test_the_bias_update_counts_demand_or_served_copies(from_served):
+    """b_e += rate * sign(mean - n_e), with n_e the copies that chose e, or (served) the
+    copies e kept: counted here from the layer's routing and drops."""
+    rng = np.random.default_rng(4)
+    layer = moe.Layer(8, 8, 6, 2, capacity_factor=0.5, bias_update_rate=0.01,
+                      bias_update_from_served=from_served, backend="cpu_ref")
+    layer.set_weights(router=rng.standard_normal((8, 6)) * 2, w1=rng.standard_normal((6, 8, 8)),
+                      w2=rng.standard_normal((6, 8, 8)))
+    layer.forward(rng.standard_normal((60, 8)))
+    routing = layer.routing()
+    counted = routing["experts"][~routing["dropped"]] if from_served else routing["experts"]
+    n = np.bincount(counted.ravel(), minlength=6)
+    assert routing["dropped"].any()
+    np.testing.assert_array_equal(layer.selection_bias, 0.01 * np.sign(n.mean() - n))
+
+
+def test_a_bias_count_without_a_bias_rate_is_refused():
+    with pytest.raises(moe.MoeError, match="bias_update_from_served must be 0, or 1 with a "
+                                           "bias_update_rate > 0"):
+        moe.Layer(8, 8, 4, 2, bias_update_from_served=True)

@@ -179,6 +179,8 @@ void add_options(CLI::App& app, Options& o, bool& dropless, bool& json, bool& no
       ->check(CLI::IsMember({"token", "slot_major"}));
   app.add_flag("--renormalize_after_drops", o.renormalize_after_drops,
                "renormalise the gates over the copies kept after drops (DeepSpeed)");
+  app.add_flag("--bias_update_from_served", o.bias_update_from_served,
+               "the bias update counts served copies, min(demand, C), not demand");
   app.add_option("--activation", o.activation, "relu | gelu | gelu_tanh | silu | swiglu | geglu")
       ->capture_default_str()
       ->check(CLI::IsMember({"relu", "gelu", "gelu_tanh", "silu", "swiglu", "geglu"}));
@@ -444,6 +446,7 @@ int main(int argc, char** argv) {
                              {"min_capacity", o.min_capacity},
                              {"capacity_order", o.capacity_order},
                              {"renormalize_after_drops", o.renormalize_after_drops},
+                             {"bias_update_from_served", o.bias_update_from_served},
                              {"activation", o.activation},
                              {"capacity_factor", o.capacity_factor},
                              {"load_balance_alpha", o.load_balance_alpha},

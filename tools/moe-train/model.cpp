@@ -61,6 +61,7 @@ moe_layer_config_t layer_config(const Options& o, bool teacher) {
   c.capacity_order =
       o.capacity_order == "slot_major" ? MOE_CAPACITY_SLOT_MAJOR : MOE_CAPACITY_TOKEN_ORDER;
   c.renormalize_after_drops = o.renormalize_after_drops ? 1 : 0;
+  c.bias_update_from_served = o.bias_update_from_served ? 1 : 0;
   c.capacity_factor = o.capacity_factor;
   c.load_balance_alpha = o.load_balance_alpha;
   c.router_z_loss_coef = o.router_z_loss_coef;

@@ -28,6 +28,7 @@ struct Options {
   int64_t min_capacity = 0;
   std::string capacity_order = "token";
   bool renormalize_after_drops = false;
+  bool bias_update_from_served = false;
   double bias_update_rate = 0.0;
   uint64_t seed = 0;
   int64_t max_iters = 600, eval_interval = 100, log_interval = 10, batch_size = 256;

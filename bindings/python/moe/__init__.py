@@ -36,6 +36,7 @@ _ROUTER_OPTIONS = {
     "hash_mode", "expert_bias", "dtype", "telemetry_interval", "telemetry_ema_decay",
     "n_group", "topk_group", "routed_scaling_factor", "min_capacity", "num_shared_experts",
     "shared_d_ff", "shared_expert_gate", "capacity_order", "renormalize_after_drops",
+    "bias_update_from_served",
 }
 
 
@@ -279,6 +280,8 @@ class Layer:
                                    "capacity_order")
         cfg.renormalize_after_drops = _flag(options.pop("renormalize_after_drops", False),
                                             "renormalize_after_drops")
+        cfg.bias_update_from_served = _flag(options.pop("bias_update_from_served", False),
+                                            "bias_update_from_served")
         self._handle = C.c_void_p()
         _check(_lib.moe_layer_create(C.byref(cfg), C.byref(self._handle)))
         self.d_model, self.d_ff = cfg.d_model, cfg.d_ff
@@ -374,7 +377,7 @@ class Layer:
             out[field] = {v: k for k, v in table.items()}.get(out[field], out[field])
         out["backend"] = out["backend"].decode() if out["backend"] else None
         for flag in ("expert_bias", "renormalize", "pad_to_capacity", "shared_expert_gate",
-                     "renormalize_after_drops"):
+                     "renormalize_after_drops", "bias_update_from_served"):
             out[flag] = bool(out[flag])
         return out
 

@@ -44,6 +44,7 @@ class LayerConfig(C.Structure):
         ("min_capacity", C.c_int64), ("num_shared_experts", C.c_int64),
         ("shared_d_ff", C.c_int64), ("shared_expert_gate", C.c_int32),
         ("capacity_order", C.c_int), ("renormalize_after_drops", C.c_int32),
+        ("bias_update_from_served", C.c_int32),
     ]
 
 
