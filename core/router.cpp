@@ -70,6 +70,16 @@ void set_hash_gates(int64_t E, int64_t k, int64_t t, Routing& r) {
 // are then within 1 of each other; equal keys are neighbours, so a repeated token
 // stays with one expert unless a run ends among its copies. The offset, the smallest
 // key mod E, makes a call of few tokens start at a hashed expert, not always at 0.
+// Renormalised gates over n chosen experts from their scores: g_j = a_j / sum_i a_i,
+// computed as a softmax of the scores (of log sigmoid for the sigmoid router), which
+// stays finite where every a_i underflows to 0.
+void renormalized_gates(bool sigmoid_router, const double* scores, int64_t n, double* gates) {
+  if (sigmoid_router)
+    normalized_sigmoids(scores, n, gates);
+  else
+    softmax_row(scores, n, gates);
+}
+
 template <typename S>
 void route_hash_balanced(const LayerConfig& config, const S* x, const int64_t* token_ids,
                          Routing& r) {
@@ -228,13 +238,9 @@ void select_token_choice(const LayerConfig& config, const RouterState& state,
       if (!config.renormalize) {
         const std::vector<double>& base = sigmoid_router ? r.sigmoid : r.prob;
         for (int64_t j = 0; j < k; ++j) gate[j] = base[t * E + chosen[j]];
-      } else if (sigmoid_router) {
-        for (int64_t j = 0; j < k; ++j) chosen_scores[j] = u[t * E + chosen[j]];
-        normalized_sigmoids(chosen_scores.data(), k, gate);
       } else {
-        // P restricted to the chosen experts, renormalized: a softmax over their scores.
         for (int64_t j = 0; j < k; ++j) chosen_scores[j] = u[t * E + chosen[j]];
-        softmax_row(chosen_scores.data(), k, gate);
+        renormalized_gates(sigmoid_router, chosen_scores.data(), k, gate);
       }
     }
   }
@@ -434,20 +440,13 @@ void renormalize_kept_gates(const LayerConfig& config, const std::vector<uint8_t
     const int32_t* chosen = &r.expert[t * k];
     const uint8_t* drop = &dropped[t * k];
     if (std::none_of(drop, drop + k, [](uint8_t v) { return v != 0; })) continue;
-    // As the renormalised gates are computed: a softmax over the kept experts' scores
-    // (log sigmoid for the sigmoid router), which stays finite where every a_j underflows.
     kept_scores.clear();
     for (int64_t j = 0; j < k; ++j)
       if (!drop[j]) kept_scores.push_back(r.logits[t * E + chosen[j]] / r.temperature);
     kept_gates.resize(kept_scores.size());
-    if (!kept_scores.empty()) {
-      if (sigmoid_router)
-        normalized_sigmoids(kept_scores.data(), static_cast<int64_t>(kept_scores.size()),
-                            kept_gates.data());
-      else
-        softmax_row(kept_scores.data(), static_cast<int64_t>(kept_scores.size()),
-                    kept_gates.data());
-    }
+    if (!kept_scores.empty())
+      renormalized_gates(sigmoid_router, kept_scores.data(),
+                         static_cast<int64_t>(kept_scores.size()), kept_gates.data());
     size_t next = 0;
     for (int64_t j = 0; j < k; ++j)
       r.gate[t * k + j] = drop[j] ? 0.0 : kept_gates[next++] * config.routed_scaling_factor;

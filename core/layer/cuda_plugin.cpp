@@ -33,6 +33,11 @@ std::string own_directory() {
 
 const std::string library_directory = own_directory();
 
+// Where the plugin belongs: beside libmoe ("" when libmoe's folder is unknown).
+std::string expected_plugin_path() {
+  return library_directory.empty() ? std::string() : library_directory + "/" MOE_CUDA_PLUGIN_FILE;
+}
+
 bool is_regular_file(const std::string& path) {
   struct stat info {};
   return stat(path.c_str(), &info) == 0 && S_ISREG(info.st_mode);
@@ -91,9 +96,9 @@ struct Loaded {
 
 Loaded load() {
   const std::string& path = cuda_plugin_path();
-  const std::string expected = library_directory + "/" MOE_CUDA_PLUGIN_FILE;
+  const std::string expected = expected_plugin_path();
   struct stat link {};
-  if (path.empty() && !library_directory.empty() && lstat(expected.c_str(), &link) == 0)
+  if (path.empty() && !expected.empty() && lstat(expected.c_str(), &link) == 0)
     return {nullptr, "backend 'cuda': " + expected +
                          ", where its plugin belongs, is not a regular file (or a link to "
                          "one): a directory, device, FIFO or broken link is there"};
@@ -141,8 +146,8 @@ Loaded load() {
 
 const std::string& cuda_plugin_path() {
   static const std::string path = [] {
-    const std::string candidate = library_directory + "/" MOE_CUDA_PLUGIN_FILE;
-    return !library_directory.empty() && is_regular_file(candidate) ? candidate : std::string();
+    const std::string candidate = expected_plugin_path();
+    return !candidate.empty() && is_regular_file(candidate) ? candidate : std::string();
   }();
   return path;
 }
