@@ -83,7 +83,8 @@ void BM_TelemetryStage(benchmark::State& state) {
   const moe::RouterState router_state{&bias, nullptr, 0, true};
   const moe::Routing routing =
       moe::route<float>(c, router_state, nullptr, logits.data(), nullptr, T);
-  const moe::Plan plan = moe::make_plan(c, T, routing.expert, routing.gate, -1);
+  const moe::Plan plan =
+      moe::make_plan(c, T, routing.expert, routing.gate, routing.fill_priority, -1);
   moe::LayerTelemetry telemetry(kE, 1, 0.9);
   for (auto _ : state) {
     telemetry.record(true, moe::collect_step_stats(c, routing, plan, 256), c, 0);

@@ -96,6 +96,16 @@ const char* dtype_name(moe_dtype_t dtype) {
   return "unknown";
 }
 
+const char* capacity_order_name(moe_capacity_order_t order) {
+  switch (order) {
+    case MOE_CAPACITY_TOKEN_ORDER: return "token";
+    case MOE_CAPACITY_SLOT_MAJOR: return "slot_major";
+    case MOE_CAPACITY_BATCH_PRIORITIZED: return "batch_prioritized";
+    case MOE_CAPACITY_RANDOM: return "random";
+  }
+  return "unknown";
+}
+
 size_t dtype_size(moe_dtype_t dtype) {
   switch (dtype) {
     case MOE_DTYPE_F32: return 4;
@@ -208,30 +218,38 @@ LayerConfig config_from_abi(const moe_layer_config_t* abi) {
           MOE_STATUS_INVALID_ARGUMENT,
           "config.num_shared_experts must be in [0, 2^20], got " +
               std::to_string(in.num_shared_experts));
-  require(in.num_shared_experts == 0 ? in.shared_d_ff == 0 : in.shared_d_ff > 0,
+  require(in.num_shared_experts == 0 ? in.shared_d_ff == 0 : in.shared_d_ff >= 0,
           MOE_STATUS_INVALID_ARGUMENT,
-          "config.shared_d_ff must be > 0 with shared experts and 0 without, got " +
+          "config.shared_d_ff must be >= 0 with shared experts (0: d_ff) and 0 without, got " +
               std::to_string(in.shared_d_ff) +
               " for num_shared_experts=" + std::to_string(in.num_shared_experts));
+  // DeepSeek's shared experts are as wide as the routed ones: 0 asks for d_ff.
+  const int64_t shared_d_ff =
+      in.num_shared_experts > 0 && in.shared_d_ff == 0 ? in.d_ff : in.shared_d_ff;
   require(in.shared_expert_gate == 0 || (in.shared_expert_gate == 1 && in.num_shared_experts > 0),
           MOE_STATUS_INVALID_ARGUMENT,
           "config.shared_expert_gate must be 0, or 1 with num_shared_experts > 0");
   if (in.num_shared_experts > 0) {
     const int64_t width =
-        checked_elements({in.num_shared_experts, in.shared_d_ff, 2}, "the shared experts' width");
+        checked_elements({in.num_shared_experts, shared_d_ff, 2}, "the shared experts' width");
     checked_elements({in.d_model, width},
                      "shared_w1 [d_model, 2 * num_shared_experts * shared_d_ff]");
   }
 
-  require_enum(in.capacity_order, MOE_CAPACITY_TOKEN_ORDER, MOE_CAPACITY_SLOT_MAJOR,
+  require_enum(in.capacity_order, MOE_CAPACITY_TOKEN_ORDER, MOE_CAPACITY_RANDOM,
                "config.capacity_order", "moe_capacity_order_t");
   const bool token_choice_with_capacity =
       in.capacity_factor > 0.0 && in.router != MOE_ROUTER_EXPERT_CHOICE;
   require(in.capacity_order == MOE_CAPACITY_TOKEN_ORDER ||
               (token_choice_with_capacity && in.drop_policy == MOE_DROP_POSITION),
           MOE_STATUS_INVALID_ARGUMENT,
-          "config.capacity_order slot_major orders the position policy's drops: it needs a "
-          "capacity_factor > 0, drop_policy position and a token-choice router");
+          "config.capacity_order " + std::string(capacity_order_name(in.capacity_order)) +
+              " orders the position policy's drops: it needs a capacity_factor > 0, "
+              "drop_policy position and a token-choice router");
+  require(in.capacity_order != MOE_CAPACITY_BATCH_PRIORITIZED || in.router != MOE_ROUTER_HASH,
+          MOE_STATUS_INVALID_ARGUMENT,
+          "config.capacity_order batch_prioritized orders tokens by their top-1 probability, "
+          "which the hash router does not have");
   const bool renormalizes = in.renormalize < 0 ? in.top_k > 1 : in.renormalize == 1;
   require(in.renormalize_after_drops == 0 ||
               (in.renormalize_after_drops == 1 && token_choice_with_capacity && renormalizes &&
@@ -245,6 +263,19 @@ LayerConfig config_from_abi(const moe_layer_config_t* abi) {
               (in.bias_update_from_served == 1 && in.bias_update_rate > 0.0),
           MOE_STATUS_INVALID_ARGUMENT,
           "config.bias_update_from_served must be 0, or 1 with a bias_update_rate > 0");
+
+  require_enum(in.aux_loss_scope, MOE_AUX_LOSS_BATCH, MOE_AUX_LOSS_GLOBAL, "config.aux_loss_scope",
+               "moe_aux_loss_scope_t");
+  require(in.aux_loss_scope == MOE_AUX_LOSS_BATCH ||
+              (in.router != MOE_ROUTER_HASH && in.router != MOE_ROUTER_EXPERT_CHOICE),
+          MOE_STATUS_INVALID_ARGUMENT,
+          "config.aux_loss_scope sequence and global need a learned token-choice router (the "
+          "hash router has no probabilities; expert choice balances by construction)");
+  require(in.aux_loss_unbiased_topk == 0 ||
+              (in.aux_loss_unbiased_topk == 1 && in.router != MOE_ROUTER_HASH &&
+               in.router != MOE_ROUTER_EXPERT_CHOICE),
+          MOE_STATUS_INVALID_ARGUMENT,
+          "config.aux_loss_unbiased_topk must be 0, or 1 with a learned token-choice router");
 
   LayerConfig c;
   c.d_model = in.d_model;
@@ -278,11 +309,13 @@ LayerConfig config_from_abi(const moe_layer_config_t* abi) {
   c.routed_scaling_factor = in.routed_scaling_factor;
   c.min_capacity = in.min_capacity;
   c.num_shared_experts = in.num_shared_experts;
-  c.shared_d_ff = in.shared_d_ff;
+  c.shared_d_ff = shared_d_ff;
   c.shared_expert_gate = in.shared_expert_gate == 1;
   c.capacity_order = in.capacity_order;
   c.renormalize_after_drops = in.renormalize_after_drops == 1;
   c.bias_update_from_served = in.bias_update_from_served == 1;
+  c.aux_loss_scope = in.aux_loss_scope;
+  c.aux_loss_unbiased_topk = in.aux_loss_unbiased_topk == 1;
   return c;
 }
 
@@ -324,6 +357,8 @@ moe_layer_config_t config_to_abi(const LayerConfig& c) {
   out.capacity_order = c.capacity_order;
   out.renormalize_after_drops = c.renormalize_after_drops ? 1 : 0;
   out.bias_update_from_served = c.bias_update_from_served ? 1 : 0;
+  out.aux_loss_scope = c.aux_loss_scope;
+  out.aux_loss_unbiased_topk = c.aux_loss_unbiased_topk ? 1 : 0;
   return out;
 }
 

@@ -63,6 +63,8 @@ struct LayerConfig {
   moe_capacity_order_t capacity_order = MOE_CAPACITY_TOKEN_ORDER;
   bool renormalize_after_drops = false;
   bool bias_update_from_served = false;
+  moe_aux_loss_scope_t aux_loss_scope = MOE_AUX_LOSS_BATCH;
+  bool aux_loss_unbiased_topk = false;
 
   bool gated() const {
     return activation == MOE_ACTIVATION_SWIGLU || activation == MOE_ACTIVATION_GEGLU;
@@ -91,6 +93,7 @@ moe_layer_config_t config_to_abi(const LayerConfig& config);
 const char* activation_name(moe_activation_t activation);
 const char* router_name(moe_router_t router);
 const char* dtype_name(moe_dtype_t dtype);
+const char* capacity_order_name(moe_capacity_order_t order);
 size_t dtype_size(moe_dtype_t dtype);
 
 }  // namespace moe

@@ -60,22 +60,41 @@ std::vector<uint8_t> position_drops(const std::vector<int32_t>& expert, int64_t 
   return dropped;
 }
 
-std::vector<uint8_t> slot_major_drops(const std::vector<int32_t>& expert, int64_t slots,
-                                      int64_t capacity, int64_t num_experts) {
-  // Every token's first choice, in token order, then every second choice, and so on.
-  std::vector<uint8_t> dropped(expert.size(), 0);
-  std::vector<int64_t> taken(num_experts, 0);
-  const int64_t tokens = slots > 0 ? static_cast<int64_t>(expert.size()) / slots : 0;
-  for (int64_t j = 0; j < slots; ++j)
-    for (int64_t t = 0; t < tokens; ++t) {
-      const int64_t c = t * slots + j;
-      const int32_t e = expert[c];
-      if (e < 0) continue;
-      if (taken[e] < capacity)
-        ++taken[e];
-      else
-        dropped[c] = 1;
-    }
+std::vector<uint8_t> ordered_position_drops(const LayerConfig& config,
+                                            const std::vector<int32_t>& expert, int64_t slots,
+                                            const std::vector<double>& priority, int64_t capacity) {
+  const int64_t copies = static_cast<int64_t>(expert.size());
+  if (config.capacity_order == MOE_CAPACITY_TOKEN_ORDER)
+    return position_drops(expert, capacity, std::vector<int64_t>(config.num_experts, 0));
+  const int64_t tokens = slots > 0 ? copies / slots : 0;
+  // The order copies claim capacity in: slot-major visits every first choice (tokens in
+  // order, or by falling top-1 probability when batch-prioritized) before any second;
+  // random visits copies by falling draw, so each expert keeps a uniform subset.
+  std::vector<int64_t> visit;
+  visit.reserve(copies);
+  if (config.capacity_order == MOE_CAPACITY_RANDOM) {
+    for (int64_t c = 0; c < copies; ++c) visit.push_back(c);
+    std::stable_sort(visit.begin(), visit.end(),
+                     [&](int64_t a, int64_t b) { return priority[a] > priority[b]; });
+  } else {
+    std::vector<int64_t> by_token(tokens);
+    std::iota(by_token.begin(), by_token.end(), int64_t{0});
+    if (config.capacity_order == MOE_CAPACITY_BATCH_PRIORITIZED)
+      std::stable_sort(by_token.begin(), by_token.end(),
+                       [&](int64_t a, int64_t b) { return priority[a] > priority[b]; });
+    for (int64_t j = 0; j < slots; ++j)
+      for (int64_t t : by_token) visit.push_back(t * slots + j);
+  }
+  std::vector<uint8_t> dropped(copies, 0);
+  std::vector<int64_t> taken(config.num_experts, 0);
+  for (int64_t c : visit) {
+    const int32_t e = expert[c];
+    if (e < 0) continue;
+    if (taken[e] < capacity)
+      ++taken[e];
+    else
+      dropped[c] = 1;
+  }
   return dropped;
 }
 
@@ -150,17 +169,16 @@ Plan empty_plan(const LayerConfig& config, int64_t tokens, const std::vector<int
 }  // namespace
 
 Plan make_plan(const LayerConfig& config, int64_t tokens, const std::vector<int32_t>& expert,
-               const std::vector<double>& gate_rank, int64_t fixed_capacity) {
+               const std::vector<double>& gate_rank, const std::vector<double>& fill_priority,
+               int64_t fixed_capacity) {
   const int64_t E = config.num_experts;
   Plan plan = empty_plan(config, tokens, expert);
   plan.capacity =
       fixed_capacity >= 0 ? fixed_capacity : configured_capacity(config, tokens, plan.demand);
   if (config.drop_policy == MOE_DROP_PROBABILITY)
     plan.dropped = probability_drops(expert, gate_rank, E, plan.capacity);
-  else if (config.capacity_order == MOE_CAPACITY_SLOT_MAJOR)
-    plan.dropped = slot_major_drops(expert, plan.slots, plan.capacity, E);
   else
-    plan.dropped = position_drops(expert, plan.capacity, std::vector<int64_t>(E, 0));
+    plan.dropped = ordered_position_drops(config, expert, plan.slots, fill_priority, plan.capacity);
   plan.order.resize(E);
   std::iota(plan.order.begin(), plan.order.end(), 0);
   assign_rows(config, expert, config.pad_to_capacity, plan);

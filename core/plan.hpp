@@ -29,10 +29,12 @@ struct Plan {
 };
 
 // `expert` and `gate_rank` are [T*slots]; gate_rank orders copies for the
-// probability drop policy (higher first). `fixed_capacity` >= 0 imposes C
-// (expert choice); otherwise C follows the config.
+// probability drop policy (higher first); fill_priority is what the capacity order
+// reads (Routing::fill_priority). `fixed_capacity` >= 0 imposes C (expert choice);
+// otherwise C follows the config.
 Plan make_plan(const LayerConfig& config, int64_t tokens, const std::vector<int32_t>& expert,
-               const std::vector<double>& gate_rank, int64_t fixed_capacity);
+               const std::vector<double>& gate_rank, const std::vector<double>& fill_priority,
+               int64_t fixed_capacity);
 
 // A plan whose drops were decided elsewhere (expert parallelism decides them over the
 // whole group). Rows are grouped by expert in `order`, each expert's copies in token
@@ -43,10 +45,13 @@ Plan plan_from_drops(const LayerConfig& config, int64_t tokens, const std::vecto
 
 // The position policy: each expert keeps its earliest copies, up to `capacity` in all,
 // where `ahead[e]` copies of expert e come before these (on lower ranks). [copies]
-// Position drops in slot-major order: all first choices (in token order) before any
-// second choice (GShard, Switch, DeepSpeed).
-std::vector<uint8_t> slot_major_drops(const std::vector<int32_t>& expert, int64_t slots,
-                                      int64_t capacity, int64_t num_experts);
+// The position policy in the config's capacity_order: copies claim capacity in that
+// order (token; slot-major, as GShard, Switch and DeepSpeed; slot-major by falling top-1
+// probability, as V-MoE's batch-prioritized routing; by falling random draw, as
+// DeepSpeed's random token selection). `priority` is Routing::fill_priority. [copies]
+std::vector<uint8_t> ordered_position_drops(const LayerConfig& config,
+                                            const std::vector<int32_t>& expert, int64_t slots,
+                                            const std::vector<double>& priority, int64_t capacity);
 std::vector<uint8_t> position_drops(const std::vector<int32_t>& expert, int64_t capacity,
                                     std::vector<int64_t> ahead);
 

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/activation.hpp"
+#include "core/aux_loss.hpp"
 #include "core/bfloat16.hpp"
 #include "core/error.hpp"
 #include "core/parallel_threshold.hpp"
@@ -282,17 +283,27 @@ void select_expert_choice(const LayerConfig& config, const RouterState& state,
   }
 }
 
-void compute_losses(const LayerConfig& config, Routing& r) {
-  const int64_t E = config.num_experts;
-  const std::vector<int64_t> demand = demand_of(r.expert, E);
-  r.prob_sum.assign(E, 0.0);
-  r.lse_sq_sum = 0.0;
-  for (int64_t t = 0; t < r.tokens; ++t) {
-    if (r.nonfinite[t]) continue;
-    for (int64_t e = 0; e < E; ++e) r.prob_sum[e] += r.prob[t * E + e];
-    r.lse_sq_sum += r.lse[t] * r.lse[t];
+// What the capacity order reads: each token's top-1 probability (batch-prioritized),
+// or a uniform draw per copy, keyed by the batch token and slot (random).
+void set_fill_priority(const LayerConfig& config, const RouterState& state, Routing& r) {
+  const int64_t E = config.num_experts, T = r.tokens, k = r.slots;
+  if (config.capacity_order == MOE_CAPACITY_BATCH_PRIORITIZED) {
+    r.fill_priority.assign(T, 0.0);
+    for (int64_t t = 0; t < T; ++t)
+      if (!r.nonfinite[t])
+        r.fill_priority[t] = *std::max_element(&r.prob[t * E], &r.prob[t * E] + E);
+  } else if (config.capacity_order == MOE_CAPACITY_RANDOM) {
+    r.fill_priority.assign(T * k, 0.0);
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t j = 0; j < k; ++j)
+        r.fill_priority[t * k + j] =
+            uniform_open(draw_bits(config.seed, state.step, state.token_offset + t, j, 4));
   }
-  set_batch_losses(config, demand, r.prob_sum, r.lse_sq_sum, r.valid_tokens, r);
+}
+
+void compute_losses(const LayerConfig& config, const RouterState& state, Routing& r) {
+  if (config.aux_loss_unbiased_topk) select_unbiased_topk(config, r);
+  set_batch_losses(config, local_sums(config, state.seq_len, r), r);
 }
 
 }  // namespace
@@ -334,7 +345,8 @@ Routing route(const LayerConfig& config, const RouterState& state, const S* x, c
   if (config.routed_scaling_factor != 1.0)
     for (double& g : r.gate) g *= config.routed_scaling_factor;
   count_excluded(r);
-  compute_losses(config, r);
+  compute_losses(config, state, r);
+  set_fill_priority(config, state, r);
   return r;
 }
 
@@ -344,25 +356,6 @@ template Routing route<double>(const LayerConfig&, const RouterState&, const dou
                                const int64_t*, int64_t);
 template Routing route<bfloat16>(const LayerConfig&, const RouterState&, const bfloat16*,
                                  const bfloat16*, const int64_t*, int64_t);
-
-void set_batch_losses(const LayerConfig& config, const std::vector<int64_t>& demand,
-                      const std::vector<double>& prob_sum, double lse_sq_sum, int64_t valid_tokens,
-                      Routing& r) {
-  const int64_t E = config.num_experts;
-  const int64_t total = std::accumulate(demand.begin(), demand.end(), int64_t{0});
-  r.batch_valid_tokens = valid_tokens;
-  r.load_fraction.assign(E, 0.0);
-  r.aux_loss = 0.0;
-  r.z_loss = 0.0;
-  if (valid_tokens == 0 || total == 0) return;
-  for (int64_t e = 0; e < E; ++e)
-    r.load_fraction[e] = static_cast<double>(demand[e]) / static_cast<double>(total);
-  double aux = 0.0;
-  for (int64_t e = 0; e < E; ++e)
-    aux += r.load_fraction[e] * prob_sum[e] / static_cast<double>(valid_tokens);
-  r.aux_loss = static_cast<double>(E) * aux;
-  r.z_loss = config.learned_router() ? lse_sq_sum / static_cast<double>(valid_tokens) : 0.0;
-}
 
 void route_backward(const LayerConfig& config, const Routing& r, const std::vector<double>& dgate,
                     std::vector<double>& dlogits) {
@@ -401,10 +394,10 @@ void route_backward(const LayerConfig& config, const Routing& r, const std::vect
         for (int64_t j = 0; j < slots; ++j)
           if (chosen[j] >= 0) d_base[chosen[j]] += dg[j] * gate_scale * base[t * E + chosen[j]];
       }
-      // The aux loss reaches P: d(alpha * E * sum_e f_e * mean_t P)/dP[t,e].
+      // The aux loss reaches P: alpha * d(aux)/dP[t,e], constant over t's scope.
+      const double* aux_weight = &r.aux_weight[(r.aux_span > 0 ? t / r.aux_span : 0) * E];
       for (int64_t e = 0; e < E; ++e)
-        d_prob[e] =
-            config.load_balance_alpha * static_cast<double>(E) * r.load_fraction[e] * inv_valid;
+        d_prob[e] = config.load_balance_alpha * r.aux_scale * aux_weight[e];
       double dot = 0.0;
       for (int64_t e = 0; e < E; ++e) dot += d_prob[e] * p[e];
 

@@ -22,6 +22,8 @@ struct RouterState {
   int64_t token_offset = 0;
   // T bytes, 0 = padding (routed nowhere, in no loss or metric); null: no mask.
   const uint8_t* token_mask = nullptr;
+  // Tokens per sequence (the sequence-wise aux loss's scope); 0 = unknown.
+  int64_t seq_len = 0;
 };
 
 constexpr uint8_t kMasked = 2;  // Routing::nonfinite's mark of a masked token
@@ -40,16 +42,30 @@ struct Routing {
   // [T] 1: logits (or the row) hold NaN/Inf; kMasked: padding. Either way the token is
   // routed nowhere and takes part in no loss; only the first counts as non-finite.
   std::vector<uint8_t> nonfinite;
-  std::vector<double> load_fraction;  // [E] f_e = d_e / sum d (aux loss)
+  // The aux loss (core/aux_loss.hpp): the copies it counts when they are not `expert`
+  // (aux_loss_unbiased_topk: each token's top-k of P) [T*slots], and its gradient
+  // d(aux_loss)/dP[t,e] = aux_scale * aux_weight[(t / aux_span) * E + e], constant over
+  // each scope of aux_span tokens (the batch, or a sequence).
+  std::vector<int32_t> aux_expert;
+  int64_t aux_span = 0;
+  std::vector<double> aux_weight;
+  double aux_scale = 1.0;
+  double sequence_aux_sum = 0.0;  // sequence scope: this call's sequences' losses, summed
+  int64_t sequences = 0;          // and how many hold a valid token
+  // What the capacity order reads (core/plan.hpp): each token's top-1 probability
+  // [T] (batch-prioritized), each copy's uniform draw [T*slots] (random), else empty.
+  std::vector<double> fill_priority;
   int64_t nonfinite_rows = 0;
   int64_t masked_rows = 0;
   int64_t valid_tokens = 0;  // neither non-finite nor masked
   // The batch the losses average over: these tokens, or under expert parallelism the
   // whole group's (dist/batch_routing.cpp makes them global).
   int64_t batch_valid_tokens = 0;
-  std::vector<double> prob_sum;  // [E] sum over valid tokens of P[t,e]
-  double lse_sq_sum = 0.0;       // sum over valid tokens of lse_t^2
-  int64_t fixed_capacity = -1;   // C for expert choice, else -1
+  std::vector<double> prob_sum;           // [E] sum over valid tokens of P[t,e]
+  std::vector<double> batch_prob_sum;     // [E] the same over the batch the losses average
+  std::vector<int64_t> batch_aux_demand;  // [E] the copies the aux loss counted there
+  double lse_sq_sum = 0.0;                // sum over valid tokens of lse_t^2
+  int64_t fixed_capacity = -1;            // C for expert choice, else -1
   double aux_loss = 0.0;
   double z_loss = 0.0;
 };
@@ -59,12 +75,6 @@ struct Routing {
 template <typename S>
 Routing route(const LayerConfig& config, const RouterState& state, const S* x, const S* logits,
               const int64_t* token_ids, int64_t tokens);
-
-// Sets load_fraction, aux_loss, z_loss and batch_valid_tokens from batch sums:
-// pre-drop demand [E], prob_sum [E], lse_sq_sum and the valid token count.
-void set_batch_losses(const LayerConfig& config, const std::vector<int64_t>& demand,
-                      const std::vector<double>& prob_sum, double lse_sq_sum, int64_t valid_tokens,
-                      Routing& routing);
 
 // dgate [T*slots] -> dlogits [T*E], including the scaled aux-loss and z-loss terms.
 void route_backward(const LayerConfig& config, const Routing& routing,

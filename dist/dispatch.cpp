@@ -4,6 +4,7 @@
 #include <numeric>
 #include <string>
 
+#include "core/aux_loss.hpp"
 #include "core/error.hpp"
 
 namespace moe::dist {
@@ -11,29 +12,44 @@ namespace {
 
 // What each rank tells the group before anything moves.
 struct Summary {
-  static constexpr int kHeader = 3;  // T, valid, lse^2 sum
+  // T, valid, lse^2 sum, sequence aux sum, sequences
+  static constexpr int kHeader = 5;
   int64_t E;
-  std::vector<double> values;  // [world][kHeader + 2E]: header, prob_sum[E], demand[E]
+  // [world][kHeader + 3E]: header, prob_sum[E], demand[E], aux_demand[E]
+  std::vector<double> values;
 
-  int64_t width() const { return kHeader + 2 * E; }
+  int64_t width() const { return kHeader + 3 * E; }
   const double* of(int q) const { return &values[q * width()]; }
   int64_t tokens(int q) const { return static_cast<int64_t>(of(q)[0]); }
-  int64_t valid(int q) const { return static_cast<int64_t>(of(q)[1]); }
-  double lse_sq_sum(int q) const { return of(q)[2]; }
-  double prob_sum(int q, int64_t e) const { return of(q)[kHeader + e]; }
   int64_t demand(int q, int64_t e) const { return static_cast<int64_t>(of(q)[kHeader + E + e]); }
+  BatchSums sums(int q) const {
+    const double* v = of(q);
+    BatchSums b;
+    b.valid_tokens = static_cast<int64_t>(v[1]);
+    b.lse_sq_sum = v[2];
+    b.sequence_aux_sum = v[3];
+    b.sequences = static_cast<int64_t>(v[4]);
+    b.prob_sum.assign(v + kHeader, v + kHeader + E);
+    for (int64_t e = 0; e < E; ++e)
+      b.aux_demand.push_back(static_cast<int64_t>(v[kHeader + 2 * E + e]));
+    return b;
+  }
 };
 
 Summary gather_summary(ExpertParallel& ep, const LayerConfig& c, const Routing& r) {
   const int64_t E = c.num_experts;
-  std::vector<double> mine(Summary::kHeader + 2 * E, 0.0);
+  const BatchSums local = sums_of(c, r);
+  std::vector<double> mine(Summary::kHeader + 3 * E, 0.0);
   mine[0] = static_cast<double>(r.tokens);
-  mine[1] = static_cast<double>(r.valid_tokens);
-  mine[2] = r.lse_sq_sum;
+  mine[1] = static_cast<double>(local.valid_tokens);
+  mine[2] = local.lse_sq_sum;
+  mine[3] = local.sequence_aux_sum;
+  mine[4] = static_cast<double>(local.sequences);
   const std::vector<int64_t> demand = demand_of(r.expert, E);
   for (int64_t e = 0; e < E; ++e) {
-    mine[Summary::kHeader + e] = r.prob_sum[e];
+    mine[Summary::kHeader + e] = local.prob_sum[e];
     mine[Summary::kHeader + E + e] = static_cast<double>(demand[e]);
+    mine[Summary::kHeader + 2 * E + e] = static_cast<double>(local.aux_demand[e]);
   }
   return Summary{E, ep.all_gather(mine)};
 }
@@ -42,19 +58,13 @@ Summary gather_summary(ExpertParallel& ep, const LayerConfig& c, const Routing& 
 void make_losses_global(const LayerConfig& c, const Summary& s, int world,
                         std::vector<int64_t>& batch_demand, Routing& r) {
   const int64_t E = c.num_experts;
-  std::vector<double> prob_sum(E, 0.0);
-  double lse_sq_sum = 0.0;
-  int64_t valid = 0;
+  BatchSums batch;
   batch_demand.assign(E, 0);
   for (int q = 0; q < world; ++q) {
-    for (int64_t e = 0; e < E; ++e) {
-      prob_sum[e] += s.prob_sum(q, e);
-      batch_demand[e] += s.demand(q, e);
-    }
-    lse_sq_sum += s.lse_sq_sum(q);
-    valid += s.valid(q);
+    batch.add(s.sums(q));
+    for (int64_t e = 0; e < E; ++e) batch_demand[e] += s.demand(q, e);
   }
-  set_batch_losses(c, batch_demand, prob_sum, lse_sq_sum, valid, r);
+  set_batch_losses(c, batch, r);
 }
 
 // The probability drop policy over the batch: each expert's owner ranks the gates of
@@ -187,12 +197,13 @@ Dispatch make_dispatch(ExpertParallel& ep, const LayerConfig& c, int64_t forward
     std::vector<int64_t> ahead(E, 0);
     kept.assign(W, std::vector<int64_t>(pl.local_experts.size(), 0));
     for (int q = 0; q < W; ++q) {
-      // (Slot-major order is refused at attach over more than one rank, so `ahead` is
-      // all zeros when it is asked for here.)
+      // (Orders other than token order are refused at attach over more than one rank,
+      // so `ahead` is all zeros when one is asked for here.)
       if (q == me)
-        dropped = c.capacity_order == MOE_CAPACITY_SLOT_MAJOR
-                      ? slot_major_drops(routing.expert, routing.slots, capacity, E)
-                      : position_drops(routing.expert, capacity, ahead);
+        dropped = c.capacity_order == MOE_CAPACITY_TOKEN_ORDER
+                      ? position_drops(routing.expert, capacity, ahead)
+                      : ordered_position_drops(c, routing.expert, routing.slots,
+                                               routing.fill_priority, capacity);
       for (size_t j = 0; j < pl.local_experts.size(); ++j) {
         const int32_t e = pl.local_experts[j];
         kept[q][j] = std::clamp(capacity - ahead[e], int64_t{0}, s.demand(q, e));

@@ -87,8 +87,11 @@ std::string CudaBackend::unsupported_reason(const LayerConfig& c) const {
   }
   if (devices == 0) return "this machine: no usable CUDA device (cudaGetDeviceCount found none)";
   if (c.capacity_order != MOE_CAPACITY_TOKEN_ORDER || c.renormalize_after_drops)
-    return "capacity_order slot_major and renormalize_after_drops (the host backends run "
-           "them, not yet cuda)";
+    return std::string("capacity_order ") + capacity_order_name(c.capacity_order) +
+           " and renormalize_after_drops (the host backends run them, not yet cuda)";
+  if (c.aux_loss_scope != MOE_AUX_LOSS_BATCH || c.aux_loss_unbiased_topk)
+    return "aux_loss_scope sequence or global and aux_loss_unbiased_topk (the host backends "
+           "run them, not yet cuda)";
   if (c.num_shared_experts > 0) return "shared experts (the host backends run them, not yet cuda)";
   if (c.group_limited())
     return "group-limited routing (n_group, topk_group; the host backends run it, not yet cuda)";

@@ -38,10 +38,12 @@ moe_status_t moe_comm_destroy(moe_comm_t comm) {
   return guarded(__func__, [&] {
     if (comm == nullptr) return;
     const moe_comm& c = comm_of(comm);
-    moe::require(c.attached_layers() == 0, MOE_STATUS_INVALID_STATE,
-                 std::to_string(c.attached_layers()) +
-                     " layer(s) still use this communicator: detach them first "
-                     "(moe_layer_set_comm(layer, NULL, NULL, 0)) or destroy them");
+    moe::require(
+        c.attached_layers() == 0, MOE_STATUS_INVALID_STATE,
+        std::to_string(c.attached_layers()) +
+            " layer(s) still use this communicator: detach them first "
+            "(moe_layer_set_comm(layer, NULL, NULL, 0), moe_layer_set_aux_comm(layer, NULL)) "
+            "or destroy them");
     delete static_cast<moe_comm*>(registry().remove(comm, moe::HandleKind::Comm, "comm"));
   });
 }
@@ -73,6 +75,17 @@ moe_status_t moe_layer_set_comm(moe_layer_t layer, moe_comm_t comm, const int32_
   return guarded(__func__, [&] {
     moe::Layer& l = layer_of(layer);
     moe::dist::attach(l, comm ? &comm_of(comm) : nullptr, expert_owner, count);
+  });
+}
+
+moe_status_t moe_layer_set_aux_comm(moe_layer_t layer, moe_comm_t comm) {
+  return guarded(__func__, [&] {
+    moe::Layer& l = layer_of(layer);
+    require_global_aux(l);
+    moe::require(comm == nullptr || comm_of(comm).device() == MOE_DEVICE_CPU,
+                 MOE_STATUS_UNSUPPORTED,
+                 "the aux communicator sums host counts: give a host communicator (MPI, local)");
+    l.global_aux.set_comm(comm ? &comm_of(comm) : nullptr);
   });
 }
 

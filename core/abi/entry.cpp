@@ -48,6 +48,12 @@ void require_expert_count(const Layer& layer, int64_t count) {
               std::to_string(layer.config.num_experts) + " experts");
 }
 
+void require_global_aux(const Layer& layer) {
+  require(layer.config.aux_loss_scope == MOE_AUX_LOSS_GLOBAL, MOE_STATUS_INVALID_STATE,
+          "the layer's aux_loss_scope is not global: only the global-batch aux loss "
+          "accumulates counts (and sums them over a data-parallel communicator)");
+}
+
 moe_split_t checked_split(const moe_split_t& split) {
   require_enum(split, MOE_SPLIT_TRAIN, MOE_SPLIT_EVAL, "split", "moe_split_t");
   return split;

@@ -71,6 +71,8 @@ moe_group& group_of(moe_group_t group);
 
 void require_pointer(const void* p, const char* name);
 void require_expert_count(const Layer& layer, int64_t count);
+// The global-batch aux loss's calls refuse a layer of another scope.
+void require_global_aux(const Layer& layer);
 
 // By reference: reading an out-of-range enum by value is undefined behaviour.
 moe_split_t checked_split(const moe_split_t& split);

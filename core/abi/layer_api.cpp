@@ -4,6 +4,7 @@
 
 #include "core/abi/entry.hpp"
 #include "core/config.hpp"
+#include "core/config_preset.hpp"
 #include "core/layer/pipeline.hpp"
 #include "core/sized_struct.hpp"
 
@@ -136,6 +137,43 @@ moe_status_t moe_layer_set_selection_bias(moe_layer_t layer, const double* bias,
       moe::require(std::isfinite(bias[e]), MOE_STATUS_INVALID_ARGUMENT,
                    "bias[" + std::to_string(e) + "] is not finite");
     l.selection_bias.assign(bias, bias + count);
+  });
+}
+
+moe_status_t moe_layer_reset_aux_counts(moe_layer_t layer) {
+  return guarded(__func__, [&] {
+    moe::Layer& l = layer_of(layer);
+    require_global_aux(l);
+    l.global_aux.reset();
+  });
+}
+
+moe_status_t moe_layer_get_aux_counts(const_moe_layer_t layer, double* counts, int64_t count,
+                                      int64_t* calls) {
+  return guarded(__func__, [&] {
+    const moe::Layer& l = layer_of(layer);
+    require_global_aux(l);
+    if (counts) {
+      require_expert_count(l, count);
+      std::memcpy(counts, l.global_aux.counts().data(),
+                  sizeof(double) * static_cast<size_t>(count));
+    }
+    if (calls) *calls = l.global_aux.calls();
+  });
+}
+
+moe_status_t moe_layer_config_preset(moe_layer_config_t* config, const char* family) {
+  return guarded(__func__, [&] {
+    require_pointer(family, "family");
+    const moe::SizedHeader header = moe::checked_header(config, "config");
+    // A smaller struct would lose the fields a preset sets past its end.
+    moe::require(header.size >= sizeof(moe_layer_config_t), MOE_STATUS_INVALID_ARGUMENT,
+                 "config->size is " + std::to_string(header.size) +
+                     ", but a preset sets fields "
+                     "up to this moe.h's " +
+                     std::to_string(sizeof(moe_layer_config_t)) +
+                     " bytes; initialise the struct with MOE_LAYER_CONFIG_INIT");
+    moe::apply_preset(family, *config);
   });
 }
 

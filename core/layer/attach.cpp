@@ -37,7 +37,19 @@ std::vector<std::pair<const char*, double>> fingerprint(const LayerConfig& c) {
           {"drop_policy", static_cast<double>(c.drop_policy)},
           {"hash_mode", static_cast<double>(c.hash_mode)},
           {"seed", static_cast<double>(c.seed)},
-          {"telemetry_interval", static_cast<double>(c.telemetry_interval)}};
+          {"telemetry_interval", static_cast<double>(c.telemetry_interval)},
+          {"n_group", static_cast<double>(c.n_group)},
+          {"topk_group", static_cast<double>(c.topk_group)},
+          {"routed_scaling_factor", c.routed_scaling_factor},
+          {"min_capacity", static_cast<double>(c.min_capacity)},
+          {"num_shared_experts", static_cast<double>(c.num_shared_experts)},
+          {"shared_d_ff", static_cast<double>(c.shared_d_ff)},
+          {"shared_expert_gate", c.shared_expert_gate ? 1.0 : 0.0},
+          {"capacity_order", static_cast<double>(c.capacity_order)},
+          {"renormalize_after_drops", c.renormalize_after_drops ? 1.0 : 0.0},
+          {"bias_update_from_served", c.bias_update_from_served ? 1.0 : 0.0},
+          {"aux_loss_scope", static_cast<double>(c.aux_loss_scope)},
+          {"aux_loss_unbiased_topk", c.aux_loss_unbiased_topk ? 1.0 : 0.0}};
 }
 
 // Every rank's config and map, compared with rank 0's after the check-in: all ranks
@@ -100,10 +112,12 @@ void attach(Layer& layer, Communicator* comm, const int32_t* expert_owner, int64
     require(c.router != MOE_ROUTER_EXPERT_CHOICE, MOE_STATUS_UNSUPPORTED,
             "expert parallelism does not run the expert-choice router: each expert picks "
             "its tokens from the whole batch, which no rank holds");
-    require(!(c.capacity_order == MOE_CAPACITY_SLOT_MAJOR && comm->world() > 1),
+    require(!(c.capacity_order != MOE_CAPACITY_TOKEN_ORDER && comm->world() > 1),
             MOE_STATUS_UNSUPPORTED,
-            "expert parallelism over more than one rank does not fill capacity slot-major "
-            "yet: that order interleaves every rank's copies slot by slot");
+            std::string("expert parallelism over more than one rank does not fill capacity "
+                        "in ") +
+                capacity_order_name(c.capacity_order) +
+                " order yet: that order interleaves every rank's copies");
     require(!(c.router == MOE_ROUTER_HASH && c.hash_mode == MOE_HASH_BALANCED && comm->world() > 1),
             MOE_STATUS_UNSUPPORTED,
             "expert parallelism over more than one rank does not run the balanced hash mode "

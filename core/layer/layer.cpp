@@ -18,7 +18,8 @@ Layer::Layer(const LayerConfig& cfg)
       backend_state(backend.create_state(cfg)),
       telemetry(cfg.num_experts, cfg.telemetry_interval, cfg.telemetry_ema_decay),
       name("layer" + std::to_string(serial)),
-      thresholds(default_thresholds()) {}
+      thresholds(default_thresholds()),
+      global_aux(cfg.num_experts) {}
 
 DeviceLayer Layer::device_view() {
   return DeviceLayer{

@@ -14,6 +14,7 @@
 #include "core/config.hpp"
 #include "core/hash_router.hpp"
 #include "core/host_buffer.hpp"
+#include "core/layer/global_aux_counts.hpp"
 #include "core/plan.hpp"
 #include "core/router.hpp"
 #include "core/telemetry/layer_telemetry.hpp"
@@ -41,6 +42,7 @@ class Layer {
   moe_verdict_thresholds_t thresholds;
   moe_stage_profile_t profile = MOE_STAGE_PROFILE_INIT;
   std::unique_ptr<dist::ExpertParallel> ep;  // set while a communicator is attached
+  GlobalAuxCounts global_aux;                // aux_loss_scope global
   // The thread inside a C call on this layer, if any (layer_entry.hpp).
   std::atomic<std::thread::id> entered_by{};
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "core/aux_loss.hpp"
 #include "core/error.hpp"
 #include "core/layer/shared_experts.hpp"
 #include "core/stage_timer.hpp"
@@ -132,8 +133,8 @@ std::unique_ptr<SavedState> forward_typed(Layer& layer, const moe_forward_args_t
   }
   // Selection noise is drawn per batch token: under expert parallelism this rank's
   // tokens start where the lower ranks' end.
-  const RouterState state{&layer.selection_bias, &layer.hash_table,  layer.step,
-                          args.train != 0,       group.token_offset, args.token_mask};
+  const RouterState state{&layer.selection_bias, &layer.hash_table, layer.step,  args.train != 0,
+                          group.token_offset,    args.token_mask,   args.seq_len};
   saved->routing = route<S>(c, state, x, logits.data(), args.token_ids, T);
   const Routing& routing = saved->routing;
   profile.router += timer.lap();
@@ -147,7 +148,8 @@ std::unique_ptr<SavedState> forward_typed(Layer& layer, const moe_forward_args_t
     saved->dispatch = std::make_unique<dist::Dispatch>(
         dist::make_dispatch(*layer.ep, c, group.call, saved->routing, saved->plan));
   } else {
-    saved->plan = make_plan(c, T, routing.expert, routing.gate, routing.fixed_capacity);
+    saved->plan = make_plan(c, T, routing.expert, routing.gate, routing.fill_priority,
+                            routing.fixed_capacity);
   }
   if (c.renormalize_after_drops) renormalize_kept_gates(c, saved->plan.dropped, saved->routing);
   charge(profile.plan, profile.exchange, timer.lap(), layer.ep.get());
@@ -300,6 +302,11 @@ void check_forward_args(const Layer& layer, const moe_forward_args_t& args) {
   require(args.seq_len >= 0, MOE_STATUS_INVALID_ARGUMENT, "args.seq_len must be >= 0");
   require(args.train == 0 || args.train == 1, MOE_STATUS_INVALID_ARGUMENT,
           "args.train must be 0 or 1");
+  require(c.aux_loss_scope != MOE_AUX_LOSS_SEQUENCE || (args.seq_len > 0 && T % args.seq_len == 0),
+          MOE_STATUS_INVALID_ARGUMENT,
+          "aux_loss_scope sequence averages over sequences of args.seq_len consecutive "
+          "tokens: seq_len must be > 0 and divide the call's tokens, got seq_len=" +
+              std::to_string(args.seq_len) + " for " + std::to_string(T) + " tokens");
   require(!args.train || layer.step < kMaxStep, MOE_STATUS_INVALID_STATE,
           "the step counter is at its limit, 2^62: a training call cannot count on "
           "(moe_layer_set_step to restart it)");
@@ -375,6 +382,13 @@ std::unique_ptr<SavedState> forward(Layer& layer, const moe_forward_args_t& args
     saved = forward_typed<float>(layer, args, group);
   }
   saved->expert_choice = c.router == MOE_ROUTER_EXPERT_CHOICE;
+  // The global-batch loss reads f from the counts of every training call since the
+  // reset, the data-parallel replicas' included (evaluation calls keep the batch's).
+  std::vector<double> global_counts;
+  if (c.aux_loss_scope == MOE_AUX_LOSS_GLOBAL && args.train) {
+    global_counts = layer.global_aux.with(saved->routing.batch_aux_demand);
+    set_global_counts(c, global_counts, saved->routing);
+  }
   saved->losses.aux_loss = saved->routing.aux_loss;
   saved->losses.aux_loss_scaled = c.load_balance_alpha * saved->routing.aux_loss;
   saved->losses.z_loss = saved->routing.z_loss;
@@ -391,6 +405,7 @@ std::unique_ptr<SavedState> forward(Layer& layer, const moe_forward_args_t& args
   // Training-only state changes come last, once nothing can fail any more.
   layer.telemetry.count_forward();
   if (args.train) {
+    if (!global_counts.empty()) layer.global_aux.commit(std::move(global_counts));
     update_selection_bias(c, bias_update_counts(c, *saved), layer.selection_bias);
     ++layer.step;
   }

@@ -104,10 +104,28 @@ typedef enum moe_drop_policy {
 
 /* The order in which the position policy fills capacity (docs/routing.md). */
 typedef enum moe_capacity_order {
-  MOE_CAPACITY_TOKEN_ORDER = 0, /* token by token, each token's slots in rank order */
-  MOE_CAPACITY_SLOT_MAJOR = 1   /* every first choice before any second (GShard, Switch,
-                                   DeepSpeed, flaxformer) */
+  MOE_CAPACITY_TOKEN_ORDER = 0,       /* token by token, each token's slots in rank order */
+  MOE_CAPACITY_SLOT_MAJOR = 1,        /* every first choice before any second (GShard, Switch,
+                                         DeepSpeed, flaxformer) */
+  MOE_CAPACITY_BATCH_PRIORITIZED = 2, /* slot-major, each slot's tokens by their top-1
+                                         probability, highest first (V-MoE, flaxformer's
+                                         batch_prioritized_routing) */
+  MOE_CAPACITY_RANDOM = 3             /* each expert keeps a uniformly random subset of its copies,
+                                         seeded by (seed, step, token, slot) (DeepSpeed's random token
+                                         selection) */
 } moe_capacity_order_t;
+
+/* The scope the load-balancing (aux) loss E * sum_e f_e * Pbar_e is taken over
+ * (docs/routing.md). */
+typedef enum moe_aux_loss_scope {
+  MOE_AUX_LOSS_BATCH = 0,    /* the call's batch (Switch, GShard, Mixtral) */
+  MOE_AUX_LOSS_SEQUENCE = 1, /* each sequence of seq_len tokens, averaged over the batch's
+                                sequences (DeepSeek-V3's complementary sequence-wise loss) */
+  MOE_AUX_LOSS_GLOBAL = 2    /* f from counts accumulated over training calls until
+                                moe_layer_reset_aux_counts, summed over the data-parallel
+                                communicator of moe_layer_set_aux_comm (Qwen3's global-batch
+                                loss) */
+} moe_aux_loss_scope_t;
 
 typedef enum moe_hash_mode {
   MOE_HASH_AUTO = 0,    /* table if one was built, else mix of ids, else content */
@@ -215,7 +233,7 @@ typedef struct moe_layer_config {
    * shared_w2), added to the routed output, times sigmoid(x . shared_gate) when
    * shared_expert_gate is 1 (Qwen2-MoE's shared_expert_gate). */
   int64_t num_shared_experts; /* 0 = none */
-  int64_t shared_d_ff;        /* each shared expert's hidden width; > 0 with shared experts */
+  int64_t shared_d_ff;        /* each shared expert's hidden width; 0 with shared experts: d_ff */
   int32_t shared_expert_gate; /* 1: a per-token sigmoid gate [d, 1] on the shared output */
   /* Capacity conventions: the order the position policy fills capacity in, and whether
    * the renormalised gates are renormalised again over the copies kept after drops
@@ -225,6 +243,11 @@ typedef struct moe_layer_config {
   /* 1: the selection-bias update counts each expert's served copies, min(demand, C),
    * rather than its demand before drops (needs bias_update_rate > 0) */
   int32_t bias_update_from_served;
+  /* The aux loss's scope, and whether its counts f_e come from each token's top_k of P
+   * (the scores without selection bias, groups or noise: Megatron-Core's aux loss under
+   * an expert bias) rather than from the experts chosen */
+  moe_aux_loss_scope_t aux_loss_scope;
+  int32_t aux_loss_unbiased_topk;
 } moe_layer_config_t;
 
 #define MOE_LAYER_CONFIG_INIT                                                                      \
@@ -232,7 +255,7 @@ typedef struct moe_layer_config {
     sizeof(moe_layer_config_t), MOE_LAYER_CONFIG_VERSION, 0, 0, 0, 1, MOE_ACTIVATION_GELU,         \
         MOE_ROUTER_SOFTMAX, MOE_DTYPE_F32, 0, NULL, 1.0, 1.0, 0, MOE_NOISE_NONE, 0.0, 0, 0.0, 0.0, \
         0.0, -1, 0.0, MOE_DROP_POSITION, 0, MOE_HASH_AUTO, 0, 1, 0.9, 0, 0, 1.0, 0, 0, 0, 0,       \
-        MOE_CAPACITY_TOKEN_ORDER, 0, 0                                                             \
+        MOE_CAPACITY_TOKEN_ORDER, 0, 0, MOE_AUX_LOSS_BATCH, 0                                      \
   }
 
 /* ------------------------------------------------------------------ weights */
@@ -411,6 +434,25 @@ MOE_API moe_status_t moe_layer_get_selection_bias(const_moe_layer_t layer, doubl
                                                   int64_t count);
 MOE_API moe_status_t moe_layer_set_selection_bias(moe_layer_t layer, const double* bias,
                                                   int64_t count);
+
+/* The global-batch aux loss (aux_loss_scope MOE_AUX_LOSS_GLOBAL): each training forward
+ * adds its counts (the batch's, summed over the aux communicator) to an accumulator,
+ * and f_e is read from it. Reset after each optimizer step, as Megatron-Core and Qwen3
+ * do: the next micro-batch starts a new global batch. get copies the E accumulated
+ * counts (count == num_experts) and the number of calls they hold (either may be NULL).
+ * Both refuse a layer of another scope. */
+MOE_API moe_status_t moe_layer_reset_aux_counts(moe_layer_t layer);
+MOE_API moe_status_t moe_layer_get_aux_counts(const_moe_layer_t layer, double* counts,
+                                              int64_t count, int64_t* calls);
+
+/* A model family's published routing conventions (docs/routing.md, "Presets"): family
+ * is "mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v3" or "switch". Sets the family's
+ * experts, top_k, router, activation, renormalisation, groups, scaling, shared experts,
+ * capacity, losses and balancing over an initialised config; leaves d_model, d_ff,
+ * dtype, backend, seed and telemetry as they are. Change any field afterwards (small
+ * experiments shrink num_experts). An unknown family is INVALID_ARGUMENT and leaves the
+ * config untouched. */
+MOE_API moe_status_t moe_layer_config_preset(moe_layer_config_t* config, const char* family);
 
 /* Hash router: builds the balanced lookup table from token-id frequencies in ids[0..n)
  * (ids in [0, vocab_size)). Ids seen most often are placed first, each on the k least
@@ -711,6 +753,14 @@ MOE_API moe_status_t moe_comm_barrier(moe_comm_t comm);
  * its selection is batch-wide. */
 MOE_API moe_status_t moe_layer_set_comm(moe_layer_t layer, moe_comm_t comm,
                                         const int32_t* expert_owner, int64_t count);
+
+/* The data-parallel communicator of the global-batch aux loss (a layer of aux_loss_scope
+ * MOE_AUX_LOSS_GLOBAL; NULL detaches): every training forward sums the call's expert
+ * counts over it (one all-reduce of E doubles), so every replica reads f_e of the whole
+ * global batch. Not the expert-parallel communicator: under expert parallelism the counts
+ * are already the group's, and this adds the replicas'. Every rank of `comm` runs its
+ * training forwards in the same order. `comm` must outlive the attachment. */
+MOE_API moe_status_t moe_layer_set_aux_comm(moe_layer_t layer, moe_comm_t comm);
 
 /* This rank's experts: their global ids, ascending, the order of its expert weights.
  * experts may be NULL to ask only the count; else it has room for `capacity`. Without

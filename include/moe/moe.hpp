@@ -254,6 +254,13 @@ class Comm {
   moe_comm_t comm_ = nullptr;
 };
 
+// A model family's routing conventions over `config` (moe_layer_config_preset).
+inline moe_layer_config_t preset(const char* family,
+                                 moe_layer_config_t config = MOE_LAYER_CONFIG_INIT) {
+  check(moe_layer_config_preset(&config, family));
+  return config;
+}
+
 class Layer {
  public:
   explicit Layer(const moe_layer_config_t& config) { check(moe_layer_create(&config, &layer_)); }
@@ -307,6 +314,15 @@ class Layer {
   }
   void set_selection_bias(const std::vector<double>& bias) {
     check(moe_layer_set_selection_bias(layer_, bias.data(), static_cast<int64_t>(bias.size())));
+  }
+  // The global-batch aux loss (aux_loss_scope MOE_AUX_LOSS_GLOBAL): reset after each
+  // optimizer step; the accumulated counts [E] and the calls they hold.
+  void reset_aux_counts() { check(moe_layer_reset_aux_counts(layer_)); }
+  std::vector<double> aux_counts(int64_t* calls = nullptr) const {
+    std::vector<double> counts(static_cast<size_t>(config().num_experts));
+    check(moe_layer_get_aux_counts(layer_, counts.data(), static_cast<int64_t>(counts.size()),
+                                   calls));
+    return counts;
   }
   void build_hash_table(const std::vector<int64_t>& ids, int64_t vocab_size) {
     check(moe_layer_build_hash_table(layer_, ids.data(), static_cast<int64_t>(ids.size()),
@@ -391,6 +407,10 @@ class Layer {
                              static_cast<int64_t>(expert_owner.size())));
   }
   void detach() { check(moe_layer_set_comm(layer_, nullptr, nullptr, 0)); }
+  // The data-parallel communicator of the global-batch aux loss (it must outlive this).
+  void set_aux_comm(const Comm& comm) { check(moe_layer_set_aux_comm(layer_, comm.get())); }
+  void set_aux_comm(Comm&& comm) = delete;
+  void detach_aux_comm() { check(moe_layer_set_aux_comm(layer_, nullptr)); }
   std::vector<int32_t> local_experts() const {
     int64_t n = 0;
     check(moe_layer_local_experts(layer_, nullptr, 0, &n));

@@ -127,4 +127,39 @@ inline std::vector<EpScenario> ep_scenarios(int world) {
   return all;
 }
 
+// The model-family options the host backends run under expert parallelism (a cuda layer
+// refuses them): group-limited routing with scaling, the unbiased sequence-wise aux
+// loss, renormalisation after drops and the bias update from served counts; and the
+// global-batch aux loss accumulating over steps.
+inline std::vector<EpScenario> host_ep_scenarios(int world) {
+  std::vector<EpScenario> all;
+  {
+    EpScenario s = ep_scenario("deepseek_style_sequence_aux", world, 8, 2, 12);
+    for (int64_t& n : s.split) n *= 4;  // whole sequences of 4 on each rank
+    s.seq_len = 4;
+    s.config.router = MOE_ROUTER_SIGMOID;
+    s.config.n_group = 4;
+    s.config.topk_group = 2;
+    s.config.routed_scaling_factor = 2.5;
+    s.config.aux_loss_scope = MOE_AUX_LOSS_SEQUENCE;
+    s.config.aux_loss_unbiased_topk = 1;
+    s.config.load_balance_alpha = 0.01;
+    s.config.bias_update_rate = 0.01;
+    s.config.bias_update_from_served = 1;
+    s.config.capacity_factor = 0.75;
+    s.config.renormalize_after_drops = 1;
+    s.config.min_capacity = 2;
+    s.steps = 3;
+    all.push_back(s);
+  }
+  {
+    EpScenario s = ep_scenario("global_aux_over_steps", world, 8, 2, 40);
+    s.config.aux_loss_scope = MOE_AUX_LOSS_GLOBAL;
+    s.config.load_balance_alpha = 0.05;
+    s.steps = 3;
+    all.push_back(s);
+  }
+  return all;
+}
+
 }  // namespace moe_test

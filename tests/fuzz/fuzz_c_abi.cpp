@@ -245,7 +245,9 @@ void create(LayerSlot& l, Bytes& in) {
   c.topk_group = in.byte() % 2 ? 0 : in.small(-1, 8);
   c.routed_scaling_factor = in.byte() % 2 ? 1.0 : in.number();
   c.min_capacity = in.byte() % 2 ? 0 : in.small(-1, 6);
-  set_raw(c.capacity_order, in.byte() % 2 ? 0 : in.raw(0, 2));
+  set_raw(c.capacity_order, in.byte() % 2 ? 0 : in.raw(0, 3));
+  set_raw(c.aux_loss_scope, in.byte() % 2 ? 0 : in.raw(0, 2));
+  c.aux_loss_unbiased_topk = static_cast<int32_t>(in.byte() % 2 ? 0 : in.small(-1, 1));
   c.renormalize_after_drops = static_cast<int32_t>(in.byte() % 2 ? 0 : in.small(-1, 1));
   c.bias_update_from_served = static_cast<int32_t>(in.byte() % 2 ? 0 : in.small(-1, 1));
   if (in.byte() % 3 == 0) {

@@ -496,6 +496,72 @@ void shared_communicator(moe_comm_t comm) {
   if (g_rank == 0) std::printf("ok %s\n", g_case.c_str());
 }
 
+// The global-batch aux loss over data-parallel replicas: each rank's own whole layer
+// (no expert parallelism) sums its counts over the aux communicator. Its loss and
+// router gradient must be those of a lone layer that first ran the other ranks'
+// micro-batches (accumulating their counts) and then this rank's: the counts are
+// integers, exact in any order.
+void data_parallel_global_aux(moe_comm_t comm) {
+  g_case = "data_parallel_global_aux";
+  const int64_t T = 24, d = 8, E = 6, F = 12;
+  moe_layer_config_t c = ep_base_config(E, 2);
+  c.d_model = d;
+  c.d_ff = F;
+  c.backend = backend();
+  c.aux_loss_scope = MOE_AUX_LOSS_GLOBAL;
+  c.load_balance_alpha = 0.3;
+  std::mt19937_64 rng(11);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  auto random = [&](int64_t n, double scale) {
+    std::vector<double> v(n);
+    for (double& e : v) e = scale * normal(rng);
+    return v;
+  };
+  std::vector<double> router = random(d * E, 1.0), w1 = random(E * d * F, 0.3),
+                      w2 = random(E * F * d, 0.3);
+  std::vector<std::vector<double>> xs;
+  for (int q = 0; q < g_world; ++q) xs.push_back(random(T * d, 1.0 + q));
+  const std::vector<double> dy = random(T * d, 1.0);
+  c.dtype = MOE_DTYPE_F64;
+  moe_weights_t w = MOE_WEIGHTS_INIT;
+  w.router = moe::tensor(router.data(), MOE_DTYPE_F64, {d, E});
+  w.w1 = moe::tensor(w1.data(), MOE_DTYPE_F64, {E, d, F});
+  w.w2 = moe::tensor(w2.data(), MOE_DTYPE_F64, {E, F, d});
+  // Forward then backward of one call; returns (aux loss, router gradient).
+  auto step = [&](moe::Layer& layer, const std::vector<double>& x) {
+    std::vector<double> y(T * d), grad(d * E);
+    moe_forward_args_t a = MOE_FORWARD_ARGS_INIT;
+    a.x = moe::tensor(const_cast<double*>(x.data()), MOE_DTYPE_F64, {T, d});
+    a.y = moe::tensor(y.data(), MOE_DTYPE_F64, {T, d});
+    moe::Context ctx = layer.forward(a);
+    moe_backward_args_t b = MOE_BACKWARD_ARGS_INIT;
+    b.dy = moe::tensor(const_cast<double*>(dy.data()), MOE_DTYPE_F64, {T, d});
+    b.grads.router = moe::tensor(grad.data(), MOE_DTYPE_F64, {d, E});
+    layer.backward(ctx, b);
+    return std::make_pair(ctx.losses().aux_loss, grad);
+  };
+  moe::Layer replica(c), lone(c);
+  replica.set_weights(w);
+  lone.set_weights(w);
+  CHECK(moe_layer_set_aux_comm(replica.get(), comm) == MOE_STATUS_SUCCESS, "set_aux_comm");
+  for (int round = 0; round < 2; ++round) {  // the second round after a reset
+    const auto mine = step(replica, xs[g_rank]);
+    for (int q = 0; q < g_world; ++q)
+      if (q != g_rank) step(lone, xs[q]);
+    const auto expected = step(lone, xs[g_rank]);
+    CHECK(mine.first == expected.first, "aux loss %.17g vs %.17g (round %d)", mine.first,
+          expected.first, round);
+    expect_equal(mine.second.data(), expected.second.data(), d * E, 0.0, "router gradient");
+    int64_t calls = 0;
+    const std::vector<double> counts = replica.aux_counts(&calls);
+    CHECK(calls == 1 && counts == lone.aux_counts(), "accumulated counts");
+    replica.reset_aux_counts();
+    lone.reset_aux_counts();
+  }
+  CHECK(moe_layer_set_aux_comm(replica.get(), nullptr) == MOE_STATUS_SUCCESS, "detach");
+  if (g_rank == 0) std::printf("ok %s\n", g_case.c_str());
+}
+
 // A peer that arrives late: the wait is charged to the exchange (and to the call's
 // total), never subtracted from a stage that did not contain it.
 void late_peer_profile(moe_comm_t comm) {
@@ -559,8 +625,14 @@ int main(int argc, char** argv) {
     run_scenario<moe::bfloat16>(comm, s, seed);
     ++seed;
   }
+  for (const Scenario& s : moe_test::host_ep_scenarios(g_world)) {
+    run_scenario<float>(comm, s, seed);
+    run_scenario<double>(comm, s, seed);
+    ++seed;
+  }
   refusals(comm);
   shared_communicator(comm);
+  data_parallel_global_aux(comm);
   late_peer_profile(comm);
   long_run(comm);
   CHECK(moe_comm_destroy(comm) == MOE_STATUS_SUCCESS, "destroy");

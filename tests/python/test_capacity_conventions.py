@@ -109,7 +109,7 @@ def test_bad_combinations_are_refused(options, message):
     with pytest.raises(moe.MoeError, match=message):
         moe.Layer(8, 8, 4, 2, **options)
     with pytest.raises(ValueError, match="unknown capacity_order"):
-        moe.Layer(8, 8, 4, 2, capacity_factor=1.0, capacity_order="random")
+        moe.Layer(8, 8, 4, 2, capacity_factor=1.0, capacity_order="fifo")
 
 
 OPTIONS = {  # every option of the model-family work, each against the plain layer
@@ -121,7 +121,14 @@ OPTIONS = {  # every option of the model-family work, each against the plain lay
     "shared": dict(num_shared_experts=2, shared_d_ff=5, shared_expert_gate=True),
     "bias_from_served": dict(capacity_factor=0.6, bias_update_rate=0.01,
                              bias_update_from_served=True),
-    "everything": dict(router="sigmoid", n_group=3, topk_group=2, routed_scaling_factor=1.5,
+    "batch_prioritized": dict(capacity_factor=0.6, capacity_order="batch_prioritized"),
+    "random": dict(capacity_factor=0.6, capacity_order="random"),
+    "sequence_aux": dict(aux_loss_scope="sequence", load_balance_alpha=0.1,
+                         aux_loss_unbiased_topk=True, bias_update_rate=0.01),
+    "global_aux": dict(aux_loss_scope="global", load_balance_alpha=0.1),
+    "everything": dict(aux_loss_scope="sequence", load_balance_alpha=0.1,
+                       aux_loss_unbiased_topk=True, router="sigmoid", n_group=3, topk_group=2,
+                       routed_scaling_factor=1.5,
                        bias_update_rate=0.01, bias_update_from_served=True,
                        capacity_factor=0.6, capacity_order="slot_major",
                        renormalize_after_drops=True, renormalize=True, min_capacity=3,
@@ -149,11 +156,13 @@ def test_the_one_rank_expert_parallel_path_gives_the_same_bits(name):
         if attach:
             layer.set_comm(moe.Comm.local())
         layer.set_weights(**w)
-        y = layer.forward(x, token_mask=mask)
+        y = layer.forward(x, token_mask=mask, seq_len=8)
         dx, grads = layer.backward(dy)
-        out.append((y, dx, grads, layer.routing(), layer.telemetry(), layer.selection_bias))
-    (y, dx, grads, routing, telemetry, bias), (y2, dx2, grads2, routing2, telemetry2, bias2) = out
-    assert np.array_equal(bias, bias2)
+        out.append((y, dx, grads, layer.routing(), layer.telemetry(), layer.selection_bias,
+                    layer.losses()))
+    (y, dx, grads, routing, telemetry, bias, losses), \
+        (y2, dx2, grads2, routing2, telemetry2, bias2, losses2) = out
+    assert np.array_equal(bias, bias2) and losses == losses2
     assert np.array_equal(y, y2) and np.array_equal(dx, dx2)
     assert all(np.array_equal(grads[k], grads2[k]) for k in grads)
     assert all(np.array_equal(routing[k], routing2[k]) for k in routing)

@@ -84,3 +84,49 @@ def test_config_file_and_bad_flags(tmp_path):
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "top_k" in bad.stderr
     assert subprocess.run([BINARY, "--help"], capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize("family,flags,expected", [
+    ("deepseek_v3", ["--n_experts", "16", "--top_k", "4", "--n_group", "4", "--topk_group", "2"],
+     dict(router="sigmoid", activation="swiglu", num_shared_experts=1, aux_loss_scope="sequence",
+          aux_loss_unbiased_topk=True, bias_update_rate=0.001, n_experts=16, top_k=4)),
+    ("qwen2_moe", ["--n_experts", "12", "--load_balance_alpha", "0.5"],
+     dict(num_shared_experts=4, shared_expert_gate=True, renormalize="off", top_k=4,
+          load_balance_alpha=0.5)),
+    ("qwen3_moe", ["--n_experts", "16"], dict(aux_loss_scope="global", top_k=8)),
+    ("switch", ["--n_experts", "8", "--dropless"],
+     dict(top_k=1, activation="relu", capacity_factor=0.0, capacity_order="token")),
+    ("switch", ["--n_experts", "8"], dict(capacity_factor=1.25, capacity_order="slot_major")),
+])
+def test_a_preset_sets_the_family_and_flags_given_win(tmp_path, family, flags, expected):
+    out, _ = train(tmp_path, family, "--preset", family, *flags)
+    options = json.loads((out / "summary.json").read_text())["options"]
+    assert options["preset"] == family
+    for key, value in expected.items():
+        assert options[key] == value, key
+
+
+@pytest.mark.parametrize("flags", [
+    ["--capacity_order", "batch_prioritized", "--capacity_factor", "1.0"],
+    ["--capacity_order", "random", "--capacity_factor", "1.0"],
+    ["--aux_loss_scope", "global"],
+    ["--router", "sigmoid", "--bias_update_rate", "0.01", "--aux_loss_unbiased_topk"],
+    ["--num_shared_experts", "2", "--shared_d_ff", "16", "--shared_expert_gate"],
+])
+def test_the_model_family_flags_train(tmp_path, flags):
+    out, _ = train(tmp_path, "run", *flags)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["final_loss"] < summary["initial_loss"]
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--aux_loss_scope", "sequence", "--batch_size", "100"], "must be a multiple of 32"),
+    (["--preset", "llama"], "--preset"),
+    (["--capacity_order", "random"], "config.capacity_order random"),
+    (["--shared_expert_gate"], "config.shared_expert_gate"),
+])
+def test_bad_model_family_flags_are_usage_errors(tmp_path, flags, message):
+    result = subprocess.run([BINARY, "--out", str(tmp_path / "x"), *flags], capture_output=True,
+                            text=True)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert not (tmp_path / "x").exists()

@@ -19,6 +19,7 @@
 #include "tools/common/verdict_json.hpp"
 #include "tools/moe-train/dashboard.hpp"
 #include "tools/moe-train/model.hpp"
+#include "tools/moe-train/preset_options.hpp"
 
 namespace {
 
@@ -96,8 +97,9 @@ std::string memory_problem(const Options& o) {
   const long double F = moe::train::ff_width(o);
   // Per layer: the teacher's weights, the student's with gradients and Adam moments
   // (5 copies in all), the stack's inputs and outputs, and the layer's routed rows.
-  const long double per_layer =
-      5 * (d * E + E * d * F + E * o.d_ff * d) + 8 * T * d + 4 * T * k * (F + o.d_ff + d);
+  const long double S = moe::train::shared_width(o);
+  const long double per_layer = 5 * (d * E + E * d * F + E * o.d_ff * d + 3 * d * S + d) +
+                                8 * T * d + 4 * T * k * (F + o.d_ff + d) + 4 * T * S;
   const long double bytes = 4.0L * o.layers * per_layer;
   const long double physical = static_cast<long double>(sysconf(_SC_PHYS_PAGES)) *
                                static_cast<long double>(sysconf(_SC_PAGE_SIZE));
@@ -174,9 +176,34 @@ void add_options(CLI::App& app, Options& o, bool& dropless, bool& json, bool& no
       ->capture_default_str()
       ->check(integer_in(0, 1099511627776.0L));
   app.add_option("--capacity_order", o.capacity_order,
-                 "token | slot_major (all first choices before any second)")
+                 "token | slot_major (all first choices before any second) | "
+                 "batch_prioritized (by top-1 probability) | random (seeded)")
       ->capture_default_str()
-      ->check(CLI::IsMember({"token", "slot_major"}));
+      ->check(CLI::IsMember({"token", "slot_major", "batch_prioritized", "random"}));
+  app.add_option("--renormalize", o.renormalize,
+                 "renormalise the k gates to sum to 1: auto (k > 1) | on | off")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "on", "off"}));
+  app.add_option("--num_shared_experts", o.num_shared_experts,
+                 "shared experts every token goes through (DeepSeek, Qwen2-MoE)")
+      ->capture_default_str()
+      ->check(integer_in(0, 1024));
+  app.add_option("--shared_d_ff", o.shared_d_ff, "each shared expert's width (0 = d_ff)")
+      ->capture_default_str()
+      ->check(integer_in(0, 1 << 20));
+  app.add_flag("--shared_expert_gate", o.shared_expert_gate,
+               "a per-token sigmoid gate on the shared output (Qwen2-MoE)");
+  app.add_option("--aux_loss_scope", o.aux_loss_scope,
+                 "batch | sequence (per sequence of 32 tokens, DeepSeek-V3) | global (over "
+                 "micro-batches until the optimizer step, Qwen3)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"batch", "sequence", "global"}));
+  app.add_flag("--aux_loss_unbiased_topk", o.aux_loss_unbiased_topk,
+               "the aux loss counts each token's top-k without the selection bias");
+  app.add_option("--preset", o.preset,
+                 "a model family's routing conventions: mixtral | qwen2_moe | qwen3_moe | "
+                 "deepseek_v3 | switch (flags given win; docs/routing.md)")
+      ->check(CLI::IsMember({"mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v3", "switch"}));
   app.add_flag("--renormalize_after_drops", o.renormalize_after_drops,
                "renormalise the gates over the copies kept after drops (DeepSpeed)");
   app.add_flag("--bias_update_from_served", o.bias_update_from_served,
@@ -258,7 +285,16 @@ int main(int argc, char** argv) {
   moe::tools::add_version_flag(app, "moe-train");
   add_options(app, o, dropless, json, no_dashboard);
   if (auto exit_code = moe::tools::parse_command_line(app, argc, argv)) return *exit_code;
+  moe::train::apply_preset(app, o);
   if (dropless) o.capacity_factor = 0.0;
+  // Dropless has no capacity to fill in order: a preset's order gives way to --dropless.
+  if (o.capacity_factor == 0.0 && app.count("--capacity_order") == 0) o.capacity_order = "token";
+  if (o.aux_loss_scope == "sequence" && o.batch_size % kSeqLen != 0)
+    return moe::tools::usage_error("moe-train",
+                                   "--aux_loss_scope sequence averages over sequences of " +
+                                       std::to_string(kSeqLen) + " tokens: --batch_size (" +
+                                       std::to_string(o.batch_size) + ") must be a multiple of " +
+                                       std::to_string(kSeqLen));
   if (o.top_k > o.n_experts)
     return moe::tools::usage_error("moe-train", "--top_k (" + std::to_string(o.top_k) +
                                                     ") must be at most --n_experts (" +
@@ -314,8 +350,7 @@ int main(int argc, char** argv) {
       }
       loss = fit + aux;
       if (step == 1) first_loss = loss;  // the same measure as the final loss: fit + aux
-      for (auto& b : student.blocks())
-        for (auto* p : {&b.router, &b.w1, &b.w2}) std::fill(p->grad.begin(), p->grad.end(), 0.f);
+      student.zero_grads();
       student.backward(dy);
       const double lr = learning_rate(o, step);
       student.adam_step(lr, step);
@@ -447,6 +482,13 @@ int main(int argc, char** argv) {
                              {"capacity_order", o.capacity_order},
                              {"renormalize_after_drops", o.renormalize_after_drops},
                              {"bias_update_from_served", o.bias_update_from_served},
+                             {"renormalize", o.renormalize},
+                             {"num_shared_experts", o.num_shared_experts},
+                             {"shared_d_ff", o.shared_d_ff},
+                             {"shared_expert_gate", o.shared_expert_gate},
+                             {"aux_loss_scope", o.aux_loss_scope},
+                             {"aux_loss_unbiased_topk", o.aux_loss_unbiased_topk},
+                             {"preset", o.preset},
                              {"activation", o.activation},
                              {"capacity_factor", o.capacity_factor},
                              {"load_balance_alpha", o.load_balance_alpha},

@@ -34,10 +34,28 @@ moe_hash_mode_t hash_mode_of(const std::string& name) {
   throw std::invalid_argument("unknown hash mode '" + name + "'");
 }
 
+moe_capacity_order_t capacity_order_of(const std::string& name) {
+  const char* names[] = {"token", "slot_major", "batch_prioritized", "random"};
+  for (int i = 0; i < 4; ++i)
+    if (name == names[i]) return static_cast<moe_capacity_order_t>(i);
+  throw std::invalid_argument("unknown capacity order '" + name + "'");
+}
+
+moe_aux_loss_scope_t aux_loss_scope_of(const std::string& name) {
+  const char* names[] = {"batch", "sequence", "global"};
+  for (int i = 0; i < 3; ++i)
+    if (name == names[i]) return static_cast<moe_aux_loss_scope_t>(i);
+  throw std::invalid_argument("unknown aux loss scope '" + name + "'");
+}
+
 }  // namespace
 
 int64_t ff_width(const Options& o) {
   return o.activation == "swiglu" || o.activation == "geglu" ? 2 * o.d_ff : o.d_ff;
+}
+
+int64_t shared_width(const Options& o) {
+  return o.num_shared_experts * (o.shared_d_ff > 0 ? o.shared_d_ff : o.d_ff);
 }
 
 moe_layer_config_t layer_config(const Options& o, bool teacher) {
@@ -58,8 +76,13 @@ moe_layer_config_t layer_config(const Options& o, bool teacher) {
   c.topk_group = o.topk_group;
   c.routed_scaling_factor = o.routed_scaling_factor;
   c.min_capacity = o.min_capacity;
-  c.capacity_order =
-      o.capacity_order == "slot_major" ? MOE_CAPACITY_SLOT_MAJOR : MOE_CAPACITY_TOKEN_ORDER;
+  c.capacity_order = capacity_order_of(o.capacity_order);
+  c.renormalize = o.renormalize == "auto" ? -1 : o.renormalize == "on" ? 1 : 0;
+  c.num_shared_experts = o.num_shared_experts;
+  c.shared_d_ff = o.shared_d_ff;
+  c.shared_expert_gate = o.shared_expert_gate ? 1 : 0;
+  c.aux_loss_scope = aux_loss_scope_of(o.aux_loss_scope);
+  c.aux_loss_unbiased_topk = o.aux_loss_unbiased_topk ? 1 : 0;
   c.renormalize_after_drops = o.renormalize_after_drops ? 1 : 0;
   c.bias_update_from_served = o.bias_update_from_served ? 1 : 0;
   c.capacity_factor = o.capacity_factor;
@@ -87,19 +110,33 @@ Stack::Stack(const Options& o, bool teacher, uint64_t seed) : options_(o) {
   const int64_t d = o.d_model, E = o.n_experts, F = ff_width(o);
   const moe_layer_config_t config = layer_config(o, teacher);
   for (int64_t l = 0; l < o.layers; ++l) {
-    Block b{moe::Layer(config), {}, {}, {}, {}, {}, {}};
+    Block b{moe::Layer(config), {}, {}, {}, {}, {}, {}, {}, {}, {}};
     b.router.resize(d * E);
     b.w1.resize(E * d * F);
     b.w2.resize(E * o.d_ff * d);
+    const int64_t S = config.num_shared_experts > 0 ? shared_width(o) : 0;
+    const int64_t SF = F == o.d_ff ? S : 2 * S;
+    b.shared_w1.resize(d * SF);
+    b.shared_w2.resize(S * d);
+    b.shared_gate.resize(config.shared_expert_gate ? d : 0);
     // The teacher's router is sharp (its experts own clusters); the student starts soft.
     const float router_scale = teacher ? 3.f / std::sqrt(float(d)) : 1.f / std::sqrt(float(d));
     for (float& v : b.router.value) v = router_scale * normal(rng);
     for (float& v : b.w1.value) v = normal(rng) / std::sqrt(float(d));
     for (float& v : b.w2.value) v = (teacher ? 1.f : 0.5f) * normal(rng) / std::sqrt(float(o.d_ff));
+    for (float& v : b.shared_w1.value) v = normal(rng) / std::sqrt(float(d));
+    for (float& v : b.shared_w2.value)
+      v = 0.5f * normal(rng) / std::sqrt(float(std::max<int64_t>(S, 1)));
+    for (float& v : b.shared_gate.value) v = normal(rng) / std::sqrt(float(d));
     moe_weights_t w = MOE_WEIGHTS_INIT;
     if (config.router != MOE_ROUTER_HASH) w.router = moe::tensor(b.router.value.data(), {d, E});
     w.w1 = moe::tensor(b.w1.value.data(), {E, d, F});
     w.w2 = moe::tensor(b.w2.value.data(), {E, o.d_ff, d});
+    if (S > 0) {
+      w.shared_w1 = moe::tensor(b.shared_w1.value.data(), {d, SF});
+      w.shared_w2 = moe::tensor(b.shared_w2.value.data(), {S, d});
+    }
+    if (config.shared_expert_gate) w.shared_gate = moe::tensor(b.shared_gate.value.data(), {d, 1});
     b.layer.set_weights(w);
     const std::string name = "layer" + std::to_string(l);
     b.layer.set_name(name);
@@ -143,6 +180,14 @@ void Stack::backward(const std::vector<float>& dy) {
     if (options_.router != "hash") a.grads.router = moe::tensor(b.router.grad.data(), {d, E});
     a.grads.w1 = moe::tensor(b.w1.grad.data(), {E, d, F});
     a.grads.w2 = moe::tensor(b.w2.grad.data(), {E, options_.d_ff, d});
+    if (!b.shared_w2.value.empty()) {
+      const int64_t S = shared_width(options_);
+      a.grads.shared_w1 = moe::tensor(b.shared_w1.grad.data(),
+                                      {d, static_cast<int64_t>(b.shared_w1.value.size()) / d});
+      a.grads.shared_w2 = moe::tensor(b.shared_w2.grad.data(), {S, d});
+    }
+    if (!b.shared_gate.value.empty())
+      a.grads.shared_gate = moe::tensor(b.shared_gate.grad.data(), {d, 1});
     b.layer.backward(b.ctx, a);
     b.ctx = moe::Context();
     for (size_t i = 0; i < grad.size(); ++i) grad[i] += dx[i];  // residual: dh += dMoE/dh
@@ -154,12 +199,22 @@ void Stack::adam_step(double lr, int64_t step) {
   const float c1 = 1.f - std::pow(b1, static_cast<float>(step));
   const float c2 = 1.f - std::pow(b2, static_cast<float>(step));
   for (Block& b : blocks_)
-    for (Parameter* p : {&b.router, &b.w1, &b.w2})
+    for (Parameter* p : {&b.router, &b.w1, &b.w2, &b.shared_w1, &b.shared_w2, &b.shared_gate})
       for (size_t i = 0; i < p->value.size(); ++i) {
         p->m[i] = b1 * p->m[i] + (1 - b1) * p->grad[i];
         p->v[i] = b2 * p->v[i] + (1 - b2) * p->grad[i] * p->grad[i];
         p->value[i] -= static_cast<float>(lr) * (p->m[i] / c1) / (std::sqrt(p->v[i] / c2) + eps);
       }
+  // The optimizer step ends the global batch the global-batch aux loss counts over.
+  for (Block& b : blocks_)
+    if (b.layer.config().aux_loss_scope == MOE_AUX_LOSS_GLOBAL) b.layer.reset_aux_counts();
+}
+
+void Stack::zero_grads() {
+  for (Block& b : blocks_) {
+    for (Parameter* p : {&b.router, &b.w1, &b.w2, &b.shared_w1, &b.shared_w2, &b.shared_gate})
+      std::fill(p->grad.begin(), p->grad.end(), 0.f);
+  }
 }
 
 }  // namespace moe::train

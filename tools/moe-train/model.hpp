@@ -29,6 +29,12 @@ struct Options {
   std::string capacity_order = "token";
   bool renormalize_after_drops = false;
   bool bias_update_from_served = false;
+  std::string renormalize = "auto";                 // auto | on | off
+  int64_t num_shared_experts = 0, shared_d_ff = 0;  // shared_d_ff 0: d_ff
+  bool shared_expert_gate = false;
+  std::string aux_loss_scope = "batch";
+  bool aux_loss_unbiased_topk = false;
+  std::string preset;  // a model family (moe_layer_config_preset); flags given win
   double bias_update_rate = 0.0;
   uint64_t seed = 0;
   int64_t max_iters = 600, eval_interval = 100, log_interval = 10, batch_size = 256;
@@ -51,12 +57,15 @@ struct Parameter {
 struct Block {
   moe::Layer layer;
   Parameter router, w1, w2;
+  Parameter shared_w1, shared_w2, shared_gate;  // empty without shared experts
   moe::Context ctx;
   std::vector<float> input, output;  // h_l and MoE(h_l) of the last forward
 };
 
 // Columns of W1: 2 d_ff for the gated activations (swiglu, geglu), else d_ff.
 int64_t ff_width(const Options& o);
+// The shared experts' hidden width, S * shared_d_ff (0 without them).
+int64_t shared_width(const Options& o);
 
 moe_layer_config_t layer_config(const Options& o, bool teacher);
 
@@ -70,6 +79,7 @@ class Stack {
   // Backward from dL/dy; fills every parameter's gradient.
   void backward(const std::vector<float>& dy);
   void adam_step(double lr, int64_t step);
+  void zero_grads();
   std::vector<Block>& blocks() { return blocks_; }
   int64_t tokens() const { return tokens_; }
 

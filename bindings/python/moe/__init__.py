@@ -19,7 +19,7 @@ import numpy as np
 from . import _abi
 
 __all__ = ["Layer", "Group", "Context", "MoeError", "backends", "version", "metric_names",
-           "compare_routing", "library_path"]
+           "compare_routing", "library_path", "preset"]
 __version__ = "0.1.0"  # the package's; version() is the loaded library's
 
 _lib = _abi.load()
@@ -36,7 +36,7 @@ _ROUTER_OPTIONS = {
     "hash_mode", "expert_bias", "dtype", "telemetry_interval", "telemetry_ema_decay",
     "n_group", "topk_group", "routed_scaling_factor", "min_capacity", "num_shared_experts",
     "shared_d_ff", "shared_expert_gate", "capacity_order", "renormalize_after_drops",
-    "bias_update_from_served",
+    "bias_update_from_served", "aux_loss_scope", "aux_loss_unbiased_topk",
 }
 
 
@@ -221,6 +221,38 @@ def _enum(table, value, what):
     return table[value]
 
 
+_PRESET_FIELDS = (
+    "num_experts", "top_k", "activation", "router", "load_balance_alpha", "router_z_loss_coef",
+    "bias_update_rate", "renormalize", "capacity_factor", "drop_policy", "n_group", "topk_group",
+    "routed_scaling_factor", "min_capacity", "num_shared_experts", "shared_d_ff",
+    "shared_expert_gate", "capacity_order", "renormalize_after_drops",
+    "bias_update_from_served", "aux_loss_scope", "aux_loss_unbiased_topk")
+
+
+def preset(family):
+    """A model family's routing conventions (moe_layer_config_preset: "mixtral",
+    "qwen2_moe", "qwen3_moe", "deepseek_v3", "switch") as Layer keyword arguments."""
+    if not isinstance(family, str):
+        raise TypeError(f"family must be a string, got {family!r}")
+    cfg = _abi.sized(_abi.LayerConfig)
+    _check(_lib.moe_layer_config_preset(C.byref(cfg), family.encode()))
+    names = {"activation": _abi.ACTIVATIONS, "router": _abi.ROUTERS,
+             "drop_policy": _abi.DROP_POLICIES, "capacity_order": _abi.CAPACITY_ORDERS,
+             "aux_loss_scope": _abi.AUX_LOSS_SCOPES}
+    out = {}
+    for field in _PRESET_FIELDS:
+        value = getattr(cfg, field)
+        if field in names:
+            value = {v: k for k, v in names[field].items()}[value]
+        elif field in ("shared_expert_gate", "renormalize_after_drops",
+                       "bias_update_from_served", "aux_loss_unbiased_topk"):
+            value = bool(value)
+        elif field == "renormalize":
+            value = None if value < 0 else bool(value)
+        out[field] = value
+    return out
+
+
 class Layer:
     def __init__(self, d_model, d_ff, num_experts, top_k, activation="gelu", router="softmax",
                  capacity_factor=0.0, backend="auto", seed=0, **options):
@@ -282,6 +314,10 @@ class Layer:
                                             "renormalize_after_drops")
         cfg.bias_update_from_served = _flag(options.pop("bias_update_from_served", False),
                                             "bias_update_from_served")
+        cfg.aux_loss_scope = _enum(_abi.AUX_LOSS_SCOPES, options.pop("aux_loss_scope", "batch"),
+                                   "aux_loss_scope")
+        cfg.aux_loss_unbiased_topk = _flag(options.pop("aux_loss_unbiased_topk", False),
+                                           "aux_loss_unbiased_topk")
         self._handle = C.c_void_p()
         _check(_lib.moe_layer_create(C.byref(cfg), C.byref(self._handle)))
         self.d_model, self.d_ff = cfg.d_model, cfg.d_ff
@@ -294,12 +330,23 @@ class Layer:
         self._last = None      # the Context of the last forward
         self._pending = 0      # training forwards since the last backward
         self._comm = None
+        self._aux_comm = None
+
+    @classmethod
+    def from_preset(cls, family, d_model, d_ff, backend="auto", seed=0, **overrides):
+        """A layer with a model family's routing conventions (preset()), any of them
+        overridden by keyword (num_experts=16 for a small experiment)."""
+        options = preset(family)
+        options.update(overrides)
+        return cls(d_model, d_ff, options.pop("num_experts"), options.pop("top_k"),
+                   backend=backend, seed=seed, **options)
 
     def __del__(self):
         self._last = None
         if getattr(self, "_handle", None):
             _lib.moe_layer_destroy(self._handle)
-        self._comm = None  # only now may the communicator go
+        self._comm = None  # only now may the communicators go
+        self._aux_comm = None
 
     # ---------------------------------------------------------------- expert parallelism
     def set_comm(self, comm, expert_owner=None):
@@ -314,6 +361,27 @@ class Layer:
             0 if owner is None else owner.size))
         self._comm = comm
         self._weights = {}
+
+    def set_aux_comm(self, comm):
+        """The data-parallel Comm the global-batch aux loss sums its counts over (None
+        detaches); aux_loss_scope="global" only."""
+        _check(_lib.moe_layer_set_aux_comm(self._handle,
+                                           comm._handle if comm is not None else None))
+        self._aux_comm = comm
+
+    def reset_aux_counts(self):
+        """Starts a new global batch (aux_loss_scope="global"): call after each optimizer
+        step."""
+        _check(_lib.moe_layer_reset_aux_counts(self._handle))
+
+    def aux_counts(self):
+        """(counts [E] float64, calls): what the global-batch aux loss accumulated."""
+        counts = np.zeros(self.num_experts, dtype=np.float64)
+        calls = C.c_int64()
+        _check(_lib.moe_layer_get_aux_counts(
+            self._handle, counts.ctypes.data_as(C.POINTER(C.c_double)), counts.size,
+            C.byref(calls)))
+        return counts, calls.value
 
     def local_experts(self):
         """This rank's experts (global ids, ascending: the order of its expert weights)."""
@@ -372,12 +440,14 @@ class Layer:
         out = {name: getattr(cfg, name) for name, _ in _abi.LayerConfig._fields_[2:]}
         names = {"activation": _abi.ACTIVATIONS, "router": _abi.ROUTERS, "dtype": _abi.DTYPES,
                  "router_noise_type": _abi.NOISE, "drop_policy": _abi.DROP_POLICIES,
-                 "hash_mode": _abi.HASH_MODES, "capacity_order": _abi.CAPACITY_ORDERS}
+                 "hash_mode": _abi.HASH_MODES, "capacity_order": _abi.CAPACITY_ORDERS,
+                 "aux_loss_scope": _abi.AUX_LOSS_SCOPES}
         for field, table in names.items():
             out[field] = {v: k for k, v in table.items()}.get(out[field], out[field])
         out["backend"] = out["backend"].decode() if out["backend"] else None
         for flag in ("expert_bias", "renormalize", "pad_to_capacity", "shared_expert_gate",
-                     "renormalize_after_drops", "bias_update_from_served"):
+                     "renormalize_after_drops", "bias_update_from_served",
+                     "aux_loss_unbiased_topk"):
             out[flag] = bool(out[flag])
         return out
 

@@ -17,7 +17,8 @@ ROUTERS = {"softmax": 0, "sigmoid": 1, "hash": 2, "expert_choice": 3}
 NOISE = {"none": 0, "gaussian": 1, "gumbel": 2}
 DROP_POLICIES = {"position": 0, "probability": 1}
 HASH_MODES = {"auto": 0, "mix": 1, "table": 2, "content": 3, "balanced": 4}
-CAPACITY_ORDERS = {"token": 0, "slot_major": 1}
+CAPACITY_ORDERS = {"token": 0, "slot_major": 1, "batch_prioritized": 2, "random": 3}
+AUX_LOSS_SCOPES = {"batch": 0, "sequence": 1, "global": 2}
 
 
 class Tensor(C.Structure):
@@ -44,7 +45,8 @@ class LayerConfig(C.Structure):
         ("min_capacity", C.c_int64), ("num_shared_experts", C.c_int64),
         ("shared_d_ff", C.c_int64), ("shared_expert_gate", C.c_int32),
         ("capacity_order", C.c_int), ("renormalize_after_drops", C.c_int32),
-        ("bias_update_from_served", C.c_int32),
+        ("bias_update_from_served", C.c_int32), ("aux_loss_scope", C.c_int),
+        ("aux_loss_unbiased_topk", C.c_int32),
     ]
 
 
@@ -248,6 +250,11 @@ def load():
         "moe_layer_set_step": (status, [layer, C.c_int64]),
         "moe_layer_get_selection_bias": (status, [layer, C.POINTER(C.c_double), C.c_int64]),
         "moe_layer_set_selection_bias": (status, [layer, C.POINTER(C.c_double), C.c_int64]),
+        "moe_layer_reset_aux_counts": (status, [layer]),
+        "moe_layer_get_aux_counts": (status, [layer, C.POINTER(C.c_double), C.c_int64,
+                                              C.POINTER(C.c_int64)]),
+        "moe_layer_config_preset": (status, [C.POINTER(LayerConfig), C.c_char_p]),
+        "moe_layer_set_aux_comm": (status, [layer, C.c_void_p]),
         "moe_layer_build_hash_table": (status, [layer, C.POINTER(C.c_int64), C.c_int64, C.c_int64]),
         "moe_ctx_destroy": (status, [ctx]),
         "moe_ctx_routing_shape": (status, [ctx, C.POINTER(C.c_int64), C.POINTER(C.c_int64)]),
