@@ -302,10 +302,13 @@ void check_forward_args(const Layer& layer, const moe_forward_args_t& args) {
   require(args.seq_len >= 0, MOE_STATUS_INVALID_ARGUMENT, "args.seq_len must be >= 0");
   require(args.train == 0 || args.train == 1, MOE_STATUS_INVALID_ARGUMENT,
           "args.train must be 0 or 1");
-  require(c.aux_loss_scope != MOE_AUX_LOSS_SEQUENCE || (args.seq_len > 0 && T % args.seq_len == 0),
+  // An evaluation call may leave seq_len 0: its loss is then the call's as one sequence.
+  require(c.aux_loss_scope != MOE_AUX_LOSS_SEQUENCE ||
+              (args.seq_len > 0 ? T % args.seq_len == 0 : args.train == 0),
           MOE_STATUS_INVALID_ARGUMENT,
           "aux_loss_scope sequence averages over sequences of args.seq_len consecutive "
-          "tokens: seq_len must be > 0 and divide the call's tokens, got seq_len=" +
+          "tokens: a training call's seq_len must be > 0 and divide the call's tokens (an "
+          "evaluation call's may be 0), got seq_len=" +
               std::to_string(args.seq_len) + " for " + std::to_string(T) + " tokens");
   require(!args.train || layer.step < kMaxStep, MOE_STATUS_INVALID_STATE,
           "the step counter is at its limit, 2^62: a training call cannot count on "

@@ -228,10 +228,19 @@ def test_bad_aux_calls_are_refused_and_the_layer_stays_usable():
         with pytest.raises(moe.MoeError, match="aux_loss_scope sequence averages over sequences"):
             seq.forward(x, seq_len=bad)
     seq.forward(x, seq_len=4)
+    # Evaluation may leave seq_len unset: the call is then one sequence, the batch loss.
+    seq.forward(x, train=False)
+    batch = moe.Layer(8, 6, 4, 2, backend="cpu_ref")
+    batch.set_weights(**w)
+    batch.forward(x, train=False)
+    assert seq.losses()["aux_loss"] == batch.losses()["aux_loss"]
     for call in (seq.reset_aux_counts, seq.aux_counts, lambda: seq.set_aux_comm(None)):
         with pytest.raises(moe.MoeError, match="aux_loss_scope is not global"):
             call()
     glob = moe.Layer(8, 6, 4, 2, aux_loss_scope="global", backend="cpu_ref")
+    for bad in ("local", 0, glob):
+        with pytest.raises(TypeError, match="expected a moe.Comm or None"):
+            glob.set_aux_comm(bad)
     with pytest.raises(moe.MoeError, match="count is 3, the layer has 4 experts"):
         moe._check(moe._lib.moe_layer_get_aux_counts(
             glob._handle, np.zeros(3).ctypes.data_as(moe.C.POINTER(moe.C.c_double)), 3, None))

@@ -223,3 +223,5 @@ def test_an_unknown_family_is_refused_and_the_config_untouched():
     assert "a preset sets fields" in moe._lib.moe_last_error().decode()
     with pytest.raises(TypeError):
         moe.preset(3)
+    with pytest.raises(ValueError, match="NUL"):
+        moe.preset("mixtral\0x")

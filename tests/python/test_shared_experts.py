@@ -121,8 +121,6 @@ def test_onednn_runs_the_shared_experts_as_cpu_ref():
 
 
 @pytest.mark.parametrize("options,message", [
-    (dict(num_shared_experts=1, shared_d_ff=-1), "config.shared_d_ff must be >= 0 with shared "
-                                                 "experts \\(0: d_ff\\) and 0 without, got -1"),
     (dict(shared_d_ff=8), "config.shared_d_ff must be >= 0 with shared experts"),
     (dict(shared_expert_gate=True), "config.shared_expert_gate must be 0, or 1 with "
                                     "num_shared_experts > 0"),

@@ -221,6 +221,15 @@ def _enum(table, value, what):
     return table[value]
 
 
+def _comm_handle(comm):
+    """A Comm's handle, or None for None; anything else is a TypeError."""
+    if comm is None:
+        return None
+    if not isinstance(comm, Comm):
+        raise TypeError(f"expected a moe.Comm or None, got {type(comm).__name__}")
+    return comm._handle
+
+
 _PRESET_FIELDS = (
     "num_experts", "top_k", "activation", "router", "load_balance_alpha", "router_z_loss_coef",
     "bias_update_rate", "renormalize", "capacity_factor", "drop_policy", "n_group", "topk_group",
@@ -234,6 +243,8 @@ def preset(family):
     "qwen2_moe", "qwen3_moe", "deepseek_v3", "switch") as Layer keyword arguments."""
     if not isinstance(family, str):
         raise TypeError(f"family must be a string, got {family!r}")
+    if "\0" in family:
+        raise ValueError("family must not contain NUL characters")
     cfg = _abi.sized(_abi.LayerConfig)
     _check(_lib.moe_layer_config_preset(C.byref(cfg), family.encode()))
     names = {"activation": _abi.ACTIVATIONS, "router": _abi.ROUTERS,
@@ -356,7 +367,7 @@ class Layer:
         if expert_owner is not None:
             owner = np.ascontiguousarray(expert_owner, dtype=np.int32)
         _check(_lib.moe_layer_set_comm(
-            self._handle, comm._handle if comm is not None else None,
+            self._handle, _comm_handle(comm),
             owner.ctypes.data_as(C.POINTER(C.c_int32)) if owner is not None else None,
             0 if owner is None else owner.size))
         self._comm = comm
@@ -365,8 +376,7 @@ class Layer:
     def set_aux_comm(self, comm):
         """The data-parallel Comm the global-batch aux loss sums its counts over (None
         detaches); aux_loss_scope="global" only."""
-        _check(_lib.moe_layer_set_aux_comm(self._handle,
-                                           comm._handle if comm is not None else None))
+        _check(_lib.moe_layer_set_aux_comm(self._handle, _comm_handle(comm)))
         self._aux_comm = comm
 
     def reset_aux_counts(self):
