@@ -358,7 +358,7 @@ template Routing route<bfloat16>(const LayerConfig&, const RouterState&, const b
                                  const bfloat16*, const int64_t*, int64_t);
 
 void route_backward(const LayerConfig& config, const Routing& r, const std::vector<double>& dgate,
-                    std::vector<double>& dlogits) {
+                    double aux_loss_grad, double z_loss_grad, std::vector<double>& dlogits) {
   const int64_t E = config.num_experts, slots = r.slots, T = r.tokens;
   dlogits.assign(T * E, 0.0);
   if (!config.learned_router() || r.valid_tokens == 0) return;
@@ -397,7 +397,7 @@ void route_backward(const LayerConfig& config, const Routing& r, const std::vect
       // The aux loss reaches P: alpha * d(aux)/dP[t,e], constant over t's scope.
       const double* aux_weight = &r.aux_weight[(r.aux_span > 0 ? t / r.aux_span : 0) * E];
       for (int64_t e = 0; e < E; ++e)
-        d_prob[e] = config.load_balance_alpha * r.aux_scale * aux_weight[e];
+        d_prob[e] = aux_loss_grad * config.load_balance_alpha * r.aux_scale * aux_weight[e];
       double dot = 0.0;
       for (int64_t e = 0; e < E; ++e) dot += d_prob[e] * p[e];
 
@@ -415,8 +415,8 @@ void route_backward(const LayerConfig& config, const Routing& r, const std::vect
           dz[e] = (p[e] * (d_prob[e] - dot) + d_base[e] - p[e] * base_total) / tau;
       }
       // z-loss: d(coef * mean_t lse_t^2)/dz = coef * 2 lse_t softmax(z_t) / T_valid.
-      if (config.z_loss_coef > 0.0) {
-        const double scale = config.z_loss_coef * 2.0 * r.lse[t] * inv_valid;
+      if (config.z_loss_coef > 0.0 && z_loss_grad != 0.0) {
+        const double scale = z_loss_grad * config.z_loss_coef * 2.0 * r.lse[t] * inv_valid;
         for (int64_t e = 0; e < E; ++e) dz[e] += scale * std::exp(r.logits[t * E + e] - r.lse[t]);
       }
     }

@@ -76,9 +76,11 @@ template <typename S>
 Routing route(const LayerConfig& config, const RouterState& state, const S* x, const S* logits,
               const int64_t* token_ids, int64_t tokens);
 
-// dgate [T*slots] -> dlogits [T*E], including the scaled aux-loss and z-loss terms.
+// dgate [T*slots] -> dlogits [T*E], including the scaled aux-loss and z-loss terms,
+// each times the caller's gradient of its scaled loss (moe_backward_args_t).
 void route_backward(const LayerConfig& config, const Routing& routing,
-                    const std::vector<double>& dgate, std::vector<double>& dlogits);
+                    const std::vector<double>& dgate, double aux_loss_grad, double z_loss_grad,
+                    std::vector<double>& dlogits);
 
 // DeepSpeed's renormalisation after drops: each token's gates over the copies it kept
 // (dropped[T*slots]), dropped copies' gates 0, times routed_scaling_factor. The

@@ -387,11 +387,11 @@ void CudaBackend::backward(const DeviceLayer& layer, const SavedState& saved,
   if (!c.learned_router() || T == 0) return;  // the hash router has no weights and no logits
   // Router: logit gradients (gates, aux loss, z-loss), then through x Wr.
   DeviceBuffer dz(T * E * sizeof(float), stream);
-  cuda::route_backward(s.params, c.load_balance_alpha, c.z_loss_coef, s.experts.get<int32_t>(),
-                       s.gates.get<float>(), dgate.get<float>(), s.prob.get<float>(),
-                       s.sig.get<float>(), s.logits.get<float>(), s.lse.get<float>(),
-                       s.nonfinite.get<uint8_t>(), s.batch_demand, s.batch_valid_tokens,
-                       dz.get<float>(), stream);
+  cuda::route_backward(
+      s.params, args.aux_loss_grad * c.load_balance_alpha, args.z_loss_grad * c.z_loss_coef,
+      s.experts.get<int32_t>(), s.gates.get<float>(), dgate.get<float>(), s.prob.get<float>(),
+      s.sig.get<float>(), s.logits.get<float>(), s.lse.get<float>(), s.nonfinite.get<uint8_t>(),
+      s.batch_demand, s.batch_valid_tokens, dz.get<float>(), stream);
   DeviceBuffer dz_typed;
   const void* dz_data = dz.get();
   if (dtype != MOE_DTYPE_F32) {

@@ -507,7 +507,7 @@ __global__ void route_backward_kernel(RouteParams p, double alpha, double z_coef
                                       : aux + d_base(e) - P[e] * base_total;
     out[e] = static_cast<float>(d / tau);
   }
-  if (z_coef > 0.0) {
+  if (z_coef != 0.0) {  // the caller's gradient may scale it by any sign
     const double scale = z_coef * 2.0 * lse[t] / valid;
     for (int64_t e = 0; e < E; ++e)
       out[e] += static_cast<float>(scale * exp(static_cast<double>(logits[t * E + e]) - lse[t]));

@@ -1,6 +1,7 @@
 #include "core/layer/pipeline.hpp"
 
 #include <algorithm>
+#include <cmath>
 
 #include "core/aux_loss.hpp"
 #include "core/error.hpp"
@@ -257,7 +258,7 @@ void backward_typed(Layer& layer, const SavedState& base, const moe_backward_arg
 
   if (c.learned_router()) {
     std::vector<double> dlogits;
-    route_backward(c, routing, dgate, dlogits);
+    route_backward(c, routing, dgate, args.aux_loss_grad, args.z_loss_grad, dlogits);
     const host_buffer<S> dz(dlogits.begin(), dlogits.end());
     layer.backend.router_logits_backward(c, T, saved.x.data(), data_of<S>(layer.weights.router),
                                          dz.data(), dx, static_cast<S*>(g.router.data));
@@ -302,6 +303,9 @@ void check_forward_args(const Layer& layer, const moe_forward_args_t& args) {
   require(args.seq_len >= 0, MOE_STATUS_INVALID_ARGUMENT, "args.seq_len must be >= 0");
   require(args.train == 0 || args.train == 1, MOE_STATUS_INVALID_ARGUMENT,
           "args.train must be 0 or 1");
+  require(args.recompute == 0 || (args.recompute == 1 && args.train == 1),
+          MOE_STATUS_INVALID_ARGUMENT,
+          "args.recompute must be 0, or 1 with train 1 (it recomputes a training call)");
   // An evaluation call may leave seq_len 0: its loss is then the call's as one sequence.
   require(c.aux_loss_scope != MOE_AUX_LOSS_SEQUENCE ||
               (args.seq_len > 0 ? T % args.seq_len == 0 : args.train == 0),
@@ -337,6 +341,10 @@ void check_backward_args(const Layer& layer, const SavedState& saved,
   if (!tensor_is_empty(args.dx)) check_tensor(args.dx, "args.dx", c.dtype, device, {T, c.d_model});
   require((args.flags & ~MOE_BACKWARD_ACCUMULATE) == 0, MOE_STATUS_INVALID_ARGUMENT,
           "args.flags has unknown bits");
+  require(std::isfinite(args.aux_loss_grad) && std::isfinite(args.z_loss_grad),
+          MOE_STATUS_INVALID_ARGUMENT,
+          "args.aux_loss_grad and args.z_loss_grad must be finite, got " +
+              std::to_string(args.aux_loss_grad) + " and " + std::to_string(args.z_loss_grad));
   check_weight_set(c, layer.experts_held(), device, args.grads, "args.grads.", true);
 }
 
@@ -387,17 +395,23 @@ std::unique_ptr<SavedState> forward(Layer& layer, const moe_forward_args_t& args
   saved->expert_choice = c.router == MOE_ROUTER_EXPERT_CHOICE;
   // The global-batch loss reads f from the counts of every training call since the
   // reset, the data-parallel replicas' included (evaluation calls keep the batch's).
+  // A recompute reads the counts as they stand: they hold its call's already when its
+  // backward follows that call before another forward (micro-batch by micro-batch).
   std::vector<double> global_counts;
   if (c.aux_loss_scope == MOE_AUX_LOSS_GLOBAL && args.train) {
-    global_counts = layer.global_aux.with(saved->routing.batch_aux_demand);
-    set_global_counts(c, global_counts, saved->routing);
+    if (args.recompute) {
+      set_global_counts(c, layer.global_aux.counts(), saved->routing);
+    } else {
+      global_counts = layer.global_aux.with(saved->routing.batch_aux_demand);
+      set_global_counts(c, global_counts, saved->routing);
+    }
   }
   saved->losses.aux_loss = saved->routing.aux_loss;
   saved->losses.aux_loss_scaled = c.load_balance_alpha * saved->routing.aux_loss;
   saved->losses.z_loss = saved->routing.z_loss;
   saved->losses.z_loss_scaled = c.z_loss_coef * saved->routing.z_loss;
   StageTimer telemetry;
-  if (layer.telemetry.due()) {
+  if (layer.telemetry.due() && !args.recompute) {
     StepStats stats = saved->step_stats(c, args.seq_len);
     if (layer.ep)
       stats =
@@ -405,9 +419,10 @@ std::unique_ptr<SavedState> forward(Layer& layer, const moe_forward_args_t& args
     layer.telemetry.record(args.train != 0, stats, c, layer.step);
   }
   charge(layer.profile.telemetry, layer.profile.exchange, telemetry.lap(), layer.ep.get());
-  // Training-only state changes come last, once nothing can fail any more.
-  layer.telemetry.count_forward();
-  if (args.train) {
+  // Training-only state changes come last, once nothing can fail any more; a recompute
+  // makes none.
+  if (!args.recompute) layer.telemetry.count_forward();
+  if (args.train && !args.recompute) {
     if (!global_counts.empty()) layer.global_aux.commit(std::move(global_counts));
     update_selection_bias(c, bias_update_counts(c, *saved), layer.selection_bias);
     ++layer.step;

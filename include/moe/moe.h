@@ -292,7 +292,7 @@ typedef struct moe_weights {
 
 /* ------------------------------------------------------------------ calls */
 
-#define MOE_FORWARD_ARGS_VERSION 2
+#define MOE_FORWARD_ARGS_VERSION 3
 
 typedef struct moe_forward_args {
   uint32_t size;
@@ -306,17 +306,24 @@ typedef struct moe_forward_args {
   const uint8_t* token_mask; /* [IN]  optional, T host bytes (an attention mask): 0 marks
                                 padding, routed nowhere, output 0, in no loss or metric,
                                 dx 0; NULL: every token takes part */
+  /* version 3 */
+  int32_t recompute; /* [IN]  1 (with train 1): activation checkpointing's second forward of a
+                        training call, for its backward: the training call's routing at the
+                        layer's current step and selection bias (set them back to the
+                        original call's first), and no state change: no step, no bias
+                        update, no telemetry, and the global-batch aux loss reads its
+                        counts as they stand (docs/torch.md) */
 } moe_forward_args_t;
 
 #define MOE_FORWARD_ARGS_INIT                                                                 \
   {                                                                                           \
     sizeof(moe_forward_args_t), MOE_FORWARD_ARGS_VERSION, MOE_TENSOR_EMPTY, MOE_TENSOR_EMPTY, \
-        NULL, 0, 1, NULL                                                                      \
+        NULL, 0, 1, NULL, 0                                                                   \
   }
 
 #define MOE_BACKWARD_ACCUMULATE 1u /* add into gradient buffers instead of overwriting */
 
-#define MOE_BACKWARD_ARGS_VERSION 1
+#define MOE_BACKWARD_ARGS_VERSION 2
 
 typedef struct moe_backward_args {
   uint32_t size;
@@ -326,12 +333,19 @@ typedef struct moe_backward_args {
   moe_weights_t grads; /* [OUT] gradient buffers, shaped as the weights; a tensor left
                           MOE_TENSOR_EMPTY is skipped (data NULL with a shape is refused) */
   uint32_t flags;      /* MOE_BACKWARD_ACCUMULATE applies to dx and to every grad */
+  /* version 2: the gradient of the caller's loss with respect to the forward's
+   * aux_loss_scaled and z_loss_scaled (moe_ctx_losses). Backward adds that multiple of
+   * each loss's gradient to the router's: 1 (the default) when the losses are added to
+   * the training loss as they are, 0 to leave them out (autograd frameworks pass the
+   * incoming gradients). Finite. */
+  double aux_loss_grad;
+  double z_loss_grad;
 } moe_backward_args_t;
 
 #define MOE_BACKWARD_ARGS_INIT                                                                  \
   {                                                                                             \
     sizeof(moe_backward_args_t), MOE_BACKWARD_ARGS_VERSION, MOE_TENSOR_EMPTY, MOE_TENSOR_EMPTY, \
-        MOE_WEIGHTS_INIT, 0                                                                     \
+        MOE_WEIGHTS_INIT, 0, 1.0, 1.0                                                           \
   }
 
 #define MOE_LOSSES_VERSION 1

@@ -280,6 +280,7 @@ void forward(LayerSlot& l, Bytes& in) {
   a.train = static_cast<int32_t>(in.small(0, 2));
   a.token_ids = in.byte() % 3 ? ids.data() : nullptr;
   a.seq_len = in.small(-1, 4);
+  a.recompute = static_cast<int32_t>(in.byte() % 4 ? 0 : in.small(-1, 2));
   std::vector<uint8_t> mask(T + 1);
   for (auto& m : mask) m = in.byte() % 3 ? 1 : in.byte();  // any byte: nonzero keeps the token
   a.token_mask = in.byte() % 2 ? mask.data() : nullptr;
@@ -311,6 +312,8 @@ void backward(LayerSlot& l, LayerSlot& other, Bytes& in) {
   b.dx = tensor(l.dx, {tokens, c.d_model});
   b.grads = weights_of(l, true);
   b.flags = in.byte() % 4 ? 0u : static_cast<uint32_t>(in.byte());
+  if (in.byte() % 4 == 0) b.aux_loss_grad = in.number();
+  if (in.byte() % 4 == 0) b.z_loss_grad = in.number();
   if (in.byte() % 3 == 0) spoil(in.byte() % 2 ? b.dy : b.grads.w1, in);
   const std::vector<double> dx_before = l.dx;
   if (checked(moe_layer_backward(l.handle, ctx, &b)) != MOE_STATUS_SUCCESS)

@@ -13,10 +13,11 @@ BINARY = os.environ.get("MOE_TRAIN", os.path.join(os.path.dirname(__file__), "..
                                                    "build", "tools", "moe-train"))
 
 
-def train(tmp_path, name, *flags):
+def train(tmp_path, name, *flags, iters=60):
     out = tmp_path / name
-    result = subprocess.run([BINARY, "--out", str(out), "--max_iters", "60", "--log_interval", "10",
-                             "--eval_interval", "30", *flags], capture_output=True, text=True)
+    result = subprocess.run([BINARY, "--out", str(out), "--max_iters", str(iters),
+                             "--log_interval", "10", "--eval_interval", str(iters // 2), *flags],
+                            capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     return out, result
 
@@ -99,7 +100,7 @@ def test_config_file_and_bad_flags(tmp_path):
     ("switch", ["--n_experts", "8"], dict(capacity_factor=1.25, capacity_order="slot_major")),
 ])
 def test_a_preset_sets_the_family_and_flags_given_win(tmp_path, family, flags, expected):
-    out, _ = train(tmp_path, family, "--preset", family, *flags)
+    out, _ = train(tmp_path, family, "--preset", family, "--no-dashboard", *flags, iters=4)
     options = json.loads((out / "summary.json").read_text())["options"]
     assert options["preset"] == family
     for key, value in expected.items():
@@ -114,7 +115,7 @@ def test_a_preset_sets_the_family_and_flags_given_win(tmp_path, family, flags, e
     ["--num_shared_experts", "2", "--shared_d_ff", "16", "--shared_expert_gate"],
 ])
 def test_the_model_family_flags_train(tmp_path, flags):
-    out, _ = train(tmp_path, "run", *flags)
+    out, _ = train(tmp_path, "run", "--no-dashboard", *flags, iters=20)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["final_loss"] < summary["initial_loss"]
 

@@ -517,11 +517,13 @@ class Layer:
         self._weights = arrays
 
     def forward(self, x, train=True, token_ids=None, seq_len=None, return_context=False,
-                token_mask=None):
+                token_mask=None, recompute=False):
         """y = MoE(x). With return_context=True returns (y, ctx): pass ctx to backward()
         (and routing(), losses()) to use this call's state when other forwards follow.
         token_mask: T booleans or 0/1 integers (an attention mask); False/0 marks padding,
-        which is routed nowhere, outputs 0 and is in no loss or metric."""
+        which is routed nowhere, outputs 0 and is in no loss or metric. recompute=True
+        (with train=True): activation checkpointing's second forward, which changes no
+        state (set step and selection_bias back to the original call's first)."""
         x = self._array(x)
         if x.ndim != 2:
             raise ValueError(f"x must be [T, d], got shape {x.shape}")
@@ -549,12 +551,17 @@ class Layer:
             args.token_mask = mask.ctypes.data_as(C.POINTER(C.c_uint8))
         args.seq_len = 0 if seq_len is None else _int(seq_len, "seq_len")
         args.train = _flag(train, "train")
+        args.recompute = _flag(recompute, "recompute")
         handle = C.c_void_p()
         _check(_lib.moe_layer_forward(self._handle, C.byref(args), C.byref(handle)))
+        self._adopt_context(handle)
+        return (y, self._last) if return_context else y
+
+    def _adopt_context(self, handle):
+        """The Context of a forward just made through the C ABI (moe.torch's too)."""
         self._last = Context(handle, self, self._weights)
         self._pending += 1
-        self._tokens = x.shape[0]
-        return (y, self._last) if return_context else y
+        return self._last
 
     def _context(self, ctx, for_backward=False):
         """The Context to use: the one given, else the last forward's. A backward without
@@ -575,12 +582,15 @@ class Layer:
                 "forward(..., return_context=True)) to say which one this gradient belongs to")
         return self._last
 
-    def backward(self, dy, accumulate_into=None, ctx=None):
+    def backward(self, dy, accumulate_into=None, ctx=None, aux_loss_grad=1.0, z_loss_grad=1.0):
         """Returns (dx, grads) for the forward whose Context is ctx (default: the last
         forward, when it is the only one waiting). With accumulate_into (a dict of
         gradient arrays, e.g. from an earlier call) gradients are added into those arrays
         (MOE_BACKWARD_ACCUMULATE); each must be a writable, aligned, C-contiguous array of
-        the layer's dtype and the weight's shape, else ValueError (nothing is written)."""
+        the layer's dtype and the weight's shape, else ValueError (nothing is written).
+        aux_loss_grad, z_loss_grad: the gradient of your loss with respect to the
+        forward's aux_loss_scaled and z_loss_scaled (1: they are added to it as they are;
+        0: leave them out)."""
         ctx = self._context(ctx, for_backward=True)
         if "w1" not in self._weights:
             raise RuntimeError("no weights bound (set_comm() unbinds them): call set_weights()")
@@ -610,6 +620,11 @@ class Layer:
         for name, array in grads.items():
             setattr(args.grads, name, self._tensor(array))
         args.flags = 1 if accumulate_into is not None else 0
+        for name, value in (("aux_loss_grad", aux_loss_grad), ("z_loss_grad", z_loss_grad)):
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer,
+                                                                 np.floating)):
+                raise TypeError(f"{name} must be a number, got {value!r}")
+            setattr(args, name, float(value))
         if accumulate_into is not None:
             dx[...] = 0
         _check(_lib.moe_layer_backward(self._handle, ctx._handle, C.byref(args)))

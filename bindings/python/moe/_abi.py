@@ -58,15 +58,17 @@ class Weights(C.Structure):
 
 
 class ForwardArgs(C.Structure):
-    VERSION = 2  # MOE_FORWARD_ARGS_VERSION
+    VERSION = 3  # MOE_FORWARD_ARGS_VERSION
     _fields_ = [("size", C.c_uint32), ("version", C.c_uint32), ("x", Tensor), ("y", Tensor),
                 ("token_ids", C.POINTER(C.c_int64)), ("seq_len", C.c_int64), ("train", C.c_int32),
-                ("token_mask", C.POINTER(C.c_uint8))]
+                ("token_mask", C.POINTER(C.c_uint8)), ("recompute", C.c_int32)]
 
 
 class BackwardArgs(C.Structure):
+    VERSION = 2  # MOE_BACKWARD_ARGS_VERSION
     _fields_ = [("size", C.c_uint32), ("version", C.c_uint32), ("dy", Tensor), ("dx", Tensor),
-                ("grads", Weights), ("flags", C.c_uint32)]
+                ("grads", Weights), ("flags", C.c_uint32), ("aux_loss_grad", C.c_double),
+                ("z_loss_grad", C.c_double)]
 
 
 class Losses(C.Structure):
