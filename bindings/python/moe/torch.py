@@ -94,6 +94,7 @@ class _Forward(torch.autograd.Function):
         handle = C.c_void_p()
         _check(_lib.moe_layer_forward(layer._handle, C.byref(args), C.byref(handle)))
         saved = layer._adopt_context(handle)
+        layer._pending -= 1  # autograd, not Layer.backward, runs its backward
         losses = layer.losses(saved)
         ctx.moe = saved
         ctx.tokens = x.shape[0]
@@ -125,7 +126,6 @@ class _Forward(torch.autograd.Function):
         args.aux_loss_grad = float(grad_aux) if grad_aux is not None else 0.0
         args.z_loss_grad = float(grad_z) if grad_z is not None else 0.0
         _check(_lib.moe_layer_backward(layer._handle, saved._handle, C.byref(args)))
-        layer._pending = max(layer._pending - 1, 0)
         return (None, dx if ctx.needs_input_grad[1] else None, None, None, None, None, *grads)
 
 
