@@ -105,6 +105,13 @@ assert y.shape == (5, 8) and np.isfinite(y).all()
 print("python:", moe.__version__, moe.library_path(), layer.config()["backend"])
 EOF
 
+step "the installed package runs examples/torch_lm (moe.torch), briefly"
+(cd "$scratch" && "$prefix/bin/python" "$source_dir/examples/torch_lm/train.py" --steps 10 \
+  --eval_every 10 --d_model 16 --d_ff 16 --ctx 16 --threads 1 --no-plots \
+  --out "$scratch/torch_lm" >"$scratch/torch_lm.log" 2>&1) ||
+  { cat "$scratch/torch_lm.log" >&2; fail "examples/torch_lm with the installed package"; }
+grep -q "largest relative difference" "$scratch/torch_lm.log" || fail "examples/torch_lm's report"
+
 step "the prefix moved elsewhere still works (moe.pc, RUNPATH)"
 moved=$scratch/moved
 mv "$prefix" "$moved"
