@@ -195,6 +195,8 @@ def test_metrics_under_the_names_of_the_seeds_runs():
                  "router/aux_mean", "router/active_min", "router/collapsed",
                  "router/drop_frac_mean"):
         assert name in metrics and np.isfinite(metrics[name]), name
+    lines = mt.export(model).splitlines()
+    assert len(lines) == 2 and all('"max_frac"' in line for line in lines)
     tel = [m.layer.telemetry() for m in model]
     assert metrics["router/max_frac_max"] == max(t["max_frac"] for t in tel)
     assert metrics["router/frac_dem_e3"] == pytest.approx(np.mean([t["frac_dem"][3] for t in tel]))
@@ -202,7 +204,7 @@ def test_metrics_under_the_names_of_the_seeds_runs():
 
 def test_bad_input_is_refused_and_the_module_stays_usable():
     m = make()
-    with pytest.raises(TypeError, match="torch.float32 or torch.float64"):
+    with pytest.raises(TypeError, match="torch.float32, torch.float64 or torch.bfloat16"):
         mt.MoE(8, 6, 4, 2, dtype=torch.int32)
     with pytest.raises(TypeError, match="must be a torch.Tensor"):
         m(np.zeros((3, 8)))
@@ -229,6 +231,27 @@ def test_torch_compile_is_not_in_this_torch_or_falls_back():
     x = torch.randn(4, 8, dtype=torch.float64)
     m.eval()
     torch.testing.assert_close(compiled(x), m(x))
+
+
+@pytest.mark.parametrize("backend", ["cpu_ref", "auto"])
+def test_bfloat16_follows_float32_within_bfloat16s_precision(backend):
+    torch.manual_seed(9)
+    ref = mt.MoE(16, 24, 4, 2, dtype=torch.float32, backend="cpu_ref", load_balance_alpha=0.1)
+    low = mt.MoE(16, 24, 4, 2, dtype=torch.bfloat16, backend=backend, load_balance_alpha=0.1)
+    with torch.no_grad():
+        for n in ref._present:  # the same weights, at bfloat16's precision
+            getattr(low, n).copy_(getattr(ref, n))
+            getattr(ref, n).copy_(getattr(low, n).float())
+    x = torch.randn(32, 16).bfloat16().float()
+    outs = {}
+    for name, m in (("ref", ref), ("low", low)):
+        xi = x.to(getattr(m, "w1").dtype).detach().clone().requires_grad_()
+        y = m(xi)
+        assert y.dtype == xi.dtype and m.aux_loss.dtype == torch.float32
+        (y.float().square().sum() + mt.router_losses(m)).backward()
+        outs[name] = (y.float(), xi.grad.float(), m.router.grad.float(), m.w1.grad.float())
+    for a, b in zip(outs["ref"], outs["low"]):
+        assert (a - b).abs().max() <= 0.05 * a.abs().max()
 
 
 def test_the_abi_pieces_refuse_bad_values():

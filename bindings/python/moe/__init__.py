@@ -267,21 +267,24 @@ def preset(family):
 class Layer:
     def __init__(self, d_model, d_ff, num_experts, top_k, activation="gelu", router="softmax",
                  capacity_factor=0.0, backend="auto", seed=0, **options):
+        # moe.torch hands the library torch tensors itself, bfloat16 included.
+        torch_tensors = options.pop("_torch_tensors", False)
         unknown = set(options) - _ROUTER_OPTIONS
         if unknown:
             raise TypeError(f"unknown options {sorted(unknown)}")
         dtype = options.pop("dtype", "float32")
-        if str(dtype) == "bfloat16":
-            raise ValueError("dtype bfloat16 is not available from Python (numpy has no "
-                             "bfloat16); use float32 or float64, or the C ABI")
-        self.dtype = np.dtype(dtype)
+        if str(dtype) == "bfloat16" and not torch_tensors:
+            raise ValueError("dtype bfloat16 is not available from numpy (numpy has no "
+                             "bfloat16); use float32 or float64, moe.torch, or the C ABI")
+        self.dtype = None if str(dtype) == "bfloat16" else np.dtype(dtype)
         renorm = options.pop("renormalize", None)
         cfg = _abi.sized(_abi.LayerConfig)
         cfg.d_model, cfg.d_ff = _int(d_model, "d_model"), _int(d_ff, "d_ff")
         cfg.num_experts, cfg.top_k = _int(num_experts, "num_experts"), _int(top_k, "top_k")
         cfg.activation = _enum(_abi.ACTIVATIONS, activation, "activation")
         cfg.router = _enum(_abi.ROUTERS, router, "router")
-        cfg.dtype = _enum(_abi.DTYPES, self.dtype.name, "dtype")
+        cfg.dtype = _enum(_abi.DTYPES, "bfloat16" if self.dtype is None else self.dtype.name,
+                          "dtype")
         cfg.expert_bias = _flag(options.pop("expert_bias", False), "expert_bias")
         if backend is not None and not isinstance(backend, str):
             raise TypeError(f"backend must be a string (or None for auto), got {backend!r}")
@@ -437,6 +440,9 @@ class Layer:
         """An input as a contiguous array of the layer's dtype (copied when needed). Only
         real numbers convert: complex values (their imaginary part would be dropped),
         strings and objects are refused."""
+        if self.dtype is None:
+            raise TypeError("this layer is bfloat16, which numpy has no type for: drive it "
+                            "through moe.torch.MoE")
         kind = np.asarray(value).dtype.kind
         if kind not in "biuf":
             raise TypeError(f"expected an array of real numbers, got dtype kind {kind!r}")

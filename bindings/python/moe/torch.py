@@ -28,9 +28,10 @@ import torch.utils.checkpoint
 from . import Group, Layer, _abi, _check, _lib, metric_names, preset
 
 __all__ = ["MoE", "router_losses", "router_metrics", "moe_modules", "checkpoint",
-           "openmp_runtimes"]
+           "openmp_runtimes", "export"]
 
-_TORCH_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
+_TORCH_DTYPES = {torch.float32: "float32", torch.float64: "float64",
+                 torch.bfloat16: "bfloat16"}
 _WEIGHT_NAMES = ("router", "w1", "b1", "w2", "b2", "shared_w1", "shared_w2", "shared_gate")
 
 
@@ -102,8 +103,10 @@ class _Forward(torch.autograd.Function):
         ctx.names = names
         ctx.save_for_backward(*params)
         module._after_forward(saved)
-        aux = torch.tensor(losses["aux_loss_scaled"], dtype=x.dtype)
-        z = torch.tensor(losses["z_loss_scaled"], dtype=x.dtype)
+        # bfloat16's 8 bits would round the losses: they come out in float32 then.
+        loss_dtype = torch.float32 if x.dtype == torch.bfloat16 else x.dtype
+        aux = torch.tensor(losses["aux_loss_scaled"], dtype=loss_dtype)
+        z = torch.tensor(losses["z_loss_scaled"], dtype=loss_dtype)
         return y, aux, z
 
     @staticmethod
@@ -130,8 +133,8 @@ class _Forward(torch.autograd.Function):
 
 
 class MoE(torch.nn.Module):
-    """A Mixture-of-Experts FFN: y = MoE(x) for x [..., d_model] (CPU, float32 or
-    float64). Keyword options are moe.Layer's (docs/python.md, docs/routing.md); dtype
+    """A Mixture-of-Experts FFN: y = MoE(x) for x [..., d_model] (CPU; float32, float64
+    or bfloat16, the parameters' dtype). Keyword options are moe.Layer's (docs/python.md, docs/routing.md); dtype
     is a torch dtype. Parameters start as nn.Linear's do (uniform in +-1/sqrt(fan_in)),
     from torch's generator."""
 
@@ -140,11 +143,12 @@ class MoE(torch.nn.Module):
                  **options):
         super().__init__()
         if dtype not in _TORCH_DTYPES:
-            raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype} "
-                            "(bfloat16 and CUDA tensors: not yet from Python, docs/torch.md)")
+            raise TypeError(f"dtype must be torch.float32, torch.float64 or torch.bfloat16, "
+                            f"got {dtype}")
         self._layer = Layer(d_model, d_ff, num_experts, top_k, activation=activation,
                             router=router, capacity_factor=capacity_factor, backend=backend,
-                            seed=seed, dtype=_TORCH_DTYPES[dtype], **options)
+                            seed=seed, dtype=_TORCH_DTYPES[dtype], _torch_tensors=True,
+                            **options)
         if name is not None:
             self._layer.set_name(name)
         c = self._layer.config()
@@ -406,6 +410,13 @@ def router_metrics(model, split="train", scope="last", per_expert=8):
         out[f"router/frac_dem_e{e}"] = float(np.mean([t["frac_dem"][e] for t in each]))
         out[f"router/frac_srv_e{e}"] = float(np.mean([t["frac_srv"][e] for t in each]))
     return out
+
+
+def export(model, fmt="jsonl", split="train", scope="last"):
+    """Every metric of every MoE layer of the model as text (moe.Group.export): "jsonl"
+    (a line per layer: append it to a stream), "csv", "prometheus"."""
+    layers = [m.layer for m in moe_modules(model)]
+    return Group(layers).export(fmt, split, scope) if layers else ""
 
 
 assert {"top1_p_mean", "router_entropy_mean", "frac_dem", "frac_srv"} <= {
