@@ -152,9 +152,19 @@ def test_the_binding_names_a_scaling_factor_of_the_wrong_type(value):
         moe.Layer(8, 8, 8, 2, router="sigmoid", routed_scaling_factor=value)
 
 
-def test_the_binding_sends_the_config_version_it_fills():
+def test_the_binding_sends_the_versions_of_moe_h():
+    """Each struct the binding fills says the version moe.h's *_INIT gives it, and has
+    the header's fields (its size is the C struct's, read from the library's sizeof)."""
+    import os
+    import re
+
     import moe._abi as abi
-    assert abi.sized(abi.LayerConfig).version == 3 and abi.sized(abi.ForwardArgs).version == 2
+    header = open(os.path.join(os.path.dirname(__file__), "..", "..", "include", "moe",
+                               "moe.h")).read()
+    versions = dict(re.findall(r"#define (MOE_\w+)_VERSION (\d+)", header))
+    for cls, name in ((abi.LayerConfig, "MOE_LAYER_CONFIG"), (abi.ForwardArgs, "MOE_FORWARD_ARGS"),
+                      (abi.BackwardArgs, "MOE_BACKWARD_ARGS"), (abi.Weights, "MOE_WEIGHTS")):
+        assert abi.sized(cls).version == int(versions[name]), name
 
 
 @pytest.mark.parametrize("field", ["n_group", "topk_group"])

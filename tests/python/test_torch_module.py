@@ -185,6 +185,29 @@ def test_the_hash_table_travels_in_the_state_dict():
     assert not np.array_equal(a.layer.routing()["experts"], c.layer.routing()["experts"])
 
 
+def test_copies_and_pickles_get_their_own_layer(tmp_path):
+    import copy
+    torch.manual_seed(10)
+    a = make(router="sigmoid", bias_update_rate=0.1)
+    for _ in range(3):
+        a(torch.randn(10, 8, dtype=torch.float64))
+    path = tmp_path / "moe.pt"
+    torch.save(a, path)
+    a.eval()
+    x = torch.randn(10, 8, dtype=torch.float64)
+    for b in (copy.deepcopy(a), torch.load(path)):
+        assert b.layer is not a.layer and b.layer._handle.value != a.layer._handle.value
+        b.eval()
+        torch.testing.assert_close(a(x), b(x), rtol=0, atol=0)
+        assert b.layer.step == 3 and np.array_equal(b.layer.selection_bias,
+                                                    a.layer.selection_bias)
+        del b  # its layer goes; a's stays
+        a(x)
+    for plain in (a.layer, moe.Comm.local(), moe.Group()):
+        with pytest.raises(TypeError, match="owns a library handle"):
+            copy.deepcopy(plain)
+
+
 def test_metrics_under_the_names_of_the_seeds_runs():
     torch.manual_seed(7)
     model = torch.nn.Sequential(make(), make())
@@ -212,8 +235,25 @@ def test_bad_input_is_refused_and_the_module_stays_usable():
         m(torch.zeros(3, 8))
     with pytest.raises(ValueError, match=r"x must be \[..., 8\]"):
         m(torch.zeros(3, 7, dtype=torch.float64))
-    with pytest.raises(ValueError, match="token_mask has 2 entries for 3 tokens"):
+    with pytest.raises(ValueError, match=r"token_mask must be shaped as x without its last"):
         m(torch.zeros(3, 8, dtype=torch.float64), token_mask=[1, 0])
+    with pytest.raises(ValueError, match=r"\(2, 3\), or flat \(6,\); got \(3, 2\)"):
+        m(torch.zeros(2, 3, 8, dtype=torch.float64), token_mask=torch.ones(3, 2))
+    with pytest.raises(ValueError, match="token_ids are for the hash router"):
+        m(torch.zeros(3, 8, dtype=torch.float64), token_ids=[1, 2, 3])
+    # The dtype and device are fixed: a cast is refused before anything changes.
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8, dtype=torch.float64), m)
+    for cast in (lambda: model.float(), lambda: model.half(), lambda: model.to(torch.bfloat16)):
+        with pytest.raises(TypeError, match="fixed at construction"):
+            cast()
+    assert m.w1.dtype == torch.float64 and m.selection_bias.dtype == torch.float64
+    model.double()  # its own dtype: fine, and the bias stays float64
+    assert m.selection_bias.dtype == torch.float64
+    # No second derivative: refused, not silently dropped.
+    x = torch.randn(3, 8, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(m(x).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|double backward"):
+        (g.square().sum() + (x * 0).sum()).backward()
     with pytest.raises(TypeError, match="0/1"):
         m(torch.zeros(3, 8, dtype=torch.float64), token_mask=[1, 0, 2])
     y = m(torch.ones(3, 8, dtype=torch.float64), token_mask=[1, 0, 1])

@@ -83,7 +83,15 @@ def metric_names():
     return out
 
 
-class Context:
+class _Handle:
+    """A library handle's owner: copying one would free the handle twice."""
+
+    def __reduce__(self):
+        raise TypeError(f"moe.{type(self).__name__} owns a library handle and cannot be "
+                        "copied or pickled: make a new one (moe.torch.MoE modules can be)")
+
+
+class Context(_Handle):
     """The saved state of one forward call: what its backward needs (and its routing and
     losses). forward(..., return_context=True) returns it; backward(dy, ctx=...) consumes
     it, so several forwards may be in flight (micro-batches, activation recompute)."""
@@ -119,7 +127,7 @@ def _export(function, handle, fmt, split, scope):
     return buffer.raw[:length.value].decode("utf-8")
 
 
-class Group:
+class Group(_Handle):
     """The layers of one model, summarised together (max_frac_mean, collapsed, ...)."""
 
     def __init__(self, layers=()):
@@ -152,7 +160,7 @@ class Group:
         return {name: getattr(m, name) for name, _ in _abi.GroupMetrics._fields_[2:]}
 
 
-class Comm:
+class Comm(_Handle):
     """A communicator for expert parallelism. Comm.local() is the built-in one-rank
     communicator; MPI and NCCL communicators come from C (moe_mpi.h, moe_nccl.h)."""
 
@@ -264,7 +272,7 @@ def preset(family):
     return out
 
 
-class Layer:
+class Layer(_Handle):
     def __init__(self, d_model, d_ff, num_experts, top_k, activation="gelu", router="softmax",
                  capacity_factor=0.0, backend="auto", seed=0, **options):
         # moe.torch hands the library torch tensors itself, bfloat16 included.

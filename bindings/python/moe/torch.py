@@ -24,6 +24,7 @@ import warnings
 import numpy as np
 import torch
 import torch.utils.checkpoint
+from torch.autograd.function import once_differentiable
 
 from . import Group, Layer, _abi, _check, _lib, metric_names, preset
 
@@ -110,6 +111,7 @@ class _Forward(torch.autograd.Function):
         return y, aux, z
 
     @staticmethod
+    @once_differentiable  # the library has no second derivative: refuse, never drop it
     def backward(ctx, grad_y, grad_aux, grad_z):
         module, saved = ctx.module, ctx.moe
         params = ctx.saved_tensors
@@ -142,6 +144,11 @@ class MoE(torch.nn.Module):
                  capacity_factor=0.0, backend="auto", seed=0, dtype=torch.float32, name=None,
                  **options):
         super().__init__()
+        # What rebuilds the layer when the module is copied or unpickled.
+        self._init_args = ((d_model, d_ff, num_experts, top_k),
+                           dict(activation=activation, router=router,
+                                capacity_factor=capacity_factor, backend=backend, seed=seed,
+                                dtype=dtype, name=name, **options))
         if dtype not in _TORCH_DTYPES:
             raise TypeError(f"dtype must be torch.float32, torch.float64 or torch.bfloat16, "
                             f"got {dtype}")
@@ -185,8 +192,44 @@ class MoE(torch.nn.Module):
         self.register_buffer("hash_table_vocab", torch.zeros((), dtype=torch.int64))
         self._built_from = None
         self._bound = None
+        self._dtype = dtype
         self.aux_loss = None   # the last forward's aux_loss_scaled, in the graph
         self.z_loss = None
+
+    def _apply(self, fn):
+        """.to(), .double(), .cuda() and the like: the layer's dtype and device are fixed
+        at construction, so a cast to another is refused (before anything changes), and
+        the float64 selection bias stays float64 under a cast of the model."""
+        probe = fn(torch.zeros((), dtype=self._dtype))
+        if probe.dtype != self._dtype or probe.device.type != "cpu":
+            raise TypeError(f"moe.torch.MoE's dtype and device are fixed at construction "
+                            f"({self._dtype}, cpu), not {probe.dtype}, {probe.device}: make "
+                            f"the module with dtype={probe.dtype} instead of casting it")
+        bias = self.selection_bias.detach().clone()
+        out = super()._apply(fn)
+        self.selection_bias = bias
+        return out
+
+    def __getstate__(self):
+        """For copy.deepcopy, pickle and torch.save(module): the module without its
+        library handle, which __setstate__ makes anew (parameters and buffers travel as
+        they are; the layer takes its step, bias and hash table from them)."""
+        state = self.__dict__.copy()
+        for key in ("_layer", "_bound", "_built_from"):
+            state.pop(key, None)
+        state["aux_loss"] = state["z_loss"] = None  # the last forward's graph stays here
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        (positional, keywords) = self._init_args
+        keywords = dict(keywords)
+        dtype, name = keywords.pop("dtype"), keywords.pop("name")
+        self._layer = Layer(*positional, dtype=_TORCH_DTYPES[dtype], _torch_tensors=True,
+                            **keywords)
+        if name is not None:
+            self._layer.set_name(name)
+        self._bound = self._built_from = None
 
     @classmethod
     def from_preset(cls, family, d_model, d_ff, **overrides):
@@ -269,13 +312,18 @@ class MoE(torch.nn.Module):
         T = flat.shape[0]
         mask = ids = None
         if token_mask is not None:
-            mask = torch.as_tensor(token_mask).reshape(-1)
-            if mask.numel() != T:
-                raise ValueError(f"token_mask has {mask.numel()} entries for {T} tokens")
+            mask = torch.as_tensor(token_mask)
+            if tuple(mask.shape) not in (tuple(shape[:-1]), (T,)):
+                raise ValueError(f"token_mask must be shaped as x without its last dimension, "
+                                 f"{tuple(shape[:-1])}, or flat ({T},); got {tuple(mask.shape)}")
+            mask = mask.reshape(-1)
             if mask.dtype.is_floating_point or (mask.numel() and not bool(
                     ((mask == 0) | (mask == 1)).all())):
                 raise TypeError("token_mask must hold booleans or 0/1 integers")
         if token_ids is not None:
+            if self.config["router"] != "hash":
+                raise ValueError("token_ids are for the hash router; this module's router is "
+                                 f"{self.config['router']}")
             ids = torch.as_tensor(token_ids).reshape(-1)
             if ids.numel() != T or ids.dtype.is_floating_point:
                 raise ValueError(f"token_ids must be {T} integers")
