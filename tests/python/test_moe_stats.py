@@ -82,6 +82,60 @@ def test_library_jsonl_round_trip(tmp_path):
     assert "capacity" in layers[0]["verdicts"]
 
 
+def test_library_csv_export_reads_as_its_jsonl(tmp_path):
+    """The library's CSV export (a header naming expert_counts_e* and expert_served_e*)
+    gives the report its JSONL export gives, counts recounted from the routing."""
+    layer = moe.Layer(8, 8, 4, 2, capacity_factor=0.5)
+    rng = np.random.default_rng(3)
+    layer.set_weights(router=rng.standard_normal((8, 4)) * 3, w1=np.ones((4, 8, 8)),
+                      w2=np.ones((4, 8, 8)))
+    csv, jsonl = tmp_path / "m.csv", tmp_path / "m.jsonl"
+    demand, served = [], []
+    with open(csv, "w") as c, open(jsonl, "w") as j:
+        c.write(layer.export("csv_header"))
+        for _ in range(3):
+            layer.forward(rng.standard_normal((24, 8)))
+            r = layer.routing()
+            demand.append(np.bincount(r["experts"].ravel(), minlength=4))
+            served.append(np.bincount(r["experts"][~r["dropped"]], minlength=4))
+            c.write(layer.export("csv_row"))
+            j.write(layer.export("jsonl"))
+    from_csv, from_jsonl = report(str(csv)), report(str(jsonl))
+    assert from_csv == from_jsonl
+    assert from_csv[0]["summed"]["expert_counts"] == np.sum(demand, 0).tolist()
+    assert sum(served[-1]) < sum(demand[-1])  # there were drops to carry
+    assert from_csv[0]["steps"][-1]["drop_rate"] == pytest.approx(
+        1 - served[-1].sum() / demand[-1].sum())
+
+
+def test_moe_train_metrics_jsonl_reads_without_lenient(tmp_path):
+    """moe-train's metrics.jsonl holds step summaries ("kind") beside the layers'
+    records: the summaries are not count records, and no --lenient is needed."""
+    path = tmp_path / "metrics.jsonl"
+    lines = [json.dumps({"kind": "train", "step": 1, "loss": 2.0}),
+             json.dumps({"step": 1, "layer": "layer0", "split": "train",
+                         "expert_counts": [3, 1], "tokens": 2}),
+             json.dumps({"kind": "eval", "step": 1, "val_loss": 1.5})]
+    path.write_text("\n".join(lines) + "\n")
+    layers = report(str(path))
+    assert len(layers) == 1 and layers[0]["summed"]["expert_counts"] == [3, 1]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"step": 1, "loss": 2.0}) + "\n")  # no kind, no counts
+    assert "no 'counts' or 'expert_counts' key" in run(str(bad)).stderr
+
+
+@pytest.mark.parametrize("header,message", [
+    ("step,layer,expert_counts_e0,expert_counts_e2", "skip expert 1"),
+    ("step,layer,expert_counts_e0,expert_counts_e1,expert_served_e0",
+     "1 expert_served_e columns for 2 expert_counts_e columns"),
+])
+def test_a_library_csv_header_that_does_not_hold_is_refused(tmp_path, header, message):
+    path = tmp_path / "m.csv"
+    path.write_text(header + "\n0,l,1,2,3\n")
+    result = run(str(path))
+    assert result.returncode != 0 and f"{path}:1: " in result.stderr and message in result.stderr
+
+
 def test_malformed_lines_name_file_and_line(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("step,layer,e0,e1\n1,0,5,5\n2,0,5,x\n3,0,-1,5\n")

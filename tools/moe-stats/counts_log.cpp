@@ -1,5 +1,6 @@
 #include "tools/moe-stats/counts_log.hpp"
 
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <cstring>
@@ -225,16 +226,51 @@ void parse_json(const std::string& line, int64_t step, std::vector<CountsRecord>
                         " (served can never exceed demand)");
     if (j.contains("tokens") && j["tokens"].is_number() && j["tokens"].get<double>() == 0)
       return;  // a record of a window with nothing in it
+  } else if (j.contains("kind")) {
+    return;  // moe-train's step summary: its layers' records carry the counts
   } else {
     throw LineError("no 'counts' or 'expert_counts' key");
   }
   out.push_back(std::move(r));
 }
 
-void parse_csv(const std::string& line, bool& header_seen, std::vector<CountsRecord>& out) {
+// A header: the plain layout's (step,layer,...) is skipped; the library's export names
+// its per-expert columns, which the rows are then read by.
+void read_csv_header(const std::vector<std::string>& cells, CsvLayout& layout) {
+  layout.header_seen = true;
+  std::vector<std::pair<int64_t, size_t>> counts, served;
+  for (size_t i = 0; i < cells.size(); ++i) {
+    const std::string& name = cells[i];
+    auto expert_of = [&](const std::string& prefix) -> int64_t {
+      if (name.rfind(prefix, 0) != 0 || name.size() == prefix.size()) return -1;
+      const std::string digits = name.substr(prefix.size());
+      if (digits.size() > 7 || digits.find_first_not_of("0123456789") != std::string::npos)
+        return -1;
+      return std::stoll(digits);
+    };
+    if (const int64_t e = expert_of("expert_counts_e"); e >= 0) counts.push_back({e, i});
+    if (const int64_t e = expert_of("expert_served_e"); e >= 0) served.push_back({e, i});
+    if (name == "split") layout.split = i;
+    if (name == "tokens") layout.tokens = i;
+  }
+  std::sort(counts.begin(), counts.end());
+  std::sort(served.begin(), served.end());
+  for (size_t e = 0; e < counts.size(); ++e) {
+    if (counts[e].first != static_cast<int64_t>(e))
+      throw LineError("the header's expert_counts_e columns skip expert " + std::to_string(e));
+    layout.counts.push_back(counts[e].second);
+  }
+  if (!served.empty() && served.size() != counts.size())
+    throw LineError("the header has " + std::to_string(served.size()) +
+                    " expert_served_e columns for " + std::to_string(counts.size()) +
+                    " expert_counts_e columns");
+  for (const auto& [e, column] : served) layout.served.push_back(column);
+}
+
+void parse_csv(const std::string& line, CsvLayout& layout, std::vector<CountsRecord>& out) {
   const std::vector<std::string> cells = csv_fields(line);
-  if (!header_seen && cells[0] == "step") {
-    header_seen = true;
+  if (!layout.header_seen && cells[0] == "step") {
+    read_csv_header(cells, layout);
     return;
   }
   if (cells.size() < 3) throw LineError("a CSV row needs step,layer and at least one count");
@@ -242,14 +278,30 @@ void parse_csv(const std::string& line, bool& header_seen, std::vector<CountsRec
   r.step = parse_count(cells[0], "step");
   if (cells[1].empty()) throw LineError("empty layer");
   r.layer = cells[1];
-  for (size_t i = 2; i < cells.size(); ++i) push_count(r.counts, parse_count(cells[i], "count"));
+  if (layout.counts.empty()) {
+    for (size_t i = 2; i < cells.size(); ++i) push_count(r.counts, parse_count(cells[i], "count"));
+    out.push_back(std::move(r));
+    return;
+  }
+  auto cell = [&](size_t column) -> const std::string& {
+    if (column >= cells.size())
+      throw LineError("the row has " + std::to_string(cells.size()) + " cells, the header more");
+    return cells[column];
+  };
+  for (size_t column : layout.counts) push_count(r.counts, parse_count(cell(column), "count"));
+  for (size_t column : layout.served) push_count(r.served, parse_count(cell(column), "count"));
+  for (size_t e = 0; e < r.served.size(); ++e)
+    if (r.served[e] > r.counts[e])
+      throw LineError("expert " + std::to_string(e) + " served more copies than its demand");
+  if (layout.split != SIZE_MAX) r.split = cell(layout.split);
+  if (layout.tokens != SIZE_MAX && cell(layout.tokens) == "0") return;  // an empty window
   out.push_back(std::move(r));
 }
 
 }  // namespace
 
 void parse_line(const std::string& raw, const std::string& source, int64_t line_number,
-                int64_t& step_counter, std::vector<CountsRecord>& out, bool& csv_header_seen) {
+                int64_t& step_counter, std::vector<CountsRecord>& out, CsvLayout& csv) {
   const std::string line = trim(raw);
   if (line.empty() || line[0] == '#') return;
   try {
@@ -258,7 +310,7 @@ void parse_line(const std::string& raw, const std::string& source, int64_t line_
     } else if (line[0] == '{') {
       parse_json(line, ++step_counter, out);
     } else {
-      parse_csv(line, csv_header_seen, out);
+      parse_csv(line, csv, out);
     }
   } catch (const LineError& e) {
     throw ParseError(source, line_number, e.what());
@@ -294,13 +346,14 @@ ParseSummary parse_counts_log(std::istream& in, const std::string& source, bool 
   std::string line;
   std::vector<CountsRecord> records;
   int64_t number = 0, step_counter = 0;
-  bool header_seen = false, too_long = false;
+  CsvLayout csv;
+  bool too_long = false;
   while (read_bounded_line(in, line, kMaxLineBytes, too_long)) {
     ++number;
     records.clear();
     try {
       if (too_long) throw ParseError(source, number, "line longer than 64 MiB (docs/limits.md)");
-      parse_line(line, source, number, step_counter, records, header_seen);
+      parse_line(line, source, number, step_counter, records, csv);
     } catch (const ParseError& e) {
       if (!lenient) throw;
       ++summary.skipped_lines;

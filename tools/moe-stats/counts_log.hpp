@@ -1,10 +1,13 @@
 // Parsing the counts logs that moe-stats reads (docs/metrics.md, counts logs), one record a line:
 //   PyTorch's print of [(layer, tensor([c0, c1, ...])), ...]   (one step a line)
 //   CSV  step,layer,e0,e1,...                                  (a header line is skipped)
+//   the library's own CSV export (its header names expert_counts_e*, expert_served_e*)
 //   JSONL {"step": .., "layer": .., "counts": [...]}
-//   the library's own JSONL export (expert_counts, expert_served, split, ...)
+//   the library's own JSONL export (expert_counts, expert_served, split, ...), and
+//   moe-train's metrics.jsonl, whose step summaries ("kind", no counts) are not records
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <istream>
@@ -47,8 +50,16 @@ using RecordSink = std::function<void(CountsRecord&&)>;
 ParseSummary parse_counts_log(std::istream& in, const std::string& source, bool lenient,
                               const RecordSink& sink);
 
+// What a CSV header said: where the counts are. Without a header naming
+// expert_counts_e* columns, a row is step,layer,counts...
+struct CsvLayout {
+  bool header_seen = false;
+  std::vector<size_t> counts, served;  // column indexes of expert_counts_e*, expert_served_e*
+  size_t split = SIZE_MAX, tokens = SIZE_MAX;
+};
+
 // One line (exposed for the fuzzer and the tests); appends what it holds to out.
 void parse_line(const std::string& line, const std::string& source, int64_t line_number,
-                int64_t& step_counter, std::vector<CountsRecord>& out, bool& csv_header_seen);
+                int64_t& step_counter, std::vector<CountsRecord>& out, CsvLayout& csv);
 
 }  // namespace moe::stats
