@@ -4,6 +4,7 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
+#include <utility>
 
 namespace moe {
 
@@ -44,50 +45,18 @@ int64_t configured_capacity(const LayerConfig& config, int64_t tokens,
   return demand.empty() ? 0 : *std::max_element(demand.begin(), demand.end());
 }
 
-std::vector<uint8_t> position_drops(const std::vector<int32_t>& expert, int64_t capacity,
-                                    std::vector<int64_t> ahead) {
-  // Copies are visited in token order, so each expert keeps its earliest tokens.
-  std::vector<uint8_t> dropped(expert.size(), 0);
-  for (size_t c = 0; c < expert.size(); ++c) {
-    const int32_t e = expert[c];
-    if (e < 0) continue;
-    if (ahead[e] < capacity) {
-      ++ahead[e];
-    } else {
-      dropped[c] = 1;
-    }
-  }
-  return dropped;
-}
+namespace {
 
-std::vector<uint8_t> ordered_position_drops(const LayerConfig& config,
-                                            const std::vector<int32_t>& expert, int64_t slots,
-                                            const std::vector<double>& priority, int64_t capacity) {
-  const int64_t copies = static_cast<int64_t>(expert.size());
-  if (config.capacity_order == MOE_CAPACITY_TOKEN_ORDER)
-    return position_drops(expert, capacity, std::vector<int64_t>(config.num_experts, 0));
-  const int64_t tokens = slots > 0 ? copies / slots : 0;
-  // The order copies claim capacity in: slot-major visits every first choice (tokens in
-  // order, or by falling top-1 probability when batch-prioritized) before any second;
-  // random visits copies by falling draw, so each expert keeps a uniform subset.
-  std::vector<int64_t> visit;
-  visit.reserve(copies);
-  if (config.capacity_order == MOE_CAPACITY_RANDOM) {
-    for (int64_t c = 0; c < copies; ++c) visit.push_back(c);
-    std::stable_sort(visit.begin(), visit.end(),
-                     [&](int64_t a, int64_t b) { return priority[a] > priority[b]; });
-  } else {
-    std::vector<int64_t> by_token(tokens);
-    std::iota(by_token.begin(), by_token.end(), int64_t{0});
-    if (config.capacity_order == MOE_CAPACITY_BATCH_PRIORITIZED)
-      std::stable_sort(by_token.begin(), by_token.end(),
-                       [&](int64_t a, int64_t b) { return priority[a] > priority[b]; });
-    for (int64_t j = 0; j < slots; ++j)
-      for (int64_t t : by_token) visit.push_back(t * slots + j);
-  }
-  std::vector<uint8_t> dropped(copies, 0);
-  std::vector<int64_t> taken(config.num_experts, 0);
-  for (int64_t c : visit) {
+// Copies claim their expert's capacity in `visit` order (index order when empty): each
+// expert keeps the first copies it meets, up to `capacity` with `taken[e]` already
+// claimed (on lower ranks).
+std::vector<uint8_t> claim_capacity(const std::vector<int32_t>& expert,
+                                    const std::vector<int64_t>& visit, int64_t capacity,
+                                    std::vector<int64_t> taken) {
+  std::vector<uint8_t> dropped(expert.size(), 0);
+  const size_t n = visit.empty() ? expert.size() : visit.size();
+  for (size_t i = 0; i < n; ++i) {
+    const size_t c = visit.empty() ? i : static_cast<size_t>(visit[i]);
     const int32_t e = expert[c];
     if (e < 0) continue;
     if (taken[e] < capacity)
@@ -96,6 +65,37 @@ std::vector<uint8_t> ordered_position_drops(const LayerConfig& config,
       dropped[c] = 1;
   }
   return dropped;
+}
+
+}  // namespace
+
+std::vector<uint8_t> ordered_position_drops(const LayerConfig& config,
+                                            const std::vector<int32_t>& expert, int64_t slots,
+                                            const std::vector<double>& priority, int64_t capacity,
+                                            std::vector<int64_t> ahead) {
+  const int64_t copies = static_cast<int64_t>(expert.size());
+  const int64_t tokens = slots > 0 ? copies / slots : 0;
+  // The order copies claim capacity in (none: token order): slot-major visits every
+  // first choice (tokens in order, or by falling top-1 probability when
+  // batch-prioritized) before any second; random visits copies by falling draw, so each
+  // expert keeps a uniform subset.
+  std::vector<int64_t> visit;
+  if (config.capacity_order == MOE_CAPACITY_RANDOM) {
+    visit.resize(copies);
+    std::iota(visit.begin(), visit.end(), int64_t{0});
+    std::stable_sort(visit.begin(), visit.end(),
+                     [&](int64_t a, int64_t b) { return priority[a] > priority[b]; });
+  } else if (config.capacity_order != MOE_CAPACITY_TOKEN_ORDER) {
+    std::vector<int64_t> by_token(tokens);
+    std::iota(by_token.begin(), by_token.end(), int64_t{0});
+    if (config.capacity_order == MOE_CAPACITY_BATCH_PRIORITIZED)
+      std::stable_sort(by_token.begin(), by_token.end(),
+                       [&](int64_t a, int64_t b) { return priority[a] > priority[b]; });
+    visit.reserve(copies);
+    for (int64_t j = 0; j < slots; ++j)
+      for (int64_t t : by_token) visit.push_back(t * slots + j);
+  }
+  return claim_capacity(expert, visit, capacity, std::move(ahead));
 }
 
 void drop_lowest_gates(const std::vector<double>& gates, int64_t capacity, uint8_t* dropped) {
@@ -178,7 +178,8 @@ Plan make_plan(const LayerConfig& config, int64_t tokens, const std::vector<int3
   if (config.drop_policy == MOE_DROP_PROBABILITY)
     plan.dropped = probability_drops(expert, gate_rank, E, plan.capacity);
   else
-    plan.dropped = ordered_position_drops(config, expert, plan.slots, fill_priority, plan.capacity);
+    plan.dropped = ordered_position_drops(config, expert, plan.slots, fill_priority, plan.capacity,
+                                          std::vector<int64_t>(E, 0));
   plan.order.resize(E);
   std::iota(plan.order.begin(), plan.order.end(), 0);
   assign_rows(config, expert, config.pad_to_capacity, plan);

@@ -43,17 +43,16 @@ Plan plan_from_drops(const LayerConfig& config, int64_t tokens, const std::vecto
                      std::vector<uint8_t> dropped, int64_t capacity,
                      const std::vector<int32_t>& order);
 
-// The position policy: each expert keeps its earliest copies, up to `capacity` in all,
-// where `ahead[e]` copies of expert e come before these (on lower ranks). [copies]
-// The position policy in the config's capacity_order: copies claim capacity in that
-// order (token; slot-major, as GShard, Switch and DeepSpeed; slot-major by falling top-1
-// probability, as V-MoE's batch-prioritized routing; by falling random draw, as
-// DeepSpeed's random token selection). `priority` is Routing::fill_priority. [copies]
+// The position policy: copies claim their expert's capacity in the config's
+// capacity_order (token; slot-major, as GShard, Switch and DeepSpeed; slot-major by
+// falling top-1 probability, as V-MoE's batch-prioritized routing; by falling random
+// draw, as DeepSpeed's random token selection), each expert keeping the first `capacity`
+// it meets, where `ahead[e]` copies of expert e come before these (on lower ranks).
+// `priority` is Routing::fill_priority. [copies]
 std::vector<uint8_t> ordered_position_drops(const LayerConfig& config,
                                             const std::vector<int32_t>& expert, int64_t slots,
-                                            const std::vector<double>& priority, int64_t capacity);
-std::vector<uint8_t> position_drops(const std::vector<int32_t>& expert, int64_t capacity,
-                                    std::vector<int64_t> ahead);
+                                            const std::vector<double>& priority, int64_t capacity,
+                                            std::vector<int64_t> ahead);
 
 // The probability policy for one expert's copies in batch order: the `capacity`
 // highest gates are kept, ties to the earlier copy. Marks the rest in `dropped`.

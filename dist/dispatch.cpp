@@ -200,10 +200,8 @@ Dispatch make_dispatch(ExpertParallel& ep, const LayerConfig& c, int64_t forward
       // (Orders other than token order are refused at attach over more than one rank,
       // so `ahead` is all zeros when one is asked for here.)
       if (q == me)
-        dropped = c.capacity_order == MOE_CAPACITY_TOKEN_ORDER
-                      ? position_drops(routing.expert, capacity, ahead)
-                      : ordered_position_drops(c, routing.expert, routing.slots,
-                                               routing.fill_priority, capacity);
+        dropped = ordered_position_drops(c, routing.expert, routing.slots, routing.fill_priority,
+                                         capacity, ahead);
       for (size_t j = 0; j < pl.local_experts.size(); ++j) {
         const int32_t e = pl.local_experts[j];
         kept[q][j] = std::clamp(capacity - ahead[e], int64_t{0}, s.demand(q, e));
