@@ -56,6 +56,16 @@ void normalized_sigmoids(const double* u, int64_t n, double* out) {
   softmax_row(out, n, out);
 }
 
+// Renormalised gates over n chosen experts from their scores: g_j = a_j / sum_i a_i,
+// computed as a softmax of the scores (of log sigmoid for the sigmoid router), which
+// stays finite where every a_i underflows to 0.
+void renormalized_gates(bool sigmoid_router, const double* scores, int64_t n, double* gates) {
+  if (sigmoid_router)
+    normalized_sigmoids(scores, n, gates);
+  else
+    softmax_row(scores, n, gates);
+}
+
 // Gates 1/k on a hash-routed token's experts, and P's mass with them.
 void set_hash_gates(int64_t E, int64_t k, int64_t t, Routing& r) {
   for (int64_t j = 0; j < k; ++j) {
@@ -71,16 +81,6 @@ void set_hash_gates(int64_t E, int64_t k, int64_t t, Routing& r) {
 // are then within 1 of each other; equal keys are neighbours, so a repeated token
 // stays with one expert unless a run ends among its copies. The offset, the smallest
 // key mod E, makes a call of few tokens start at a hashed expert, not always at 0.
-// Renormalised gates over n chosen experts from their scores: g_j = a_j / sum_i a_i,
-// computed as a softmax of the scores (of log sigmoid for the sigmoid router), which
-// stays finite where every a_i underflows to 0.
-void renormalized_gates(bool sigmoid_router, const double* scores, int64_t n, double* gates) {
-  if (sigmoid_router)
-    normalized_sigmoids(scores, n, gates);
-  else
-    softmax_row(scores, n, gates);
-}
-
 template <typename S>
 void route_hash_balanced(const LayerConfig& config, const S* x, const int64_t* token_ids,
                          Routing& r) {

@@ -51,9 +51,10 @@ def openmp_runtimes(maps="/proc/self/maps"):
     return sorted(found)
 
 
-if len(openmp_runtimes()) > 1 and "OMP_WAIT_POLICY" not in os.environ:
+_RUNTIMES = openmp_runtimes()
+if len(_RUNTIMES) > 1 and "OMP_WAIT_POLICY" not in os.environ:
     warnings.warn(
-        f"moe.torch: two OpenMP runtimes are loaded ({', '.join(openmp_runtimes())}): torch's "
+        f"moe.torch: two OpenMP runtimes are loaded ({', '.join(_RUNTIMES)}): torch's "
         "and the library's thread pools spin against each other between calls. Start Python "
         "with OMP_WAIT_POLICY=PASSIVE (docs/torch.md, \"Threads\").", RuntimeWarning)
 
