@@ -19,10 +19,15 @@
 #include "tools/common/verdict_json.hpp"
 #include "tools/moe-train/dashboard.hpp"
 #include "tools/moe-train/model.hpp"
+#include "tools/moe-train/option_names.hpp"
 #include "tools/moe-train/preset_options.hpp"
 
 namespace {
 
+using moe::train::kActivationNames;
+using moe::train::kAuxLossScopeNames;
+using moe::train::kCapacityOrderNames;
+using moe::train::kRouterNames;
 using moe::train::Options;
 using moe::train::Stack;
 
@@ -131,6 +136,12 @@ nlohmann::json verdicts_json(const moe_verdicts_t& v) {
           {"capacity", moe::tools::verdict_json(v.capacity)}};
 }
 
+// A flag whose values are the names of one of the library's enums.
+template <size_t N>
+CLI::IsMember member_of(const char* const (&names)[N]) {
+  return CLI::IsMember(std::vector<std::string>(std::begin(names), std::end(names)));
+}
+
 // Every option with its check: a bad value is a usage error (exit 2), never replaced.
 void add_options(CLI::App& app, Options& o, bool& dropless, bool& json, bool& no_dashboard) {
   using moe::tools::finite_at_least;
@@ -156,7 +167,7 @@ void add_options(CLI::App& app, Options& o, bool& dropless, bool& json, bool& no
       ->check(integer_in(1, 1024));
   app.add_option("--router", o.router, "softmax | sigmoid | hash | expert_choice")
       ->capture_default_str()
-      ->check(CLI::IsMember({"softmax", "sigmoid", "hash", "expert_choice"}));
+      ->check(member_of(kRouterNames));
   app.add_option("--hash_mode", o.hash_mode,
                  "the hash router's: auto | mix | content | balanced (docs/routing.md)")
       ->capture_default_str()
@@ -179,7 +190,7 @@ void add_options(CLI::App& app, Options& o, bool& dropless, bool& json, bool& no
                  "token | slot_major (all first choices before any second) | "
                  "batch_prioritized (by top-1 probability) | random (seeded)")
       ->capture_default_str()
-      ->check(CLI::IsMember({"token", "slot_major", "batch_prioritized", "random"}));
+      ->check(member_of(kCapacityOrderNames));
   app.add_option("--renormalize", o.renormalize,
                  "renormalise the k gates to sum to 1: auto (k > 1) | on | off")
       ->capture_default_str()
@@ -197,7 +208,7 @@ void add_options(CLI::App& app, Options& o, bool& dropless, bool& json, bool& no
                  "batch | sequence (per sequence of 32 tokens, DeepSeek-V3) | global (over "
                  "micro-batches until the optimizer step, Qwen3)")
       ->capture_default_str()
-      ->check(CLI::IsMember({"batch", "sequence", "global"}));
+      ->check(member_of(kAuxLossScopeNames));
   app.add_flag("--aux_loss_unbiased_topk", o.aux_loss_unbiased_topk,
                "the aux loss counts each token's top-k without the selection bias");
   app.add_option("--preset", o.preset,
@@ -210,7 +221,7 @@ void add_options(CLI::App& app, Options& o, bool& dropless, bool& json, bool& no
                "the bias update counts served copies, min(demand, C), not demand");
   app.add_option("--activation", o.activation, "relu | gelu | gelu_tanh | silu | swiglu | geglu")
       ->capture_default_str()
-      ->check(CLI::IsMember({"relu", "gelu", "gelu_tanh", "silu", "swiglu", "geglu"}));
+      ->check(member_of(kActivationNames));
   CLI::Option* dropless_flag = app.add_flag(
       "--dropless", dropless, "no capacity limit (the default unless --capacity_factor)");
   app.add_option("--capacity_factor", o.capacity_factor, "C = ceil(f T k / E); 0 = dropless")

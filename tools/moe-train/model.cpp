@@ -3,49 +3,15 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "tools/moe-train/option_names.hpp"
+
 namespace moe::train {
 namespace {
-
-moe_router_t router_of(const std::string& name) {
-  if (name == "softmax") return MOE_ROUTER_SOFTMAX;
-  if (name == "sigmoid") return MOE_ROUTER_SIGMOID;
-  if (name == "hash") return MOE_ROUTER_HASH;
-  if (name == "expert_choice") return MOE_ROUTER_EXPERT_CHOICE;
-  throw std::invalid_argument("unknown router '" + name + "'");
-}
-
-moe_activation_t activation_of(const std::string& name) {
-  const char* names[] = {"relu", "gelu", "gelu_tanh", "silu", "swiglu", "geglu"};
-  for (int i = 0; i < 6; ++i)
-    if (name == names[i]) return static_cast<moe_activation_t>(i);
-  throw std::invalid_argument("unknown activation '" + name + "'");
-}
 
 moe_noise_t noise_of(const std::string& name) {
   if (name == "gaussian") return MOE_NOISE_GAUSSIAN;
   if (name == "gumbel") return MOE_NOISE_GUMBEL;
   throw std::invalid_argument("unknown router noise type '" + name + "'");
-}
-
-moe_hash_mode_t hash_mode_of(const std::string& name) {
-  const char* names[] = {"auto", "mix", "table", "content", "balanced"};
-  for (int i = 0; i < 5; ++i)
-    if (name == names[i]) return static_cast<moe_hash_mode_t>(i);
-  throw std::invalid_argument("unknown hash mode '" + name + "'");
-}
-
-moe_capacity_order_t capacity_order_of(const std::string& name) {
-  const char* names[] = {"token", "slot_major", "batch_prioritized", "random"};
-  for (int i = 0; i < 4; ++i)
-    if (name == names[i]) return static_cast<moe_capacity_order_t>(i);
-  throw std::invalid_argument("unknown capacity order '" + name + "'");
-}
-
-moe_aux_loss_scope_t aux_loss_scope_of(const std::string& name) {
-  const char* names[] = {"batch", "sequence", "global"};
-  for (int i = 0; i < 3; ++i)
-    if (name == names[i]) return static_cast<moe_aux_loss_scope_t>(i);
-  throw std::invalid_argument("unknown aux loss scope '" + name + "'");
 }
 
 }  // namespace
@@ -64,24 +30,26 @@ moe_layer_config_t layer_config(const Options& o, bool teacher) {
   c.d_ff = o.d_ff;
   c.num_experts = o.n_experts;
   c.top_k = o.top_k;
-  c.activation = activation_of(o.activation);
+  c.activation = enum_named<moe_activation_t>(kActivationNames, o.activation, "activation");
   c.backend = o.backend.c_str();
   if (teacher) {  // the teacher: a plain softmax MoE, no telemetry
     c.telemetry_interval = 0;
     return c;
   }
-  c.router = router_of(o.router);
-  c.hash_mode = hash_mode_of(o.hash_mode);
+  c.router = enum_named<moe_router_t>(kRouterNames, o.router, "router");
+  c.hash_mode = enum_named<moe_hash_mode_t>(kHashModeNames, o.hash_mode, "hash mode");
   c.n_group = o.n_group;
   c.topk_group = o.topk_group;
   c.routed_scaling_factor = o.routed_scaling_factor;
   c.min_capacity = o.min_capacity;
-  c.capacity_order = capacity_order_of(o.capacity_order);
+  c.capacity_order =
+      enum_named<moe_capacity_order_t>(kCapacityOrderNames, o.capacity_order, "capacity order");
   c.renormalize = o.renormalize == "auto" ? -1 : o.renormalize == "on" ? 1 : 0;
   c.num_shared_experts = o.num_shared_experts;
   c.shared_d_ff = o.shared_d_ff;
   c.shared_expert_gate = o.shared_expert_gate ? 1 : 0;
-  c.aux_loss_scope = aux_loss_scope_of(o.aux_loss_scope);
+  c.aux_loss_scope =
+      enum_named<moe_aux_loss_scope_t>(kAuxLossScopeNames, o.aux_loss_scope, "aux loss scope");
   c.aux_loss_unbiased_topk = o.aux_loss_unbiased_topk ? 1 : 0;
   c.renormalize_after_drops = o.renormalize_after_drops ? 1 : 0;
   c.bias_update_from_served = o.bias_update_from_served ? 1 : 0;

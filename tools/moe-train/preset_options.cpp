@@ -2,30 +2,9 @@
 
 #include <string>
 
+#include "tools/moe-train/option_names.hpp"
+
 namespace moe::train {
-namespace {
-
-const char* activation_name(moe_activation_t a) {
-  const char* names[] = {"relu", "gelu", "gelu_tanh", "silu", "swiglu", "geglu"};
-  return names[a];
-}
-
-const char* router_name(moe_router_t r) {
-  const char* names[] = {"softmax", "sigmoid", "hash", "expert_choice"};
-  return names[r];
-}
-
-const char* capacity_order_name(moe_capacity_order_t order) {
-  const char* names[] = {"token", "slot_major", "batch_prioritized", "random"};
-  return names[order];
-}
-
-const char* aux_loss_scope_name(moe_aux_loss_scope_t scope) {
-  const char* names[] = {"batch", "sequence", "global"};
-  return names[scope];
-}
-
-}  // namespace
 
 void apply_preset(const CLI::App& app, Options& o) {
   if (o.preset.empty()) return;
@@ -35,8 +14,8 @@ void apply_preset(const CLI::App& app, Options& o) {
   };
   set("--n_experts", o.n_experts, c.num_experts);
   set("--top_k", o.top_k, c.top_k);
-  set("--router", o.router, std::string(router_name(c.router)));
-  set("--activation", o.activation, std::string(activation_name(c.activation)));
+  set("--router", o.router, std::string(kRouterNames[c.router]));
+  set("--activation", o.activation, std::string(kActivationNames[c.activation]));
   set("--renormalize", o.renormalize,
       std::string(c.renormalize < 0 ? "auto"
                   : c.renormalize   ? "on"
@@ -49,13 +28,13 @@ void apply_preset(const CLI::App& app, Options& o) {
   set("--topk_group", o.topk_group, c.topk_group);
   set("--routed_scaling_factor", o.routed_scaling_factor, c.routed_scaling_factor);
   set("--min_capacity", o.min_capacity, c.min_capacity);
-  set("--capacity_order", o.capacity_order, std::string(capacity_order_name(c.capacity_order)));
+  set("--capacity_order", o.capacity_order, std::string(kCapacityOrderNames[c.capacity_order]));
   set("--renormalize_after_drops", o.renormalize_after_drops, c.renormalize_after_drops != 0);
   set("--bias_update_from_served", o.bias_update_from_served, c.bias_update_from_served != 0);
   set("--num_shared_experts", o.num_shared_experts, c.num_shared_experts);
   set("--shared_d_ff", o.shared_d_ff, c.shared_d_ff);
   set("--shared_expert_gate", o.shared_expert_gate, c.shared_expert_gate != 0);
-  set("--aux_loss_scope", o.aux_loss_scope, std::string(aux_loss_scope_name(c.aux_loss_scope)));
+  set("--aux_loss_scope", o.aux_loss_scope, std::string(kAuxLossScopeNames[c.aux_loss_scope]));
   set("--aux_loss_unbiased_topk", o.aux_loss_unbiased_topk, c.aux_loss_unbiased_topk != 0);
 }
 
