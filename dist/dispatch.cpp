@@ -69,8 +69,8 @@ void make_losses_global(const LayerConfig& c, const Summary& s, int world,
 
 // The probability drop policy over the batch: each expert's owner ranks the gates of
 // all copies sent to it (in batch order) and tells the senders which it drops.
-// Returns this rank's drop marks; fills kept[q][j], the rows rank q keeps for local
-// expert j.
+// Returns this rank's drop marks; fills kept[q][j], the rows rank q keeps for the j-th
+// expert this rank owns.
 std::vector<uint8_t> owner_decided_drops(ExpertParallel& ep, const LayerConfig& c, const Summary& s,
                                          int64_t capacity, const Routing& r,
                                          std::vector<std::vector<int64_t>>& kept) {
@@ -89,7 +89,7 @@ std::vector<uint8_t> owner_decided_drops(ExpertParallel& ep, const LayerConfig& 
   std::vector<int64_t> in_offset(W + 1, 0);
   for (int q = 0; q < W; ++q) {
     int64_t n = 0;
-    for (int32_t e : pl.local_experts) n += s.demand(q, e);
+    for (int32_t e : pl.owned_experts) n += s.demand(q, e);
     in_bytes[q] = n * static_cast<int64_t>(sizeof(double));
     in_offset[q + 1] = in_offset[q] + n;
   }
@@ -99,9 +99,9 @@ std::vector<uint8_t> owner_decided_drops(ExpertParallel& ep, const LayerConfig& 
   // As owner: per local expert, the batch's gates in rank order.
   std::vector<uint8_t> marks_out(in_offset[W], 0);
   std::vector<int64_t> cursor(in_offset.begin(), in_offset.end() - 1);
-  kept.assign(W, std::vector<int64_t>(pl.local_experts.size(), 0));
-  for (size_t j = 0; j < pl.local_experts.size(); ++j) {
-    const int32_t e = pl.local_experts[j];
+  kept.assign(W, std::vector<int64_t>(pl.owned_experts.size(), 0));
+  for (size_t j = 0; j < pl.owned_experts.size(); ++j) {
+    const int32_t e = pl.owned_experts[j];
     std::vector<double> gates;
     for (int q = 0; q < W; ++q)
       gates.insert(gates.end(), &gates_in[cursor[q]], &gates_in[cursor[q]] + s.demand(q, e));
@@ -185,35 +185,50 @@ Dispatch make_dispatch(ExpertParallel& ep, const LayerConfig& c, int64_t forward
   d.batch_tokens = batch_tokens;
   const int64_t capacity = configured_capacity(c, batch_tokens, d.batch_demand);
 
-  // Drops, and kept[q][j]: the rows rank q keeps for this rank's j-th expert.
+  // Drops, and kept[q][j]: the rows rank q keeps for this rank's j-th owned expert.
   std::vector<std::vector<int64_t>> kept;
   std::vector<uint8_t> dropped;
   const bool overflow = std::any_of(d.batch_demand.begin(), d.batch_demand.end(),
                                     [&](int64_t n) { return n > capacity; });
-  if (c.drop_policy == MOE_DROP_PROBABILITY && overflow) {
+  const bool owner_drops = c.drop_policy == MOE_DROP_PROBABILITY && overflow;
+  if (owner_drops) {
     dropped = owner_decided_drops(ep, c, s, capacity, routing, kept);
   } else {
     // By position, the copies of lower ranks come first: everything follows from counts.
     std::vector<int64_t> ahead(E, 0);
-    kept.assign(W, std::vector<int64_t>(pl.local_experts.size(), 0));
+    kept.assign(W, std::vector<int64_t>(pl.owned_experts.size(), 0));
+    d.kept_by_rank.assign(W * E, 0);
     for (int q = 0; q < W; ++q) {
       // (Orders other than token order are refused at attach over more than one rank,
       // so `ahead` is all zeros when one is asked for here.)
       if (q == me)
         dropped = ordered_position_drops(c, routing.expert, routing.slots, routing.fill_priority,
                                          capacity, ahead);
-      for (size_t j = 0; j < pl.local_experts.size(); ++j) {
-        const int32_t e = pl.local_experts[j];
-        kept[q][j] = std::clamp(capacity - ahead[e], int64_t{0}, s.demand(q, e));
-      }
+      for (int64_t e = 0; e < E; ++e)
+        d.kept_by_rank[q * E + e] = std::clamp(capacity - ahead[e], int64_t{0}, s.demand(q, e));
+      for (size_t j = 0; j < pl.owned_experts.size(); ++j)
+        kept[q][j] = d.kept_by_rank[q * E + pl.owned_experts[j]];
       for (int64_t e = 0; e < E; ++e) ahead[e] += s.demand(q, e);
     }
   }
   send_plan = plan_from_drops(c, routing.tokens, routing.expert, std::move(dropped), capacity,
                               pl.send_order);
-
+  d.capacity = capacity;
   d.local_config = c;
   d.local_config.num_experts = ep.local_expert_count();
+  d.placement_epoch = ep.placement_epoch;
+  if (ep.token_path()) {
+    // The token path splits each expert's kept copies over its holders by their place
+    // in the batch: every rank needs every rank's kept counts. The owners' drops leave
+    // them on the owners; one more small gather brings them to all.
+    if (owner_drops) {
+      std::vector<double> mine(E, 0.0);
+      for (int64_t e = 0; e < E; ++e) mine[e] = static_cast<double>(send_plan.served[e]);
+      const std::vector<double> all = ep.all_gather(mine);
+      d.kept_by_rank.assign(all.begin(), all.end());
+    }
+    return d;  // route_tokens (token_routes.hpp) completes it, once the gates are final
+  }
   d.local = local_plan(d.local_config, kept, capacity);
   d.send_rows.assign(W, 0);
   d.recv_rows.assign(W, 0);

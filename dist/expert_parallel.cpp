@@ -149,6 +149,10 @@ void ExpertParallel::read_traffic(moe_comm_traffic_t& totals, moe_peer_traffic_t
     totals.bytes_sent += p.bytes_sent;
     totals.bytes_received += p.bytes_received;
   }
+  totals.row_bytes_sent = row_bytes_sent_;
+  totals.row_bytes_received = row_bytes_received_;
+  totals.per_copy_row_bytes_sent = per_copy_bytes_sent_;
+  totals.per_copy_row_bytes_received = per_copy_bytes_received_;
   if (peers) std::copy_n(peers_.begin(), std::min<int32_t>(count, world()), peers);
 }
 
@@ -156,6 +160,7 @@ void ExpertParallel::reset_traffic() {
   std::fill(peers_.begin(), peers_.end(), moe_peer_traffic_t{});
   exchanges_ = 0;
   seconds_ = 0.0;
+  row_bytes_sent_ = row_bytes_received_ = per_copy_bytes_sent_ = per_copy_bytes_received_ = 0;
 }
 
 }  // namespace moe::dist

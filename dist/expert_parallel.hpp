@@ -52,8 +52,22 @@ class ExpertParallel {
   void reset_traffic();
 
   Communicator& comm;
-  const Placement placement;
-  int64_t forward_calls = 0;  // checked equal over the group on every forward (check_in)
+  Placement placement;          // replaced only by moe_layer_set_placement, between calls
+  int64_t placement_epoch = 0;  // counts the replacements: a ctx of an older one is refused
+  int64_t forward_calls = 0;    // checked equal over the group on every forward (check_in)
+  // moe_ep_options_t, the same on every rank (checked when set).
+  bool dedup = false;  // each token travels at most once to each rank
+  // The token path: one row per (token, destination rank), with per-copy metadata.
+  bool token_path() const { return dedup || placement.replicated(); }
+  // Counts one token-row exchange: the bytes it moved, and those it would have moved
+  // with one row per token copy (moe_comm_traffic_t's comparison).
+  void count_rows(int64_t sent, int64_t received, int64_t per_copy_sent,
+                  int64_t per_copy_received) {
+    row_bytes_sent_ += sent;
+    row_bytes_received_ += received;
+    per_copy_bytes_sent_ += per_copy_sent;
+    per_copy_bytes_received_ += per_copy_received;
+  }
 
  private:
   // The communicator's all-to-all, counted and timed.
@@ -66,6 +80,8 @@ class ExpertParallel {
   std::unique_ptr<DeviceMemory> memory_;
   std::vector<moe_peer_traffic_t> peers_;
   int64_t exchanges_ = 0;
+  int64_t row_bytes_sent_ = 0, row_bytes_received_ = 0;  // token rows, results and gradients
+  int64_t per_copy_bytes_sent_ = 0, per_copy_bytes_received_ = 0;
   double seconds_ = 0.0;
   double untaken_seconds_ = 0.0;
 };

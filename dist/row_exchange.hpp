@@ -22,18 +22,33 @@ inline std::vector<int64_t> bytes_of_rows(const std::vector<int64_t>& rows, int6
 }
 
 // Sends rows_out[p] rows of `width` to each peer p and returns the rows received,
-// rows_in[p] from each peer, packed in rank order.
+// rows_in[p] from each peer, packed in rank order. `copies_out` and `copies_in`, the
+// token copies these rows stand for (the row counts themselves when one row is one
+// copy), feed the traffic's per-copy comparison.
+template <typename S>
+host_buffer<S> exchange_rows(ExpertParallel& ep, const S* rows,
+                             const std::vector<int64_t>& rows_out,
+                             const std::vector<int64_t>& rows_in, int64_t width, int64_t copies_out,
+                             int64_t copies_in) {
+  const int64_t row_bytes = width * static_cast<int64_t>(sizeof(S));
+  const std::vector<int64_t> out_bytes = bytes_of_rows(rows_out, row_bytes),
+                             in_bytes = bytes_of_rows(rows_in, row_bytes);
+  const int64_t sent = std::accumulate(rows_out.begin(), rows_out.end(), int64_t{0});
+  const int64_t received = std::accumulate(rows_in.begin(), rows_in.end(), int64_t{0});
+  host_buffer<S> in(static_cast<size_t>(received * width));
+  ep.exchange(rows, out_bytes, in.data(), in_bytes);
+  ep.count_rows(sent * row_bytes, received * row_bytes, copies_out * row_bytes,
+                copies_in * row_bytes);
+  return in;
+}
+
 template <typename S>
 host_buffer<S> exchange_rows(ExpertParallel& ep, const S* rows,
                              const std::vector<int64_t>& rows_out,
                              const std::vector<int64_t>& rows_in, int64_t width) {
-  const int64_t row_bytes = width * static_cast<int64_t>(sizeof(S));
-  const std::vector<int64_t> out_bytes = bytes_of_rows(rows_out, row_bytes),
-                             in_bytes = bytes_of_rows(rows_in, row_bytes);
-  const int64_t received = std::accumulate(rows_in.begin(), rows_in.end(), int64_t{0});
-  host_buffer<S> in(static_cast<size_t>(received * width));
-  ep.exchange(rows, out_bytes, in.data(), in_bytes);
-  return in;
+  return exchange_rows(ep, rows, rows_out, rows_in, width,
+                       std::accumulate(rows_out.begin(), rows_out.end(), int64_t{0}),
+                       std::accumulate(rows_in.begin(), rows_in.end(), int64_t{0}));
 }
 
 // dst[i] = src[index[i]] for rows of `width`.

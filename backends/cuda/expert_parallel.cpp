@@ -43,6 +43,9 @@ DeviceBuffer exchange_rows(dist::ExpertParallel& ep, const void* rows,
       static_cast<size_t>(std::accumulate(in_bytes.begin(), in_bytes.end(), int64_t{0})), stream);
   check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
   ep.exchange_device(rows, out_bytes, received.get(), in_bytes);
+  const int64_t sent = std::accumulate(out_bytes.begin(), out_bytes.end(), int64_t{0}),
+                got = std::accumulate(in_bytes.begin(), in_bytes.end(), int64_t{0});
+  ep.count_rows(sent, got, sent, got);
   return received;
 }
 

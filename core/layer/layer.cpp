@@ -19,7 +19,8 @@ Layer::Layer(const LayerConfig& cfg)
       telemetry(cfg.num_experts, cfg.telemetry_interval, cfg.telemetry_ema_decay),
       name("layer" + std::to_string(serial)),
       thresholds(default_thresholds()),
-      global_aux(cfg.num_experts) {}
+      global_aux(cfg.num_experts),
+      expert_load(static_cast<size_t>(cfg.num_experts), 0.0) {}
 
 DeviceLayer Layer::device_view() {
   return DeviceLayer{

@@ -43,6 +43,9 @@ class Layer {
   moe_stage_profile_t profile = MOE_STAGE_PROFILE_INIT;
   std::unique_ptr<dist::ExpertParallel> ep;  // set while a communicator is attached
   GlobalAuxCounts global_aux;                // aux_loss_scope global
+  // [E] each expert's pre-drop batch demand, summed over the training forwards since
+  // the last reset (moe_layer_expert_load): the load a placement balances.
+  std::vector<double> expert_load;
   // The thread inside a C call on this layer, if any (layer_entry.hpp).
   std::atomic<std::thread::id> entered_by{};
 

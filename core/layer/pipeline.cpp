@@ -2,14 +2,17 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numeric>
 
 #include "core/aux_loss.hpp"
 #include "core/error.hpp"
+#include "core/layer/replica_gradients.hpp"
 #include "core/layer/shared_experts.hpp"
 #include "core/stage_timer.hpp"
 #include "core/tensor_check.hpp"
 #include "dist/batch_stats.hpp"
 #include "dist/check_in.hpp"
+#include "dist/route_tokens.hpp"
 #include "dist/row_exchange.hpp"
 
 namespace moe {
@@ -20,6 +23,10 @@ void charge(double& stage, double& exchange, double lap, dist::ExpertParallel* e
   const double waited = ep ? ep->take_exchange_seconds() : 0.0;
   stage += lap - waited;
   exchange += waited;
+}
+
+int64_t total(const std::vector<int64_t>& counts) {
+  return std::accumulate(counts.begin(), counts.end(), int64_t{0});
 }
 
 template <typename S>
@@ -96,6 +103,30 @@ void expert_stage_forward(Layer& layer, SavedTensors<S>& saved, S* y, StageTimer
     return;
   }
   dist::ExpertParallel& ep = *layer.ep;
+  if (dispatch->routes) {
+    // One row per (token, rank) out; each rank's gate-weighted sum of the token's
+    // results back, added in rank order.
+    const dist::TokenRoutes& routes = *dispatch->routes;
+    host_buffer<S> sent(routes.to_ranks.rows * d);
+    backend.permute(c, routes.to_ranks, saved.x.data(), sent.data());
+    const host_buffer<S> received =
+        dist::exchange_rows(ep, sent.data(), routes.send_rows, routes.recv_rows, d,
+                            total(routes.copies_out), total(routes.copies_in));
+    dist::gather_rows(received.data(), expert_plan.token_of_row, d, acts.xp);
+    charge(profile.permute, profile.exchange, timer.lap(), &ep);
+    if (expert_plan.rows > 0)
+      backend.experts_forward(expert_config, expert_plan, expert_weights<S>(layer), acts);
+    profile.experts += timer.lap();
+    host_buffer<S> partial(routes.copies.tokens * d);
+    backend.combine(c, routes.copies, routes.gate.data(), acts.yp, partial.data());
+    const host_buffer<S> returned =
+        dist::exchange_rows(ep, partial.data(), routes.recv_rows, routes.send_rows, d,
+                            total(routes.copies_in), total(routes.copies_out));
+    const std::vector<double> ones(routes.to_ranks.row.size(), 1.0);
+    backend.combine(c, routes.to_ranks, ones.data(), returned.data(), y);
+    charge(profile.combine, profile.exchange, timer.lap(), &ep);
+    return;
+  }
   host_buffer<S> sent(plan.rows * d);
   backend.permute(c, plan, saved.x.data(), sent.data());
   const host_buffer<S> received =
@@ -153,6 +184,8 @@ std::unique_ptr<SavedState> forward_typed(Layer& layer, const moe_forward_args_t
                             routing.fixed_capacity);
   }
   if (c.renormalize_after_drops) renormalize_kept_gates(c, saved->plan.dropped, saved->routing);
+  if (layer.ep && layer.ep->token_path())
+    dist::route_tokens(*layer.ep, c, saved->routing, saved->plan.dropped, *saved->dispatch);
   charge(profile.plan, profile.exchange, timer.lap(), layer.ep.get());
   expert_stage_forward(layer, *saved, static_cast<S*>(args.y.data), timer);
   shared_experts_forward(layer, *saved, static_cast<S*>(args.y.data));
@@ -211,6 +244,44 @@ void expert_stage_backward(Layer& layer, const SavedTensors<S>& saved,
     return;
   }
   dist::ExpertParallel& ep = *layer.ep;
+  if (dispatch->routes) {
+    const dist::TokenRoutes& routes = *dispatch->routes;
+    host_buffer<S> dy_sent(routes.to_ranks.rows * d);
+    backend.permute(c, routes.to_ranks, dy, dy_sent.data());
+    const host_buffer<S> dy_received =
+        dist::exchange_rows(ep, dy_sent.data(), routes.send_rows, routes.recv_rows, d,
+                            total(routes.copies_out), total(routes.copies_in));
+    std::vector<double> dgate_here(routes.copies.row.size(), 0.0);
+    backend.combine_backward(c, routes.copies, routes.gate.data(), saved.yp.data(),
+                             dy_received.data(), dyp.data(), dgate_here.data());
+    charge(profile.combine_backward, profile.exchange_backward, timer.lap(), &ep);
+    // A replicated expert's gradient is summed over its holders.
+    ReplicaGradients<S> replicas(ep, c, grads);
+    if (expert_plan.rows > 0)
+      backend.experts_backward(expert_config, expert_plan, expert_weights<S>(layer), acts,
+                               dyp.data(), dxp.data(), replicas.target());
+    profile.experts_backward += timer.lap();
+    replicas.sum_into(grads);
+    charge(profile.experts_backward, profile.exchange_backward, timer.lap(), &ep);
+    host_buffer<S> partial(routes.copies.tokens * d);
+    std::fill_n(partial.data(), partial.size(), S(0));
+    backend.permute_backward(c, routes.copies, dxp.data(), partial.data());
+    // The copies' gate gradients go back to their tokens' ranks, in message order.
+    std::vector<double> dgate_out(routes.received_copy.size()), dgate_in(routes.sent_copy.size());
+    for (size_t i = 0; i < dgate_out.size(); ++i)
+      dgate_out[i] = dgate_here[routes.received_copy[i]];
+    ep.exchange(dgate_out.data(), dist::bytes_of_rows(routes.copies_in, sizeof(double)),
+                dgate_in.data(), dist::bytes_of_rows(routes.copies_out, sizeof(double)));
+    ep.count_rows(static_cast<int64_t>(dgate_out.size() * sizeof(double)),
+                  static_cast<int64_t>(dgate_in.size() * sizeof(double)), 0, 0);
+    for (size_t i = 0; i < dgate_in.size(); ++i) dgate[routes.sent_copy[i]] = dgate_in[i];
+    const host_buffer<S> dx_returned =
+        dist::exchange_rows(ep, partial.data(), routes.recv_rows, routes.send_rows, d,
+                            total(routes.copies_in), total(routes.copies_out));
+    if (dx) backend.permute_backward(c, routes.to_ranks, dx_returned.data(), dx);
+    charge(profile.permute_backward, profile.exchange_backward, timer.lap(), &ep);
+    return;
+  }
   host_buffer<S> dy_sent(plan.rows * d);
   backend.combine_backward(c, plan, gate, saved.returned.data(), dy, dy_sent.data(), dgate.data());
   const host_buffer<S> dy_received =
@@ -335,6 +406,10 @@ void check_backward_args(const Layer& layer, const SavedState& saved,
   require(layer.weights.bound, MOE_STATUS_INVALID_STATE, "backward before set_weights");
   require((saved.dispatch != nullptr) == (layer.ep != nullptr), MOE_STATUS_INVALID_STATE,
           "ctx was produced before the layer's communicator was attached or detached");
+  require(!saved.dispatch || saved.dispatch->placement_epoch == layer.ep->placement_epoch,
+          MOE_STATUS_INVALID_STATE,
+          "ctx was produced before the layer's placement changed (moe_layer_set_placement): "
+          "its rows went to the old holders");
   const int64_t T = saved.plan.tokens;
   const moe_device_t device = layer.backend.device();
   check_tensor(args.dy, "args.dy", c.dtype, device, {T, c.d_model});
@@ -425,6 +500,9 @@ std::unique_ptr<SavedState> forward(Layer& layer, const moe_forward_args_t& args
   if (args.train && !args.recompute) {
     if (!global_counts.empty()) layer.global_aux.commit(std::move(global_counts));
     update_selection_bias(c, bias_update_counts(c, *saved), layer.selection_bias);
+    const std::vector<int64_t> demand = saved->batch_demand();
+    for (size_t e = 0; e < demand.size(); ++e)
+      layer.expert_load[e] += static_cast<double>(demand[e]);
     ++layer.step;
   }
   if (layer.ep) layer.profile.exchange += layer.ep->take_exchange_seconds();

@@ -798,7 +798,7 @@ typedef struct moe_peer_traffic {
   int64_t bytes_received;
 } moe_peer_traffic_t;
 
-#define MOE_COMM_TRAFFIC_VERSION 1
+#define MOE_COMM_TRAFFIC_VERSION 2
 typedef struct moe_comm_traffic {
   uint32_t size;
   uint32_t version;
@@ -807,16 +807,96 @@ typedef struct moe_comm_traffic {
   int64_t exchanges;       /* [OUT] all-to-all calls the layer made */
   double exchange_seconds; /* [OUT] time inside them: waiting for peers and moving data */
   int64_t tokens_sent, tokens_received, bytes_sent, bytes_received; /* [OUT] over peers */
+  /* Version 2. [OUT] The bytes of the token-row exchanges alone (rows to the experts,
+   * results back, dy out, dx back, with the token path's per-copy metadata), and what
+   * the same calls would have moved sending one row per token copy. They differ when
+   * moe_ep_options_t.dedup (or a replicated placement) sends each token once per rank. */
+  int64_t row_bytes_sent, row_bytes_received;
+  int64_t per_copy_row_bytes_sent, per_copy_row_bytes_received;
 } moe_comm_traffic_t;
 
 #define MOE_COMM_TRAFFIC_INIT \
-  { sizeof(moe_comm_traffic_t), MOE_COMM_TRAFFIC_VERSION, -1, 0, 0, 0, 0, 0, 0, 0 }
+  { sizeof(moe_comm_traffic_t), MOE_COMM_TRAFFIC_VERSION, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
 
 /* Reads the traffic since attachment or the last reset; peers (may be NULL) receives
  * min(peer_count, world) entries. reset != 0 starts counting anew. */
 MOE_API moe_status_t moe_layer_comm_traffic(moe_layer_t layer, moe_comm_traffic_t* traffic,
                                             moe_peer_traffic_t* peers, int32_t peer_count,
                                             int32_t reset);
+
+/* How an attached layer's exchanges run (docs/distributed.md, "One copy per rank").
+ * Collective: every rank sets the same options, else every rank gets
+ * MOE_STATUS_INVALID_ARGUMENT and nothing changes. Host backends only (a cuda layer
+ * refuses dedup with MOE_STATUS_UNSUPPORTED). */
+#define MOE_EP_OPTIONS_VERSION 1
+typedef struct moe_ep_options {
+  uint32_t size;
+  uint32_t version;
+  /* 1: each token travels at most once to each rank, with its local experts and gates;
+   * the rank sums the token's results there (gate-weighted) and sends one row back, and
+   * backward mirrors it. 0 (default): one row per token copy, bit-identical to a single
+   * process. With dedup, y and dx of a token whose experts span several ranks add the
+   * ranks' partial sums, each rounded to the dtype once more (the bound is in the docs). */
+  int32_t dedup;
+} moe_ep_options_t;
+
+#define MOE_EP_OPTIONS_INIT \
+  { sizeof(moe_ep_options_t), MOE_EP_OPTIONS_VERSION, 0 }
+
+MOE_API moe_status_t moe_layer_set_ep_options(moe_layer_t layer, const moe_ep_options_t* options);
+MOE_API moe_status_t moe_layer_get_ep_options(const_moe_layer_t layer, moe_ep_options_t* options);
+
+/* Replicated experts and load-driven placement (docs/distributed.md, "Placement from
+ * load"). A placement is a slot table in the shape of DeepSeek's EPLB output
+ * (physical_to_logical): slot_expert[num_slots] is the expert each slot holds, or -1 for
+ * an empty slot; num_slots is a multiple of the world size and slot i lives on rank
+ * i / (num_slots / world). An expert may hold several slots on different ranks
+ * (replicas): the batch's kept copies of that expert, in batch order, are split into
+ * contiguous, equal (within one) blocks over its holders in rank order, and its weight
+ * gradients are summed over its holders inside moe_layer_backward (in rank order, with
+ * double accumulation: every holder gets the same bits), so equal replicas stay equal.
+ * A replicated placement always sends each token once per rank (as dedup does). */
+
+/* The expert load the layer has seen: each expert's pre-drop demand (token copies),
+ * summed over the training forwards since the last reset, over the whole expert-parallel
+ * batch (the same on every rank). load[count >= num_experts] receives it; reset != 0
+ * starts a new window. Works with or without a communicator. */
+MOE_API moe_status_t moe_layer_expert_load(moe_layer_t layer, double* load, int64_t count,
+                                           int32_t reset);
+
+/* A placement minimising the most-loaded rank for `load` [num_experts] (any
+ * non-negative weights, e.g. moe_layer_expert_load's), as DeepSeek's EPLB computes it:
+ * the num_slots - num_experts redundant slots go one by one to the expert of largest
+ * load per replica; then the replicas, heaviest first, go to the least-loaded rank that
+ * has a free slot and does not hold the expert yet. With num_nodes > 1 (dividing
+ * world), EPLB's hierarchical policy: whole experts are first packed onto nodes
+ * (balanced), then replicated and packed within each node, so a token's replicas stay
+ * inside its node's share. Writes slot_expert[num_slots] (ready for
+ * moe_layer_set_placement) and, when not NULL, the ranks' load max/mean for the
+ * default contiguous placement (imbalance_before) and for the result (imbalance_after).
+ * Deterministic: ties go to the lower expert id and the lower rank. Not collective. */
+MOE_API moe_status_t moe_placement_from_load(const double* load, int64_t num_experts, int32_t world,
+                                             int64_t num_slots, int32_t num_nodes,
+                                             int32_t* slot_expert, double* imbalance_before,
+                                             double* imbalance_after);
+
+/* Copies a per-expert tensor (weights, biases, optimizer moments: any bytes_per_expert
+ * bytes per expert, in host memory) from the layer's current placement to the slot table
+ * given: src is this rank's [current local experts] in their order, dst receives this
+ * rank's [new local experts] (ascending id, moe_layer_local_experts after the change).
+ * Each expert comes from its current owner, or is copied locally when this rank holds
+ * it already. Collective; the placement itself does not change. */
+MOE_API moe_status_t moe_layer_move_expert_tensor(moe_layer_t layer, const int32_t* slot_expert,
+                                                  int64_t num_slots, const void* src, void* dst,
+                                                  int64_t bytes_per_expert);
+
+/* Installs a slot-table placement on an attached layer. Collective: every rank passes the
+ * same table, between steps (a ctx saved before is refused by backward). Unbinds the
+ * weights, as moe_layer_set_comm does: move every per-expert tensor first
+ * (moe_layer_move_expert_tensor), then call this, then bind the moved weights. Host
+ * backends only. */
+MOE_API moe_status_t moe_layer_set_placement(moe_layer_t layer, const int32_t* slot_expert,
+                                             int64_t num_slots);
 
 /* A telemetry group: the layers of one model, summarised together. */
 typedef struct moe_group* moe_group_t;

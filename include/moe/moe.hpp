@@ -421,6 +421,42 @@ class Layer {
   void reduce_router_grad(const moe_tensor_t& grad) {
     check(moe_layer_reduce_router_grad(layer_, grad));
   }
+  // Each token once per rank (moe_ep_options_t.dedup). Collective.
+  void set_dedup(bool dedup) {
+    moe_ep_options_t o = MOE_EP_OPTIONS_INIT;
+    o.dedup = dedup ? 1 : 0;
+    check(moe_layer_set_ep_options(layer_, &o));
+  }
+  // Each expert's pre-drop demand over the training forwards since the last reset.
+  std::vector<double> expert_load(bool reset = false) {
+    std::vector<double> load(static_cast<size_t>(config().num_experts));
+    check(moe_layer_expert_load(layer_, load.data(), static_cast<int64_t>(load.size()),
+                                reset ? 1 : 0));
+    return load;
+  }
+  // Moves this rank's [local experts, bytes_per_expert] tensor to the slot table's
+  // placement (collective); returns the new local experts' rows.
+  template <typename T>
+  std::vector<T> move_expert_tensor(const std::vector<int32_t>& slot_expert,
+                                    const std::vector<T>& src, int64_t elements_per_expert) {
+    moe_comm_traffic_t where = MOE_COMM_TRAFFIC_INIT;  // this rank and the world size
+    check(moe_layer_comm_traffic(layer_, &where, nullptr, 0, 0));
+    const int64_t n = static_cast<int64_t>(slot_expert.size());
+    const int64_t per_rank = where.world > 0 && n % where.world == 0 ? n / where.world : 0;
+    int64_t held = 0;
+    for (int64_t i = 0; per_rank > 0 && i < n; ++i)
+      if (slot_expert[i] >= 0 && i / per_rank == where.rank) ++held;
+    std::vector<T> dst(static_cast<size_t>(held * elements_per_expert));
+    check(moe_layer_move_expert_tensor(
+        layer_, slot_expert.data(), static_cast<int64_t>(slot_expert.size()), src.data(),
+        dst.data(), elements_per_expert * static_cast<int64_t>(sizeof(T))));
+    return dst;
+  }
+  // Installs a slot-table placement (collective); unbinds the weights.
+  void set_placement(const std::vector<int32_t>& slot_expert) {
+    check(moe_layer_set_placement(layer_, slot_expert.data(),
+                                  static_cast<int64_t>(slot_expert.size())));
+  }
   struct Traffic {
     moe_comm_traffic_t totals = MOE_COMM_TRAFFIC_INIT;
     std::vector<moe_peer_traffic_t> peers;  // [world]

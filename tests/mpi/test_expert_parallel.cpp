@@ -67,6 +67,55 @@ moe_dtype_t dtype_of<moe::bfloat16>() {
 using Scenario = moe_test::EpScenario;
 using moe_test::ep_base_config;
 
+// How the expert-parallel layer exchanges rows: one per token copy (the default), one
+// per (token, rank) (moe_ep_options_t.dedup), or one per (token, rank) over a slot-table
+// placement with replicated experts.
+enum class Path { kPerCopy, kDedup, kReplicated };
+const char* path_name(Path p) {
+  return p == Path::kPerCopy ? "" : p == Path::kDedup ? "/dedup" : "/replicated";
+}
+
+// moe_placement_from_load's table for `load` in world * (E / world + 1) slots (at
+// least one redundant slot), with the predicted imbalance before and after.
+std::vector<int32_t> placement_for(const std::vector<double>& load, double& before, double& after) {
+  const int64_t E = static_cast<int64_t>(load.size());
+  const int64_t slots = g_world * (E / g_world + 1);
+  std::vector<int32_t> table(slots);
+  CHECK(moe_placement_from_load(load.data(), E, g_world, slots, 1, table.data(), &before, &after) ==
+            MOE_STATUS_SUCCESS,
+        "placement from load");
+  return table;
+}
+
+// A slot table with replicas: expert 0 ten times as loaded as the others.
+std::vector<int32_t> skewed_slot_table(int64_t E) {
+  std::vector<double> load(E, 1.0);
+  load[0] = 10.0;
+  double before = 0, after = 0;
+  std::vector<int32_t> table = placement_for(load, before, after);
+  CHECK(after <= before, "placement made the ranks less balanced: %g -> %g", before, after);
+  return table;
+}
+
+// The rank each kept copy of the batch goes to, written here from the documented rule
+// (docs/distributed.md): an expert's kept copies, in batch order, split into contiguous
+// blocks over its holders in rank order, floor(position * holders / kept). -1: none.
+std::vector<int32_t> copy_destinations(const moe::Context::RoutingDecision& r,
+                                       const std::vector<std::vector<int32_t>>& holders) {
+  const size_t n = r.experts.size();
+  std::vector<int64_t> kept(holders.size(), 0), seen(holders.size(), 0);
+  for (size_t i = 0; i < n; ++i)
+    if (r.experts[i] >= 0 && !r.dropped[i]) ++kept[r.experts[i]];
+  std::vector<int32_t> dest(n, -1);
+  for (size_t i = 0; i < n; ++i) {
+    const int32_t e = r.experts[i];
+    if (e < 0 || r.dropped[i]) continue;
+    const int64_t m = static_cast<int64_t>(holders[e].size());
+    dest[i] = holders[e][seen[e]++ * m / kept[e]];
+  }
+  return dest;
+}
+
 // Values a and b agree: same bits on cpu_ref, else within `tol` relative.
 template <typename S>
 void expect_equal(const S* a, const S* b, int64_t n, double tol, const char* what) {
@@ -194,8 +243,8 @@ Run<S> run_layer(moe::Layer& layer, const Scenario& sc, Params<S>& weights, int6
 }
 
 template <typename S>
-void run_scenario(moe_comm_t comm, Scenario sc, uint64_t seed) {
-  g_case = sc.name + "/" + std::to_string(sizeof(S) * 8) + "bit";
+void run_scenario(moe_comm_t comm, Scenario sc, uint64_t seed, Path path = Path::kPerCopy) {
+  g_case = sc.name + "/" + std::to_string(sizeof(S) * 8) + "bit" + path_name(path);
   moe_layer_config_t& c = sc.config;
   c.dtype = dtype_of<S>();
   c.backend = c.dtype == MOE_DTYPE_F64 ? "cpu_ref" : backend();
@@ -236,10 +285,24 @@ void run_scenario(moe_comm_t comm, Scenario sc, uint64_t seed) {
   const Run<S> ref = run_layer(reference, sc, full, E, x, dy, ids);
 
   moe::Layer layer(c);
-  layer.set_comm(comm, sc.owner);
+  std::vector<std::vector<int32_t>> holders(E);
+  if (path == Path::kReplicated) {
+    layer.set_comm(comm);
+    const std::vector<int32_t> table = skewed_slot_table(E);
+    layer.set_placement(table);
+    const int64_t per_rank = static_cast<int64_t>(table.size()) / g_world;
+    for (size_t i = 0; i < table.size(); ++i)
+      if (table[i] >= 0) holders[table[i]].push_back(static_cast<int32_t>(i / per_rank));
+    CHECK(holders[0].size() > 1, "expert 0 is not replicated");
+  } else {
+    layer.set_comm(comm, sc.owner);
+    if (path == Path::kDedup) layer.set_dedup(true);
+    for (int64_t e = 0; e < E; ++e)
+      holders[e] = {sc.owner.empty() ? static_cast<int32_t>(e * g_world / E) : sc.owner[e]};
+  }
   const std::vector<int32_t> experts = layer.local_experts();
   for (int32_t e : experts)
-    CHECK(sc.owner.empty() ? e * g_world / E == g_rank : sc.owner[e] == g_rank,
+    CHECK(std::count(holders[e].begin(), holders[e].end(), g_rank) == 1,
           "expert %d is not this rank's", e);
   Params<S> local = full.slice(experts, c);
   const std::vector<S> x_mine(x.begin() + offset * d, x.begin() + (offset + mine) * d);
@@ -248,9 +311,57 @@ void run_scenario(moe_comm_t comm, Scenario sc, uint64_t seed) {
                          std::vector<int64_t>(ids.begin() + offset, ids.begin() + offset + mine));
 
   const int64_t slots = c.top_k;
+  // One row per token copy: y and dx are the single process's bits. One row per
+  // (token, rank): a token whose kept copies all went to one rank still gets the same y;
+  // otherwise y and dx add the ranks' partial sums, each rounded to the dtype once more,
+  // which the docs bound by a few units of the dtype's rounding of the row's magnitude.
+  int64_t row_bytes_expected = 0, per_copy_expected = 0;
+  const int64_t row_bytes = d * static_cast<int64_t>(sizeof(S));
+  const double unit = c.dtype == MOE_DTYPE_BF16  ? 0x1p-8
+                      : c.dtype == MOE_DTYPE_F64 ? 0x1p-53
+                                                 : 0x1p-24;
   for (int step = 0; step < sc.steps; ++step) {
-    expect_equal(got.y[step].data(), &ref.y[step][offset * d], mine * d, tol, "y");
-    expect_equal(got.dx[step].data(), &ref.dx[step][offset * d], mine * d, tol, "dx");
+    if (path == Path::kPerCopy) {
+      expect_equal(got.y[step].data(), &ref.y[step][offset * d], mine * d, tol, "y");
+      expect_equal(got.dx[step].data(), &ref.dx[step][offset * d], mine * d, tol, "dx");
+    }
+    const std::vector<int32_t> dest = copy_destinations(ref.routing[step], holders);
+    for (int64_t t = 0; t < T; ++t) {
+      std::vector<int32_t> ranks;
+      int64_t kept = 0;
+      for (int64_t j = 0; j < slots; ++j)
+        if (dest[t * slots + j] >= 0) {
+          ranks.push_back(dest[t * slots + j]);
+          ++kept;
+        }
+      std::sort(ranks.begin(), ranks.end());
+      ranks.erase(std::unique(ranks.begin(), ranks.end()), ranks.end());
+      const int64_t n = static_cast<int64_t>(ranks.size());
+      row_bytes_expected += 4 * n * row_bytes + 32 * kept;  // rows each way, metadata, dgate
+      per_copy_expected += 4 * kept * row_bytes;
+      if (path == Path::kPerCopy || t < offset || t >= offset + mine) continue;
+      const S* a = &got.y[step][(t - offset) * d];
+      const S* b = &ref.y[step][t * d];
+      const S* da = &got.dx[step][(t - offset) * d];
+      const S* db = &ref.dx[step][t * d];
+      double scale = 1.0, dscale = 1.0;
+      for (int64_t i = 0; i < d; ++i) {
+        scale = std::max(scale, std::abs(static_cast<double>(b[i])));
+        dscale = std::max(dscale, std::abs(static_cast<double>(db[i])));
+      }
+      const bool same_bits = bit_exact && n <= 1;
+      const double bound = std::max(tol, 8 * unit);
+      for (int64_t i = 0; i < d; ++i) {
+        const double ya = static_cast<double>(a[i]), yb = static_cast<double>(b[i]);
+        CHECK(same_bits ? ya == yb : std::abs(ya - yb) <= bound * scale,
+              "step %d y[%lld, %lld] (%lld ranks): %.9g vs %.9g", step, static_cast<long long>(t),
+              static_cast<long long>(i), static_cast<long long>(n), ya, yb);
+        const double xa = static_cast<double>(da[i]), xb = static_cast<double>(db[i]);
+        CHECK(std::abs(xa - xb) <= bound * dscale * (sc.steps + 1),
+              "step %d dx[%lld, %lld]: %.9g vs %.9g", step, static_cast<long long>(t),
+              static_cast<long long>(i), xa, xb);
+      }
+    }
     const auto& a = got.routing[step];
     const auto& b = ref.routing[step];
     for (int64_t i = 0; i < mine * slots; ++i) {
@@ -265,10 +376,35 @@ void run_scenario(moe_comm_t comm, Scenario sc, uint64_t seed) {
     expect_close(la, lb, 2, loss_tol, "aux_loss, z_loss");
   }
   const Params<S> ref_mine = ref.grads.slice(experts, c);
-  expect_equal(got.grads.w1.data(), ref_mine.w1.data(), ref_mine.w1.size(), tol, "grad w1");
-  expect_equal(got.grads.w2.data(), ref_mine.w2.data(), ref_mine.w2.size(), tol, "grad w2");
-  expect_equal(got.grads.b1.data(), ref_mine.b1.data(), ref_mine.b1.size(), tol, "grad b1");
-  expect_equal(got.grads.b2.data(), ref_mine.b2.data(), ref_mine.b2.size(), tol, "grad b2");
+  // A replicated expert's gradient is its holders' partial sums added: rounding apart.
+  const double grad_tol =
+      path == Path::kReplicated && bit_exact ? (c.dtype == MOE_DTYPE_F64 ? 1e-12 : 1e-5) : tol;
+  expect_equal(got.grads.w1.data(), ref_mine.w1.data(), ref_mine.w1.size(), grad_tol, "grad w1");
+  expect_equal(got.grads.w2.data(), ref_mine.w2.data(), ref_mine.w2.size(), grad_tol, "grad w2");
+  expect_equal(got.grads.b1.data(), ref_mine.b1.data(), ref_mine.b1.size(), grad_tol, "grad b1");
+  expect_equal(got.grads.b2.data(), ref_mine.b2.data(), ref_mine.b2.size(), grad_tol, "grad b2");
+  if (path == Path::kReplicated) {
+    // Every holder of a replicated expert has the same gradient bits.
+    const int64_t block = static_cast<int64_t>(got.grads.w1.size()) /
+                          std::max<int64_t>(1, static_cast<int64_t>(experts.size()));
+    std::vector<S> all_w1(static_cast<size_t>(E * block), S(0)), summed(all_w1.size());
+    std::vector<int32_t> mine_holds(E, 0), holds(E, 0);
+    for (size_t j = 0; j < experts.size(); ++j) {
+      std::copy_n(&got.grads.w1[j * block], block, &all_w1[experts[j] * block]);
+      mine_holds[experts[j]] = 1;
+    }
+    for (int64_t e = 0; e < E; ++e) {
+      if (holders[e].size() < 2) continue;
+      // Rank 0's view of the lowest holder's bits, compared on every holder.
+      std::vector<S> first(static_cast<size_t>(block));
+      if (g_rank == holders[e][0]) std::copy_n(&all_w1[e * block], block, first.data());
+      MPI_Bcast(first.data(), static_cast<int>(block * sizeof(S)), MPI_BYTE, holders[e][0],
+                MPI_COMM_WORLD);
+      if (mine_holds[e])
+        CHECK(std::memcmp(first.data(), &all_w1[e * block], block * sizeof(S)) == 0,
+              "expert %lld's gradient differs between its holders", static_cast<long long>(e));
+    }
+  }
   if (c.router != MOE_ROUTER_HASH) {
     layer.reduce_router_grad(moe::tensor(got.grads.router.data(), dtype_of<S>(), {d, E}));
     const double router_tol = c.dtype == MOE_DTYPE_BF16  ? 3e-2
@@ -296,13 +432,23 @@ void run_scenario(moe_comm_t comm, Scenario sc, uint64_t seed) {
   expect_close(got.coactivation.data(), ref.coactivation.data(), got.coactivation.size(), 0.0,
                "coactivation");
 
-  // Traffic: the copies this rank kept, by their experts' owners.
+  // Traffic: the copies this rank kept, by the ranks they went to.
   moe::Layer::Traffic traffic = layer.traffic();
   std::vector<int64_t> expected(g_world, 0);
-  for (const auto& r : got.routing)
-    for (size_t i = 0; i < r.experts.size(); ++i)
-      if (r.experts[i] >= 0 && !r.dropped[i])
-        ++expected[sc.owner.empty() ? r.experts[i] * g_world / E : sc.owner[r.experts[i]]];
+  for (int step = 0; step < sc.steps; ++step) {
+    const std::vector<int32_t> dest = copy_destinations(ref.routing[step], holders);
+    for (int64_t i = offset * slots; i < (offset + mine) * slots; ++i)
+      if (dest[i] >= 0) ++expected[dest[i]];
+  }
+  // The token rows the group moved: one per copy, or one per (token, rank) with the
+  // copies' metadata, as counted above from the single process's routing.
+  int64_t moved[2] = {traffic.totals.row_bytes_sent, traffic.totals.per_copy_row_bytes_sent};
+  MPI_Allreduce(MPI_IN_PLACE, moved, 2, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
+  CHECK(moved[1] == per_copy_expected, "per-copy row bytes %lld, expected %lld",
+        static_cast<long long>(moved[1]), static_cast<long long>(per_copy_expected));
+  CHECK(moved[0] == (path == Path::kPerCopy ? per_copy_expected : row_bytes_expected),
+        "row bytes %lld, expected %lld", static_cast<long long>(moved[0]),
+        static_cast<long long>(path == Path::kPerCopy ? per_copy_expected : row_bytes_expected));
   for (int p = 0; p < g_world; ++p)
     CHECK(traffic.peers[p].tokens_sent == expected[p], "tokens sent to %d: %lld vs %lld", p,
           static_cast<long long>(traffic.peers[p].tokens_sent),
@@ -609,6 +755,138 @@ void late_peer_profile(moe_comm_t comm) {
   if (g_rank == 0) std::printf("ok %s\n", g_case.c_str());
 }
 
+// Load-driven placement, applied between steps as docs/distributed.md prescribes: the
+// layer's expert load over a window, a slot table from it, every per-expert tensor moved
+// through the communicator, the table installed, the moved weights bound, and training
+// continues equal to the single process. Bad tables are refused on every rank.
+void placement_from_load_flow(moe_comm_t comm) {
+  g_case = "placement_from_load_flow";
+  moe_layer_config_t c = ep_base_config(8, 2);
+  c.backend = backend();
+  c.dtype = MOE_DTYPE_F64;
+  c.backend = "cpu_ref";
+  const int64_t d = c.d_model, E = c.num_experts, F = c.d_ff, T = 24 * g_world;
+  std::mt19937_64 rng(77);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  auto random = [&](int64_t n, double scale) {
+    std::vector<double> v(n);
+    for (double& e : v) e = scale * normal(rng);
+    return v;
+  };
+  Params<double> full;
+  full.router = random(d * E, 0.5);
+  for (int64_t i = 0; i < d; ++i) full.router[i * E + 3] += 1.0;  // expert 3 is popular
+  full.w1 = random(E * d * F, 0.25);
+  full.w2 = random(E * F * d, 0.2);
+  const std::vector<double> x = random(T * d, 1.0);
+  const int64_t mine = T / g_world, offset = g_rank * mine;
+  const std::vector<double> x_mine(x.begin() + offset * d, x.begin() + (offset + mine) * d);
+  auto forward = [&](moe::Layer& layer, const std::vector<double>& in, int64_t n) {
+    std::vector<double> y(n * d);
+    moe_forward_args_t fa = MOE_FORWARD_ARGS_INIT;
+    fa.x = moe::tensor(const_cast<double*>(in.data()), MOE_DTYPE_F64, {n, d});
+    fa.y = moe::tensor(y.data(), MOE_DTYPE_F64, {n, d});
+    fa.train = 1;
+    layer.forward(fa);
+    return y;
+  };
+  moe::Layer reference(c), layer(c);
+  reference.set_weights(full.view(c, E));
+  layer.set_comm(comm);
+  Params<double> local = full.slice(layer.local_experts(), c);
+  layer.set_weights(local.view(c, static_cast<int64_t>(layer.local_experts().size())));
+  for (int step = 0; step < 2; ++step) {
+    forward(reference, x, T);
+    forward(layer, x_mine, mine);
+  }
+  // The window's load is the batch's, on every rank, equal to the single process's.
+  const std::vector<double> load = layer.expert_load(), ref_load = reference.expert_load();
+  CHECK(load == ref_load, "expert load differs from the single process's");
+  double total = 0;
+  for (double l : load) total += l;
+  CHECK(total == 2.0 * T * 2, "the load counts %g copies, not %lld", total,
+        static_cast<long long>(4 * T));
+  CHECK(layer.expert_load(true) == load && layer.expert_load()[3] == 0.0, "reset");
+
+  double before = 0, after = 0;
+  const std::vector<int32_t> table = placement_for(load, before, after);
+  const int64_t slots = static_cast<int64_t>(table.size());
+  CHECK(after < before, "no better balance: %g -> %g", before, after);
+
+  // Refusals, on every rank, and nothing changes.
+  std::vector<int32_t> bad = table;
+  bad[0] = bad[1];  // one rank holding an expert twice
+  CHECK(moe_layer_set_placement(layer.get(), bad.data(), slots) == MOE_STATUS_INVALID_ARGUMENT,
+        "expert twice on a rank");
+  std::vector<int32_t> missing(slots, 0);
+  CHECK(moe_layer_set_placement(layer.get(), missing.data(), slots) == MOE_STATUS_INVALID_ARGUMENT,
+        "experts without a slot");
+  CHECK(
+      moe_layer_set_placement(layer.get(), table.data(), slots - 1) == MOE_STATUS_INVALID_ARGUMENT,
+      "slots not a multiple of the world");
+  std::vector<int32_t> differs = table;
+  if (g_rank == 1) std::swap(differs[0], differs[slots - 1]);
+  CHECK(moe_layer_set_placement(layer.get(), differs.data(), slots) == MOE_STATUS_INVALID_ARGUMENT,
+        "tables that differ between ranks");
+  moe_ep_options_t options = MOE_EP_OPTIONS_INIT;
+  options.dedup = g_rank == 0 ? 1 : 0;
+  CHECK(moe_layer_set_ep_options(layer.get(), &options) == MOE_STATUS_INVALID_ARGUMENT,
+        "options that differ between ranks");
+  options.dedup = 2;
+  CHECK(moe_layer_set_ep_options(layer.get(), &options) == MOE_STATUS_INVALID_ARGUMENT, "dedup 2");
+  CHECK(layer.local_experts().size() == local.w1.size() / (d * F), "placement changed");
+
+  // A ctx of the old placement is refused by backward after the change.
+  std::vector<double> y_old(mine * d), dy(mine * d, 1.0), dx(mine * d);
+  moe_forward_args_t fa = MOE_FORWARD_ARGS_INIT;
+  fa.x = moe::tensor(const_cast<double*>(x_mine.data()), MOE_DTYPE_F64, {mine, d});
+  fa.y = moe::tensor(y_old.data(), MOE_DTYPE_F64, {mine, d});
+  fa.train = 0;
+  moe::Context stale = layer.forward(fa);
+
+  // Move every per-expert tensor, install, bind.
+  Params<double> moved;
+  moved.router = full.router;
+  moved.w1 = layer.move_expert_tensor(table, local.w1, d * F);
+  moved.w2 = layer.move_expert_tensor(table, local.w2, F * d);
+  layer.set_placement(table);
+  const std::vector<int32_t> now = layer.local_experts();
+  const Params<double> expected = full.slice(now, c);
+  CHECK(moved.w1 == expected.w1 && moved.w2 == expected.w2, "moved weights differ");
+  layer.set_weights(moved.view(c, static_cast<int64_t>(now.size())));
+  moe_backward_args_t ba = MOE_BACKWARD_ARGS_INIT;
+  Params<double> grads;
+  grads.zeros_like(moved);
+  ba.dy = moe::tensor(dy.data(), MOE_DTYPE_F64, {mine, d});
+  ba.dx = moe::tensor(dx.data(), MOE_DTYPE_F64, {mine, d});
+  ba.grads = grads.view(c, static_cast<int64_t>(now.size()));
+  CHECK(moe_layer_backward(layer.get(), stale.get(), &ba) == MOE_STATUS_INVALID_STATE,
+        "a ctx of the old placement");
+
+  // Training goes on, equal to the single process, and the replicas' load is shared.
+  layer.traffic(true);
+  const std::vector<double> y_ref = forward(reference, x, T);
+  const std::vector<double> y = forward(layer, x_mine, mine);
+  for (int64_t i = 0; i < mine * d; ++i)
+    CHECK(std::abs(y[i] - y_ref[offset * d + i]) <= 1e-12 * (1 + std::abs(y_ref[offset * d + i])),
+          "y[%lld] after the placement: %.17g vs %.17g", static_cast<long long>(i), y[i],
+          y_ref[offset * d + i]);
+  // The rows this rank's experts received, max over mean across ranks, against the
+  // prediction for the window's load.
+  const moe::Layer::Traffic traffic = layer.traffic();
+  double received = static_cast<double>(traffic.totals.tokens_received), most = received,
+         sum = received;
+  MPI_Allreduce(MPI_IN_PLACE, &most, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+  MPI_Allreduce(MPI_IN_PLACE, &sum, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+  const double measured = most / (sum / g_world);
+  CHECK(measured <= after + 0.25, "measured imbalance %g, predicted %g (before %g)", measured,
+        after, before);
+  if (g_rank == 0)
+    std::printf("ok %s (rank load max/mean %.3f before, %.3f predicted, %.3f measured)\n",
+                g_case.c_str(), before, after, measured);
+  layer.set_comm(nullptr);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -630,7 +908,25 @@ int main(int argc, char** argv) {
     run_scenario<double>(comm, s, seed);
     ++seed;
   }
+  // The token path: each token once per rank, and replicated experts.
+  seed = 1;
+  for (const Scenario& s : moe_test::ep_scenarios(g_world)) {
+    run_scenario<float>(comm, s, seed, Path::kDedup);
+    run_scenario<double>(comm, s, seed, Path::kDedup);
+    run_scenario<moe::bfloat16>(comm, s, seed, Path::kDedup);
+    if (s.config.num_experts == 8) {
+      run_scenario<float>(comm, s, seed, Path::kReplicated);
+      run_scenario<double>(comm, s, seed, Path::kReplicated);
+    }
+    ++seed;
+  }
+  for (const Scenario& s : moe_test::host_ep_scenarios(g_world)) {
+    run_scenario<float>(comm, s, seed, Path::kDedup);
+    run_scenario<float>(comm, s, seed, Path::kReplicated);
+    ++seed;
+  }
   refusals(comm);
+  placement_from_load_flow(comm);
   shared_communicator(comm);
   data_parallel_global_aux(comm);
   late_peer_profile(comm);

@@ -79,11 +79,41 @@ nlohmann::json exchange_comparison(moe::Comm& comm, const std::vector<int64_t>& 
           {"mpi_busbw_gbs", mpi_alg * bus},   {"moe_vs_mpi", mpi_ms / moe_ms}};
 }
 
+// The token copies each rank's experts received since the last traffic reset, max over
+// mean across ranks: the expert compute imbalance.
+double received_imbalance(moe::Layer& layer, int world) {
+  const double mine = static_cast<double>(layer.traffic().totals.tokens_received);
+  const double mean = mean_over_ranks(mine, world);
+  return mean > 0 ? max_over_ranks(mine) / mean : 1.0;
+}
+
 template <typename S>
 nlohmann::json run_shape(const Options& o, const Shape& s, moe_dtype_t dtype, moe::Comm& comm,
                          int world) {
-  LayerProblem<S> problem(s, dtype, o.backend, comm.get());
+  LayerProblem<S> problem(s, dtype, o.backend, comm.get(), o.ep_skew);
   moe::Layer& layer = problem.layer;
+  if (o.ep_dedup) layer.set_dedup(true);
+  nlohmann::json placement = nullptr;
+  if (o.ep_redundant >= 0) {
+    // The load window: a few training steps on the default placement; then the rows
+    // each rank's experts received there, max over mean, and the slot table.
+    layer.traffic(true);
+    layer.expert_load(true);
+    for (int i = 0; i < std::max(o.warmup, 2); ++i) problem.backward(problem.forward());
+    const double measured_before = received_imbalance(layer, world);
+    const std::vector<double> load = layer.expert_load(true);
+    const int64_t E = s.experts;
+    const int64_t slots = (E + o.ep_redundant + world - 1) / world * world;
+    std::vector<int32_t> table(static_cast<size_t>(slots));
+    double before = 0, after = 0;
+    moe::check(
+        moe_placement_from_load(load.data(), E, world, slots, 1, table.data(), &before, &after));
+    problem.set_placement(table);
+    placement = {{"slots", slots},
+                 {"predicted_imbalance_before", before},
+                 {"predicted_imbalance_after", after},
+                 {"measured_imbalance_before", measured_before}};
+  }
   const Timings t = time_pairs(
       o, [&] { return problem.forward(); }, [&](moe::Context& ctx) { problem.backward(ctx); },
       [&] {
@@ -119,7 +149,22 @@ nlohmann::json run_shape(const Options& o, const Shape& s, moe_dtype_t dtype, mo
       {"train_gflops_per_rank", (s.forward_flops() + s.backward_flops()) / train_ms / 1e6},
       {"exchange_share_forward", mean_over_ranks(p.exchange / p.forward_total, world)},
       {"exchange_share_backward", mean_over_ranks(p.exchange_backward / p.backward_total, world)}};
-  j.update(exchange_comparison(comm, send_bytes, recv_bytes, std::max(o.iters, 10), world));
+  // The token rows the layer moved per training call (forward and backward), and what
+  // one row per token copy would have moved, mean over ranks.
+  j["row_bytes_per_call"] =
+      mean_over_ranks(static_cast<double>(traffic.totals.row_bytes_sent), world) / calls;
+  j["per_copy_row_bytes_per_call"] =
+      mean_over_ranks(static_cast<double>(traffic.totals.per_copy_row_bytes_sent), world) / calls;
+  j["dedup"] = o.ep_dedup;
+  j["received_imbalance"] = received_imbalance(layer, world);
+  if (!placement.is_null()) {
+    placement["measured_imbalance_after"] = j["received_imbalance"];
+    j["placement"] = placement;
+  }
+  // The bare all-to-all comparison replays one row per copy: without dedup or replicas,
+  // the layer's own dispatch.
+  if (!o.ep_dedup && o.ep_redundant < 0)
+    j.update(exchange_comparison(comm, send_bytes, recv_bytes, std::max(o.iters, 10), world));
   return j;
 }
 
@@ -134,6 +179,25 @@ void print_row(FILE* out, const nlohmann::json& j) {
       j["tokens_per_s_per_rank"].get<double>(), j["train_gflops_per_rank"].get<double>(),
       100 * j["exchange_share_forward"].get<double>(),
       100 * j["exchange_share_backward"].get<double>());
+  std::fprintf(out,
+               "    token rows %.2f MB/rank/call (one row per copy: %.2f MB) | rows received "
+               "max/mean %.3f\n",
+               j["row_bytes_per_call"].get<double>() / 1e6,
+               j["per_copy_row_bytes_per_call"].get<double>() / 1e6,
+               j["received_imbalance"].get<double>());
+  if (j.contains("placement"))
+    std::fprintf(out,
+                 "    placement from load, %lld slots: predicted max/mean %.3f -> %.3f, "
+                 "measured %.3f -> %.3f\n",
+                 static_cast<long long>(j["placement"]["slots"].get<int64_t>()),
+                 j["placement"]["predicted_imbalance_before"].get<double>(),
+                 j["placement"]["predicted_imbalance_after"].get<double>(),
+                 j["placement"]["measured_imbalance_before"].get<double>(),
+                 j["placement"]["measured_imbalance_after"].get<double>());
+  if (!j.contains("moe_alltoall_ms")) {
+    std::fflush(out);
+    return;
+  }
   std::fprintf(
       out,
       "    dispatch %.2f MB/rank: moe %.3f ms (algBw %.2f GB/s, busBw %.2f GB/s) | MPI_Alltoallv "

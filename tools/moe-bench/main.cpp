@@ -147,6 +147,16 @@ int main(int argc, char** argv) {
   app.add_flag("--ep", o.expert_parallel,
                "expert parallelism under mpirun: each rank its own tokens of the shape and "
                "E/ranks experts; the exchange beside a bare MPI_Alltoallv");
+  app.add_flag("--ep-dedup", o.ep_dedup,
+               "with --ep: each token travels once to each rank (moe_ep_options_t.dedup)");
+  app.add_option("--ep-redundant", o.ep_redundant,
+                 "with --ep: after the warm-up, place the experts from their observed load "
+                 "with this many redundant slots (moe_placement_from_load; rounded up to fill "
+                 "every rank's slots), then time")
+      ->check(moe::tools::integer_in(0, 4096));
+  app.add_option("--ep-skew", o.ep_skew,
+                 "with --ep: make expert 0 hot (adds this / sqrt(d) to its router column)")
+      ->check(CLI::Range(0.0, 100.0));
   int64_t gemm_n = 0;
   app.add_option("--gemm-ceiling", gemm_n,
                  "instead of the layer: time one float32 N x N x N product through the same "
