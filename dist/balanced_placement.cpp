@@ -103,8 +103,23 @@ std::vector<std::vector<int32_t>> place(const std::vector<double>& load,
 
 }  // namespace
 
-double rank_imbalance(const std::vector<double>& load, const std::vector<int32_t>& slot_expert,
+namespace {
+
+// Loads scaled to a largest of 1, so that sums of huge loads do not overflow (max/mean
+// does not depend on the scale).
+std::vector<double> scaled(const std::vector<double>& load) {
+  const double top = load.empty() ? 0.0 : *std::max_element(load.begin(), load.end());
+  std::vector<double> out(load);
+  if (top > 0.0)
+    for (double& l : out) l /= top;
+  return out;
+}
+
+}  // namespace
+
+double rank_imbalance(const std::vector<double>& unscaled, const std::vector<int32_t>& slot_expert,
                       int world) {
+  const std::vector<double> load = scaled(unscaled);
   std::vector<int64_t> replicas(load.size(), 0);
   for (int32_t e : slot_expert)
     if (e >= 0) ++replicas[e];
@@ -153,9 +168,10 @@ BalancedPlacement balanced_placement(const std::vector<double>& load, int world,
             ranks[r][i];
   }
   // Contiguous blocks: expert e on rank e * world / E.
+  const std::vector<double> unit = scaled(load);
   std::vector<double> block_load(world, 0.0);
-  for (int64_t e = 0; e < E; ++e) block_load[e * world / E] += load[e];
-  const double total = std::accumulate(load.begin(), load.end(), 0.0);
+  for (int64_t e = 0; e < E; ++e) block_load[e * world / E] += unit[e];
+  const double total = std::accumulate(unit.begin(), unit.end(), 0.0);
   out.imbalance_before =
       total > 0.0 ? *std::max_element(block_load.begin(), block_load.end()) / (total / world) : 1.0;
   out.imbalance_after = rank_imbalance(load, out.slot_expert, world);

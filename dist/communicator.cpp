@@ -84,6 +84,23 @@ void Communicator::transport_all_to_all(const void* send, const int64_t* send_by
   });
 }
 
+void* Communicator::all_to_all_start(const void* send, const int64_t* send_bytes, void* recv,
+                                     const int64_t* recv_bytes) {
+  check_exchange_args(world(), send, send_bytes, recv, recv_bytes, INT64_MAX);
+  void* request = nullptr;
+  run("all_to_all_start", [&](char* err, size_t len) {
+    return ops_.all_to_all_start(ops_.state, send, send_bytes, recv, recv_bytes, &request, err,
+                                 len);
+  });
+  return request;
+}
+
+void Communicator::all_to_all_wait(void* request) {
+  run("all_to_all_wait", [&](char* err, size_t len) {
+    return ops_.all_to_all_wait(ops_.state, request, timeout_s_, err, len);
+  });
+}
+
 void Communicator::all_to_all_paired(const void* send, const int64_t* send_bytes, void* recv,
                                      const int64_t* recv_bytes) {
   const int64_t W = world();

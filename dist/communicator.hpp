@@ -33,6 +33,12 @@ class Communicator {
   // communicator stays usable.
   void all_to_all_paired(const void* send, const int64_t* send_bytes, void* recv,
                          const int64_t* recv_bytes);
+  // Whether the transport splits all_to_all into start and wait (moe_comm_ops_t v2).
+  bool can_start() const { return ops_.all_to_all_start && ops_.all_to_all_wait; }
+  // The two halves (can_start() must hold). Every started exchange is waited for.
+  void* all_to_all_start(const void* send, const int64_t* send_bytes, void* recv,
+                         const int64_t* recv_bytes);
+  void all_to_all_wait(void* request);
   void all_reduce_sum(double* data, int64_t count);
   void barrier();
 

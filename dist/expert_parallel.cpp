@@ -103,7 +103,11 @@ void ExpertParallel::transfer(const void* send, const std::vector<int64_t>& send
                               const std::vector<int64_t>& recv_bytes) {
   StageTimer timer;
   comm.all_to_all(send, send_bytes.data(), recv, recv_bytes.data());
-  const double seconds = timer.lap();
+  count_exchange(timer.lap(), send_bytes, recv_bytes);
+}
+
+void ExpertParallel::count_exchange(double seconds, const std::vector<int64_t>& send_bytes,
+                                    const std::vector<int64_t>& recv_bytes) {
   seconds_ += seconds;
   untaken_seconds_ += seconds;
   ++exchanges_;
@@ -111,6 +115,32 @@ void ExpertParallel::transfer(const void* send, const std::vector<int64_t>& send
     peers_[p].bytes_sent += send_bytes[p];
     peers_[p].bytes_received += recv_bytes[p];
   }
+}
+
+ExpertParallel::Started ExpertParallel::exchange_start(const void* send,
+                                                       const std::vector<int64_t>& send_bytes,
+                                                       void* recv,
+                                                       const std::vector<int64_t>& recv_bytes) {
+  Started started;
+  if (comm.device() != MOE_DEVICE_CPU || !comm.can_start()) {
+    exchange(send, send_bytes, recv, recv_bytes);
+    return started;
+  }
+  StageTimer timer;
+  started.request = comm.all_to_all_start(send, send_bytes.data(), recv, recv_bytes.data());
+  started.pending = true;
+  count_exchange(timer.lap(), send_bytes, recv_bytes);
+  return started;
+}
+
+void ExpertParallel::exchange_wait(Started& started) {
+  if (!started.pending) return;
+  started.pending = false;
+  StageTimer timer;
+  comm.all_to_all_wait(started.request);
+  const double seconds = timer.lap();
+  seconds_ += seconds;
+  untaken_seconds_ += seconds;
 }
 
 void ExpertParallel::count_dispatch(const std::vector<int64_t>& rows_out,

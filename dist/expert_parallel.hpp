@@ -36,6 +36,15 @@ class ExpertParallel {
   // communicator moves that. The device work that wrote `send` must have completed.
   void exchange_device(const void* send, const std::vector<int64_t>& send_bytes, void* recv,
                        const std::vector<int64_t>& recv_bytes);
+  // An exchange started in host memory, to be waited for once: split by the transport
+  // when it can (moe_comm_ops_t v2), else already done when exchange_start returns.
+  struct Started {
+    void* request = nullptr;
+    bool pending = false;
+  };
+  Started exchange_start(const void* send, const std::vector<int64_t>& send_bytes, void* recv,
+                         const std::vector<int64_t>& recv_bytes);
+  void exchange_wait(Started& started);
   // Token copies sent to and received from each peer's experts by one forward.
   void count_dispatch(const std::vector<int64_t>& rows_out, const std::vector<int64_t>& rows_in);
 
@@ -57,6 +66,7 @@ class ExpertParallel {
   int64_t forward_calls = 0;    // checked equal over the group on every forward (check_in)
   // moe_ep_options_t, the same on every rank (checked when set).
   bool dedup = false;  // each token travels at most once to each rank
+  int64_t chunks = 1;  // the token path's forward pipelined in this many chunks
   // The token path: one row per (token, destination rank), with per-copy metadata.
   bool token_path() const { return dedup || placement.replicated(); }
   // Counts one token-row exchange: the bytes it moved, and those it would have moved
@@ -73,6 +83,9 @@ class ExpertParallel {
   // The communicator's all-to-all, counted and timed.
   void transfer(const void* send, const std::vector<int64_t>& send_bytes, void* recv,
                 const std::vector<int64_t>& recv_bytes);
+  // Adds one exchange's time and bytes to the traffic.
+  void count_exchange(double seconds, const std::vector<int64_t>& send_bytes,
+                      const std::vector<int64_t>& recv_bytes);
   // Copies both ways through temporaries of the other memory kind.
   void staged(const void* send, const std::vector<int64_t>& send_bytes, void* recv,
               const std::vector<int64_t>& recv_bytes, bool send_on_device);

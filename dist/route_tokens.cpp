@@ -32,6 +32,24 @@ int64_t replica_begin(int64_t i, int64_t kept, int64_t replicas) {
 
 }  // namespace
 
+Plan expert_rows_plan(const std::vector<int64_t>& demand, int64_t capacity) {
+  const int64_t J = static_cast<int64_t>(demand.size());
+  Plan p;
+  p.slots = 1;
+  p.capacity = capacity;
+  p.order.resize(J);
+  std::iota(p.order.begin(), p.order.end(), 0);
+  p.demand = p.served = demand;
+  p.offset.assign(J + 1, 0);
+  for (int64_t j = 0; j < J; ++j) p.offset[j + 1] = p.offset[j] + demand[j];
+  p.rows = p.tokens = p.offset[J];
+  p.dropped.assign(p.rows, 0);
+  p.row.resize(p.rows);
+  std::iota(p.row.begin(), p.row.end(), 0);
+  p.token_of_row.assign(p.rows, -1);
+  return p;
+}
+
 void route_tokens(ExpertParallel& ep, const LayerConfig& c, const Routing& r,
                   const std::vector<uint8_t>& dropped, Dispatch& d) {
   const Placement& pl = ep.placement;
@@ -130,22 +148,10 @@ void route_tokens(ExpertParallel& ep, const LayerConfig& c, const Routing& r,
 
   // The expert rows: by local expert, then sender rank, then token (batch order), as
   // each sender's copies arrive sorted by (expert, token).
+  std::vector<int64_t> demand(J, 0);
+  for (const CopyMeta& m : meta_in) ++demand[m.local_expert];
   Plan& local = d.local;
-  local = Plan{};
-  local.slots = 1;
-  local.capacity = d.capacity;
-  local.order.resize(J);
-  std::iota(local.order.begin(), local.order.end(), 0);
-  local.demand.assign(J, 0);
-  for (const CopyMeta& m : meta_in) ++local.demand[m.local_expert];
-  local.served = local.demand;
-  local.offset.assign(J + 1, 0);
-  for (int64_t j = 0; j < J; ++j) local.offset[j + 1] = local.offset[j] + local.demand[j];
-  local.rows = local.tokens = local.offset[J];
-  local.dropped.assign(local.rows, 0);
-  local.row.resize(local.rows);
-  std::iota(local.row.begin(), local.row.end(), 0);
-  local.token_of_row.assign(local.rows, -1);
+  local = expert_rows_plan(demand, d.capacity);
   routes.copies.tokens = U;
   routes.copies.slots = k;
   routes.copies.rows = local.rows;

@@ -12,6 +12,11 @@
 
 namespace moe::dist {
 
+// A plan over a holder's expert rows, grouped by local expert in the order given:
+// demand[j] rows of expert j, unpadded, one slot each, every row its own "token";
+// token_of_row is left for the caller (-1).
+Plan expert_rows_plan(const std::vector<int64_t>& demand, int64_t capacity);
+
 // Collective. `dropped` [T*k] are this rank's drop marks. Fills dispatch.routes,
 // dispatch.local (the received copies grouped by local expert, batch order within each,
 // each row's token_of_row the received token row it reads) and the row counts.

@@ -25,7 +25,10 @@ moe_status_t moe_layer_get_ep_options(const_moe_layer_t layer, moe_ep_options_t*
   return guarded(__func__, [&] {
     const moe::Layer& l = layer_of(layer);
     moe_ep_options_t out = MOE_EP_OPTIONS_INIT;
-    if (l.ep) out.dedup = l.ep->dedup ? 1 : 0;
+    if (l.ep) {
+      out.dedup = l.ep->dedup ? 1 : 0;
+      out.chunks = static_cast<int32_t>(l.ep->chunks);
+    }
     moe::write_sized(options, out, "options");
   });
 }
@@ -34,6 +37,8 @@ moe_status_t moe_layer_expert_load(moe_layer_t layer, double* load, int64_t coun
   return guarded(__func__, [&] {
     moe::Layer& l = layer_of(layer);
     const int64_t E = l.config.num_experts;
+    moe::require(load != nullptr || reset, MOE_STATUS_NULL_POINTER,
+                 "load is NULL (it may be NULL only to reset the window)");
     if (load) {
       moe::require(count >= E, MOE_STATUS_SHAPE_MISMATCH,
                    "count is " + std::to_string(count) + ", the layer has " + std::to_string(E) +

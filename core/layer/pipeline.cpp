@@ -6,6 +6,7 @@
 
 #include "core/aux_loss.hpp"
 #include "core/error.hpp"
+#include "core/layer/chunked_forward.hpp"
 #include "core/layer/replica_gradients.hpp"
 #include "core/layer/shared_experts.hpp"
 #include "core/stage_timer.hpp"
@@ -109,6 +110,17 @@ void expert_stage_forward(Layer& layer, SavedTensors<S>& saved, S* y, StageTimer
     const dist::TokenRoutes& routes = *dispatch->routes;
     host_buffer<S> sent(routes.to_ranks.rows * d);
     backend.permute(c, routes.to_ranks, saved.x.data(), sent.data());
+    if (ep.chunks > 1) {
+      profile.permute += timer.lap();
+      host_buffer<S> returned(routes.to_ranks.rows * d);
+      chunked_token_forward(backend, c, expert_config, expert_plan, routes,
+                            expert_weights<S>(layer), ep, sent.data(), acts, returned.data());
+      charge(profile.experts, profile.exchange, timer.lap(), &ep);
+      const std::vector<double> ones(routes.to_ranks.row.size(), 1.0);
+      backend.combine(c, routes.to_ranks, ones.data(), returned.data(), y);
+      profile.combine += timer.lap();
+      return;
+    }
     const host_buffer<S> received =
         dist::exchange_rows(ep, sent.data(), routes.send_rows, routes.recv_rows, d,
                             total(routes.copies_out), total(routes.copies_in));

@@ -14,9 +14,9 @@
 namespace moe::dist {
 namespace {
 
-ExpertParallel& attached(Layer& layer, const char* call) {
+ExpertParallel& attached(Layer& layer) {
   require(layer.ep != nullptr, MOE_STATUS_INVALID_STATE,
-          std::string(call) + ": the layer has no communicator (moe_layer_set_comm first)");
+          "the layer has no communicator (moe_layer_set_comm first)");
   return *layer.ep;
 }
 
@@ -36,47 +36,60 @@ void require_agreement(ExpertParallel& ep, const char* call, const Error* refusa
     require(std::equal(all.begin() + 1, all.begin() + static_cast<std::ptrdiff_t>(n),
                        all.begin() + static_cast<std::ptrdiff_t>(q * n + 1)),
             MOE_STATUS_INVALID_ARGUMENT,
-            std::string(call) + ": ranks 0 and " + std::to_string(q) + " passed different " + what +
-                ": every rank must pass the same");
+            "ranks 0 and " + std::to_string(q) + " passed different " + what +
+                ": every rank must pass the same; nothing changed");
 }
 
-// The slot table as check-in values, or a refusal (and an empty placement) when it is
-// invalid on this rank. The table's length leads, so tables of different lengths differ.
+// The slot table as check-in values (its length and a 64-bit FNV-1a hash of it, in two
+// exact halves: as many values on every rank, whatever it passed), or a refusal (and an
+// empty placement) when the table is invalid on this rank.
 Placement checked_table(const Layer& layer, const int32_t* slot_expert, int64_t num_slots,
                         std::unique_ptr<Error>& refusal, std::vector<double>& values) {
   const ExpertParallel& ep = *layer.ep;
-  values.push_back(static_cast<double>(num_slots));
+  uint64_t hash = 14695981039346656037ull;
+  Placement p;
   try {
-    Placement p = make_slot_placement(layer.config.num_experts, ep.world(), ep.rank(), slot_expert,
-                                      num_slots);
-    values.insert(values.end(), p.slot_expert.begin(), p.slot_expert.end());
-    return p;
+    p = make_slot_placement(layer.config.num_experts, ep.world(), ep.rank(), slot_expert,
+                            num_slots);
+    for (int32_t e : p.slot_expert)
+      for (int byte = 0; byte < 4; ++byte)
+        hash = (hash ^ ((static_cast<uint32_t>(e) >> (8 * byte)) & 0xffu)) * 1099511628211ull;
   } catch (const Error& e) {
     refusal = std::make_unique<Error>(e);
-    return Placement{};
   }
+  values.push_back(static_cast<double>(num_slots));
+  values.push_back(static_cast<double>(hash >> 32));
+  values.push_back(static_cast<double>(hash & 0xffffffffu));
+  return p;
 }
 
 }  // namespace
 
 void set_ep_options(Layer& layer, const moe_ep_options_t& options) {
-  ExpertParallel& ep = attached(layer, "moe_layer_set_ep_options");
+  ExpertParallel& ep = attached(layer);
   std::unique_ptr<Error> refusal;
   try {
     require(options.dedup == 0 || options.dedup == 1, MOE_STATUS_INVALID_ARGUMENT,
             "options.dedup must be 0 or 1, got " + std::to_string(options.dedup));
+    require(options.chunks >= 1 && options.chunks <= 64, MOE_STATUS_INVALID_ARGUMENT,
+            "options.chunks must be in [1, 64], got " + std::to_string(options.chunks));
+    require(options.chunks == 1 || options.dedup == 1, MOE_STATUS_INVALID_ARGUMENT,
+            "options.chunks > 1 pipelines the one-copy-per-rank exchange: set dedup to 1 "
+            "as well");
     if (options.dedup) require_host_pipeline(layer, "the deduplicated dispatch");
   } catch (const Error& e) {
     refusal = std::make_unique<Error>(e);
   }
   require_agreement(ep, "moe_layer_set_ep_options", refusal.get(),
-                    {static_cast<double>(options.dedup)}, "options");
+                    {static_cast<double>(options.dedup), static_cast<double>(options.chunks)},
+                    "options");
   ep.dedup = options.dedup != 0;
+  ep.chunks = options.chunks;
 }
 
 void move_expert_tensor(Layer& layer, const int32_t* slot_expert, int64_t num_slots,
                         const void* src, void* dst, int64_t bytes_per_expert) {
-  ExpertParallel& ep = attached(layer, "moe_layer_move_expert_tensor");
+  ExpertParallel& ep = attached(layer);
   const Placement& now = ep.placement;
   std::unique_ptr<Error> refusal;
   std::vector<double> values{static_cast<double>(bytes_per_expert)};
@@ -142,7 +155,7 @@ void move_expert_tensor(Layer& layer, const int32_t* slot_expert, int64_t num_sl
 }
 
 void set_placement(Layer& layer, const int32_t* slot_expert, int64_t num_slots) {
-  ExpertParallel& ep = attached(layer, "moe_layer_set_placement");
+  ExpertParallel& ep = attached(layer);
   std::unique_ptr<Error> refusal;
   std::vector<double> values;
   Placement next = checked_table(layer, slot_expert, num_slots, refusal, values);

@@ -66,8 +66,8 @@ class ReplicaGradients {
         const int64_t n = sizes_[part];
         sum.assign(static_cast<size_t>(n), 0.0);
         for (int32_t h : pl.holders[pl.local_experts[j]]) {
-          const S* from = h == me ? parts_[part].data() + static_cast<int64_t>(j) * n
-                                  : recv.data() + cursor[h];
+          const S* from =
+              h == me ? parts_[part].data() + static_cast<int64_t>(j) * n : recv.data() + cursor[h];
           for (int64_t i = 0; i < n; ++i) sum[i] += static_cast<double>(from[i]);
           if (h != me) cursor[h] += n;
         }

@@ -701,7 +701,7 @@ MOE_API moe_status_t moe_layer_weight_metrics(const_moe_layer_t layer,
  * caller's MPI or NCCL); a caller may also bring its own.
  * Each callback returns 0 on success; on failure it returns nonzero and writes a
  * message into err (errlen bytes, NUL-terminated). timeout_s > 0 bounds the wait. */
-#define MOE_COMM_OPS_VERSION 1
+#define MOE_COMM_OPS_VERSION 2
 typedef struct moe_comm_ops {
   uint32_t size;
   uint32_t version;
@@ -720,6 +720,15 @@ typedef struct moe_comm_ops {
   int (*barrier)(void* state, double timeout_s, char* err, size_t errlen);
   /* Called once by moe_comm_destroy; may be NULL. */
   void (*destroy)(void* state);
+  /* Version 2, optional (both NULL when the transport has none): all_to_all split in
+   * two, so that a layer computes while rows travel (moe_ep_options_t.chunks). start
+   * begins the exchange and returns at once with *request set; wait completes it
+   * (timeout_s as above) and releases the request. The buffers belong to the exchange
+   * until its wait returns. Several may be outstanding; every rank starts them in the
+   * same order. */
+  int (*all_to_all_start)(void* state, const void* send, const int64_t* send_bytes, void* recv,
+                          const int64_t* recv_bytes, void** request, char* err, size_t errlen);
+  int (*all_to_all_wait)(void* state, void* request, double timeout_s, char* err, size_t errlen);
 } moe_comm_ops_t;
 
 typedef struct moe_comm* moe_comm_t;
@@ -838,11 +847,21 @@ typedef struct moe_ep_options {
    * process. With dedup, y and dx of a token whose experts span several ranks add the
    * ranks' partial sums, each rounded to the dtype once more (the bound is in the docs). */
   int32_t dedup;
+  /* In [1, 64] (default 1). With dedup, > 1 pipelines the forward's exchanges with the
+   * expert products: each rank's rows to each peer go in this many chunks, and while a
+   * chunk's experts run, the next chunk's rows travel and the previous chunk's results
+   * return. The same bits for any count on cpu_ref (the experts see the same rows). The
+   * overlap needs a communicator with all_to_all_start/wait (moe_mpi.h, the local one);
+   * with others the chunks run one after another. Backward is not chunked. */
+  int32_t chunks;
 } moe_ep_options_t;
 
 #define MOE_EP_OPTIONS_INIT \
-  { sizeof(moe_ep_options_t), MOE_EP_OPTIONS_VERSION, 0 }
+  { sizeof(moe_ep_options_t), MOE_EP_OPTIONS_VERSION, 0, 1 }
 
+/* Options last until the communicator is detached or another attached (which resets
+ * them). get reads them back as set: a replicated placement sends each token once per rank
+ * whatever dedup says. */
 MOE_API moe_status_t moe_layer_set_ep_options(moe_layer_t layer, const moe_ep_options_t* options);
 MOE_API moe_status_t moe_layer_get_ep_options(const_moe_layer_t layer, moe_ep_options_t* options);
 
@@ -859,18 +878,21 @@ MOE_API moe_status_t moe_layer_get_ep_options(const_moe_layer_t layer, moe_ep_op
 
 /* The expert load the layer has seen: each expert's pre-drop demand (token copies),
  * summed over the training forwards since the last reset, over the whole expert-parallel
- * batch (the same on every rank). load[count >= num_experts] receives it; reset != 0
- * starts a new window. Works with or without a communicator. */
+ * batch (the same on every rank). load[count >= num_experts] receives it (load may be
+ * NULL only to reset); reset != 0 starts a new window. Works with or without a
+ * communicator. */
 MOE_API moe_status_t moe_layer_expert_load(moe_layer_t layer, double* load, int64_t count,
                                            int32_t reset);
 
-/* A placement minimising the most-loaded rank for `load` [num_experts] (any
- * non-negative weights, e.g. moe_layer_expert_load's), as DeepSeek's EPLB computes it:
+/* A placement that lowers the most-loaded rank for `load` [num_experts] (any
+ * non-negative weights, e.g. moe_layer_expert_load's), by DeepSeek EPLB's greedy
+ * heuristic (not an optimum: on a nearly balanced load its table can come out worse
+ * than the default blocks, so compare imbalance_after with imbalance_before):
  * the num_slots - num_experts redundant slots go one by one to the expert of largest
  * load per replica; then the replicas, heaviest first, go to the least-loaded rank that
  * has a free slot and does not hold the expert yet. With num_nodes > 1 (dividing
- * world), EPLB's hierarchical policy: whole experts are first packed onto nodes
- * (balanced), then replicated and packed within each node, so a token's replicas stay
+ * world, num_experts and num_slots), EPLB's hierarchical policy: whole experts are first packed
+ * onto nodes (balanced), then replicated and packed within each node, so a token's replicas stay
  * inside its node's share. Writes slot_expert[num_slots] (ready for
  * moe_layer_set_placement) and, when not NULL, the ranks' load max/mean for the
  * default contiguous placement (imbalance_before) and for the result (imbalance_after).

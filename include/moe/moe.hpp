@@ -421,10 +421,12 @@ class Layer {
   void reduce_router_grad(const moe_tensor_t& grad) {
     check(moe_layer_reduce_router_grad(layer_, grad));
   }
-  // Each token once per rank (moe_ep_options_t.dedup). Collective.
-  void set_dedup(bool dedup) {
+  // Each token once per rank (moe_ep_options_t.dedup), its forward pipelined in
+  // `chunks`. Collective.
+  void set_dedup(bool dedup, int32_t chunks = 1) {
     moe_ep_options_t o = MOE_EP_OPTIONS_INIT;
     o.dedup = dedup ? 1 : 0;
+    o.chunks = chunks;
     check(moe_layer_set_ep_options(layer_, &o));
   }
   // Each expert's pre-drop demand over the training forwards since the last reset.

@@ -51,28 +51,49 @@ static inline int moe_mpi_wait_all_(int count, MPI_Request* requests, double tim
   }
 }
 
-/* Pairwise: every receive posted first, then every send, then one poll for all. As
- * fast as the blocking MPI_Alltoallv (bench: moe-bench --ep), where MPI_Ialltoallv's
- * schedule-driven progress was measurably slower, and it can still time out. */
-static inline int moe_mpi_all_to_all_(void* state, const void* send, const int64_t* send_bytes,
-                                      void* recv, const int64_t* recv_bytes, double timeout_s,
-                                      char* err, size_t errlen) {
+/* A started all-to-all: its receives and sends, polled by moe_mpi_all_to_all_wait_. */
+typedef struct moe_mpi_request {
+  int count;
+  MPI_Request requests[1]; /* [count], allocated with the struct */
+} moe_mpi_request_t;
+
+/* The same exchange as moe_mpi_all_to_all_, returning once it is posted. */
+static inline int moe_mpi_all_to_all_start_(void* state, const void* send,
+                                            const int64_t* send_bytes, void* recv,
+                                            const int64_t* recv_bytes, void** request, char* err,
+                                            size_t errlen) {
   moe_mpi_state_t* s = (moe_mpi_state_t*)state;
   int64_t soff = 0, roff = 0, self_soff = 0, self_roff = 0;
-  int p, n = 0;
+  int p;
+  moe_mpi_request_t* r = (moe_mpi_request_t*)malloc(sizeof(moe_mpi_request_t) +
+                                                    sizeof(MPI_Request) * 2 * (size_t)s->world);
+  *request = NULL;
+  if (r == NULL) {
+    snprintf(err, errlen, "all_to_all_start: out of memory");
+    return 1;
+  }
+  r->count = 0;
   for (p = 0; p < s->world; ++p) {
     if (send_bytes[p] > INT_MAX || recv_bytes[p] > INT_MAX) {
       snprintf(err, errlen, "all_to_all: more than INT_MAX bytes for one peer");
+      free(r);
       return 1;
     }
   }
-  /* Receives first, in a rotating order that spreads the load over peers. */
+  if (send_bytes[s->rank] != recv_bytes[s->rank]) {
+    snprintf(err, errlen, "all_to_all: %lld bytes to itself but %lld expected from itself",
+             (long long)send_bytes[s->rank], (long long)recv_bytes[s->rank]);
+    free(r);
+    return 1;
+  }
   for (p = 0; p < s->world; ++p) {
     if (p == s->rank) {
       self_roff = roff;
-    } else if (recv_bytes[p] > 0 && MPI_Irecv((char*)recv + roff, (int)recv_bytes[p], MPI_BYTE, p,
-                                              0, s->comm, &s->requests[n++]) != MPI_SUCCESS) {
+    } else if (recv_bytes[p] > 0 &&
+               MPI_Irecv((char*)recv + roff, (int)recv_bytes[p], MPI_BYTE, p, 0, s->comm,
+                         &r->requests[r->count++]) != MPI_SUCCESS) {
       snprintf(err, errlen, "MPI_Irecv from rank %d could not start", p);
+      *request = r; /* what was posted is waited for by the caller's wait, or leaks */
       return 1;
     }
     roff += recv_bytes[p];
@@ -82,20 +103,43 @@ static inline int moe_mpi_all_to_all_(void* state, const void* send, const int64
       self_soff = soff;
     } else if (send_bytes[p] > 0 &&
                MPI_Isend((const char*)send + soff, (int)send_bytes[p], MPI_BYTE, p, 0, s->comm,
-                         &s->requests[n++]) != MPI_SUCCESS) {
+                         &r->requests[r->count++]) != MPI_SUCCESS) {
       snprintf(err, errlen, "MPI_Isend to rank %d could not start", p);
+      *request = r;
       return 1;
     }
     soff += send_bytes[p];
   }
-  if (send_bytes[s->rank] != recv_bytes[s->rank]) {
-    snprintf(err, errlen, "all_to_all: %lld bytes to itself but %lld expected from itself",
-             (long long)send_bytes[s->rank], (long long)recv_bytes[s->rank]);
-    return 1;
-  }
   if (send_bytes[s->rank] > 0)
     memcpy((char*)recv + self_roff, (const char*)send + self_soff, (size_t)send_bytes[s->rank]);
-  return moe_mpi_wait_all_(n, s->requests, timeout_s, "all_to_all", err, errlen);
+  *request = r;
+  return 0;
+}
+
+static inline int moe_mpi_all_to_all_wait_(void* state, void* request, double timeout_s, char* err,
+                                           size_t errlen) {
+  moe_mpi_request_t* r = (moe_mpi_request_t*)request;
+  int rc;
+  (void)state;
+  if (r == NULL) return 0;
+  rc = moe_mpi_wait_all_(r->count, r->requests, timeout_s, "all_to_all", err, errlen);
+  free(r);
+  return rc;
+}
+
+/* Pairwise: every receive posted first, then every send, then one poll for all. As
+ * fast as the blocking MPI_Alltoallv (bench: moe-bench --ep), where MPI_Ialltoallv's
+ * schedule-driven progress was measurably slower, and it can still time out. */
+static inline int moe_mpi_all_to_all_(void* state, const void* send, const int64_t* send_bytes,
+                                      void* recv, const int64_t* recv_bytes, double timeout_s,
+                                      char* err, size_t errlen) {
+  void* request = NULL;
+  if (moe_mpi_all_to_all_start_(state, send, send_bytes, recv, recv_bytes, &request, err, errlen) !=
+      0) {
+    free(request);
+    return 1;
+  }
+  return moe_mpi_all_to_all_wait_(state, request, timeout_s, err, errlen);
 }
 
 static inline int moe_mpi_all_reduce_sum_(void* state, double* data, int64_t count,
@@ -163,6 +207,8 @@ static inline moe_status_t moe_comm_create_mpi(MPI_Comm comm, double timeout_s, 
   ops.all_reduce_sum = moe_mpi_all_reduce_sum_;
   ops.barrier = moe_mpi_barrier_;
   ops.destroy = moe_mpi_destroy_;
+  ops.all_to_all_start = moe_mpi_all_to_all_start_;
+  ops.all_to_all_wait = moe_mpi_all_to_all_wait_;
   status = moe_comm_create(&ops, timeout_s, out);
   if (status != MOE_STATUS_SUCCESS) moe_mpi_destroy_(s);
   return status;

@@ -74,6 +74,13 @@ TEST(PlacementFromLoad, EqualLoadStaysBalanced) {
   EXPECT_DOUBLE_EQ(none.after, 1.0);
 }
 
+TEST(PlacementFromLoad, HugeLoadsDoNotOverflowTheImbalance) {
+  const Result r = place({1e308, 1e308, 1.0, 1.0}, 2, 4);
+  ASSERT_EQ(r.status, MOE_STATUS_SUCCESS) << moe_last_error();
+  EXPECT_DOUBLE_EQ(r.before, 2.0);  // both huge experts on rank 0
+  EXPECT_DOUBLE_EQ(r.after, 1.0);   // one on each rank
+}
+
 TEST(PlacementFromLoad, RefusesBadInputAndWritesNothing) {
   const double nan = std::numeric_limits<double>::quiet_NaN();
   for (const auto& [load, world, slots, nodes] :

@@ -70,9 +70,12 @@ using moe_test::ep_base_config;
 // How the expert-parallel layer exchanges rows: one per token copy (the default), one
 // per (token, rank) (moe_ep_options_t.dedup), or one per (token, rank) over a slot-table
 // placement with replicated experts.
-enum class Path { kPerCopy, kDedup, kReplicated };
+enum class Path { kPerCopy, kDedup, kChunked, kReplicated };
 const char* path_name(Path p) {
-  return p == Path::kPerCopy ? "" : p == Path::kDedup ? "/dedup" : "/replicated";
+  return p == Path::kPerCopy   ? ""
+         : p == Path::kDedup   ? "/dedup"
+         : p == Path::kChunked ? "/dedup_3_chunks"
+                               : "/replicated";
 }
 
 // moe_placement_from_load's table for `load` in world * (E / world + 1) slots (at
@@ -297,6 +300,9 @@ void run_scenario(moe_comm_t comm, Scenario sc, uint64_t seed, Path path = Path:
   } else {
     layer.set_comm(comm, sc.owner);
     if (path == Path::kDedup) layer.set_dedup(true);
+    // Three chunks: the same expert rows, so the same bits as one (the bounds below, and
+    // the expert gradients, computed from the saved activations, bit for bit).
+    if (path == Path::kChunked) layer.set_dedup(true, 3);
     for (int64_t e = 0; e < E; ++e)
       holders[e] = {sc.owner.empty() ? static_cast<int32_t>(e * g_world / E) : sc.owner[e]};
   }
@@ -828,12 +834,40 @@ void placement_from_load_flow(moe_comm_t comm) {
   if (g_rank == 1) std::swap(differs[0], differs[slots - 1]);
   CHECK(moe_layer_set_placement(layer.get(), differs.data(), slots) == MOE_STATUS_INVALID_ARGUMENT,
         "tables that differ between ranks");
+  // One rank alone refusing its own table (an expert twice on it), or passing a valid
+  // table of another length: every rank refuses, the refusing rank with its own reason,
+  // and the group stays usable (the barrier below would time out otherwise).
+  std::vector<int32_t> one_bad = table;
+  if (g_rank == g_world - 1) one_bad[slots - 1] = one_bad[slots - 2];
+  CHECK(moe_layer_set_placement(layer.get(), one_bad.data(), slots) == MOE_STATUS_INVALID_ARGUMENT,
+        "one rank's invalid table");
+  if (g_rank == g_world - 1)
+    CHECK(std::string(moe_last_error()).find("already holds expert") != std::string::npos,
+          "the refusing rank's own reason: %s", moe_last_error());
+  std::vector<double> src_bytes(local.w1.size(), 0.0), dst_bytes(local.w1.size() * 4, 0.0);
+  CHECK(moe_layer_move_expert_tensor(layer.get(), one_bad.data(), slots, src_bytes.data(),
+                                     dst_bytes.data(), 8) == MOE_STATUS_INVALID_ARGUMENT,
+        "one rank's invalid table (move)");
+  std::vector<int32_t> longer = table;
+  if (g_rank == 0) longer.insert(longer.end(), table.begin(), table.end());
+  CHECK(moe_layer_set_placement(layer.get(), longer.data(), static_cast<int64_t>(longer.size())) ==
+            MOE_STATUS_INVALID_ARGUMENT,
+        "tables of different lengths");
+  CHECK(moe_comm_barrier(comm) == MOE_STATUS_SUCCESS, "the group is still usable");
   moe_ep_options_t options = MOE_EP_OPTIONS_INIT;
   options.dedup = g_rank == 0 ? 1 : 0;
   CHECK(moe_layer_set_ep_options(layer.get(), &options) == MOE_STATUS_INVALID_ARGUMENT,
         "options that differ between ranks");
   options.dedup = 2;
   CHECK(moe_layer_set_ep_options(layer.get(), &options) == MOE_STATUS_INVALID_ARGUMENT, "dedup 2");
+  options.dedup = 0;
+  options.chunks = 4;
+  CHECK(moe_layer_set_ep_options(layer.get(), &options) == MOE_STATUS_INVALID_ARGUMENT,
+        "chunks without dedup");
+  options.dedup = 1;
+  options.chunks = 65;
+  CHECK(moe_layer_set_ep_options(layer.get(), &options) == MOE_STATUS_INVALID_ARGUMENT,
+        "65 chunks");
   CHECK(layer.local_experts().size() == local.w1.size() / (d * F), "placement changed");
 
   // A ctx of the old placement is refused by backward after the change.
@@ -843,6 +877,28 @@ void placement_from_load_flow(moe_comm_t comm) {
   fa.y = moe::tensor(y_old.data(), MOE_DTYPE_F64, {mine, d});
   fa.train = 0;
   moe::Context stale = layer.forward(fa);
+
+  // Ranks in different calls (rank 0 in backward, the others in forward) meet in the
+  // check-in and all refuse with INVALID_STATE; the group stays usable.
+  {
+    std::vector<double> y2(mine * d), dy2(mine * d, 1.0), dx2(mine * d);
+    Params<double> g2;
+    g2.zeros_like(local);
+    moe_backward_args_t b2 = MOE_BACKWARD_ARGS_INIT;
+    b2.dy = moe::tensor(dy2.data(), MOE_DTYPE_F64, {mine, d});
+    b2.dx = moe::tensor(dx2.data(), MOE_DTYPE_F64, {mine, d});
+    b2.grads = g2.view(c, static_cast<int64_t>(layer.local_experts().size()));
+    moe_forward_args_t f2 = fa;
+    f2.y = moe::tensor(y2.data(), MOE_DTYPE_F64, {mine, d});
+    moe_ctx_t ignored = nullptr;
+    const moe_status_t got = g_rank == 0 ? moe_layer_backward(layer.get(), stale.get(), &b2)
+                                         : moe_layer_forward(layer.get(), &f2, &ignored);
+    CHECK(got == MOE_STATUS_INVALID_STATE, "forward against backward: %d", got);
+    CHECK(std::string(moe_last_error()).find("out of step") != std::string::npos,
+          "out-of-step message: %s", moe_last_error());
+    if (ignored) moe_ctx_destroy(ignored);
+    CHECK(moe_comm_barrier(comm) == MOE_STATUS_SUCCESS, "the group is still usable");
+  }
 
   // Move every per-expert tensor, install, bind.
   Params<double> moved;
@@ -914,6 +970,8 @@ int main(int argc, char** argv) {
     run_scenario<float>(comm, s, seed, Path::kDedup);
     run_scenario<double>(comm, s, seed, Path::kDedup);
     run_scenario<moe::bfloat16>(comm, s, seed, Path::kDedup);
+    run_scenario<float>(comm, s, seed, Path::kChunked);
+    run_scenario<double>(comm, s, seed, Path::kChunked);
     if (s.config.num_experts == 8) {
       run_scenario<float>(comm, s, seed, Path::kReplicated);
       run_scenario<double>(comm, s, seed, Path::kReplicated);

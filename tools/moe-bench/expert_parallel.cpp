@@ -92,7 +92,7 @@ nlohmann::json run_shape(const Options& o, const Shape& s, moe_dtype_t dtype, mo
                          int world) {
   LayerProblem<S> problem(s, dtype, o.backend, comm.get(), o.ep_skew);
   moe::Layer& layer = problem.layer;
-  if (o.ep_dedup) layer.set_dedup(true);
+  if (o.ep_dedup) layer.set_dedup(true, o.ep_chunks);
   nlohmann::json placement = nullptr;
   if (o.ep_redundant >= 0) {
     // The load window: a few training steps on the default placement; then the rows
@@ -156,6 +156,7 @@ nlohmann::json run_shape(const Options& o, const Shape& s, moe_dtype_t dtype, mo
   j["per_copy_row_bytes_per_call"] =
       mean_over_ranks(static_cast<double>(traffic.totals.per_copy_row_bytes_sent), world) / calls;
   j["dedup"] = o.ep_dedup;
+  j["chunks"] = o.ep_dedup ? o.ep_chunks : 1;
   j["received_imbalance"] = received_imbalance(layer, world);
   if (!placement.is_null()) {
     placement["measured_imbalance_after"] = j["received_imbalance"];

@@ -149,6 +149,10 @@ int main(int argc, char** argv) {
                "E/ranks experts; the exchange beside a bare MPI_Alltoallv");
   app.add_flag("--ep-dedup", o.ep_dedup,
                "with --ep: each token travels once to each rank (moe_ep_options_t.dedup)");
+  app.add_option("--ep-chunks", o.ep_chunks,
+                 "with --ep-dedup: pipeline the forward's exchanges with the expert products "
+                 "in this many chunks (moe_ep_options_t.chunks)")
+      ->check(moe::tools::integer_in(1, 64));
   app.add_option("--ep-redundant", o.ep_redundant,
                  "with --ep: after the warm-up, place the experts from their observed load "
                  "with this many redundant slots (moe_placement_from_load; rounded up to fill "

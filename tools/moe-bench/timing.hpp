@@ -19,6 +19,7 @@ struct Options {
   bool dense = true;
   bool expert_parallel = false;
   bool ep_dedup = false;  // each token once per rank (moe_ep_options_t.dedup)
+  int ep_chunks = 1;      // its forward pipelined in this many chunks
   int ep_redundant = -1;  // >= 0: a placement from load with this many redundant slots
   double ep_skew = 0.0;   // a hot expert 0 (LayerProblem)
   bool json = false;      // results as JSON on stdout
