@@ -246,6 +246,30 @@ _PRESET_FIELDS = (
     "bias_update_from_served", "aux_loss_scope", "aux_loss_unbiased_topk")
 
 
+def _slot_table(slot_expert):
+    table = np.ascontiguousarray(slot_expert, dtype=np.int32)
+    if table.ndim != 1 or table.size == 0:
+        raise ValueError("slot_expert must be a non-empty 1-D sequence of expert ids (-1: empty)")
+    return table
+
+
+def placement_from_load(load, world, num_slots, num_nodes=1):
+    """DeepSeek EPLB's placement for `load` [E] over `world` ranks and `num_slots` slots:
+    (slot_expert [num_slots] int32, imbalance_before, imbalance_after), the ranks' load
+    max/mean for contiguous blocks and for the table (docs/distributed.md)."""
+    values = np.ascontiguousarray(load, dtype=np.float64)
+    if values.ndim != 1 or values.size == 0:
+        raise ValueError("load must be a non-empty 1-D sequence")
+    slots = _int(num_slots, "num_slots", 1, 1 << 24)
+    table = np.empty(slots, dtype=np.int32)
+    before, after = C.c_double(), C.c_double()
+    _check(_lib.moe_placement_from_load(
+        values.ctypes.data_as(C.POINTER(C.c_double)), values.size,
+        _int(world, "world", 1, 1 << 20), slots, _int(num_nodes, "num_nodes", 1, 1 << 20),
+        table.ctypes.data_as(C.POINTER(C.c_int32)), C.byref(before), C.byref(after)))
+    return table, before.value, after.value
+
+
 def preset(family):
     """A model family's routing conventions (moe_layer_config_preset: "mixtral",
     "qwen2_moe", "qwen3_moe", "deepseek_v3", "switch") as Layer keyword arguments."""
@@ -431,6 +455,56 @@ class Layer(_Handle):
         out["peers"] = [{name: getattr(p, name) for name, _ in _abi.PeerTraffic._fields_}
                         for p in peers[:max(totals.world, 0)]]
         return out
+
+    def set_ep_options(self, dedup=False, chunks=1):
+        """Collective: dedup sends each token once per rank; chunks (with dedup) pipelines
+        the forward's exchanges with the experts (docs/distributed.md)."""
+        o = _abi.sized(_abi.EpOptions, dedup=int(bool(dedup)),
+                       chunks=_int(chunks, "chunks", 1, 64))
+        _check(_lib.moe_layer_set_ep_options(self._handle, C.byref(o)))
+
+    def ep_options(self):
+        """{"dedup": bool, "chunks": int} as set."""
+        o = _abi.sized(_abi.EpOptions)
+        _check(_lib.moe_layer_get_ep_options(self._handle, C.byref(o)))
+        return {"dedup": bool(o.dedup), "chunks": o.chunks}
+
+    def expert_load(self, reset=False):
+        """[E] float64: each expert's pre-drop demand over the training forwards since the
+        last reset (the whole expert-parallel batch's)."""
+        load = np.zeros(self.num_experts, dtype=np.float64)
+        _check(_lib.moe_layer_expert_load(self._handle, load.ctypes.data_as(
+            C.POINTER(C.c_double)), load.size, int(bool(reset))))
+        return load
+
+    def move_expert_tensor(self, slot_expert, array):
+        """Collective: this rank's per-expert `array` ([local experts, ...], C-contiguous)
+        moved to the slot table's placement; returns [new local experts, ...]."""
+        table = _slot_table(slot_expert)
+        src = np.ascontiguousarray(array)
+        if src.ndim < 1 or src.shape[0] != len(self.local_experts()):
+            raise ValueError("array must be [local experts, ...]: %d experts here"
+                             % len(self.local_experts()))
+        per_expert = int(np.prod(src.shape[1:], dtype=np.int64)) * src.itemsize
+        world = self.traffic()["world"]
+        per_rank = table.size // world if world > 0 and table.size % world == 0 else 0
+        rank = self.traffic()["rank"]
+        held = int(np.count_nonzero(table[rank * per_rank:(rank + 1) * per_rank] >= 0)) \
+            if per_rank else 0
+        dst = np.empty((held,) + src.shape[1:], dtype=src.dtype)
+        _check(_lib.moe_layer_move_expert_tensor(
+            self._handle, table.ctypes.data_as(C.POINTER(C.c_int32)), table.size,
+            src.ctypes.data if src.size else None, dst.ctypes.data if dst.size else None,
+            max(per_expert, 1)))
+        return dst
+
+    def set_placement(self, slot_expert):
+        """Collective: installs a slot table (EPLB's physical_to_logical shape; -1 empty).
+        Unbinds the weights: bind the moved ones again."""
+        table = _slot_table(slot_expert)
+        _check(_lib.moe_layer_set_placement(
+            self._handle, table.ctypes.data_as(C.POINTER(C.c_int32)), table.size))
+        self._weights = {}
 
     # ---------------------------------------------------------------- helpers
     def _tensor(self, array):

@@ -132,14 +132,30 @@ STAGE_PROFILE_FIELDS = ("forward_total", "router", "plan", "permute", "experts",
 
 class PeerTraffic(C.Structure):
     _fields_ = [("tokens_sent", C.c_int64), ("tokens_received", C.c_int64),
-                ("bytes_sent", C.c_int64), ("bytes_received", C.c_int64)]
+                ("bytes_sent", C.c_int64), ("bytes_received", C.c_int64),
+                ("row_bytes_sent", C.c_int64), ("row_bytes_received", C.c_int64),
+                ("per_copy_row_bytes_sent", C.c_int64),
+                ("per_copy_row_bytes_received", C.c_int64)]
+
+
+class EpOptions(C.Structure):
+    _fields_ = [("size", C.c_uint32), ("version", C.c_uint32), ("dedup", C.c_int32),
+                ("chunks", C.c_int32)]
 
 
 class CommTraffic(C.Structure):
     _fields_ = [("size", C.c_uint32), ("version", C.c_uint32), ("rank", C.c_int32),
                 ("world", C.c_int32), ("exchanges", C.c_int64), ("exchange_seconds", C.c_double),
                 ("tokens_sent", C.c_int64), ("tokens_received", C.c_int64),
-                ("bytes_sent", C.c_int64), ("bytes_received", C.c_int64)]
+                ("bytes_sent", C.c_int64), ("bytes_received", C.c_int64),
+                ("row_bytes_sent", C.c_int64), ("row_bytes_received", C.c_int64),
+                ("per_copy_row_bytes_sent", C.c_int64),
+                ("per_copy_row_bytes_received", C.c_int64)]
+
+
+class EpOptions(C.Structure):
+    _fields_ = [("size", C.c_uint32), ("version", C.c_uint32), ("dedup", C.c_int32),
+                ("chunks", C.c_int32)]
 
 
 class StageProfile(C.Structure):
@@ -287,6 +303,15 @@ def load():
         "moe_layer_reduce_router_grad": (status, [layer, Tensor]),
         "moe_layer_comm_traffic": (status, [layer, C.POINTER(CommTraffic),
                                             C.POINTER(PeerTraffic), C.c_int32, C.c_int32]),
+        "moe_layer_set_ep_options": (status, [layer, C.POINTER(EpOptions)]),
+        "moe_layer_get_ep_options": (status, [layer, C.POINTER(EpOptions)]),
+        "moe_layer_expert_load": (status, [layer, C.POINTER(C.c_double), C.c_int64, C.c_int32]),
+        "moe_placement_from_load": (status, [C.POINTER(C.c_double), C.c_int64, C.c_int32,
+                                             C.c_int64, C.c_int32, C.POINTER(C.c_int32),
+                                             C.POINTER(C.c_double), C.POINTER(C.c_double)]),
+        "moe_layer_move_expert_tensor": (status, [layer, C.POINTER(C.c_int32), C.c_int64,
+                                                  C.c_void_p, C.c_void_p, C.c_int64]),
+        "moe_layer_set_placement": (status, [layer, C.POINTER(C.c_int32), C.c_int64]),
         "moe_group_create": (status, [C.POINTER(C.c_void_p)]),
         "moe_group_destroy": (status, [C.c_void_p]),
         "moe_group_add": (status, [C.c_void_p, layer]),
