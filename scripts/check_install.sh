@@ -84,6 +84,12 @@ printf 'step,layer,e0,e1,e2,e3\n1,0,10,12,9,9\n2,0,11,10,10,9\n' > "$scratch/cou
 /usr/bin/python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); assert r[0]["summed"]["expert_counts"]==[21,22,19,18], r' \
   "$scratch/stats.json" || fail "moe-stats' report"
 "$prefix/bin/moe-bench" --help >/dev/null || fail "moe-bench --help"
+# moe-epmodel (Python) reads the log through the moe-stats installed beside it.
+[ -x "$prefix/bin/moe-epmodel" ] || fail "moe-epmodel not installed"
+env -u MOE_STATS PATH=/usr/bin:/bin "$prefix/bin/moe-epmodel" --json --top-k 2 --d-model 8 \
+  --ranks 2,4 "$scratch/counts.csv" > "$scratch/epmodel.json" || fail "moe-epmodel"
+/usr/bin/python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); assert r["layer_steps"]==2 and len(r["results"])==8, r' \
+  "$scratch/epmodel.json" || fail "moe-epmodel's predictions"
 
 step "pip install --no-build-isolation --no-index ./bindings/python"
 # pip builds in a copy, so the checkout stays clean.

@@ -267,3 +267,56 @@ def test_quoted_csv_names_float_prints_and_json_errors(tmp_path):
     bad_json.write_bytes(b'{"step": 1, "layer": "\xff", "counts": [1, 2]}\n')
     result = run(str(bad_json))
     assert result.returncode == 1 and "bad.jsonl:1: not valid JSON" in result.stderr
+
+
+def records(*args, stdin=None):
+    result = run("--records", *args, stdin=stdin)
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def test_records_prints_every_record_normalised(tmp_path):
+    # One JSON line per record, in the log's order, whatever the format (moe-epmodel reads them).
+    assert records(os.path.join(LOGS, "counts.csv")) == [
+        {"step": 1, "layer": "0", "split": "", "counts": [10, 10, 10, 10], "served": [],
+         "tokens": None},
+        {"step": 1, "layer": "1", "split": "", "counts": [40, 0, 0, 0], "served": [], "tokens": None},
+        {"step": 2, "layer": "0", "split": "", "counts": [12, 8, 10, 10], "served": [],
+         "tokens": None},
+        {"step": 2, "layer": "1", "split": "", "counts": [38, 2, 0, 0], "served": [], "tokens": None}]
+    torch = records(os.path.join(LOGS, "torch_print.log"))
+    assert [(r["step"], r["layer"]) for r in torch][:3] == [(1, "1"), (1, "2"), (2, "1")]
+    assert torch[0]["counts"] == [5295, 4616, 4998, 5647, 5638, 4526]
+    with open(os.path.join(LOGS, "counts.jsonl")) as f:
+        assert [r["counts"] for r in records("-", stdin=f.read())] == [[3, 3, 3, 3], [6, 0, 3, 3]]
+    # The library's exports: split, served counts and tokens carried; CSV and JSONL alike.
+    layer = moe.Layer(8, 8, 4, 2, capacity_factor=0.5)
+    rng = np.random.default_rng(5)
+    layer.set_weights(router=rng.standard_normal((8, 4)) * 3, w1=np.ones((4, 8, 8)),
+                      w2=np.ones((4, 8, 8)))
+    csv, jsonl = tmp_path / "m.csv", tmp_path / "m.jsonl"
+    with open(csv, "w") as c, open(jsonl, "w") as j:
+        c.write(layer.export("csv_header"))
+        for _ in range(2):
+            layer.forward(rng.standard_normal((24, 8)))
+            r = layer.routing()
+            c.write(layer.export("csv_row"))
+            j.write(layer.export("jsonl"))
+    from_jsonl, from_csv = records(str(jsonl)), records(str(csv))
+    assert from_jsonl == from_csv
+    last = from_jsonl[-1]
+    assert last["split"] == "train" and last["tokens"] == 24 and sum(last["counts"]) == 48
+    assert last["counts"] == np.bincount(r["experts"].ravel(), minlength=4).tolist()
+    assert last["served"] == np.bincount(r["experts"][~r["dropped"]], minlength=4).tolist()
+    # --lenient skips what the report would skip; a layer changing width is refused.
+    mixed = '{"counts": [1, 2], "tokens": 3}\nnot json\n{"counts": [1, 2, 3]}\n{"counts": [5, 6]}\n'
+    strict = run("--records", "-", stdin=mixed)
+    assert strict.returncode == 1 and "<stdin>:2" in strict.stderr
+    lenient = records("--lenient", "-", stdin=mixed)
+    assert [r["counts"] for r in lenient] == [[1, 2], [5, 6]] and lenient[0]["tokens"] == 3
+    assert run("--records", "--summary", "x").returncode == 2
+    assert run("--records", "--compare", "a", "b").returncode == 2
+    empty = tmp_path / "empty.csv"
+    empty.write_text("step,layer,e0\n")
+    result = run("--records", str(empty))
+    assert result.returncode == 1 and "no records" in result.stderr

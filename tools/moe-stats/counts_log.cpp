@@ -231,6 +231,10 @@ void parse_json(const std::string& line, int64_t step, std::vector<CountsRecord>
   } else {
     throw LineError("no 'counts' or 'expert_counts' key");
   }
+  // Only carried along (moe-stats --records): anything but a whole count stays unknown.
+  if (j.contains("tokens") && j["tokens"].is_number_unsigned() &&
+      j["tokens"].get<uint64_t>() <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
+    r.tokens = j["tokens"].get<int64_t>();
   out.push_back(std::move(r));
 }
 
@@ -294,7 +298,13 @@ void parse_csv(const std::string& line, CsvLayout& layout, std::vector<CountsRec
     if (r.served[e] > r.counts[e])
       throw LineError("expert " + std::to_string(e) + " served more copies than its demand");
   if (layout.split != SIZE_MAX) r.split = cell(layout.split);
-  if (layout.tokens != SIZE_MAX && cell(layout.tokens) == "0") return;  // an empty window
+  if (layout.tokens != SIZE_MAX) {
+    if (cell(layout.tokens) == "0") return;  // an empty window
+    try {  // only carried along (moe-stats --records): a cell that is no count stays unknown
+      r.tokens = parse_count(cell(layout.tokens), "tokens");
+    } catch (const LineError&) {
+    }
+  }
   out.push_back(std::move(r));
 }
 

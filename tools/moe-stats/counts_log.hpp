@@ -23,6 +23,7 @@ struct CountsRecord {
   std::string split;            // "" when the log does not say
   std::vector<int64_t> counts;  // demand per expert
   std::vector<int64_t> served;  // empty when the log has none
+  int64_t tokens = -1;          // the tokens behind the counts, -1 when the log does not say
 };
 
 struct ParseError : std::runtime_error {

@@ -5,6 +5,8 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "tools/common/cli.hpp"
@@ -13,10 +15,10 @@
 
 namespace {
 
-// The log streams through the report builder: memory holds one line and the report.
+// The log streams through `sink` (the report builder, or the record printer): memory
+// holds one line and what the sink keeps.
 moe::stats::ParseSummary read(const std::string& path, bool lenient,
-                              moe::stats::ReportBuilder& builder) {
-  auto sink = [&](moe::stats::CountsRecord&& r) { builder.add(r); };
+                              const moe::stats::RecordSink& sink) {
   if (path == "-") return moe::stats::parse_counts_log(std::cin, "<stdin>", lenient, sink);
   std::error_code error;
   if (std::filesystem::is_directory(path, error))
@@ -26,9 +28,9 @@ moe::stats::ParseSummary read(const std::string& path, bool lenient,
   return moe::stats::parse_counts_log(in, path, lenient, sink);
 }
 
-std::vector<moe::stats::LayerReport> report_of(const std::string& path, bool lenient) {
-  moe::stats::ReportBuilder builder;
-  const moe::stats::ParseSummary parsed = read(path, lenient, builder);
+// The skipped lines on stderr; nothing read at all is a failure (an empty file, a header
+// alone, every line skipped).
+void check_parsed(const std::string& path, const moe::stats::ParseSummary& parsed) {
   for (const std::string& message : parsed.skipped_messages)
     std::cerr << "moe-stats: skipped " << message << "\n";
   if (parsed.skipped_lines > static_cast<int64_t>(parsed.skipped_messages.size()))
@@ -40,7 +42,37 @@ std::vector<moe::stats::LayerReport> report_of(const std::string& path, bool len
               << " malformed lines skipped\n";
   // Nothing to report is a failure: an empty file, a header alone, or every line skipped.
   if (parsed.records == 0) throw std::runtime_error(path + ": no records");
+}
+
+std::vector<moe::stats::LayerReport> report_of(const std::string& path, bool lenient) {
+  moe::stats::ReportBuilder builder;
+  check_parsed(path, read(path, lenient, [&](moe::stats::CountsRecord&& r) { builder.add(r); }));
   return builder.finish();
+}
+
+// --records: every record as one JSON line, in the order of the log, as the parser
+// normalised it (moe-epmodel reads these). A layer (and split) that changes its number
+// of experts is refused as the report refuses it; nothing is summed, so nothing can
+// overflow. Layer names that are not UTF-8 get U+FFFD, as in the report.
+void print_records(const std::string& path, bool lenient) {
+  std::map<std::string, size_t> experts;  // by "layer/split"
+  auto sink = [&](moe::stats::CountsRecord&& r) {
+    const std::string key = r.split.empty() ? r.layer : r.layer + "/" + r.split;
+    const auto [it, added] = experts.emplace(key, r.counts.size());
+    if (!added && it->second != r.counts.size())
+      throw std::runtime_error(
+          "layer " + key + " changes its number of experts from " + std::to_string(it->second) +
+          " to " + std::to_string(r.counts.size()) + " at step " + std::to_string(r.step));
+    nlohmann::ordered_json j;
+    j["step"] = r.step;
+    j["layer"] = r.layer;
+    j["split"] = r.split;
+    j["counts"] = r.counts;
+    j["served"] = r.served;
+    j["tokens"] = r.tokens >= 0 ? nlohmann::ordered_json(r.tokens) : nlohmann::ordered_json();
+    std::cout << j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace) << '\n';
+  };
+  check_parsed(path, read(path, lenient, sink));
 }
 
 }  // namespace
@@ -55,19 +87,34 @@ int main(int argc, char** argv) {
   moe::tools::add_version_flag(app, "moe-stats");
   std::vector<std::string> files;
   std::vector<std::string> compare;
-  bool json = false, lenient = false, quiet_steps = false;
+  bool json = false, lenient = false, quiet_steps = false, records = false;
   app.add_option("files", files, "counts logs to report on");
   app.add_option("--compare", compare, "two logs (e.g. train and validation) side by side")
       ->expected(2);
   app.add_flag("--json", json, "print the report as JSON on stdout instead of text");
   app.add_flag("--lenient", lenient, "skip malformed lines (counted on stderr) instead of failing");
   app.add_flag("--summary", quiet_steps, "print only the summed figures, not every step");
+  app.add_flag("--records", records,
+               "instead of the report, print every record read as one JSON line "
+               "{\"step\",\"layer\",\"split\",\"counts\",\"served\",\"tokens\"} "
+               "(split \"\", served [] and tokens null when the log does not say; --json "
+               "changes nothing)");
   if (auto exit_code = moe::tools::parse_command_line(app, argc, argv)) return *exit_code;
   if (files.empty() && compare.empty()) {
     return moe::tools::usage_error("moe-stats",
                                    "give a log file (or - for stdin), or --compare A B");
   }
+  if (records && (quiet_steps || !compare.empty())) {
+    return moe::tools::usage_error(
+        "moe-stats",
+        "--records prints the records, not a report: it takes no --summary or "
+        "--compare");
+  }
   try {
+    if (records) {
+      for (const std::string& file : files) print_records(file, lenient);
+      return moe::tools::finish("moe-stats", moe::tools::kExitSuccess);
+    }
     if (!compare.empty()) {
       const auto comparison =
           moe::stats::compare_json(report_of(compare[0], lenient), report_of(compare[1], lenient));
