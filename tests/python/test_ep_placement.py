@@ -97,3 +97,20 @@ def test_load_window_placement_and_moved_weights():
     assert e.value.status == "INVALID_ARGUMENT"
     with pytest.raises(ValueError):
         layer.set_placement([])
+
+
+def test_bad_python_arguments_are_refused_before_the_library():
+    comm = moe.Comm.local()
+    layer, weights, _ = make(comm)
+    table = [0, 1, 2, 3]
+    with pytest.raises(TypeError):  # raw bytes of Python objects would lose their references
+        layer.move_expert_tensor(table, np.array([object() for _ in range(4)], dtype=object))
+    with pytest.raises(TypeError):
+        layer.move_expert_tensor(table, np.array(["a", "b", "c", "d"]))
+    for bad in (np.arange(4) + 0.5, "0123", [0, 1, 2, 2 ** 40]):
+        with pytest.raises((TypeError, ValueError)):
+            layer.set_placement(bad)
+    with pytest.raises(TypeError):
+        layer.set_ep_options(dedup="False")
+    with pytest.raises(TypeError):
+        layer.expert_load(reset="x")

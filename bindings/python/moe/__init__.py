@@ -247,7 +247,14 @@ _PRESET_FIELDS = (
 
 
 def _slot_table(slot_expert):
-    table = np.ascontiguousarray(slot_expert, dtype=np.int32)
+    if isinstance(slot_expert, (str, bytes)):
+        raise TypeError("slot_expert must be a sequence of expert ids, not a string")
+    given = np.asarray(slot_expert)
+    if given.size and not np.issubdtype(given.dtype, np.integer):
+        raise TypeError(f"slot_expert must hold integers, got dtype {given.dtype}")
+    if given.size and (given.min() < -1 or given.max() > np.iinfo(np.int32).max):
+        raise ValueError("slot_expert entries must be expert ids or -1")
+    table = np.ascontiguousarray(given, dtype=np.int32)
     if table.ndim != 1 or table.size == 0:
         raise ValueError("slot_expert must be a non-empty 1-D sequence of expert ids (-1: empty)")
     return table
@@ -459,7 +466,7 @@ class Layer(_Handle):
     def set_ep_options(self, dedup=False, chunks=1):
         """Collective: dedup sends each token once per rank; chunks (with dedup) pipelines
         the forward's exchanges with the experts (docs/distributed.md)."""
-        o = _abi.sized(_abi.EpOptions, dedup=int(bool(dedup)),
+        o = _abi.sized(_abi.EpOptions, dedup=_flag(dedup, "dedup"),
                        chunks=_int(chunks, "chunks", 1, 64))
         _check(_lib.moe_layer_set_ep_options(self._handle, C.byref(o)))
 
@@ -474,7 +481,7 @@ class Layer(_Handle):
         last reset (the whole expert-parallel batch's)."""
         load = np.zeros(self.num_experts, dtype=np.float64)
         _check(_lib.moe_layer_expert_load(self._handle, load.ctypes.data_as(
-            C.POINTER(C.c_double)), load.size, int(bool(reset))))
+            C.POINTER(C.c_double)), load.size, _flag(reset, "reset")))
         return load
 
     def move_expert_tensor(self, slot_expert, array):
@@ -482,6 +489,10 @@ class Layer(_Handle):
         moved to the slot table's placement; returns [new local experts, ...]."""
         table = _slot_table(slot_expert)
         src = np.ascontiguousarray(array)
+        if not (np.issubdtype(src.dtype, np.number) or src.dtype == np.bool_):
+            # The bytes are copied as they are: Python objects or strings would be copied
+            # without their references.
+            raise TypeError(f"array must hold numbers, got dtype {src.dtype}")
         if src.ndim < 1 or src.shape[0] != len(self.local_experts()):
             raise ValueError("array must be [local experts, ...]: %d experts here"
                              % len(self.local_experts()))
