@@ -142,6 +142,14 @@ void expect_close(const double* a, const double* b, int64_t n, double tol, const
   }
 }
 
+// n draws of N(0, scale^2) from rng.
+std::vector<double> normal_values(std::mt19937_64& rng, int64_t n, double scale) {
+  std::normal_distribution<double> normal(0.0, 1.0);
+  std::vector<double> v(n);
+  for (double& e : v) e = scale * normal(rng);
+  return v;
+}
+
 // One layer's weights and gradients, for `experts` of the E experts.
 template <typename S>
 struct Params {
@@ -663,12 +671,7 @@ void data_parallel_global_aux(moe_comm_t comm) {
   c.aux_loss_scope = MOE_AUX_LOSS_GLOBAL;
   c.load_balance_alpha = 0.3;
   std::mt19937_64 rng(11);
-  std::normal_distribution<double> normal(0.0, 1.0);
-  auto random = [&](int64_t n, double scale) {
-    std::vector<double> v(n);
-    for (double& e : v) e = scale * normal(rng);
-    return v;
-  };
+  auto random = [&](int64_t n, double scale) { return normal_values(rng, n, scale); };
   std::vector<double> router = random(d * E, 1.0), w1 = random(E * d * F, 0.3),
                       w2 = random(E * F * d, 0.3);
   std::vector<std::vector<double>> xs;
@@ -768,17 +771,11 @@ void late_peer_profile(moe_comm_t comm) {
 void placement_from_load_flow(moe_comm_t comm) {
   g_case = "placement_from_load_flow";
   moe_layer_config_t c = ep_base_config(8, 2);
-  c.backend = backend();
   c.dtype = MOE_DTYPE_F64;
   c.backend = "cpu_ref";
   const int64_t d = c.d_model, E = c.num_experts, F = c.d_ff, T = 24 * g_world;
   std::mt19937_64 rng(77);
-  std::normal_distribution<double> normal(0.0, 1.0);
-  auto random = [&](int64_t n, double scale) {
-    std::vector<double> v(n);
-    for (double& e : v) e = scale * normal(rng);
-    return v;
-  };
+  auto random = [&](int64_t n, double scale) { return normal_values(rng, n, scale); };
   Params<double> full;
   full.router = random(d * E, 0.5);
   for (int64_t i = 0; i < d; ++i) full.router[i * E + 3] += 1.0;  // expert 3 is popular

@@ -60,6 +60,10 @@ def test_one_copy_per_rank_keeps_the_bits_on_one_rank(chunks):
     assert t["per_copy_row_bytes_sent"] == 4 * copies * 8 * 4
     assert t["row_bytes_sent"] == 4 * tokens * 8 * 4 + 32 * copies
     assert t["row_bytes_sent"] == t["row_bytes_received"]
+    # The per-peer entries keep moe_peer_traffic_t's four fields (the totals grew, not they).
+    assert sorted(t["peers"][0]) == ["bytes_received", "bytes_sent", "tokens_received",
+                                     "tokens_sent"]
+    assert t["peers"][0]["tokens_sent"] == copies
     with pytest.raises(moe.MoeError) as e:
         layer.set_ep_options(dedup=False, chunks=2)  # chunks pipeline the dedup path
     assert e.value.status == "INVALID_ARGUMENT"

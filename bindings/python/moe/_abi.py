@@ -132,15 +132,7 @@ STAGE_PROFILE_FIELDS = ("forward_total", "router", "plan", "permute", "experts",
 
 class PeerTraffic(C.Structure):
     _fields_ = [("tokens_sent", C.c_int64), ("tokens_received", C.c_int64),
-                ("bytes_sent", C.c_int64), ("bytes_received", C.c_int64),
-                ("row_bytes_sent", C.c_int64), ("row_bytes_received", C.c_int64),
-                ("per_copy_row_bytes_sent", C.c_int64),
-                ("per_copy_row_bytes_received", C.c_int64)]
-
-
-class EpOptions(C.Structure):
-    _fields_ = [("size", C.c_uint32), ("version", C.c_uint32), ("dedup", C.c_int32),
-                ("chunks", C.c_int32)]
+                ("bytes_sent", C.c_int64), ("bytes_received", C.c_int64)]
 
 
 class CommTraffic(C.Structure):
