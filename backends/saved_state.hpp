@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -29,6 +30,18 @@ struct SavedState {
   Plan plan;  // this rank's tokens; under expert parallelism, rows in send order
   std::unique_ptr<dist::Dispatch> dispatch;  // expert parallelism only
   moe_losses_t losses = MOE_LOSSES_INIT;
+
+  // A device pipeline may return from forward before the call's counts reach the host,
+  // so that forward issues no host synchronisation (static shapes: capacity mode with
+  // pad_to_capacity, docs/cuda.md#no-host-synchronisation). Then `counts_pending` is
+  // set; settle_counts() waits for the counts and fills routing and plan, and the core
+  // runs the call's bookkeeping (losses, telemetry, bias, step) through `settle` before
+  // anything reads them. A forward issued while its stream was capturing a CUDA graph
+  // (`captured`) never gets its counts: the core does no bookkeeping for it.
+  virtual void settle_counts() {}
+  bool counts_pending = false;
+  bool captured = false;
+  std::function<void()> settle;  // set by the core while the bookkeeping waits
 
   // The batch's pre-drop demand per expert (the group's under expert parallelism).
   const std::vector<int64_t>& batch_demand() const {

@@ -120,13 +120,16 @@ namespace {
 
 // Token ids for the hash router, on the device: used in place when the caller's are
 // device memory, else copied (T int64 words) on the stream.
+bool is_device_memory(const void* p) {
+  cudaPointerAttributes attributes{};
+  if (cudaPointerGetAttributes(&attributes, p) != cudaSuccess) cudaGetLastError();
+  return attributes.type == cudaMemoryTypeDevice || attributes.type == cudaMemoryTypeManaged;
+}
+
 const int64_t* device_token_ids(const int64_t* ids, int64_t tokens, cudaStream_t stream,
                                 cuda::DeviceBuffer& copy) {
   if (ids == nullptr || tokens == 0) return nullptr;
-  cudaPointerAttributes attributes{};
-  if (cudaPointerGetAttributes(&attributes, ids) != cudaSuccess) cudaGetLastError();
-  if (attributes.type == cudaMemoryTypeDevice || attributes.type == cudaMemoryTypeManaged)
-    return ids;
+  if (is_device_memory(ids)) return ids;
   copy = cuda::DeviceBuffer(tokens * sizeof(int64_t), stream);
   check(cudaMemcpyAsync(copy.get(), ids, tokens * sizeof(int64_t), cudaMemcpyHostToDevice, stream),
         "cudaMemcpyAsync");
@@ -141,14 +144,25 @@ moe_hash_mode_t resolved_hash_mode(const DeviceLayer& layer, const int64_t* toke
   return layer.hash_table.empty() ? MOE_HASH_MIX : MOE_HASH_TABLE;
 }
 
-}  // namespace
+// Static shapes: every expert's buffer holds min(C, T) rows, with C fixed by the
+// capacity factor, so the buffer layout needs no count from the device and forward
+// need not wait for its read-back (docs/cuda.md#no-host-synchronisation).
+bool static_shapes(const LayerConfig& c) {
+  return c.router != MOE_ROUTER_EXPERT_CHOICE && !c.dropless() && c.pad_to_capacity;
+}
 
-namespace {
+bool capturing(cudaStream_t stream) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  check(cudaStreamIsCapturing(stream, &status), "cudaStreamIsCapturing");
+  return status != cudaStreamCaptureStatusNone;
+}
 
 // Single process: drops, telemetry and the counts' one read-back, then the expert
-// buffer, the experts and combine.
+// buffer, the experts and combine. `fixed_capacity`: the capacity the host fixed, -1
+// when the device's counts decide it.
 void forward_single(const DeviceLayer& layer, cuda::LayerState& state, cuda::SavedOnDevice& s,
-                    const moe_forward_args_t& args, cuda::EventTimer& timer) {
+                    const moe_forward_args_t& args, int64_t fixed_capacity,
+                    cuda::EventTimer& timer) {
   const LayerConfig& c = layer.config;
   const cudaStream_t stream = s.stream;
   const moe_dtype_t dtype = c.dtype;
@@ -169,37 +183,47 @@ void forward_single(const DeviceLayer& layer, cuda::LayerState& state, cuda::Sav
   if (telemetry) s.sum_step_stats(c, args.seq_len);
   timer.mark("route");
   // The one read-back of the step: counts (grouped GEMM sizes, telemetry), loss sums,
-  // and the step's statistics when telemetry is due.
+  // and the step's statistics when telemetry is due. A captured forward has none: its
+  // replays would overwrite the counts an eager call has yet to read.
+  const bool captured = static_shapes(c) && capturing(stream);
   int64_t* host = state.readback;
-  check(cudaMemcpyAsync(host + R.summary(), summary, L.words() * sizeof(int64_t),
-                        cudaMemcpyDeviceToHost, stream),
-        "cudaMemcpyAsync");
-  check(cudaMemcpyAsync(host + R.losses(), s.loss_sums.get(), (E + 4) * sizeof(double),
-                        cudaMemcpyDeviceToHost, stream),
-        "cudaMemcpyAsync");
-  if (telemetry)
-    check(cudaMemcpyAsync(host + R.stats(), s.stats.get(), s.stats.bytes(), cudaMemcpyDeviceToHost,
-                          stream),
+  if (!captured) {
+    check(cudaMemcpyAsync(host + R.summary(), summary, L.words() * sizeof(int64_t),
+                          cudaMemcpyDeviceToHost, stream),
           "cudaMemcpyAsync");
-  check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
-
-  std::vector<double> loss_sums(E + 4);
-  std::memcpy(loss_sums.data(), host + R.losses(), (E + 4) * sizeof(double));
-  s.take_counts(host + R.summary(), loss_sums.data());
+    check(cudaMemcpyAsync(host + R.losses(), s.loss_sums.get(), (E + 4) * sizeof(double),
+                          cudaMemcpyDeviceToHost, stream),
+          "cudaMemcpyAsync");
+    if (telemetry)
+      check(cudaMemcpyAsync(host + R.stats(), s.stats.get(), s.stats.bytes(),
+                            cudaMemcpyDeviceToHost, stream),
+            "cudaMemcpyAsync");
+  }
   s.batch_demand = summary + L.demand();
-  if (telemetry)
-    s.device_stats.assign(host + R.stats(), host + R.stats() + cuda::StatsLayout{E}.words());
+  s.device_nonfinite_rows = summary + L.nonfinite_rows();
   Plan& plan = s.plan;
   plan.tokens = T;
   plan.slots = slots;
-  plan.capacity = host[L.capacity()];
-  plan.demand.assign(host + L.demand(), host + L.demand() + E);
-  plan.served.assign(host + L.served(), host + L.served() + E);
-  s.routing.fixed_capacity = expert_choice ? plan.capacity : -1;
-  // The buffer layout follows the counts: padded for one batched product per matrix
-  // when that wastes little (or when asked to pad to capacity), packed otherwise.
-  cuda::ExpertLayout layout = cuda::choose_layout(
-      plan.served, state.grouped_mode, c.pad_to_capacity ? std::min(plan.capacity, T) : -1);
+  cuda::ExpertLayout layout;
+  if (static_shapes(c)) {
+    // The layout follows from the capacity; the counts land while the device works on,
+    // and the core's bookkeeping waits for them (SavedOnDevice::settle_counts).
+    if (!captured) check(cudaEventRecord(state.readback_done, stream), "cudaEventRecord");
+    s.counts_pending = true;
+    s.captured = captured;
+    s.readback_owner = captured ? nullptr : &state;
+    s.readback_telemetry = telemetry;
+    plan.capacity = fixed_capacity;
+    layout = cuda::choose_layout(std::vector<int64_t>(E, 0), state.grouped_mode,
+                                 std::min(fixed_capacity, T));
+  } else {
+    check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+    s.take_readback(host, telemetry, expert_choice);
+    // The buffer layout follows the counts: padded for one batched product per matrix
+    // when that wastes little (or when asked to pad to capacity), packed otherwise.
+    layout = cuda::choose_layout(plan.served, state.grouped_mode,
+                                 c.pad_to_capacity ? std::min(plan.capacity, T) : -1);
+  }
   plan.order.resize(E);
   std::iota(plan.order.begin(), plan.order.end(), 0);
   plan.offset = layout.offsets;
@@ -266,7 +290,16 @@ std::unique_ptr<SavedState> CudaBackend::forward(const DeviceLayer& layer,
   require_device_weights(w, "weights.");
 
   auto stream = static_cast<cudaStream_t>(layer.stream);
-  check(cublasSetStream(state.cublas, stream), "cublasSetStream");
+  if (capturing(stream)) {
+    require(!layer.ep && static_shapes(c), MOE_STATUS_UNSUPPORTED,
+            "cuda: a forward captured into a CUDA graph needs static shapes (token-choice "
+            "routing, capacity_factor > 0 and pad_to_capacity, no communicator): the buffer "
+            "layout of the others follows the device's counts, which a capture cannot wait for");
+    require(args.token_ids == nullptr || is_device_memory(args.token_ids), MOE_STATUS_UNSUPPORTED,
+            "cuda: a forward captured into a CUDA graph takes token_ids in device memory (a "
+            "copy from host memory would be replayed from the same host address)");
+  }
+  state.use_stream(stream);
   const moe_dtype_t dtype = c.dtype;
   const size_t es = dtype_size(dtype);
   const int64_t T = args.x.shape[0], d = c.d_model, E = c.num_experts, k = c.top_k;
@@ -309,9 +342,9 @@ std::unique_ptr<SavedState> CudaBackend::forward(const DeviceLayer& layer,
     if (c.learned_router())
       cuda::gemm(state.cublas, dtype, MOE_DTYPE_F32, T, E, d, {args.x.data, d, false},
                  {w.router.data, E, false}, s->logits.get(), E, false);
-    check(cudaMemcpyAsync(state.selection_bias, layer.selection_bias.data(), E * sizeof(double),
-                          cudaMemcpyHostToDevice, stream),
-          "cudaMemcpyAsync");
+    // A captured forward reads the device copy as the last eager forward left it: a
+    // replay must not read host memory the host may be rewriting.
+    if (!capturing(stream)) state.upload_selection_bias(layer.selection_bias, stream);
     check(cudaMemsetAsync(s->row.get(), 0xff, s->row.bytes(), stream), "cudaMemsetAsync");
     check(cudaMemsetAsync(s->dropped.get(), 0, s->dropped.bytes(), stream), "cudaMemsetAsync");
   }
@@ -348,7 +381,7 @@ std::unique_ptr<SavedState> CudaBackend::forward(const DeviceLayer& layer,
   if (layer.ep)
     cuda::forward_expert_parallel(layer, state, *s, args, group, timer);
   else
-    forward_single(layer, state, *s, args, timer);
+    forward_single(layer, state, *s, args, fixed_capacity, timer);
   return s;
 }
 
@@ -364,7 +397,15 @@ void CudaBackend::backward(const DeviceLayer& layer, const SavedState& saved,
   require_device_weights(g, "args.grads.");
 
   auto stream = static_cast<cudaStream_t>(layer.stream);
-  check(cublasSetStream(state.cublas, stream), "cublasSetStream");
+  require(!layer.ep || !capturing(stream), MOE_STATUS_UNSUPPORTED,
+          "cuda: expert parallelism's backward waits for its exchanges and cannot be captured "
+          "into a CUDA graph");
+  require(s.expert_rows.layout.padded || state.grouped_mode != cuda::GemmMode::Grouped ||
+              !capturing(stream),
+          MOE_STATUS_UNSUPPORTED,
+          "cuda: MOE_CUDA_GEMM=grouped stages its pointer arrays from the host and cannot be "
+          "captured into a CUDA graph");
+  state.use_stream(stream);
   const moe_dtype_t dtype = c.dtype;
   const size_t es = dtype_size(dtype);
   const int64_t T = s.plan.tokens, d = c.d_model, E = c.num_experts, k = c.slots();
@@ -391,7 +432,7 @@ void CudaBackend::backward(const DeviceLayer& layer, const SavedState& saved,
       s.params, args.aux_loss_grad * c.load_balance_alpha, args.z_loss_grad * c.z_loss_coef,
       s.experts.get<int32_t>(), s.gates.get<float>(), dgate.get<float>(), s.prob.get<float>(),
       s.sig.get<float>(), s.logits.get<float>(), s.lse.get<float>(), s.nonfinite.get<uint8_t>(),
-      s.batch_demand, s.batch_valid_tokens, dz.get<float>(), stream);
+      s.batch_demand, s.batch_valid_tokens, s.device_nonfinite_rows, dz.get<float>(), stream);
   DeviceBuffer dz_typed;
   const void* dz_data = dz.get();
   if (dtype != MOE_DTYPE_F32) {

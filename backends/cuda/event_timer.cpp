@@ -8,6 +8,11 @@ namespace moe::cuda {
 
 EventTimer::EventTimer(cudaStream_t stream, const char* call)
     : enabled_(std::getenv("MOE_CUDA_PROFILE") != nullptr), stream_(stream), call_(call) {
+  // Timing waits for its events, which a CUDA graph's capture may not do.
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  if (enabled_ && cudaStreamIsCapturing(stream, &capture) == cudaSuccess &&
+      capture != cudaStreamCaptureStatusNone)
+    enabled_ = false;
   mark("begin");
 }
 

@@ -24,9 +24,12 @@ void prepare_expert_rows(const LayerConfig& c, ExpertRows& r, ExpertLayout layou
   r.experts = experts;
   const int64_t rows = r.rows(), d = c.d_model;
   r.offsets = DeviceBuffer((experts + 1) * sizeof(int64_t), stream);
-  check(cudaMemcpyAsync(r.offsets.get(), r.layout.offsets.data(), r.offsets.bytes(),
-                        cudaMemcpyHostToDevice, stream),
-        "cudaMemcpyAsync");
+  if (r.layout.padded && experts > 0)
+    padded_offsets(experts, r.layout.rows[0], r.offsets.get<int64_t>(), stream);
+  else
+    check(cudaMemcpyAsync(r.offsets.get(), r.layout.offsets.data(), r.offsets.bytes(),
+                          cudaMemcpyHostToDevice, stream),
+          "cudaMemcpyAsync");
   r.row_expert = DeviceBuffer(rows * sizeof(int32_t), stream);
   row_experts(experts, rows, r.offsets.get<int64_t>(), r.row_expert.get<int32_t>(), stream);
   r.xp = DeviceBuffer(rows * d * es, stream);

@@ -250,6 +250,11 @@ __global__ void finalize_kernel(int64_t E, int64_t T, int64_t fixed_capacity,
   losses[1] = valid > 0 ? scratch[E] / valid : 0.0;
 }
 
+__global__ void padded_offsets_kernel(int64_t E, int64_t rows_each, int64_t* offsets) {
+  const int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (e <= E) offsets[e] = e * rows_each;
+}
+
 // The expert owning each buffer row: the last e with offsets[e] <= r.
 __global__ void row_experts_kernel(int64_t E, int64_t rows, const int64_t* offsets,
                                    int32_t* row_expert) {
@@ -457,12 +462,14 @@ __global__ void route_backward_kernel(RouteParams p, double alpha, double z_coef
                                       const float* dgate, const float* prob, const float* sig,
                                       const float* logits, const float* lse,
                                       const uint8_t* nonfinite, const int64_t* demand,
-                                      int64_t valid_tokens, float* dz) {
+                                      int64_t valid_tokens, const int64_t* nonfinite_rows,
+                                      float* dz) {
   const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (t >= p.tokens) return;
   const int64_t E = p.experts, k = p.top_k;
   float* out = dz + t * E;
-  const double valid = static_cast<double>(valid_tokens);
+  const double valid =
+      static_cast<double>(nonfinite_rows ? p.tokens - *nonfinite_rows : valid_tokens);
   if (nonfinite[t] || valid <= 0) {
     for (int64_t e = 0; e < E; ++e) out[e] = 0.f;
     return;
@@ -573,6 +580,12 @@ void summarize(const RouteParams& p, int64_t fixed_capacity, bool capacity_at_mo
   finalize_kernel<<<1, 1, 0, stream>>>(p.experts, p.tokens, fixed_capacity, capacity_at_most_valid,
                                        summary, losses);
   check_launch("finalize");
+}
+
+void padded_offsets(int64_t experts, int64_t rows_each, int64_t* offsets, cudaStream_t stream) {
+  padded_offsets_kernel<<<blocks_for(experts + 1), kThreads, 0, stream>>>(experts, rows_each,
+                                                                          offsets);
+  check_launch("padded_offsets");
 }
 
 void row_experts(int64_t experts, int64_t rows, const int64_t* offsets, int32_t* row_expert,
@@ -694,11 +707,11 @@ void route_backward(const RouteParams& p, double load_balance_alpha, double z_lo
                     const int32_t* experts, const float* gates, const float* dgate,
                     const float* prob, const float* sig, const float* logits, const float* lse,
                     const uint8_t* nonfinite, const int64_t* demand, int64_t valid_tokens,
-                    float* dz, cudaStream_t stream) {
+                    const int64_t* nonfinite_rows, float* dz, cudaStream_t stream) {
   if (p.tokens == 0) return;
   route_backward_kernel<<<blocks_for(p.tokens, 128), 128, 0, stream>>>(
       p, load_balance_alpha, z_loss_coef, experts, gates, dgate, prob, sig, logits, lse, nonfinite,
-      demand, valid_tokens, dz);
+      demand, valid_tokens, nonfinite_rows, dz);
   check_launch("route_backward");
 }
 

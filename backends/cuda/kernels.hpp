@@ -53,6 +53,10 @@ void summarize(const RouteParams& p, int64_t fixed_capacity, bool capacity_at_mo
                const float* prob, const float* lse, const uint8_t* nonfinite, int64_t* summary,
                double* losses, cudaStream_t stream);
 
+// offsets[e] = e * rows_each for e in [0, experts]: a padded layout's offsets, written
+// on the device (an upload from pageable memory would wait for the stream).
+void padded_offsets(int64_t experts, int64_t rows_each, int64_t* offsets, cudaStream_t stream);
+
 // The expert of every buffer row, from the buffer's row offsets [experts + 1].
 void row_experts(int64_t experts, int64_t rows, const int64_t* offsets, int32_t* row_expert,
                  cudaStream_t stream);
@@ -98,12 +102,13 @@ void gather_rows(moe_dtype_t dtype, int64_t tokens, int64_t slots, int64_t width
 
 // Logit gradients dz [T,E] (float32) from gate gradients, with the aux and z losses
 // of the batch: its pre-drop demand [E] (device) and finite rows (the group's, under
-// expert parallelism).
+// expert parallelism): T - *nonfinite_rows when that device word is given, else
+// valid_tokens.
 void route_backward(const RouteParams& p, double load_balance_alpha, double z_loss_coef,
                     const int32_t* experts, const float* gates, const float* dgate,
                     const float* prob, const float* sig, const float* logits, const float* lse,
                     const uint8_t* nonfinite, const int64_t* demand, int64_t valid_tokens,
-                    float* dz, cudaStream_t stream);
+                    const int64_t* nonfinite_rows, float* dz, cudaStream_t stream);
 
 // float32 -> dtype.
 void convert_from_float(moe_dtype_t dtype, int64_t n, const float* src, void* dst,

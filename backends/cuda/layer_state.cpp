@@ -7,6 +7,12 @@
 #include "core/telemetry/step_stats.hpp"
 
 namespace moe::cuda {
+namespace {
+
+// cuBLAS's advice for Hopper: 32 MiB (fewer algorithms are open with less).
+constexpr size_t kCublasWorkspaceBytes = size_t{32} << 20;
+
+}  // namespace
 
 LayerState::LayerState(int64_t experts) {
   check(cublasCreate(&cublas), "cublasCreate");
@@ -17,13 +23,35 @@ LayerState::LayerState(int64_t experts) {
   check(cudaMallocHost(reinterpret_cast<void**>(&readback),
                        static_cast<size_t>(ReadbackLayout{experts}.words()) * sizeof(int64_t)),
         "cudaMallocHost");
+  check(cudaMallocHost(reinterpret_cast<void**>(&selection_bias_host),
+                       static_cast<size_t>(experts) * sizeof(double)),
+        "cudaMallocHost");
+  check(cudaMalloc(&cublas_workspace, kCublasWorkspaceBytes), "cudaMalloc");
+  check(cudaEventCreateWithFlags(&readback_done, cudaEventDisableTiming), "cudaEventCreate");
 }
 
 LayerState::~LayerState() {
   cudaFree(selection_bias);
+  cudaFreeHost(selection_bias_host);
+  cudaFree(cublas_workspace);
   cudaFree(hash_table);
   cudaFreeHost(readback);
+  cudaEventDestroy(readback_done);
   cublasDestroy(cublas);
+}
+
+void LayerState::use_stream(cudaStream_t stream) {
+  check(cublasSetStream(cublas, stream), "cublasSetStream");
+  check(cublasSetWorkspace(cublas, cublas_workspace, kCublasWorkspaceBytes), "cublasSetWorkspace");
+}
+
+void LayerState::upload_selection_bias(const std::vector<double>& bias, cudaStream_t stream) {
+  // The previous upload has been consumed: its forward's read-back, which follows it on
+  // the stream, has been waited for (or the forward synchronised).
+  std::memcpy(selection_bias_host, bias.data(), bias.size() * sizeof(double));
+  check(cudaMemcpyAsync(selection_bias, selection_bias_host, bias.size() * sizeof(double),
+                        cudaMemcpyHostToDevice, stream),
+        "cudaMemcpyAsync");
 }
 
 const int32_t* LayerState::device_hash_table(const DeviceLayer& layer) {
@@ -57,6 +85,28 @@ void SavedOnDevice::take_counts(const int64_t* counts, const double* sums) {
   routing.lse_sq_sum = sums[E + 2];
   importance = routing.prob_sum;
   batch_valid_tokens = routing.valid_tokens;
+}
+
+void SavedOnDevice::take_readback(const int64_t* host, bool telemetry, bool by_experts) {
+  const int64_t E = params.experts;
+  const SummaryLayout L{E};
+  const ReadbackLayout R{E};
+  std::vector<double> sums(E + 4);
+  std::memcpy(sums.data(), host + R.losses(), (E + 4) * sizeof(double));
+  take_counts(host + R.summary(), sums.data());
+  if (telemetry) device_stats.assign(host + R.stats(), host + R.stats() + StatsLayout{E}.words());
+  const int64_t* counts = host + R.summary();
+  plan.capacity = counts[L.capacity()];
+  plan.demand.assign(counts + L.demand(), counts + L.demand() + E);
+  plan.served.assign(counts + L.served(), counts + L.served() + E);
+  routing.fixed_capacity = by_experts ? plan.capacity : -1;
+}
+
+void SavedOnDevice::settle_counts() {
+  if (readback_owner == nullptr) return;
+  check(cudaEventSynchronize(readback_owner->readback_done), "cudaEventSynchronize");
+  take_readback(readback_owner->readback, readback_telemetry, false);
+  readback_owner = nullptr;
 }
 
 void SavedOnDevice::sum_step_stats(const LayerConfig& c, int64_t seq_len) const {

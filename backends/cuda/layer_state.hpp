@@ -37,12 +37,21 @@ class LayerState final : public BackendState {
   LayerState& operator=(const LayerState&) = delete;
   // The layer's hash table on the device, copied again when the layer builds a new one.
   const int32_t* device_hash_table(const DeviceLayer& layer);
+  // Points cuBLAS at `stream` with the layer's own workspace: cublasSetStream resets the
+  // workspace to cuBLAS's pool, which may allocate, and a CUDA graph's capture may not.
+  void use_stream(cudaStream_t stream);
+  // The selection bias onto the device, in stream order and from pinned memory (a copy
+  // from pageable memory waits for the stream; a graph's replay reads the pinned copy).
+  void upload_selection_bias(const std::vector<double>& bias, cudaStream_t stream);
 
   cublasHandle_t cublas = nullptr;
   GroupedGemm grouped;
   GemmMode grouped_mode = gemm_mode_from_environment();
-  double* selection_bias = nullptr;  // device copy, uploaded before each forward
-  int64_t* readback = nullptr;       // pinned, ReadbackLayout
+  double* selection_bias = nullptr;       // device copy, uploaded before each forward
+  double* selection_bias_host = nullptr;  // pinned, [E]
+  void* cublas_workspace = nullptr;
+  int64_t* readback = nullptr;          // pinned, ReadbackLayout
+  cudaEvent_t readback_done = nullptr;  // recorded after a forward's read-back copies
   int32_t* hash_table = nullptr;
   uint64_t hash_table_generation = 0;
 };
@@ -86,6 +95,16 @@ struct SavedOnDevice final : SavedState {
   // From forward's read-back: the routing's scalars, its local losses and importance.
   // `counts`: SummaryLayout words; `sums`: summarize's E + 4 loss sums.
   void take_counts(const int64_t* counts, const double* sums);
+  // The whole read-back (ReadbackLayout) of a single-process forward: counts, losses,
+  // the plan's demand, served and capacity, and the statistics when telemetry was due.
+  void take_readback(const int64_t* host, bool telemetry, bool by_experts);
+  // A forward that returned before its read-back landed (static shapes): waits for it.
+  void settle_counts() override;
+  LayerState* readback_owner = nullptr;  // whose pinned read-back holds this call's
+  bool readback_telemetry = false;
+  // Single process: the device word counting non-finite rows, which backward's aux-loss
+  // gradient reads instead of the host's count, so that backward need not wait for it.
+  const int64_t* device_nonfinite_rows = nullptr;
 
   // Launches the step's statistics over the routing decision and drop marks into `stats`.
   void sum_step_stats(const LayerConfig& config, int64_t seq_len) const;

@@ -94,7 +94,8 @@ moe_tensor_t tensor(void* p, std::initializer_list<int64_t> shape) {
 int main(int argc, char** argv) {
   int64_t T = 8192, d = 4096, dff = 14336, E = 8, k = 2;
   int iters = 20;
-  int64_t telemetry = 1, ep = 0;
+  int64_t telemetry = 1, ep = 0, pad = 0, graph = 0;
+  double capacity = 0.0;  // dropless
   const char* json = nullptr;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
@@ -117,6 +118,12 @@ int main(int argc, char** argv) {
       ep = v;
     else if (a == "--json")
       json = argv[i + 1];
+    else if (a == "--capacity")
+      capacity = std::atof(argv[i + 1]);
+    else if (a == "--pad")
+      pad = v;
+    else if (a == "--graph")  // also time forward+backward replayed from a CUDA graph
+      graph = v;
   }
   const int64_t F = 2 * dff;  // swiglu
   cudaDeviceProp prop{};
@@ -140,6 +147,8 @@ int main(int argc, char** argv) {
   cfg.dtype = MOE_DTYPE_BF16;
   cfg.backend = "cuda";
   cfg.telemetry_interval = telemetry;
+  cfg.capacity_factor = capacity;
+  cfg.pad_to_capacity = static_cast<int32_t>(pad);
   moe::Layer layer(cfg);
   moe_weights_t w = MOE_WEIGHTS_INIT;
   w.router = tensor(router.p, {d, E});
@@ -163,6 +172,31 @@ int main(int argc, char** argv) {
     moe::Context ctx = layer.forward(fa);
     layer.backward(ctx, ba);
   });
+  // Static shapes (capacity and padding): one forward and backward captured into a CUDA
+  // graph and replayed, which takes the host out of the step (docs/cuda.md).
+  double graph_ms = -1;
+  if (graph && capacity > 0 && pad) {
+    cudaStream_t stream;
+    cuda_ok(cudaStreamCreate(&stream), "cudaStreamCreate");
+    moe::check(moe_layer_set_stream(layer.get(), stream));
+    auto step = [&] {
+      moe::Context ctx = layer.forward(fa);
+      layer.backward(ctx, ba);
+    };
+    step();
+    cuda_ok(cudaStreamSynchronize(stream), "warm-up");
+    cudaGraph_t captured;
+    cuda_ok(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "capture");
+    step();
+    cuda_ok(cudaStreamEndCapture(stream, &captured), "capture");
+    cudaGraphExec_t exec;
+    cuda_ok(cudaGraphInstantiate(&exec, captured, 0), "cudaGraphInstantiate");
+    graph_ms = median_ms(iters, [&] { cuda_ok(cudaGraphLaunch(exec, stream), "cudaGraphLaunch"); });
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(captured);
+    moe::check(moe_layer_set_stream(layer.get(), nullptr));
+    cudaStreamDestroy(stream);
+  }
   moe::Context probe = layer.forward(fa);
   const auto stats = probe.stats(E);
   probe = moe::Context();
@@ -259,8 +293,10 @@ int main(int argc, char** argv) {
   const double tf = 1e-9;  // flops per ms -> TFLOP/s
   std::printf("device: %s (%d SMs)\n", prop.name, prop.multiProcessorCount);
   std::printf(
-      "shape: T=%lld d=%lld d_ff=%lld E=%lld k=%lld swiglu bf16, telemetry every %lld; demand",
-      (long long)T, (long long)d, (long long)dff, (long long)E, (long long)k, (long long)telemetry);
+      "shape: T=%lld d=%lld d_ff=%lld E=%lld k=%lld swiglu bf16, capacity %g%s, telemetry every "
+      "%lld; demand",
+      (long long)T, (long long)d, (long long)dff, (long long)E, (long long)k, capacity,
+      pad ? " padded" : "", (long long)telemetry);
   for (int64_t c : stats.demand) std::printf(" %lld", (long long)c);
   std::printf("\n%-34s %10s %10s\n", "what", "ms", "TFLOP/s");
   std::printf("%-34s %10.3f %10.1f\n", "layer forward", forward_ms, expert_flops / forward_ms * tf);
@@ -270,6 +306,9 @@ int main(int argc, char** argv) {
               3 * expert_flops / train_ms * tf);
   std::printf("%-34s %10.3f %10.1f\n", "dense FFN forward+backward", dense_train_ms,
               3 * expert_flops / dense_train_ms * tf);
+  if (graph_ms > 0)
+    std::printf("%-34s %10.3f %10.1f\n", "layer fwd+bwd, CUDA graph replay", graph_ms,
+                3 * expert_flops / graph_ms * tf);
   std::printf("forward ratio to dense: %.3f   forward+backward ratio: %.3f\n",
               dense_forward_ms / forward_ms, dense_train_ms / train_ms);
   std::printf("permute %.1f GB/s, combine %.1f GB/s, device copy %.1f GB/s -> %.2f, %.2f of copy\n",
@@ -285,10 +324,11 @@ int main(int argc, char** argv) {
                  "{\"device\":\"%s\",\"T\":%lld,\"d\":%lld,\"d_ff\":%lld,\"E\":%lld,\"k\":%lld,"
                  "\"forward_ms\":%.4f,\"dense_forward_ms\":%.4f,\"train_ms\":%.4f,"
                  "\"dense_train_ms\":%.4f,\"permute_gbs\":%.1f,\"combine_gbs\":%.1f,"
-                 "\"copy_gbs\":%.1f,\"expert_tflop\":%.4f}\n",
+                 "\"copy_gbs\":%.1f,\"expert_tflop\":%.4f,\"capacity\":%g,\"pad\":%lld,"
+                 "\"train_graph_ms\":%.4f}\n",
                  prop.name, (long long)T, (long long)d, (long long)dff, (long long)E, (long long)k,
                  forward_ms, dense_forward_ms, train_ms, dense_train_ms, permute_gbs, combine_gbs,
-                 copy_gbs, expert_flops * 1e-12);
+                 copy_gbs, expert_flops * 1e-12, capacity, (long long)pad, graph_ms);
     std::fclose(f);
   }
   cublasDestroy(handle);

@@ -2,6 +2,7 @@
 // routing consistency of two of them.
 #include <cstddef>
 #include <cstring>
+#include <memory>
 #include <string>
 
 #include "core/abi/entry.hpp"
@@ -14,7 +15,16 @@ extern "C" {
 moe_status_t moe_ctx_destroy(moe_ctx_t ctx) {
   return guarded(__func__, [&] {
     if (ctx == nullptr) return;
+    // A forward still waiting for its counts does its bookkeeping first; the context
+    // goes even if that fails, and the failure is reported.
+    std::unique_ptr<moe::Error> failed;
+    try {
+      state_of(ctx);
+    } catch (const moe::Error& e) {
+      failed = std::make_unique<moe::Error>(e);
+    }
     delete static_cast<moe_ctx*>(registry().remove(ctx, moe::HandleKind::Ctx, "ctx"));
+    if (failed) throw *failed;
   });
 }
 

@@ -2,6 +2,7 @@
 
 #include <cstring>
 
+#include "core/layer/pipeline.hpp"
 #include "core/raw_enum.hpp"
 
 namespace moe::abi {
@@ -21,12 +22,24 @@ HandleRegistry& registry() {
 }
 
 Layer& layer_of(const_moe_layer_t handle) {
+  Layer& layer = layer_unsettled(handle);
+  settle_pending_forward(layer);
+  return layer;
+}
+
+Layer& layer_unsettled(const_moe_layer_t handle) {
   Layer& layer = handle_object<moe_layer>(handle, HandleKind::Layer, "layer").impl;
   enter_layer(layer);
   return layer;
 }
 
 const SavedState& state_of(const_moe_ctx_t handle) {
+  const SavedState& state = state_unsettled(handle);
+  if (state.settle) state.settle();
+  return state;
+}
+
+const SavedState& state_unsettled(const_moe_ctx_t handle) {
   return *handle_object<moe_ctx>(handle, HandleKind::Ctx, "ctx").state;
 }
 

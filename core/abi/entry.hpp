@@ -63,9 +63,14 @@ Handle new_handle(std::unique_ptr<Object> object, HandleKind kind) {
   return handle;
 }
 
-// Every use of a layer enters it: one thread at a time (layer_entry.hpp).
+// Every use of a layer enters it: one thread at a time (layer_entry.hpp). Both lookups
+// first run the bookkeeping of a forward still waiting for its counts
+// (settle_pending_forward); the unsettled ones, which backward uses, leave it waiting,
+// so that backward issues no host synchronisation either.
 Layer& layer_of(const_moe_layer_t handle);
 const SavedState& state_of(const_moe_ctx_t handle);
+Layer& layer_unsettled(const_moe_layer_t handle);
+const SavedState& state_unsettled(const_moe_ctx_t handle);
 moe_comm& comm_of(moe_comm_t comm);
 moe_group& group_of(moe_group_t group);
 

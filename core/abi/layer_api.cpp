@@ -1,5 +1,6 @@
 // The layer's entry points: create and destroy, weights, forward and backward, and its
 // state (step, stream, selection bias, hash table, stage profile).
+#include <memory>
 #include <string>
 
 #include "core/abi/entry.hpp"
@@ -56,21 +57,36 @@ moe_status_t moe_layer_forward(moe_layer_t layer, const moe_forward_args_t* args
       moe::refuse_forward(l, e);
     }
     auto saved = moe::forward(l, in);
-    if (ctx)
-      *ctx = new_handle<moe_ctx_t>(std::make_unique<moe_ctx>(moe_ctx{std::move(saved)}),
-                                   moe::HandleKind::Ctx);
+    // Without a context nothing could read the counts later: the bookkeeping runs now.
+    if (!ctx) moe::settle_pending_forward(l);
+    if (ctx) {
+      std::unique_ptr<moe_ctx> holder;  // outlives the catch: the saved state stays alive
+      try {
+        holder = std::make_unique<moe_ctx>();
+        holder->state = std::move(saved);
+        *ctx = new_handle<moe_ctx_t>(std::move(holder), moe::HandleKind::Ctx);
+      } catch (...) {
+        // The pending bookkeeping points at the saved state: run it while that lives,
+        // or drop it with the state (a failed registration freed it).
+        if (saved || holder)
+          moe::settle_pending_forward(l);
+        else
+          l.pending_forward = {};
+        throw;
+      }
+    }
   });
 }
 
 moe_status_t moe_layer_backward(moe_layer_t layer, const_moe_ctx_t ctx,
                                 const moe_backward_args_t* args) {
   return guarded(__func__, [&] {
-    moe::Layer& l = layer_of(layer);
+    moe::Layer& l = layer_unsettled(layer);
     const moe::SavedState* saved = nullptr;
     const moe_backward_args_t defaults = MOE_BACKWARD_ARGS_INIT;
     moe_backward_args_t in;
     try {
-      saved = &state_of(ctx);
+      saved = &state_unsettled(ctx);
       in = moe::read_sized(args, defaults, "args");
       // The gradients are a sized struct of their own: read by their size too.
       const moe_weights_t no_gradients = MOE_WEIGHTS_INIT;
@@ -83,7 +99,7 @@ moe_status_t moe_layer_backward(moe_layer_t layer, const_moe_ctx_t ctx,
 }
 
 moe_status_t moe_layer_set_stream(moe_layer_t layer, void* stream) {
-  return guarded(__func__, [&] { layer_of(layer).stream = stream; });
+  return guarded(__func__, [&] { layer_unsettled(layer).stream = stream; });
 }
 
 moe_status_t moe_layer_get_step(const_moe_layer_t layer, int64_t* step) {

@@ -46,6 +46,14 @@ class Layer {
   // [E] each expert's pre-drop batch demand, summed over the training forwards since
   // the last reset (moe_layer_expert_load): the load a placement balances.
   std::vector<double> expert_load;
+  // A forward whose counts had not reached the host when it returned: its bookkeeping
+  // runs (settle_pending_forward) before the layer or that context is next used.
+  struct PendingForward {
+    SavedState* saved = nullptr;
+    bool train = false;
+    bool recompute = false;
+    int64_t seq_len = 0;
+  } pending_forward;
   // The thread inside a C call on this layer, if any (layer_entry.hpp).
   std::atomic<std::thread::id> entered_by{};
 

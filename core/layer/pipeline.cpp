@@ -456,9 +456,53 @@ void checked_call(const Layer& layer, Check&& check, CheckIn&& check_in, double&
   exchange += layer.ep->take_exchange_seconds();
 }
 
+// Forward's bookkeeping once the counts are on the host: the losses, telemetry, and the
+// training call's state changes.
+void finish_forward(Layer& layer, SavedState* saved, bool train, bool recompute, int64_t seq_len) {
+  const LayerConfig& c = layer.config;
+  // The global-batch loss reads f from the counts of every training call since the
+  // reset, the data-parallel replicas' included (evaluation calls keep the batch's).
+  // A recompute reads the counts as they stand: they hold its call's already when its
+  // backward follows that call before another forward (micro-batch by micro-batch).
+  std::vector<double> global_counts;
+  if (c.aux_loss_scope == MOE_AUX_LOSS_GLOBAL && train) {
+    if (recompute) {
+      set_global_counts(c, layer.global_aux.counts(), saved->routing);
+    } else {
+      global_counts = layer.global_aux.with(saved->routing.batch_aux_demand);
+      set_global_counts(c, global_counts, saved->routing);
+    }
+  }
+  saved->losses.aux_loss = saved->routing.aux_loss;
+  saved->losses.aux_loss_scaled = c.load_balance_alpha * saved->routing.aux_loss;
+  saved->losses.z_loss = saved->routing.z_loss;
+  saved->losses.z_loss_scaled = c.z_loss_coef * saved->routing.z_loss;
+  StageTimer telemetry;
+  if (layer.telemetry.due() && !recompute) {
+    StepStats stats = saved->step_stats(c, seq_len);
+    if (layer.ep)
+      stats =
+          dist::batch_step_stats(*layer.ep, stats, saved->routing.aux_loss, saved->routing.z_loss);
+    layer.telemetry.record(train, stats, c, layer.step);
+  }
+  charge(layer.profile.telemetry, layer.profile.exchange, telemetry.lap(), layer.ep.get());
+  // Training-only state changes come last, once nothing can fail any more; a recompute
+  // makes none.
+  if (!recompute) layer.telemetry.count_forward();
+  if (train && !recompute) {
+    if (!global_counts.empty()) layer.global_aux.commit(std::move(global_counts));
+    update_selection_bias(c, bias_update_counts(c, *saved), layer.selection_bias);
+    const std::vector<int64_t> demand = saved->batch_demand();
+    for (size_t e = 0; e < demand.size(); ++e)
+      layer.expert_load[e] += static_cast<double>(demand[e]);
+    ++layer.step;
+  }
+}
+
 }  // namespace
 
 std::unique_ptr<SavedState> forward(Layer& layer, const moe_forward_args_t& args) {
+  settle_pending_forward(layer);  // the ABI's lookup has done so; C++ callers may not have
   const LayerConfig& c = layer.config;
   StageTimer total;
   dist::ForwardCheckIn group;
@@ -480,47 +524,35 @@ std::unique_ptr<SavedState> forward(Layer& layer, const moe_forward_args_t& args
     saved = forward_typed<float>(layer, args, group);
   }
   saved->expert_choice = c.router == MOE_ROUTER_EXPERT_CHOICE;
-  // The global-batch loss reads f from the counts of every training call since the
-  // reset, the data-parallel replicas' included (evaluation calls keep the batch's).
-  // A recompute reads the counts as they stand: they hold its call's already when its
-  // backward follows that call before another forward (micro-batch by micro-batch).
-  std::vector<double> global_counts;
-  if (c.aux_loss_scope == MOE_AUX_LOSS_GLOBAL && args.train) {
-    if (args.recompute) {
-      set_global_counts(c, layer.global_aux.counts(), saved->routing);
-    } else {
-      global_counts = layer.global_aux.with(saved->routing.batch_aux_demand);
-      set_global_counts(c, global_counts, saved->routing);
-    }
-  }
-  saved->losses.aux_loss = saved->routing.aux_loss;
-  saved->losses.aux_loss_scaled = c.load_balance_alpha * saved->routing.aux_loss;
-  saved->losses.z_loss = saved->routing.z_loss;
-  saved->losses.z_loss_scaled = c.z_loss_coef * saved->routing.z_loss;
-  StageTimer telemetry;
-  if (layer.telemetry.due() && !args.recompute) {
-    StepStats stats = saved->step_stats(c, args.seq_len);
-    if (layer.ep)
-      stats =
-          dist::batch_step_stats(*layer.ep, stats, saved->routing.aux_loss, saved->routing.z_loss);
-    layer.telemetry.record(args.train != 0, stats, c, layer.step);
-  }
-  charge(layer.profile.telemetry, layer.profile.exchange, telemetry.lap(), layer.ep.get());
-  // Training-only state changes come last, once nothing can fail any more; a recompute
-  // makes none.
-  if (!args.recompute) layer.telemetry.count_forward();
-  if (args.train && !args.recompute) {
-    if (!global_counts.empty()) layer.global_aux.commit(std::move(global_counts));
-    update_selection_bias(c, bias_update_counts(c, *saved), layer.selection_bias);
-    const std::vector<int64_t> demand = saved->batch_demand();
-    for (size_t e = 0; e < demand.size(); ++e)
-      layer.expert_load[e] += static_cast<double>(demand[e]);
-    ++layer.step;
+  if (saved->counts_pending) {
+    // The counts are on their way: the bookkeeping waits for the next use of the layer
+    // or of this context, so that this call returns without waiting for the device.
+    layer.pending_forward = {saved.get(), args.train != 0, args.recompute != 0, args.seq_len};
+    saved->settle = [&layer] { settle_pending_forward(layer); };
+  } else {
+    finish_forward(layer, saved.get(), args.train != 0, args.recompute != 0, args.seq_len);
   }
   if (layer.ep) layer.profile.exchange += layer.ep->take_exchange_seconds();
   layer.profile.forward_total += total.lap();
   ++layer.profile.forward_calls;
   return saved;
+}
+
+void settle_pending_forward(Layer& layer) {
+  const Layer::PendingForward pending = layer.pending_forward;
+  if (pending.saved == nullptr) return;
+  layer.pending_forward = {};
+  SavedState& saved = *pending.saved;
+  saved.settle = nullptr;
+  if (saved.captured) {  // a CUDA graph's capture: no counts on the host, no state change
+    const double unknown = std::nan("");
+    saved.losses.aux_loss = saved.losses.aux_loss_scaled = unknown;
+    saved.losses.z_loss = saved.losses.z_loss_scaled = unknown;
+    return;
+  }
+  saved.settle_counts();
+  saved.counts_pending = false;
+  finish_forward(layer, &saved, pending.train, pending.recompute, pending.seq_len);
 }
 
 void backward(Layer& layer, const SavedState& saved, const moe_backward_args_t& args) {
