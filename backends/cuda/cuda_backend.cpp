@@ -31,16 +31,21 @@ namespace {
 using cuda::check;
 using cuda::DeviceBuffer;
 
+// Device (or managed) memory; host memory and pointers CUDA does not know are not.
+bool is_device_memory(const void* p) {
+  cudaPointerAttributes attributes{};
+  if (cudaPointerGetAttributes(&attributes, p) != cudaSuccess) {
+    cudaGetLastError();  // clear the error, which is not sticky
+    return false;
+  }
+  return attributes.type == cudaMemoryTypeDevice || attributes.type == cudaMemoryTypeManaged;
+}
+
 // A pointer labelled as CUDA memory must really be device memory: a host pointer
 // would otherwise crash a kernel instead of returning a status.
 void require_device_pointer(const moe_tensor_t& t, const char* name) {
   if (t.data == nullptr) return;
-  cudaPointerAttributes attributes{};
-  const cudaError_t status = cudaPointerGetAttributes(&attributes, t.data);
-  if (status != cudaSuccess) cudaGetLastError();  // clear the sticky-free error
-  require(status == cudaSuccess &&
-              (attributes.type == cudaMemoryTypeDevice || attributes.type == cudaMemoryTypeManaged),
-          MOE_STATUS_INVALID_ARGUMENT,
+  require(is_device_memory(t.data), MOE_STATUS_INVALID_ARGUMENT,
           std::string(name) + ".data is not CUDA device memory (allocate it with cudaMalloc)");
 }
 
@@ -120,12 +125,6 @@ namespace {
 
 // Token ids for the hash router, on the device: used in place when the caller's are
 // device memory, else copied (T int64 words) on the stream.
-bool is_device_memory(const void* p) {
-  cudaPointerAttributes attributes{};
-  if (cudaPointerGetAttributes(&attributes, p) != cudaSuccess) cudaGetLastError();
-  return attributes.type == cudaMemoryTypeDevice || attributes.type == cudaMemoryTypeManaged;
-}
-
 const int64_t* device_token_ids(const int64_t* ids, int64_t tokens, cudaStream_t stream,
                                 cuda::DeviceBuffer& copy) {
   if (ids == nullptr || tokens == 0) return nullptr;
@@ -159,9 +158,10 @@ bool capturing(cudaStream_t stream) {
 
 // Single process: drops, telemetry and the counts' one read-back, then the expert
 // buffer, the experts and combine. `fixed_capacity`: the capacity the host fixed, -1
-// when the device's counts decide it.
+// when the device's counts decide it; `captured`: the stream is capturing a CUDA graph
+// (forward has refused that unless the shapes are static).
 void forward_single(const DeviceLayer& layer, cuda::LayerState& state, cuda::SavedOnDevice& s,
-                    const moe_forward_args_t& args, int64_t fixed_capacity,
+                    const moe_forward_args_t& args, int64_t fixed_capacity, bool captured,
                     cuda::EventTimer& timer) {
   const LayerConfig& c = layer.config;
   const cudaStream_t stream = s.stream;
@@ -185,7 +185,6 @@ void forward_single(const DeviceLayer& layer, cuda::LayerState& state, cuda::Sav
   // The one read-back of the step: counts (grouped GEMM sizes, telemetry), loss sums,
   // and the step's statistics when telemetry is due. A captured forward has none: its
   // replays would overwrite the counts an eager call has yet to read.
-  const bool captured = static_shapes(c) && capturing(stream);
   int64_t* host = state.readback;
   if (!captured) {
     check(cudaMemcpyAsync(host + R.summary(), summary, L.words() * sizeof(int64_t),
@@ -212,13 +211,12 @@ void forward_single(const DeviceLayer& layer, cuda::LayerState& state, cuda::Sav
     s.counts_pending = true;
     s.captured = captured;
     s.readback_owner = captured ? nullptr : &state;
-    s.readback_telemetry = telemetry;
     plan.capacity = fixed_capacity;
     layout = cuda::choose_layout(std::vector<int64_t>(E, 0), state.grouped_mode,
                                  std::min(fixed_capacity, T));
   } else {
     check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
-    s.take_readback(host, telemetry, expert_choice);
+    s.take_readback(host, expert_choice);
     // The buffer layout follows the counts: padded for one batched product per matrix
     // when that wastes little (or when asked to pad to capacity), packed otherwise.
     layout = cuda::choose_layout(plan.served, state.grouped_mode,
@@ -290,7 +288,8 @@ std::unique_ptr<SavedState> CudaBackend::forward(const DeviceLayer& layer,
   require_device_weights(w, "weights.");
 
   auto stream = static_cast<cudaStream_t>(layer.stream);
-  if (capturing(stream)) {
+  const bool captured = capturing(stream);
+  if (captured) {
     require(!layer.ep && static_shapes(c), MOE_STATUS_UNSUPPORTED,
             "cuda: a forward captured into a CUDA graph needs static shapes (token-choice "
             "routing, capacity_factor > 0 and pad_to_capacity, no communicator): the buffer "
@@ -344,7 +343,7 @@ std::unique_ptr<SavedState> CudaBackend::forward(const DeviceLayer& layer,
                  {w.router.data, E, false}, s->logits.get(), E, false);
     // A captured forward reads the device copy as the last eager forward left it: a
     // replay must not read host memory the host may be rewriting.
-    if (!capturing(stream)) state.upload_selection_bias(layer.selection_bias, stream);
+    if (!captured) state.upload_selection_bias(layer.selection_bias, stream);
     check(cudaMemsetAsync(s->row.get(), 0xff, s->row.bytes(), stream), "cudaMemsetAsync");
     check(cudaMemsetAsync(s->dropped.get(), 0, s->dropped.bytes(), stream), "cudaMemsetAsync");
   }
@@ -381,7 +380,7 @@ std::unique_ptr<SavedState> CudaBackend::forward(const DeviceLayer& layer,
   if (layer.ep)
     cuda::forward_expert_parallel(layer, state, *s, args, group, timer);
   else
-    forward_single(layer, state, *s, args, fixed_capacity, timer);
+    forward_single(layer, state, *s, args, fixed_capacity, captured, timer);
   return s;
 }
 
@@ -397,11 +396,11 @@ void CudaBackend::backward(const DeviceLayer& layer, const SavedState& saved,
   require_device_weights(g, "args.grads.");
 
   auto stream = static_cast<cudaStream_t>(layer.stream);
-  require(!layer.ep || !capturing(stream), MOE_STATUS_UNSUPPORTED,
+  const bool captured = capturing(stream);
+  require(!layer.ep || !captured, MOE_STATUS_UNSUPPORTED,
           "cuda: expert parallelism's backward waits for its exchanges and cannot be captured "
           "into a CUDA graph");
-  require(s.expert_rows.layout.padded || state.grouped_mode != cuda::GemmMode::Grouped ||
-              !capturing(stream),
+  require(s.expert_rows.layout.padded || state.grouped_mode != cuda::GemmMode::Grouped || !captured,
           MOE_STATUS_UNSUPPORTED,
           "cuda: MOE_CUDA_GEMM=grouped stages its pointer arrays from the host and cannot be "
           "captured into a CUDA graph");

@@ -87,15 +87,17 @@ void SavedOnDevice::take_counts(const int64_t* counts, const double* sums) {
   batch_valid_tokens = routing.valid_tokens;
 }
 
-void SavedOnDevice::take_readback(const int64_t* host, bool telemetry, bool by_experts) {
+void SavedOnDevice::take_readback(const int64_t* host, bool by_experts) {
   const int64_t E = params.experts;
   const SummaryLayout L{E};
   const ReadbackLayout R{E};
+  const int64_t* counts = host + R.summary();
   std::vector<double> sums(E + 4);
   std::memcpy(sums.data(), host + R.losses(), (E + 4) * sizeof(double));
-  take_counts(host + R.summary(), sums.data());
-  if (telemetry) device_stats.assign(host + R.stats(), host + R.stats() + StatsLayout{E}.words());
-  const int64_t* counts = host + R.summary();
+  take_counts(counts, sums.data());
+  // The statistics buffer exists only in calls where telemetry was due.
+  if (stats.bytes() > 0)
+    device_stats.assign(host + R.stats(), host + R.stats() + StatsLayout{E}.words());
   plan.capacity = counts[L.capacity()];
   plan.demand.assign(counts + L.demand(), counts + L.demand() + E);
   plan.served.assign(counts + L.served(), counts + L.served() + E);
@@ -105,7 +107,7 @@ void SavedOnDevice::take_readback(const int64_t* host, bool telemetry, bool by_e
 void SavedOnDevice::settle_counts() {
   if (readback_owner == nullptr) return;
   check(cudaEventSynchronize(readback_owner->readback_done), "cudaEventSynchronize");
-  take_readback(readback_owner->readback, readback_telemetry, false);
+  take_readback(readback_owner->readback, false);
   readback_owner = nullptr;
 }
 

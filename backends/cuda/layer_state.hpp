@@ -97,11 +97,10 @@ struct SavedOnDevice final : SavedState {
   void take_counts(const int64_t* counts, const double* sums);
   // The whole read-back (ReadbackLayout) of a single-process forward: counts, losses,
   // the plan's demand, served and capacity, and the statistics when telemetry was due.
-  void take_readback(const int64_t* host, bool telemetry, bool by_experts);
+  void take_readback(const int64_t* host, bool by_experts);
   // A forward that returned before its read-back landed (static shapes): waits for it.
   void settle_counts() override;
   LayerState* readback_owner = nullptr;  // whose pinned read-back holds this call's
-  bool readback_telemetry = false;
   // Single process: the device word counting non-finite rows, which backward's aux-loss
   // gradient reads instead of the host's count, so that backward need not wait for it.
   const int64_t* device_nonfinite_rows = nullptr;

@@ -168,10 +168,11 @@ int main(int argc, char** argv) {
 
   const double forward_ms =
       median_ms(iters, [&] { moe::check(moe_layer_forward(layer.get(), &fa, nullptr)); });
-  const double train_ms = median_ms(iters, [&] {
+  auto step = [&] {  // one forward and backward
     moe::Context ctx = layer.forward(fa);
     layer.backward(ctx, ba);
-  });
+  };
+  const double train_ms = median_ms(iters, step);
   // Static shapes (capacity and padding): one forward and backward captured into a CUDA
   // graph and replayed, which takes the host out of the step (docs/cuda.md).
   double graph_ms = -1;
@@ -179,10 +180,6 @@ int main(int argc, char** argv) {
     cudaStream_t stream;
     cuda_ok(cudaStreamCreate(&stream), "cudaStreamCreate");
     moe::check(moe_layer_set_stream(layer.get(), stream));
-    auto step = [&] {
-      moe::Context ctx = layer.forward(fa);
-      layer.backward(ctx, ba);
-    };
     step();
     cuda_ok(cudaStreamSynchronize(stream), "warm-up");
     cudaGraph_t captured;
@@ -214,10 +211,7 @@ int main(int argc, char** argv) {
     layer.set_weights(w);
     const double f =
         median_ms(iters, [&] { moe::check(moe_layer_forward(layer.get(), &fa, nullptr)); });
-    const double t = median_ms(iters, [&] {
-      moe::Context ctx = layer.forward(fa);
-      layer.backward(ctx, ba);
-    });
+    const double t = median_ms(iters, step);
     layer.set_comm(nullptr);
     layer.set_weights(w);
     attached.push_back({name, f, t});

@@ -57,23 +57,24 @@ moe_status_t moe_layer_forward(moe_layer_t layer, const moe_forward_args_t* args
       moe::refuse_forward(l, e);
     }
     auto saved = moe::forward(l, in);
-    // Without a context nothing could read the counts later: the bookkeeping runs now.
-    if (!ctx) moe::settle_pending_forward(l);
-    if (ctx) {
-      std::unique_ptr<moe_ctx> holder;  // outlives the catch: the saved state stays alive
-      try {
-        holder = std::make_unique<moe_ctx>();
-        holder->state = std::move(saved);
-        *ctx = new_handle<moe_ctx_t>(std::move(holder), moe::HandleKind::Ctx);
-      } catch (...) {
-        // The pending bookkeeping points at the saved state: run it while that lives,
-        // or drop it with the state (a failed registration freed it).
-        if (saved || holder)
-          moe::settle_pending_forward(l);
-        else
-          l.pending_forward = {};
-        throw;
-      }
+    if (!ctx) {
+      // Without a context nothing could read the counts later: the bookkeeping runs now.
+      moe::settle_pending_forward(l);
+      return;
+    }
+    std::unique_ptr<moe_ctx> holder;  // outlives the catch: the saved state stays alive
+    try {
+      holder = std::make_unique<moe_ctx>();
+      holder->state = std::move(saved);
+      *ctx = new_handle<moe_ctx_t>(std::move(holder), moe::HandleKind::Ctx);
+    } catch (...) {
+      // The pending bookkeeping points at the saved state: run it while that lives,
+      // or drop it with the state (a failed registration freed it).
+      if (saved || holder)
+        moe::settle_pending_forward(l);
+      else
+        l.pending_forward = {};
+      throw;
     }
   });
 }

@@ -1,11 +1,12 @@
-// Support for the tests that need a GPU: finding one, and host float arrays mirrored on
-// the device in a layer's dtype.
+// Support for the tests that need a GPU: finding one, random values, and host float
+// arrays mirrored on the device in a layer's dtype.
 #pragma once
 
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
 #include <initializer_list>
+#include <random>
 #include <vector>
 
 #include "core/bfloat16.hpp"
@@ -24,6 +25,14 @@ inline bool have_gpu() {
   do {                                                                          \
     if (!moe_test::have_gpu()) GTEST_SKIP() << "no CUDA device found: not run"; \
   } while (0)
+
+// n normal values of standard deviation `scale`, as float.
+inline std::vector<float> randn(size_t n, double scale, std::mt19937_64& rng) {
+  std::normal_distribution<double> normal(0.0, scale);
+  std::vector<float> v(n);
+  for (float& x : v) x = static_cast<float>(normal(rng));
+  return v;
+}
 
 // A host float array mirrored on the device in the layer's dtype.
 struct Mirror {

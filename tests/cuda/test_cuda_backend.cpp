@@ -23,6 +23,7 @@ namespace {
 
 using moe_test::have_gpu;
 using moe_test::Mirror;
+using moe_test::randn;
 
 void cuda_ok(cudaError_t e) {
   ASSERT_EQ(e, cudaSuccess) << cudaGetErrorString(e);
@@ -41,13 +42,6 @@ double relative_error(const std::vector<float>& got, const std::vector<float>& w
 struct Shape {
   int64_t T, d, d_ff, E, k;
 };
-
-std::vector<float> randn(size_t n, double scale, std::mt19937_64& rng) {
-  std::normal_distribution<double> normal(0, scale);
-  std::vector<float> v(n);
-  for (float& x : v) x = static_cast<float>(normal(rng));
-  return v;
-}
 
 // One layer run on both backends from the same (dtype-representable) values.
 struct Comparison {

@@ -20,15 +20,9 @@
 namespace {
 
 using moe_test::Mirror;
+using moe_test::randn;
 
 constexpr int64_t kT = 96, kD = 32, kFF = 48, kE = 4, kK = 2;
-
-std::vector<float> randn(size_t n, double scale, std::mt19937_64& rng) {
-  std::normal_distribution<double> normal(0.0, scale);
-  std::vector<float> v(n);
-  for (float& x : v) x = static_cast<float>(normal(rng));
-  return v;
-}
 
 moe_layer_config_t static_config(const char* backend) {
   moe_layer_config_t c = MOE_LAYER_CONFIG_INIT;
