@@ -3,12 +3,17 @@
 namespace moe::dist {
 
 StepStats batch_step_stats(ExpertParallel& ep, const StepStats& local, double aux_loss,
-                           double z_loss) {
-  const std::vector<double> mine = local.to_values();
+                           double z_loss, int64_t copies_computed) {
+  std::vector<double> mine = local.to_values();
+  mine.push_back(static_cast<double>(copies_computed));  // exact below 2^53 copies
   const std::vector<double> all = ep.all_gather(mine);
   StepStats batch(local.experts);
-  for (int q = 0; q < ep.world(); ++q)
-    batch.add(StepStats::from_values(local.experts, &all[q * mine.size()]));
+  batch.rank_load.resize(ep.world());
+  for (int q = 0; q < ep.world(); ++q) {
+    const double* values = &all[q * mine.size()];
+    batch.add(StepStats::from_values(local.experts, values));
+    batch.rank_load[q] = static_cast<int64_t>(values[mine.size() - 1]);
+  }
   // One call of the batch, whose capacity and losses every rank already shares.
   batch.steps = 1;
   batch.capacity_sum = local.capacity_sum;

@@ -8,8 +8,10 @@
 
 namespace moe::dist {
 
-// Collective. `local` was collected against the batch's capacity and losses.
+// Collective. `local` was collected against the batch's capacity and losses;
+// `copies_computed` is the expert copies this rank's experts ran, which the result's
+// rank_load holds for every rank.
 StepStats batch_step_stats(ExpertParallel& ep, const StepStats& local, double aux_loss,
-                           double z_loss);
+                           double z_loss, int64_t copies_computed);
 
 }  // namespace moe::dist

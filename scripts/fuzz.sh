@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The fuzz targets, each built with clang (libFuzzer, ASan + UBSan) and run for a bounded
 # time (default 30 s each). Exits non-zero on a finding.
-#   fuzz_counts_log: the moe-stats parser and the report built on it, from the sample logs;
+#   fuzz_counts_log: the moe-stats parsers (text logs, torch.save archives, safetensors)
+#                    and the reports built on them, from the sample logs;
 #   fuzz_c_abi:      programs of C ABI calls with hostile arguments, checking the ABI's
 #                    promises after every call (tests/fuzz/fuzz_c_abi.cpp).
 # Usage: scripts/fuzz.sh [SECONDS_EACH]
@@ -22,9 +23,12 @@ run() {  # run NAME BINARY CORPUS [libFuzzer options...]
   tail -12 "$out/$name.log"
 }
 
+# Every moe-stats source but its main (the list tools/CMakeLists.txt builds).
+stats_sources=$(ls tools/moe-stats/*.cpp | grep -v -e /main.cpp -e /fuzz_counts_log.cpp)
+# shellcheck disable=SC2086
 clang++-14 -std=c++17 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
-  -I. -Iinclude tools/moe-stats/fuzz_counts_log.cpp tools/moe-stats/counts_log.cpp \
-  tools/moe-stats/report.cpp core/telemetry/metrics.cpp core/telemetry/step_stats.cpp \
+  -I. -Iinclude tools/moe-stats/fuzz_counts_log.cpp $stats_sources \
+  core/telemetry/metrics.cpp core/telemetry/step_stats.cpp \
   core/telemetry/verdicts.cpp -o "$out/fuzz_counts_log"
 run counts_log "$out/fuzz_counts_log" "$out/corpus" -max_len=4096
 

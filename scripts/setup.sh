@@ -20,6 +20,7 @@ packages=(
   libopenblas0-openmp                       # PyTorch's BLAS (else the slow reference BLAS)
   prometheus                                # promtool checks the Prometheus export
   python3-matplotlib                        # moe-train draws its dashboard
+  chromium                                  # opens moe-stats' HTML report in the tests
   fortunes-min fortunes fortunes-de fortunes-es fortunes-it  # examples/torch_lm's text
 )
 

@@ -480,9 +480,12 @@ void finish_forward(Layer& layer, SavedState* saved, bool train, bool recompute,
   StageTimer telemetry;
   if (layer.telemetry.due() && !recompute) {
     StepStats stats = saved->step_stats(c, seq_len);
-    if (layer.ep)
+    if (layer.ep) {
+      const std::vector<int64_t>& computed = saved->dispatch->local.served;
       stats =
-          dist::batch_step_stats(*layer.ep, stats, saved->routing.aux_loss, saved->routing.z_loss);
+          dist::batch_step_stats(*layer.ep, stats, saved->routing.aux_loss, saved->routing.z_loss,
+                                 std::accumulate(computed.begin(), computed.end(), int64_t{0}));
+    }
     layer.telemetry.record(train, stats, c, layer.step);
   }
   charge(layer.profile.telemetry, layer.profile.exchange, telemetry.lap(), layer.ep.get());

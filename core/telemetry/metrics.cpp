@@ -15,8 +15,8 @@ constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 struct LoadMetrics {
   double entropy = kNaN, entropy_norm = kNaN, kl = kNaN, std_pct = kNaN, cv = kNaN, variance = kNaN,
          std_tokens = kNaN, max_pct = kNaN, max_frac = kNaN, min_max = kNaN, max_over_mean = kNaN,
-         maxvio = kNaN, gini = kNaN, jain = kNaN, diversity = kNaN, dead = kNaN, active = kNaN,
-         fraction_active = kNaN;
+         maxvio = kNaN, balancedness = kNaN, gini = kNaN, jain = kNaN, diversity = kNaN,
+         dead = kNaN, active = kNaN, fraction_active = kNaN;
 };
 
 double population_std(const std::vector<double>& v) {
@@ -59,6 +59,7 @@ LoadMetrics load_metrics(const std::vector<int64_t>& counts) {
   m.min_max = least / most;
   m.max_over_mean = most / mean;
   m.maxvio = m.max_over_mean - 1.0;
+  m.balancedness = mean / most;
   std::vector<double> sorted = c;
   std::sort(sorted.begin(), sorted.end());
   double weighted = 0;  // sum_i sum_j |c_i - c_j| = 2 sum_i (2i - E + 1) c_(i)
@@ -93,6 +94,14 @@ const Entry kEntries[] = {
     {"min_max_ratio", MOE_METRIC_SCALAR, "min count / max count"},
     {"max_over_mean", MOE_METRIC_SCALAR, "max count / mean count"},
     {"maxvio", MOE_METRIC_SCALAR, "max_over_mean - 1"},
+    {"balancedness", MOE_METRIC_SCALAR, "mean count / max count (vLLM, SGLang)"},
+    {"imbalance_ratio", MOE_METRIC_SCALAR, "(max count - mean count) / mean count (TensorRT-LLM)"},
+    {"rank_balancedness", MOE_METRIC_SCALAR,
+     "mean / max over ranks of the copies each rank's experts computed"},
+    {"rank_imbalance_ratio", MOE_METRIC_SCALAR,
+     "(max - mean) / mean over ranks of the copies each rank's experts computed"},
+    {"overload_factor", MOE_METRIC_SCALAR,
+     "max over ranks of the copies a rank's experts computed / (T*k / ranks) (Megatron)"},
     {"gini", MOE_METRIC_SCALAR, "Gini coefficient of the demand counts"},
     {"jain_fairness", MOE_METRIC_SCALAR, "(sum c)^2 / (E sum c^2)"},
     {"diversity", MOE_METRIC_SCALAR, "exp(load_entropy) / E"},
@@ -201,6 +210,19 @@ MetricSet compute_metrics(const StepStats& s, const LayerConfig& config) {
   set("min_max_ratio", d.min_max);
   set("max_over_mean", d.max_over_mean);
   set("maxvio", d.maxvio);
+  set("balancedness", d.balancedness);
+  set("imbalance_ratio", d.maxvio);
+  {
+    // Over ranks: undefined without a communicator (rank_load empty) or without copies.
+    const LoadMetrics r = s.rank_load.empty() ? LoadMetrics{} : load_metrics(s.rank_load);
+    set("rank_balancedness", r.balancedness);
+    set("rank_imbalance_ratio", r.maxvio);
+    const double most =
+        s.rank_load.empty()
+            ? kNaN
+            : static_cast<double>(*std::max_element(s.rank_load.begin(), s.rank_load.end()));
+    set("overload_factor", ratio(most, Tk / static_cast<double>(s.rank_load.size())));
+  }
   set("gini", d.gini);
   set("jain_fairness", d.jain);
   set("diversity", d.diversity);

@@ -43,6 +43,12 @@ void StepStats::add(const StepStats& o) {
   seq_same_top1 += o.seq_same_top1;
   seq_overlap_sum += o.seq_overlap_sum;
   seq_cosine_sum += o.seq_cosine_sum;
+  if (o.rank_load.empty()) return;
+  if (rank_load.size() != o.rank_load.size()) {
+    rank_load = o.rank_load;
+    return;
+  }
+  for (size_t r = 0; r < rank_load.size(); ++r) rank_load[r] += o.rank_load[r];
 }
 
 namespace {

@@ -40,6 +40,12 @@ struct StepStats {
   double aux_weighted = 0, z_weighted = 0;  // loss * valid tokens, for token-weighted means
   int64_t seq_pairs = 0, seq_same_top1 = 0;
   double seq_overlap_sum = 0, seq_cosine_sum = 0;
+  // [world] under expert parallelism: the expert copies each rank computed (its experts'
+  // load, what vLLM's and SGLang's balancedness compare); empty without a communicator.
+  // Not in to_values: dist::batch_step_stats gathers it beside the other fields. A window
+  // sums it over the calls made with the same number of ranks and keeps the latest
+  // world's sums when that changes.
+  std::vector<int64_t> rank_load;
 
   // with_coactivation false: no co-activation matrix even for a small E (moe-stats, whose
   // counts logs hold no pairs).

@@ -15,6 +15,7 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <numeric>
 #include <random>
 #include <string>
 #include <thread>
@@ -140,6 +141,56 @@ void expect_close(const double* a, const double* b, int64_t n, double tol, const
     CHECK(std::abs(a[i] - b[i]) <= tol * (1.0 + std::abs(b[i])), "%s[%lld]: %.17g vs %.17g", what,
           static_cast<long long>(i), a[i], b[i]);
   }
+}
+
+// Where a metric lies in a snapshot: its index among the metrics of its shape.
+int32_t snapshot_position(const char* wanted) {
+  int32_t count = 0;
+  moe_metric_count(&count);
+  int32_t position[3] = {0, 0, 0};
+  for (int32_t i = 0; i < count; ++i) {
+    const char* name = nullptr;
+    moe_metric_shape_t shape = MOE_METRIC_SCALAR;
+    moe_metric_info(i, &name, &shape, nullptr);
+    if (std::strcmp(name, wanted) == 0) return position[shape];
+    ++position[shape];
+  }
+  CHECK(false, "no metric %s", wanted);
+  return -1;
+}
+
+// rank_balancedness, rank_imbalance_ratio and overload_factor from each rank's load:
+// the served copies of the experts it holds (expected only where every expert has one
+// holder; with replicas the load of an expert splits by the split rule, and then the
+// rank loads need only add up). Writes them into `want`.
+void expect_rank_metrics(const std::vector<double>& got, std::vector<double>& want,
+                         const std::vector<double>& per_expert,
+                         const std::vector<std::vector<int32_t>>& holders, int64_t E) {
+  const int32_t served = snapshot_position("expert_served"),
+                counts = snapshot_position("expert_counts"), frac = snapshot_position("frac_dem");
+  const int32_t balancedness = snapshot_position("rank_balancedness"),
+                imbalance = snapshot_position("rank_imbalance_ratio"),
+                overload = snapshot_position("overload_factor");
+  std::vector<double> load(g_world, 0.0);
+  double copies = std::nan("");  // T k, from d_e / frac_dem_e
+  bool one_holder = true;
+  for (int64_t e = 0; e < E; ++e) {
+    one_holder = one_holder && holders[e].size() == 1;
+    load[holders[e][0]] += per_expert[served * E + e];
+    if (per_expert[counts * E + e] > 0)
+      copies = per_expert[counts * E + e] / per_expert[frac * E + e];
+  }
+  if (!one_holder) {
+    CHECK(got[balancedness] > 0 && got[balancedness] <= 1, "rank_balancedness %g",
+          got[balancedness]);
+    for (int32_t m : {balancedness, imbalance, overload}) want[m] = got[m];
+    return;
+  }
+  const double most = *std::max_element(load.begin(), load.end());
+  const double mean = std::accumulate(load.begin(), load.end(), 0.0) / g_world;
+  want[balancedness] = mean / most;
+  want[imbalance] = (most - mean) / mean;
+  want[overload] = most / (copies / g_world);
 }
 
 // n draws of N(0, scale^2) from rng.
@@ -440,7 +491,12 @@ void run_scenario(moe_comm_t comm, Scenario sc, uint64_t seed, Path path = Path:
   }
   CHECK(got.bias == ref.bias, "selection bias differs");
   const double metric_tol = bit_exact ? 1e-9 : 1e-4;
-  expect_close(got.scalars.data(), ref.scalars.data(), got.scalars.size(), metric_tol, "metric");
+  // The single process has no ranks (its rank metrics are NaN): the group's are what the
+  // definitions (docs/metrics.md, expert-parallel ranks) give for the reference's served
+  // counts on the experts each rank holds.
+  std::vector<double> want_scalars = ref.scalars;
+  expect_rank_metrics(got.scalars, want_scalars, ref.per_expert, holders, E);
+  expect_close(got.scalars.data(), want_scalars.data(), got.scalars.size(), metric_tol, "metric");
   expect_close(got.per_expert.data(), ref.per_expert.data(), got.per_expert.size(), metric_tol,
                "per-expert metric");
   expect_close(got.coactivation.data(), ref.coactivation.data(), got.coactivation.size(), 0.0,

@@ -23,7 +23,10 @@ def load_metrics(counts):
         load_variance=cv ** 2, std_tokens_per_expert=float(c.std()), max_load_pct=100 * p.max(),
         max_frac=p.max(), min_max_ratio=c.min() / c.max(), max_over_mean=c.max() / c.mean(),
         maxvio=c.max() / c.mean() - 1, gini=np.abs(c[:, None] - c[None, :]).sum() / (2 * E * total),
-        jain_fairness=total ** 2 / (E * (c ** 2).sum()), diversity=math.exp(H) / E)
+        jain_fairness=total ** 2 / (E * (c ** 2).sum()), diversity=math.exp(H) / E,
+        # vLLM's and SGLang's balancedness (mean over max) and TensorRT-LLM's imbalance
+        # ratio ((max - mean) / mean), as those projects define them over their loads.
+        balancedness=c.mean() / c.max(), imbalance_ratio=(c.max() - c.mean()) / c.mean())
     return out
 
 
@@ -41,6 +44,8 @@ def recount(routing, P, logits, *, top_k, capacity_factor, alpha=0.0, z_coef=0.0
         C = d.max() if capacity_factor <= 0 else capacity(capacity_factor, Tk, E)
     out = {"tokens": T, "steps": 1, "frac_dem_max": d.max() / Tk, "frac_srv_max": s.max() / Tk}
     out.update(load_metrics(d))
+    # Without a communicator there are no ranks to compare.
+    out.update(rank_balancedness=math.nan, rank_imbalance_ratio=math.nan, overload_factor=math.nan)
     served = load_metrics(s)
     for key in ("load_entropy", "load_entropy_norm", "kl_to_uniform", "load_cv", "max_frac",
                 "min_max_ratio", "max_over_mean", "gini", "jain_fairness", "dead_experts"):

@@ -146,8 +146,9 @@ def test_malformed_lines_name_file_and_line(tmp_path):
     assert lenient.returncode == 0
     assert "2 malformed lines skipped" in lenient.stderr and ":4: negative count" in lenient.stderr
     assert len(json.loads(lenient.stdout)[0]["steps"]) == 1
-    for text, message in [("[(1, tensor([1, 2)]\n", "expected"), ('{"counts": "x"}\n', "counts"),
-                          ("{nope\n", "not valid JSON"), ("[1]\n", "expected '('"),
+    for text, message in [("[(1, tensor([1, 2)]\n", "not closed"), ('{"counts": "x"}\n', "counts"),
+                          ("{nope\n", "not valid JSON"), ("[1, 'a']\n", "not a print of counts"),
+                              ("[(1, tensor([1, 2]))]]\n", "trailing text"),
                           ("[(1, tensor([]))]\n", "no counts")]:
         result = run("-", stdin=text)
         assert result.returncode == 1 and "<stdin>:1:" in result.stderr and message in result.stderr

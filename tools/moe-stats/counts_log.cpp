@@ -2,335 +2,74 @@
 
 #include <algorithm>
 #include <cctype>
-#include <cmath>
-#include <cstring>
-#include <limits>
-#include <nlohmann/json.hpp>
 
 #include "core/config.hpp"
+#include "tools/moe-stats/binary_logs.hpp"
+#include "tools/moe-stats/count_text.hpp"
+#include "tools/moe-stats/json_records.hpp"
+#include "tools/moe-stats/python_literal.hpp"
 
 namespace moe::stats {
 namespace {
 
-struct LineError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
+// The (layer, expert) cells one SGLang CSV dump may hold: 60 layers of 2^18 experts.
+constexpr size_t kMaxSparseCells = size_t{1} << 24;
 
-void push_count(std::vector<int64_t>& counts, int64_t count) {
-  if (static_cast<int64_t>(counts.size()) >= kMaxExperts)
-    throw LineError(
-        "more than 2^20 counts in one record, the most experts a layer has "
-        "(docs/limits.md)");
-  counts.push_back(count);
+bool starts_with(const std::string& s, const char* prefix) {
+  return s.rfind(prefix, 0) == 0;
 }
 
-std::string trim(const std::string& s) {
-  size_t a = 0, b = s.size();
-  while (a < b && std::isspace(static_cast<unsigned char>(s[a]))) ++a;
-  while (b > a && std::isspace(static_cast<unsigned char>(s[b - 1]))) --b;
-  return s.substr(a, b - a);
+// A Python print, which may go on over the next lines (PyTorch wraps wide tensors);
+// a line opening with {" is JSON.
+bool opens_print(const std::string& t) {
+  if (t[0] == '[' || t[0] == '(' || starts_with(t, "tensor(") || starts_with(t, "array("))
+    return true;
+  if (t[0] != '{') return false;
+  // A Python dict's keys are quoted with ' or numbers; JSON's are quoted with ".
+  const size_t next = t.find_first_not_of(" \t", 1);
+  return next != std::string::npos &&
+         (t[next] == '\'' || std::isdigit(static_cast<unsigned char>(t[next])));
 }
 
-// A count: an integer, or a number written as a float that holds one ("12.", "1.2e+03").
-int64_t parse_count(const std::string& text, const char* what) {
-  const std::string t = trim(text);
-  if (t.empty()) throw LineError(std::string("empty ") + what);
-  const std::string not_integer = std::string("not an integer ") + what + ": '" + t + "'";
-  size_t used = 0;
-  long long v = 0;
-  if (t.find_first_of(".eE") == std::string::npos) {
-    try {
-      v = std::stoll(t, &used);
-    } catch (const std::exception&) {
-      throw LineError(not_integer);
-    }
-  } else {
-    double d = 0;
-    try {
-      d = std::stod(t, &used);
-    } catch (const std::exception&) {
-      throw LineError(not_integer);
-    }
-    if (!(std::fabs(d) <= 9.0e18) || d != std::floor(d)) throw LineError(not_integer);
-    v = static_cast<long long>(d);
-  }
-  if (used != t.size()) throw LineError(not_integer);
-  if (v < 0) throw LineError(std::string("negative ") + what + ": " + t);
-  return v;
+// A wrapped print goes on with indented lines (PyTorch and NumPy indent every line
+// after the first), and the blank lines between the slabs of a 3-D tensor.
+bool continues_print(const std::string& line) {
+  return line.empty() || line[0] == ' ' || line[0] == '\t' || line == "\r";
 }
 
-// The fields of one CSV line (RFC 4180): a field in double quotes may hold commas, and
-// "" inside it is one quote. Unquoted fields are trimmed.
-std::vector<std::string> csv_fields(const std::string& line) {
-  std::vector<std::string> fields;
+// Megatron-Core's older dump, one line a microbatch of one rank's layer:
+//   Rank=0 iter=100 layer=3 tokens_per_expert=[128, 64]
+void parse_megatron_text(const std::string& line, std::vector<CountsRecord>& out) {
+  CountsRecord r;
   size_t i = 0;
-  while (true) {
-    std::string field;
-    while (i < line.size() && line[i] == ' ') ++i;
-    if (i < line.size() && line[i] == '"') {
-      ++i;
-      while (true) {
-        if (i >= line.size()) throw LineError("a quoted CSV field is not closed");
-        if (line[i] == '"') {
-          if (i + 1 < line.size() && line[i + 1] == '"') {
-            field += '"';
-            i += 2;
-            continue;
-          }
-          ++i;
-          break;
-        }
-        field += line[i++];
-      }
-      while (i < line.size() && line[i] == ' ') ++i;
-      if (i < line.size() && line[i] != ',')
-        throw LineError("text after a quoted CSV field at column " + std::to_string(i + 1));
-    } else {
-      const size_t comma = line.find(',', i);
-      field = trim(line.substr(i, comma == std::string::npos ? std::string::npos : comma - i));
-      i = comma == std::string::npos ? line.size() : comma;
-    }
-    fields.push_back(field);
-    if (i >= line.size()) break;
-    ++i;  // the comma
-  }
-  return fields;
-}
-
-// A cursor over one line of PyTorch's tuple print.
-class Cursor {
- public:
-  explicit Cursor(const std::string& s) : s_(s) {}
-  void skip_space() {
-    while (i_ < s_.size() && std::isspace(static_cast<unsigned char>(s_[i_]))) ++i_;
-  }
-  bool peek(char c) {
-    skip_space();
-    return i_ < s_.size() && s_[i_] == c;
-  }
-  void expect(const std::string& token) {
-    skip_space();
-    if (s_.compare(i_, token.size(), token) != 0)
-      throw LineError("expected '" + token + "' at column " + std::to_string(i_ + 1));
-    i_ += token.size();
-  }
-  // A count: digits, or a float that holds an integer, as PyTorch prints a float
-  // tensor of counts ("5295.", "1.0000e+05").
-  int64_t integer() {
-    skip_space();
-    const size_t start = i_;
-    while (i_ < s_.size() && (std::isdigit(static_cast<unsigned char>(s_[i_])) ||
-                              std::strchr(".eE+-", s_[i_]) != nullptr))
-      ++i_;
-    if (start == i_) throw LineError("expected a number at column " + std::to_string(start + 1));
-    return parse_count(s_.substr(start, i_ - start), "count");
-  }
-  bool done() {
-    skip_space();
-    return i_ == s_.size();
-  }
-  // Skips to the next `c` (not consuming it), e.g. past ", device='cuda:0'".
-  void skip_until(char c) {
-    while (i_ < s_.size() && s_[i_] != c) ++i_;
-  }
-
- private:
-  const std::string& s_;
-  size_t i_ = 0;
-};
-
-void parse_torch_print(const std::string& line, int64_t step, std::vector<CountsRecord>& out) {
-  Cursor c(line);
-  c.expect("[");
-  std::vector<CountsRecord> records;
-  while (!c.peek(']')) {
-    CountsRecord r;
-    r.step = step;
-    c.expect("(");
-    r.layer = std::to_string(c.integer());
-    c.expect(",");
-    c.expect("tensor(");
-    c.expect("[");
-    while (!c.peek(']')) {
-      push_count(r.counts, c.integer());
-      if (!c.peek(']')) c.expect(",");
-    }
-    c.expect("]");
-    if (c.peek(',')) c.skip_until(')');  // e.g. ", device='cuda:0'"
-    c.expect(")");
-    c.expect(")");
-    if (r.counts.empty()) throw LineError("layer " + r.layer + " has no counts");
-    records.push_back(std::move(r));
-    if (!c.peek(']')) c.expect(",");
-  }
-  c.expect("]");
-  if (!c.done()) throw LineError("trailing text after the list");
-  out.insert(out.end(), records.begin(), records.end());
-}
-
-std::vector<int64_t> json_counts(const nlohmann::json& v, const char* key) {
-  if (!v.is_array() || v.empty())
-    throw LineError(std::string("'") + key + "' is not a non-empty array");
-  std::vector<int64_t> out;
-  if (v.size() > static_cast<size_t>(kMaxExperts))
-    throw LineError(std::string("'") + key + "' holds more than 2^20 counts (docs/limits.md)");
-  for (const auto& x : v) {
-    if (!x.is_number()) throw LineError(std::string("'") + key + "' holds a non-number");
-    const double d = x.get<double>();
-    if (!(d >= 0) || d > 9.0e18 || d != static_cast<double>(static_cast<int64_t>(d)))
-      throw LineError(std::string("'") + key + "' holds a value that is not a count");
-    out.push_back(static_cast<int64_t>(d));
-  }
-  return out;
-}
-
-std::string json_label(const nlohmann::json& v) {
-  if (v.is_string()) return v.get<std::string>();
-  if (v.is_number_integer()) return std::to_string(v.get<int64_t>());
-  throw LineError("'layer' is neither a string nor an integer");
-}
-
-void parse_json(const std::string& line, int64_t step, std::vector<CountsRecord>& out) {
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(line);
-  } catch (const nlohmann::json::parse_error& e) {
-    // nlohmann's message without its id prefix and without the text it last read (which
-    // may hold the very bytes that are not UTF-8).
-    std::string what = e.what();
-    if (const size_t id_end = what.find("] "); id_end != std::string::npos)
-      what.erase(0, id_end + 2);
-    if (const size_t echo = what.find("; last read"); echo != std::string::npos) what.erase(echo);
-    throw LineError("not valid JSON: " + what);
-  }
-  if (!j.is_object()) throw LineError("not a JSON object");
-  CountsRecord r;
-  r.step = step;
-  if (j.contains("step")) {
-    if (!j["step"].is_number_integer()) throw LineError("'step' is not an integer");
-    r.step = j["step"].get<int64_t>();
-  }
-  r.layer = j.contains("layer") ? json_label(j["layer"]) : "0";
-  if (j.contains("split") && j["split"].is_string()) r.split = j["split"].get<std::string>();
-  if (j.contains("counts")) {
-    r.counts = json_counts(j["counts"], "counts");
-  } else if (j.contains("expert_counts")) {
-    r.counts = json_counts(j["expert_counts"], "expert_counts");
-    if (j.contains("expert_served")) r.served = json_counts(j["expert_served"], "expert_served");
-    if (r.served.size() && r.served.size() != r.counts.size())
-      throw LineError("expert_served and expert_counts differ in length");
-    for (size_t e = 0; e < r.served.size(); ++e)
-      if (r.served[e] > r.counts[e])
-        throw LineError("expert " + std::to_string(e) + " served " + std::to_string(r.served[e]) +
-                        " copies of a demand of " + std::to_string(r.counts[e]) +
-                        " (served can never exceed demand)");
-    if (j.contains("tokens") && j["tokens"].is_number() && j["tokens"].get<double>() == 0)
-      return;  // a record of a window with nothing in it
-  } else if (j.contains("kind")) {
-    return;  // moe-train's step summary: its layers' records carry the counts
-  } else {
-    throw LineError("no 'counts' or 'expert_counts' key");
-  }
-  // Only carried along (moe-stats --records): anything but a whole count stays unknown.
-  if (j.contains("tokens") && j["tokens"].is_number_unsigned() &&
-      j["tokens"].get<uint64_t>() <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
-    r.tokens = j["tokens"].get<int64_t>();
-  out.push_back(std::move(r));
-}
-
-// A header: the plain layout's (step,layer,...) is skipped; the library's export names
-// its per-expert columns, which the rows are then read by.
-void read_csv_header(const std::vector<std::string>& cells, CsvLayout& layout) {
-  layout.header_seen = true;
-  std::vector<std::pair<int64_t, size_t>> counts, served;
-  for (size_t i = 0; i < cells.size(); ++i) {
-    const std::string& name = cells[i];
-    auto expert_of = [&](const std::string& prefix) -> int64_t {
-      if (name.rfind(prefix, 0) != 0 || name.size() == prefix.size()) return -1;
-      const std::string digits = name.substr(prefix.size());
-      if (digits.size() > 7 || digits.find_first_not_of("0123456789") != std::string::npos)
-        return -1;
-      return std::stoll(digits);
-    };
-    if (const int64_t e = expert_of("expert_counts_e"); e >= 0) counts.push_back({e, i});
-    if (const int64_t e = expert_of("expert_served_e"); e >= 0) served.push_back({e, i});
-    if (name == "split") layout.split = i;
-    if (name == "tokens") layout.tokens = i;
-  }
-  std::sort(counts.begin(), counts.end());
-  std::sort(served.begin(), served.end());
-  for (size_t e = 0; e < counts.size(); ++e) {
-    if (counts[e].first != static_cast<int64_t>(e))
-      throw LineError("the header's expert_counts_e columns skip expert " + std::to_string(e));
-    layout.counts.push_back(counts[e].second);
-  }
-  if (!served.empty() && served.size() != counts.size())
-    throw LineError("the header has " + std::to_string(served.size()) +
-                    " expert_served_e columns for " + std::to_string(counts.size()) +
-                    " expert_counts_e columns");
-  for (const auto& [e, column] : served) layout.served.push_back(column);
-}
-
-void parse_csv(const std::string& line, CsvLayout& layout, std::vector<CountsRecord>& out) {
-  const std::vector<std::string> cells = csv_fields(line);
-  if (!layout.header_seen && cells[0] == "step") {
-    read_csv_header(cells, layout);
-    return;
-  }
-  if (cells.size() < 3) throw LineError("a CSV row needs step,layer and at least one count");
-  CountsRecord r;
-  r.step = parse_count(cells[0], "step");
-  if (cells[1].empty()) throw LineError("empty layer");
-  r.layer = cells[1];
-  if (layout.counts.empty()) {
-    for (size_t i = 2; i < cells.size(); ++i) push_count(r.counts, parse_count(cells[i], "count"));
-    out.push_back(std::move(r));
-    return;
-  }
-  auto cell = [&](size_t column) -> const std::string& {
-    if (column >= cells.size())
-      throw LineError("the row has " + std::to_string(cells.size()) + " cells, the header more");
-    return cells[column];
+  auto field = [&](const char* name) {
+    const std::string key = std::string(name) + "=";
+    if (line.compare(i, key.size(), key) != 0)
+      throw LineError("expected '" + key + "' at column " + std::to_string(i + 1));
+    i += key.size();
+    const size_t end = line.find(' ', i);
+    if (end == std::string::npos) throw LineError("the line ends after '" + key + "'");
+    const std::string value = line.substr(i, end - i);
+    i = end + 1;
+    return value;
   };
-  for (size_t column : layout.counts) push_count(r.counts, parse_count(cell(column), "count"));
-  for (size_t column : layout.served) push_count(r.served, parse_count(cell(column), "count"));
-  for (size_t e = 0; e < r.served.size(); ++e)
-    if (r.served[e] > r.counts[e])
-      throw LineError("expert " + std::to_string(e) + " served more copies than its demand");
-  if (layout.split != SIZE_MAX) r.split = cell(layout.split);
-  if (layout.tokens != SIZE_MAX) {
-    if (cell(layout.tokens) == "0") return;  // an empty window
-    try {  // only carried along (moe-stats --records): a cell that is no count stays unknown
-      r.tokens = parse_count(cell(layout.tokens), "tokens");
-    } catch (const LineError&) {
-    }
-  }
+  const int64_t rank = parse_count(field("Rank"), "rank");
+  if (rank >= (int64_t{1} << 24)) throw LineError("a rank past 2^24");
+  r.rank = static_cast<int>(rank);
+  r.step = parse_count(field("iter"), "iteration");
+  r.layer = field("layer");
+  const std::string key = "tokens_per_expert=";
+  if (line.compare(i, key.size(), key) != 0)
+    throw LineError("expected 'tokens_per_expert=' at column " + std::to_string(i + 1));
+  const std::vector<std::vector<int64_t>> rows =
+      count_rows(parse_python_literal(line.substr(i + key.size())));
+  if (rows.size() != 1 || rows[0].empty())
+    throw LineError("tokens_per_expert is not a list of counts");
+  r.counts = rows[0];
+  r.local = r.partial = true;
   out.push_back(std::move(r));
 }
 
-}  // namespace
-
-void parse_line(const std::string& raw, const std::string& source, int64_t line_number,
-                int64_t& step_counter, std::vector<CountsRecord>& out, CsvLayout& csv) {
-  const std::string line = trim(raw);
-  if (line.empty() || line[0] == '#') return;
-  try {
-    if (line[0] == '[') {
-      parse_torch_print(line, ++step_counter, out);
-    } else if (line[0] == '{') {
-      parse_json(line, ++step_counter, out);
-    } else {
-      parse_csv(line, csv, out);
-    }
-  } catch (const LineError& e) {
-    throw ParseError(source, line_number, e.what());
-  }
-}
-
-namespace {
-
-// std::getline, but a line past `limit` bytes is skipped to its end instead of held:
-// returns false at the end of the input, and sets too_long for such a line.
 bool read_bounded_line(std::istream& in, std::string& line, size_t limit, bool& too_long) {
   line.clear();
   too_long = false;
@@ -350,45 +89,192 @@ bool read_bounded_line(std::istream& in, std::string& line, size_t limit, bool& 
 
 }  // namespace
 
-ParseSummary parse_counts_log(std::istream& in, const std::string& source, bool lenient,
-                              const RecordSink& sink) {
-  ParseSummary summary;
-  std::string line;
-  std::vector<CountsRecord> records;
-  int64_t number = 0, step_counter = 0;
-  CsvLayout csv;
+void ParseSummary::skip(const std::string& message) {
+  ++skipped_lines;
+  if (skipped_messages.size() < kMaxSkippedMessages) skipped_messages.push_back(message);
+}
+
+LogReader::LogReader(std::istream& in, std::string source, bool lenient)
+    : in_(in), source_(std::move(source)), lenient_(lenient) {}
+
+std::string LogReader::where() const {
+  return source_ + ":" + std::to_string(record_line_);
+}
+
+// std::getline, but a line past 64 MiB is skipped to its end instead of held.
+bool LogReader::read_line(std::string& line) {
+  if (holding_) {
+    holding_ = false;
+    line = std::move(held_);
+    line_ = held_line_;
+    return true;
+  }
   bool too_long = false;
-  while (read_bounded_line(in, line, kMaxLineBytes, too_long)) {
-    ++number;
-    records.clear();
+  if (!read_bounded_line(in_, line, kMaxLineBytes, too_long)) return false;
+  ++line_;
+  if (line_ == 1) {
+    if (line.rfind("\xEF\xBB\xBF", 0) == 0) line.erase(0, 3);  // a UTF-8 BOM
+    // A dump given as text (on stdin, which cannot seek): refused, not read as CSV, and
+    // not skipped under --lenient (none of it is text).
+    const LogKind kind = sniff_log(line.substr(0, 4096), "");
+    if (kind != LogKind::kText)
+      throw std::runtime_error(
+          source_ + ":1: " +
+          unreadable_kind(kind == LogKind::kOtherBinary || kind == LogKind::kLegacyTorchSave
+                              ? kind
+                              : LogKind::kText));
+  }
+  if (too_long) throw ParseError(source_, line_, "line longer than 64 MiB (docs/limits.md)");
+  return true;
+}
+
+void LogReader::parse_statement(const std::string& t, std::vector<CountsRecord>& out) {
+  if (opens_print(t)) {
+    for (CountsRecord& r : print_records(parse_python_literal(t), step_counter_))
+      out.push_back(std::move(r));
+  } else if (t[0] == '{') {
+    parse_json(t, ++step_counter_, out);
+  } else if (starts_with(t, "Rank=")) {
+    parse_megatron_text(t, out);
+  } else if (!csv_.header_seen && t == "layer_id,expert_id,count") {
+    sparse_ = csv_.header_seen = true;  // SGLang's dump: one header, then its rows
+  } else {
+    parse_csv(t, csv_, out);
+  }
+}
+
+void LogReader::flush_sparse(std::vector<CountsRecord>& out) {
+  int64_t experts = 0;
+  for (const auto& [layer, cells] : sparse_counts_)
+    if (!cells.empty()) experts = std::max(experts, cells.rbegin()->first + 1);
+  for (const std::string& layer : sparse_order_) {
+    CountsRecord r;
+    r.step = 1;  // one dump
+    r.layer = layer;
+    r.counts.assign(static_cast<size_t>(experts), 0);
+    for (const auto& [e, c] : sparse_counts_[layer]) r.counts[e] = c;
+    r.sparse = true;
+    out.push_back(std::move(r));
+  }
+  sparse_counts_.clear();
+  sparse_order_.clear();
+}
+
+bool LogReader::next(CountsRecord& out) {
+  std::vector<CountsRecord> records;
+  while (ready_.empty()) {
+    std::string line;
+    bool more = false;
     try {
-      if (too_long) throw ParseError(source, number, "line longer than 64 MiB (docs/limits.md)");
-      parse_line(line, source, number, step_counter, records, csv);
+      more = read_line(line);
     } catch (const ParseError& e) {
-      if (!lenient) throw;
-      ++summary.skipped_lines;
-      if (summary.skipped_messages.size() < kMaxSkippedMessages)
-        summary.skipped_messages.push_back(e.what());
+      if (!lenient_) throw;
+      summary_.skip(e.what());
       continue;
     }
-    // A record the report cannot take (a layer changing its expert count, counts
-    // overflowing 64 bits) is this line's error too.
-    for (CountsRecord& r : records) {
-      try {
-        sink(std::move(r));
-        ++summary.records;
-      } catch (const ParseError&) {
-        throw;
-      } catch (const std::runtime_error& e) {
-        if (!lenient) throw ParseError(source, number, e.what());
-        ++summary.skipped_lines;
-        if (summary.skipped_messages.size() < kMaxSkippedMessages)
-          summary.skipped_messages.push_back(ParseError(source, number, e.what()).what());
-        break;
+    if (!more) {
+      if (sparse_counts_.empty()) return false;
+      flush_sparse(records);
+      record_line_ = line_;
+      for (CountsRecord& r : records) ready_.push_back(std::move(r));
+      break;
+    }
+    first_line_ = line_;
+    std::string statement = trim(line);
+    if (statement.empty() || statement[0] == '#') continue;
+    records.clear();
+    try {
+      if (opens_print(statement)) {
+        // Gather the lines of a wrapped print until its brackets close.
+        int depth = statement_depth(statement, 0);
+        bool too_long = false;
+        while (depth > 0) {
+          std::string next_line;
+          if (!read_line(next_line))
+            throw LineError("the print is not closed at the end of the log");
+          if (!continues_print(next_line)) {
+            held_ = std::move(next_line);  // the next statement: read it again
+            held_line_ = line_;
+            holding_ = true;
+            throw LineError("the print is not closed before line " + std::to_string(line_));
+          }
+          depth = statement_depth(next_line, depth);
+          if (statement.size() + next_line.size() + 1 > kMaxLineBytes) too_long = true;
+          if (!too_long) statement += "\n" + next_line;
+        }
+        if (too_long) throw LineError("a print longer than 64 MiB (docs/limits.md)");
       }
+      if (sparse_ && statement != "layer_id,expert_id,count") {
+        const std::vector<std::string> cells = [&] {
+          std::vector<std::string> v;
+          size_t start = 0;
+          for (size_t comma; (comma = statement.find(',', start)) != std::string::npos;
+               start = comma + 1)
+            v.push_back(statement.substr(start, comma - start));
+          v.push_back(statement.substr(start));
+          return v;
+        }();
+        if (cells.size() != 3) throw LineError("expected layer_id,expert_id,count");
+        const std::string layer = trim(cells[0]);
+        const int64_t expert = parse_count(cells[1], "expert id");
+        if (expert >= kMaxExperts) throw LineError("an expert id past 2^20 (docs/limits.md)");
+        const int64_t count = parse_count(cells[2], "count");
+        auto [it, added] = sparse_counts_.try_emplace(layer);
+        if (added) sparse_order_.push_back(layer);
+        size_t cells_held = 0;
+        for (const auto& [l, m] : sparse_counts_) cells_held += m.size();
+        if (cells_held >= kMaxSparseCells && !it->second.count(expert))
+          throw LineError("more than 2^24 (layer, expert) cells in one dump");
+        if (__builtin_add_overflow(it->second[expert], count, &it->second[expert]))
+          throw LineError("counts past 2^63 - 1 once summed");
+        continue;
+      }
+      parse_statement(statement, records);
+    } catch (const LineError& e) {
+      if (!lenient_) throw ParseError(source_, first_line_, e.what());
+      summary_.skip(ParseError(source_, first_line_, e.what()).what());
+      continue;
+    } catch (const ParseError& e) {
+      if (!lenient_) throw;
+      summary_.skip(e.what());
+      continue;
+    }
+    record_line_ = first_line_;
+    for (CountsRecord& r : records) ready_.push_back(std::move(r));
+  }
+  out = std::move(ready_.front());
+  ready_.pop_front();
+  return true;
+}
+
+ParseSummary drain(RecordSource& source, bool lenient, const RecordSink& sink) {
+  int64_t records = 0, refused = 0;
+  std::vector<std::string> messages;
+  CountsRecord r;
+  while (source.next(r)) {
+    try {
+      sink(std::move(r));
+      ++records;
+    } catch (const ParseError&) {
+      throw;
+    } catch (const std::runtime_error& e) {
+      const std::string message = source.where() + ": " + e.what();
+      if (!lenient) throw std::runtime_error(message);
+      ++refused;
+      if (messages.size() < kMaxSkippedMessages) messages.push_back(message);
     }
   }
+  ParseSummary summary = source.summary();
+  summary.records = records;
+  for (const std::string& m : messages) summary.skip(m);
+  summary.skipped_lines += refused - static_cast<int64_t>(messages.size());
   return summary;
+}
+
+ParseSummary parse_counts_log(std::istream& in, const std::string& source, bool lenient,
+                              const RecordSink& sink) {
+  LogReader reader(in, source, lenient);
+  return drain(reader, lenient, sink);
 }
 
 }  // namespace moe::stats
