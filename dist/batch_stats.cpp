@@ -9,6 +9,7 @@ StepStats batch_step_stats(ExpertParallel& ep, const StepStats& local, double au
   const std::vector<double> all = ep.all_gather(mine);
   StepStats batch(local.experts);
   batch.rank_load.resize(ep.world());
+  batch.rank_steps = 1;
   for (int q = 0; q < ep.world(); ++q) {
     const double* values = &all[q * mine.size()];
     batch.add(StepStats::from_values(local.experts, values));

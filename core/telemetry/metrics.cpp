@@ -214,7 +214,9 @@ MetricSet compute_metrics(const StepStats& s, const LayerConfig& config) {
   set("imbalance_ratio", d.maxvio);
   {
     // Over ranks: undefined without a communicator (rank_load empty) or without copies.
-    const LoadMetrics r = s.rank_load.empty() ? LoadMetrics{} : load_metrics(s.rank_load);
+    // Undefined unless every call summed here had ranks, and the same number of them.
+    const bool ranks = !s.rank_load.empty() && s.rank_steps == s.steps;
+    const LoadMetrics r = ranks ? load_metrics(s.rank_load) : LoadMetrics{};
     set("rank_balancedness", r.balancedness);
     set("rank_imbalance_ratio", r.maxvio);
     const double most =

@@ -46,9 +46,11 @@ void StepStats::add(const StepStats& o) {
   if (o.rank_load.empty()) return;
   if (rank_load.size() != o.rank_load.size()) {
     rank_load = o.rank_load;
+    rank_steps = o.rank_steps;
     return;
   }
   for (size_t r = 0; r < rank_load.size(); ++r) rank_load[r] += o.rank_load[r];
+  rank_steps += o.rank_steps;
 }
 
 namespace {

@@ -44,8 +44,10 @@ struct StepStats {
   // load, what vLLM's and SGLang's balancedness compare); empty without a communicator.
   // Not in to_values: dist::batch_step_stats gathers it beside the other fields. A window
   // sums it over the calls made with the same number of ranks and keeps the latest
-  // world's sums when that changes.
+  // world's sums when that changes; rank_steps counts the calls summed, so that a window
+  // with calls of another world or of none has no rank metrics.
   std::vector<int64_t> rank_load;
+  int64_t rank_steps = 0;  // steps whose rank_load is summed: the rank metrics need all
 
   // with_coactivation false: no co-activation matrix even for a small E (moe-stats, whose
   // counts logs hold no pairs).

@@ -552,3 +552,82 @@ def test_ep_ranks_and_compare_say_when_they_cannot_apply(tmp_path):
     other.write_text("1,b,1,2,3,4\n")
     result = run("--compare", log, other)
     assert result.returncode == 1 and "no layer in common" in result.stderr
+
+
+# --- found by a review of the code --------------------------------------------------------
+
+def zip_pickle(path, pickle, storages=None):
+    import zipfile
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("archive/data.pkl", pickle)
+        for key, data in (storages or {}).items():
+            z.writestr("archive/data/" + key, data)
+
+
+def tensor_pickle(shape, stride):
+    """_rebuild_tensor_v2 of a LongStorage '0', as torch.save pickles it."""
+    def ints(xs):
+        return b"(" + b"".join(b"\x8a\x08" + struct.pack("<q", x) for x in xs) + b"t"
+    storage = (b"(X\x07\x00\x00\x00storagectorch\nLongStorage\nX\x01\x00\x00\x000"
+               b"X\x03\x00\x00\x00cpuK\x01tQ")
+    return (b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n(" + storage + b"K\x00" + ints(shape)
+            + ints(stride) + b"\x89)tR.")
+
+
+def test_dumps_that_would_hang_or_swell_are_refused(tmp_path):
+    cases = {
+        # 2^62 steps of no layers: nothing to read, and read at once.
+        "hang.pt": (tensor_pickle([1 << 62, 0, 1], [0, 1, 1]), {"0": bytes(8)}, "no records"),
+        # A global whose name doubles at every step.
+        "double.pt": (b"\x80\x02X\x01\x00\x00\x00aq\x00" + b"h\x00h\x00\x93q\x00" * 45 + b".", {},
+                      "not two short names"),
+        # Memo entries count as values.
+        "memo.pt": (b"\x80\x02N" + b"\x94" * (2 << 20) + b".", {}, "past moe-stats' bounds"),
+    }
+    for name, (pickle, storages, message) in cases.items():
+        zip_pickle(tmp_path / name, pickle, storages)
+        result = subprocess.run([BINARY, tmp_path / name], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 1 and message in result.stderr, (name, result.stderr)
+    short = tmp_path / "short.safetensors"
+    short.write_bytes(b"\x01\x00")
+    result = run(short)
+    assert result.returncode == 1 and "shorter than its header size" in result.stderr
+    sparse = tmp_path / "sparse.csv"
+    sparse.write_text("layer_id,expert_id,count\n0,1048575,1\n" + "".join(f"{i},0,1\n" for i in range(1, 100)))
+    result = run(sparse)
+    assert result.returncode == 1 and "layers x experts pass 2^24" in result.stderr
+    wide = tmp_path / "print.log"
+    wide.write_text("[" + "[0]," * (1 << 20) + "[1]]\n")
+    result = run(wide)
+    assert result.returncode == 1 and "more than 2^20 lists" in result.stderr
+
+
+def test_windows_of_wide_layers_keep_every_step(tmp_path):
+    # 10,000 experts allow 209 windows: an odd limit once lost a window when pairs merged.
+    log = tmp_path / "wide.csv"
+    log.write_text("".join(f"{s},0," + ",".join(str((s * 7 + e) % 13) for e in range(10000)) + "\n"
+                           for s in range(1, 301)))
+    layer = report(log)[0]
+    assert sum(w["records"] for w in layer["steps"]) == 300
+    assert np.sum([w["expert_counts"] for w in layer["steps"]], axis=0).tolist() == \
+        layer["summed"]["expert_counts"]
+
+
+def test_an_idle_rank_and_records_without_ranks(tmp_path):
+    # An SGLang rank that routed nothing in a pass writes a zero row: still that rank's.
+    folder = tmp_path / "idle"
+    folder.mkdir()
+    counts = {(p, r): np.full((1, 4), 3 * p + r, dtype=np.int32) for p in (1, 2) for r in (0, 1)}
+    counts[2, 1][:] = 0
+    for r in (0, 1):
+        torch.save({"records": [{"forward_pass_id": p, "rank": r,
+                                 "global_physical_count": torch.tensor(counts[p, r])} for p in (1, 2)]},
+                   folder / f"expert_distribution_recorder_1.0_{r}.pt")
+    layer = report(folder)[0]
+    check_counts(layer, [[7] * 4, [6] * 4], [[14, 14], [12, 12]])
+    # Records with and without ranks in one layer: no rank figures for the layer.
+    log = tmp_path / "mixed.jsonl"
+    log.write_text('{"engine": 0, "step": 1, "layer": 0, "num_logical_experts": 2, "counts": [[0, 5]]}\n'
+                   '{"step": 2, "layer": 0, "num_logical_experts": 2, "counts": [[1, 5]]}\n')
+    layer = report(log)[0]
+    assert "rank_load" not in layer["summed"] and "overload_factor" not in layer["summed"]

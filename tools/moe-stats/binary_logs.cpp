@@ -15,8 +15,9 @@
 namespace moe::stats {
 namespace {
 
-// A dump holds at most this many (step, layer) rows: a thousand passes of 16k layers.
-constexpr size_t kMaxRows = size_t{1} << 24;
+// A dump holds at most this many (step, layer) rows (about 80 bytes each in memory):
+// 16k passes of 64 layers.
+constexpr size_t kMaxRows = size_t{1} << 20;
 
 enum class Dtype { kI8, kU8, kI16, kU16, kI32, kU32, kI64, kU64, kF32, kF64 };
 
@@ -136,7 +137,11 @@ class RowSource : public RecordSource {
         any = any || r.counts[e] > 0;
       }
       where_ = where_of(row);
-      if (skip_empty_ && !any) continue;  // a dense layer, or a pass never recorded
+      // A dense layer, or a pass never recorded: nothing was routed. A rank's empty row
+      // is kept (the other ranks may have routed that layer); the assembler drops a
+      // layer that every rank left empty.
+      if (!any && skip_empty_ && row.rank < 0) continue;
+      r.absent_when_empty = skip_empty_;
       out = std::move(r);
       return true;
     }
@@ -178,9 +183,12 @@ void tensor_rows(const std::string& path, const PickleValue& t,
     if (size < 0) throw error(path, "a tensor of a negative size");
   if (experts < 1) throw error(path, "a tensor of no experts");
   if (experts > kMaxExperts) throw error(path, "a tensor of more than 2^20 experts");
-  if (static_cast<double>(steps) * static_cast<double>(layers) + static_cast<double>(rows.size()) >
-      static_cast<double>(kMaxRows))
-    throw error(path, "more than 2^24 (step, layer) rows");
+  if (steps == 0 || layers == 0) return;  // no counts at all
+  if (steps > static_cast<int64_t>(kMaxRows) || layers > static_cast<int64_t>(kMaxRows) ||
+      static_cast<size_t>(steps * layers) + rows.size() > kMaxRows)
+    throw error(path, "more than 2^20 (step, layer) rows (docs/limits.md)");
+  if (first_step < 0 || first_step > (int64_t{1} << 62))
+    throw error(path, "a pass number outside [0, 2^62]");
   if (t.stride.size() != t.shape.size() || t.stride.back() != 1 ||
       t.stride[t.shape.size() - 2] != experts ||
       (t.shape.size() == 3 && t.stride[0] != layers * experts))
@@ -317,6 +325,7 @@ std::unique_ptr<RecordSource> open_safetensors(const std::string& path) {
   if (!f) throw error(path, "cannot open");
   unsigned char size_bytes[8];
   f.read(reinterpret_cast<char*>(size_bytes), 8);
+  if (f.gcount() != 8) throw error(path, "a safetensors file shorter than its header size");
   uint64_t header_size = 0;
   for (int j = 7; j >= 0; --j) header_size = (header_size << 8) | size_bytes[j];
   if (header_size > (uint64_t{64} << 20)) throw error(path, "a safetensors header past 64 MiB");

@@ -12,7 +12,8 @@
 namespace moe::stats {
 namespace {
 
-// The (layer, expert) cells one SGLang CSV dump may hold: 60 layers of 2^18 experts.
+// The counts one SGLang CSV dump may become (layers x experts, dense): 64 layers of 2^18
+// experts, 128 MiB.
 constexpr size_t kMaxSparseCells = size_t{1} << 24;
 
 bool starts_with(const std::string& s, const char* prefix) {
@@ -144,9 +145,7 @@ void LogReader::parse_statement(const std::string& t, std::vector<CountsRecord>&
 }
 
 void LogReader::flush_sparse(std::vector<CountsRecord>& out) {
-  int64_t experts = 0;
-  for (const auto& [layer, cells] : sparse_counts_)
-    if (!cells.empty()) experts = std::max(experts, cells.rbegin()->first + 1);
+  const int64_t experts = static_cast<int64_t>(sparse_experts_);
   for (const std::string& layer : sparse_order_) {
     CountsRecord r;
     r.step = 1;  // one dump
@@ -158,6 +157,7 @@ void LogReader::flush_sparse(std::vector<CountsRecord>& out) {
   }
   sparse_counts_.clear();
   sparse_order_.clear();
+  sparse_experts_ = 0;
 }
 
 bool LogReader::next(CountsRecord& out) {
@@ -219,13 +219,17 @@ bool LogReader::next(CountsRecord& out) {
         const int64_t expert = parse_count(cells[1], "expert id");
         if (expert >= kMaxExperts) throw LineError("an expert id past 2^20 (docs/limits.md)");
         const int64_t count = parse_count(cells[2], "count");
-        auto [it, added] = sparse_counts_.try_emplace(layer);
-        if (added) sparse_order_.push_back(layer);
-        size_t cells_held = 0;
-        for (const auto& [l, m] : sparse_counts_) cells_held += m.size();
-        if (cells_held >= kMaxSparseCells && !it->second.count(expert))
-          throw LineError("more than 2^24 (layer, expert) cells in one dump");
-        if (__builtin_add_overflow(it->second[expert], count, &it->second[expert]))
+        // The dump becomes one dense record a layer, as wide as the largest expert id:
+        // layers x experts is bounded before anything is kept.
+        const auto found = sparse_counts_.find(layer);
+        const size_t layers = sparse_order_.size() + (found == sparse_counts_.end() ? 1 : 0);
+        const size_t experts = std::max(sparse_experts_, static_cast<size_t>(expert) + 1);
+        if (layers * experts > kMaxSparseCells)
+          throw LineError("the dump's layers x experts pass 2^24 counts (docs/limits.md)");
+        int64_t& cell = sparse_counts_[layer][expert];
+        if (found == sparse_counts_.end()) sparse_order_.push_back(layer);
+        sparse_experts_ = experts;
+        if (__builtin_add_overflow(cell, count, &cell))
           throw LineError("counts past 2^63 - 1 once summed");
         continue;
       }

@@ -80,6 +80,7 @@ class LogReader : public RecordSource {
   bool sparse_ = false;  // SGLang's layer_id,expert_id,count CSV: counts gathered to the end
   std::map<std::string, std::map<int64_t, int64_t>> sparse_counts_;
   std::vector<std::string> sparse_order_;
+  size_t sparse_experts_ = 0;  // the largest expert id seen, plus one
 };
 
 using RecordSink = std::function<void(CountsRecord&&)>;

@@ -19,6 +19,7 @@ struct CountsRecord {
   std::vector<int64_t> rank_load;  // [ranks] each rank's experts' load, when known
   bool partial = false;  // one microbatch's part: summed with the rank's others of its step
   bool sparse = false;   // of a dump that lists only the experts chosen (shorter: zeros)
+  bool absent_when_empty = false;  // all zero means nothing routed (a dense layer): no record
 };
 
 }  // namespace moe::stats

@@ -36,7 +36,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     try {
       std::vector<std::unique_ptr<moe::stats::RecordSource>> sources;
       sources.push_back(std::make_unique<moe::stats::LogReader>(in, "fuzz", lenient));
-      moe::stats::RankAssembler run(std::move(sources), {-1});
+      moe::stats::RankAssembler run(std::move(sources), {-1}, {"fuzz"});
       report_all(run, lenient);
     } catch (const std::runtime_error&) {  // a malformed line, a layer changing width
     }

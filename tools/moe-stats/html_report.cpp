@@ -80,6 +80,46 @@ nlohmann::json heat_map(const LayerReport& l) {
   return out;
 }
 
+// Each layer's summed load over its expert bins, relative to an even share; past
+// kHeatRows layers, neighbouring layers are averaged into one row, named after its
+// first. {"labels": [...], "rows": [[...]]}, null where a row has no load.
+nlohmann::json layer_map(const std::vector<LayerReport>& report) {
+  const size_t n = report.size(), rows = std::min(kHeatRows, n);
+  std::vector<std::vector<double>> sum(rows);
+  std::vector<std::vector<int>> count(rows);
+  nlohmann::json labels = nlohmann::json::array();
+  for (size_t i = 0; i < n; ++i) {
+    const size_t row = i * rows / n;
+    const LayerReport& l = report[i];
+    if (labels.size() == row)
+      labels.push_back(l.layer + (l.split.empty() ? "" : " (" + l.split + ")") +
+                       ((i + 1) * rows / n == row ? " ..." : ""));
+    const std::vector<double> bins = binned(l.summed_counts, kHeatRows);
+    double total = 0;
+    for (double b : bins) total += b;
+    if (total <= 0) continue;
+    if (sum[row].size() < bins.size()) {
+      sum[row].resize(bins.size(), 0.0);
+      count[row].resize(bins.size(), 0);
+    }
+    for (size_t e = 0; e < bins.size(); ++e) {
+      sum[row][e] += bins[e] / total * static_cast<double>(bins.size());
+      ++count[row][e];
+    }
+  }
+  nlohmann::json out_rows = nlohmann::json::array();
+  for (size_t r = 0; r < rows; ++r) {
+    nlohmann::json cells = nlohmann::json::array();
+    for (size_t e = 0; e < sum[r].size(); ++e)
+      cells.push_back(count[r][e]
+                          ? nlohmann::json(std::round(sum[r][e] / count[r][e] * 1000) / 1000)
+                          : nlohmann::json());
+    if (sum[r].empty()) cells.push_back(nlohmann::json());
+    out_rows.push_back(cells);
+  }
+  return {{"labels", labels}, {"rows", out_rows}};
+}
+
 nlohmann::json page_data(const std::vector<LayerReport>& report) {
   nlohmann::json layers = nlohmann::json::array();
   for (const LayerReport& l : report) {
@@ -104,7 +144,6 @@ nlohmann::json page_data(const std::vector<LayerReport>& report) {
                       {"steps", steps},
                       {"curves", curves},
                       {"heat", heat_map(l)},
-                      {"summed_share", binned(l.summed_counts, kHeatRows)},
                       {"rank_load", l.summed_rank_load},
                       {"summed", summed},
                       {"verdicts", l.verdicts}});
@@ -225,13 +264,14 @@ function render() {
     table.append(tr);
   }
   root.append(el("h2", {}, "Verdicts and summed figures"), table);
-  // Layer x expert: each layer's summed load, relative to an even share.
-  const bins = Math.max(...DATA.map(l => l.summed_share.length));
+  // Layer x expert: each layer's summed load, relative to an even share (neighbouring
+  // layers averaged past 512).
   root.append(el("h2", {}, "Load by layer (rows) and expert (columns), summed over the log"));
-  root.append(heat(bins, DATA.length, (i, j) => {
-    const s = DATA[j].summed_share, total = s.reduce((a, b) => a + b, 0);
-    return i < s.length && total > 0 ? s[i] / total * s.length : null;
-  }, "layer x expert", DATA.map(name)));
+  const columns = LAYER_MAP.rows.reduce((m, r) => Math.max(m, r.length), 0);
+  root.append(heat(columns, LAYER_MAP.rows.length, (i, j) => {
+    const row = LAYER_MAP.rows[j];
+    return i < row.length ? row[i] : null;
+  }, "layer x expert", LAYER_MAP.labels));
   root.append(el("p", {class: "legend"}, "Colour: load over an even share, blue below " +
                  "(white = even), red above (log scale, 4x saturates); grey: no load."));
   for (const l of DATA) {
@@ -262,6 +302,8 @@ std::string html_report(const std::vector<LayerReport>& report, const std::strin
   page += escape_html("moe-stats: " + title);
   page += "</h1>\n<div id=\"report\"></div>\n<script>\nconst DATA = ";
   page += script_json(page_data(report));
+  page += ";\nconst LAYER_MAP = ";
+  page += script_json(layer_map(report));
   page += ";\n";
   page += kScript;
   page += "</script>\n</body></html>\n";

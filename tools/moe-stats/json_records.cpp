@@ -94,7 +94,8 @@ void vllm_step_metrics(const nlohmann::json& j, CountsRecord& r) {
     const int64_t e = json_count(pair[0], "an expert id");
     if (e >= experts)
       throw LineError("expert " + std::to_string(e) + " is past num_logical_experts");
-    r.counts[e] += json_count(pair[1], "a count");
+    if (__builtin_add_overflow(r.counts[e], json_count(pair[1], "a count"), &r.counts[e]))
+      throw LineError("counts past 2^63 - 1 once summed");
   }
   if (j.contains("engine"))
     r.rank = static_cast<int>(json_count(j["engine"], "'engine'") % (1 << 30));

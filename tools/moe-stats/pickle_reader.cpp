@@ -10,9 +10,11 @@ namespace {
 using Kind = PickleValue::Kind;
 using Value = PickleValue*;
 
-// A pickle of counts is small; past these it is not one.
+// A pickle of counts is small (a dump of a thousand passes holds some 10^4 values);
+// past these it is not one, and memory stays near 200 bytes a value.
 constexpr size_t kMaxStack = size_t{1} << 20;
-constexpr size_t kMaxItems = size_t{1} << 24;
+constexpr size_t kMaxItems = size_t{1} << 20;
+constexpr size_t kMaxNameBytes = 256;  // a module or class name
 
 Value make(std::deque<PickleValue>& arena, Kind kind) {
   arena.emplace_back();
@@ -108,6 +110,10 @@ Pickle load_pickle(const std::string& b) {
     marks.pop_back();
     return v;
   };
+  auto remember = [&](uint64_t key) {  // a memo entry counts as a value
+    if (++items > kMaxItems) throw std::runtime_error("a pickle past moe-stats' bounds");
+    memo[key] = stack.empty() ? nullptr : stack.back();
+  };
   auto mutable_top = [&](Kind kind) {
     if (stack.empty() || stack.back()->kind != kind)
       throw std::runtime_error("a malformed pickle (no container to fill)");
@@ -199,15 +205,15 @@ Pickle load_pickle(const std::string& b) {
         push(v);
         break;
       }
-      case 'X': string(u(4)); break;                                         // BINUNICODE
-      case 0x8c: string(u(1)); break;                                        // SHORT_BINUNICODE
-      case 'T': string(u(4)); break;                                         // BINSTRING
-      case 'U': string(u(1)); break;                                         // SHORT_BINSTRING
-      case 'B': string(u(4)); break;                                         // BINBYTES
-      case 'C': string(u(1)); break;                                         // SHORT_BINBYTES
-      case 'q': memo[u(1)] = stack.empty() ? nullptr : stack.back(); break;  // BINPUT
-      case 'r': memo[u(4)] = stack.empty() ? nullptr : stack.back(); break;  // LONG_BINPUT
-      case 0x94: memo[memo.size()] = stack.empty() ? nullptr : stack.back(); break;  // MEMOIZE
+      case 'X': string(u(4)); break;            // BINUNICODE
+      case 0x8c: string(u(1)); break;           // SHORT_BINUNICODE
+      case 'T': string(u(4)); break;            // BINSTRING
+      case 'U': string(u(1)); break;            // SHORT_BINSTRING
+      case 'B': string(u(4)); break;            // BINBYTES
+      case 'C': string(u(1)); break;            // SHORT_BINBYTES
+      case 'q': remember(u(1)); break;          // BINPUT
+      case 'r': remember(u(4)); break;          // LONG_BINPUT
+      case 0x94: remember(memo.size()); break;  // MEMOIZE
       case 'h':
       case 'j': {  // BINGET, LONG_BINGET
         const auto it = memo.find(u(op == 'h' ? 1 : 4));
@@ -224,6 +230,9 @@ Pickle load_pickle(const std::string& b) {
       }
       case 0x93: {  // STACK_GLOBAL
         auto name = pop(), module = pop();
+        if (name->kind != Kind::kString || module->kind != Kind::kString ||
+            name->text.size() > kMaxNameBytes || module->text.size() > kMaxNameBytes)
+          throw std::runtime_error("a malformed pickle (a global that is not two short names)");
         Value v = make(Kind::kGlobal);
         v->text = module->text + "." + name->text;
         push(v);

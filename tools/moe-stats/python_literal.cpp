@@ -11,6 +11,10 @@ namespace {
 
 // Nesting past this is no print of counts; the bound keeps the recursion shallow.
 constexpr int kMaxNesting = 32;
+constexpr int kMaxOpenBrackets = 1 << 20;
+// Values other than the counts of a flat list (each about 150 bytes): a print of 2^20
+// layers or steps is far past any model, and memory stays within a few hundred MB.
+constexpr int64_t kMaxValues = int64_t{1} << 20;
 
 PyValue number_value(int64_t n) {
   PyValue v;
@@ -57,6 +61,7 @@ class LiteralParser {
 
   PyValue value(int depth) {
     if (depth > kMaxNesting) fail("nested deeper than " + std::to_string(kMaxNesting));
+    if (++values_ > kMaxValues) fail("a print of more than 2^20 lists, tensors and labels");
     skip_space();
     if (i_ >= s_.size()) fail("expected a value");
     const char c = s_[i_];
@@ -116,6 +121,7 @@ class LiteralParser {
     while (!at(close)) {
       PyValue item = value(depth + 1);
       if (item.kind == PyValue::Kind::kNumber && v.items.empty()) {
+        --values_;  // held flat, 8 bytes
         push_count(v.numbers, item.number);
       } else {
         // Not all numbers (a tuple (layer, tensor([...]))): the numbers so far are items.
@@ -170,6 +176,7 @@ class LiteralParser {
 
   const std::string& s_;
   size_t i_ = 0;
+  int64_t values_ = 0;
 };
 
 }  // namespace
@@ -187,6 +194,7 @@ int statement_depth(const std::string& line, int depth) {
     } else if (c == '\'' || c == '"') {
       quote = c;
     } else if (c == '[' || c == '(' || c == '{') {
+      if (depth >= kMaxOpenBrackets) return depth;  // refused by the parser's nesting bound
       ++depth;
     } else if (c == ']' || c == ')' || c == '}') {
       --depth;

@@ -118,7 +118,7 @@ void RankAssembler::assemble_step() {
   // (split, layer) in order of appearance, then rank.
   std::vector<std::pair<std::string, std::string>> order;
   std::map<std::pair<std::string, std::string>, std::map<int, RankPart>> parts;
-  bool local = false, source_view = false, sparse = false;
+  bool local = false, source_view = false, sparse = false, absent_when_empty = false;
   int ranks = 0;
   for (size_t i = 0; i < sources_.size(); ++i) {
     while (peek(i) && peeked_[i].step == step) {
@@ -143,6 +143,7 @@ void RankAssembler::assemble_step() {
                                  " of step " + std::to_string(step) + " twice");
       add_into(part.counts, r.counts, r.sparse);
       sparse = sparse || r.sparse;
+      absent_when_empty = absent_when_empty || r.absent_when_empty;
       if (r.tokens < 0)
         part.tokens_known = false;
       else
@@ -174,7 +175,9 @@ void RankAssembler::assemble_step() {
       const RankPart& part = it->second;
       if (local) {
         r.counts.insert(r.counts.end(), part.counts.begin(), part.counts.end());
-        r.rank_load.push_back(std::accumulate(part.counts.begin(), part.counts.end(), int64_t{0}));
+        int64_t load = 0;
+        for (int64_t c : part.counts) load = checked_add(load, c);
+        r.rank_load.push_back(load);
       } else {
         add_into(r.counts, part.counts, sparse);
       }
@@ -183,6 +186,9 @@ void RankAssembler::assemble_step() {
     }
     if (!local) r.rank_load = contiguous_rank_load(r.counts, ranks);
     if (tokens_known) r.tokens = tokens;
+    if (absent_when_empty &&
+        std::all_of(r.counts.begin(), r.counts.end(), [](int64_t c) { return c == 0; }))
+      continue;  // a layer no rank routed anything to (a dense layer in SGLang's dumps)
     ready_.push_back(std::move(r));
   }
   any_step_ = true;

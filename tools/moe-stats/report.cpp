@@ -48,6 +48,7 @@ StepStats stats_of(const std::vector<int64_t>& counts, const std::vector<int64_t
   s.demand = counts;
   s.served = served.empty() ? counts : served;
   s.rank_load = rank_load;
+  s.rank_steps = rank_load.empty() ? 0 : 1;
   return s;
 }
 
@@ -143,7 +144,8 @@ void ReportBuilder::add(const CountsRecord& r) {
     layer.served_seen = !r.served.empty();
     // About 32 MiB of window counts a layer (demand and served, 16 bytes an expert).
     const size_t fits = (size_t{32} << 20) / (16 * r.counts.size());
-    layer.max_windows = std::max<size_t>(4, std::min(kMaxWindows, fits));
+    // Even, so that merging pairs leaves no window alone.
+    layer.max_windows = std::max<size_t>(4, std::min(kMaxWindows, fits)) & ~size_t{1};
     layers_.push_back(std::move(layer));
   }
   Layer& layer = layers_[it->second];
@@ -200,7 +202,9 @@ std::vector<LayerReport> ReportBuilder::finish() {
   std::vector<LayerReport> out;
   for (Layer& layer : layers_) {
     LayerReport& l = layer.report;
-    const bool served = layer.served_seen, ranks = !layer.sum.rank_load.empty();
+    // Rank figures only when every record of the layer said (or was given) its ranks.
+    const bool served = layer.served_seen,
+               ranks = !layer.sum.rank_load.empty() && layer.sum.rank_steps == layer.sum.steps;
     const LayerConfig config = config_of(layer.sum.experts);
     for (StepWindow& w : l.steps)
       w.metrics = pick(
@@ -210,7 +214,7 @@ std::vector<LayerReport> ReportBuilder::finish() {
     const MetricSet m = compute_metrics(layer.sum, config);
     l.summed = pick(m, served, ranks);
     l.summed_counts = layer.sum.demand;
-    l.summed_rank_load = layer.sum.rank_load;
+    if (ranks) l.summed_rank_load = layer.sum.rank_load;
     const moe_verdicts_t v = judge(m, config, default_thresholds(), 0);
     l.verdicts["balance"] = tools::verdict_json(v.balance);
     if (served) l.verdicts["capacity"] = tools::verdict_json(v.capacity);
