@@ -101,6 +101,12 @@ std::string jsonl_line(const LayerExport& layer) {
     for (size_t j = 0; j < values.size(); ++j) out += (j ? "," : "") + number(values[j], true);
     out += "]";
   }
+  if (!layer.metrics->rank_load.empty()) {  // under expert parallelism: each rank's load
+    out += ",\"rank_load\":[";
+    for (size_t r = 0; r < layer.metrics->rank_load.size(); ++r)
+      out += (r ? "," : "") + std::to_string(layer.metrics->rank_load[r]);
+    out += "]";
+  }
   return out + "}\n";
 }
 

@@ -219,6 +219,7 @@ MetricSet compute_metrics(const StepStats& s, const LayerConfig& config) {
     const LoadMetrics r = ranks ? load_metrics(s.rank_load) : LoadMetrics{};
     set("rank_balancedness", r.balancedness);
     set("rank_imbalance_ratio", r.maxvio);
+    if (ranks) out.rank_load = s.rank_load;
     const double most =
         s.rank_load.empty()
             ? kNaN

@@ -26,6 +26,10 @@ int metric_index(const std::string& name);  // -1 if unknown
 // undefined (no tokens, no pairs, no sequences).
 struct MetricSet {
   std::vector<std::vector<double>> values;
+  // Under expert parallelism: each rank's load L_r (docs/metrics.md, expert-parallel
+  // ranks), beside the catalogue (its length is the group's, not E); empty where the
+  // rank metrics are undefined. The JSONL export writes it as "rank_load".
+  std::vector<int64_t> rank_load;
   double scalar(const char* name) const;
 };
 

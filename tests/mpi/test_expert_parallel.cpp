@@ -165,7 +165,8 @@ int32_t snapshot_position(const char* wanted) {
 // rank loads need only add up). Writes them into `want`.
 void expect_rank_metrics(const std::vector<double>& got, std::vector<double>& want,
                          const std::vector<double>& per_expert,
-                         const std::vector<std::vector<int32_t>>& holders, int64_t E) {
+                         const std::vector<std::vector<int32_t>>& holders, int64_t E,
+                         const std::string& export_jsonl) {
   const int32_t served = snapshot_position("expert_served"),
                 counts = snapshot_position("expert_counts"), frac = snapshot_position("frac_dem");
   const int32_t balancedness = snapshot_position("rank_balancedness"),
@@ -188,6 +189,16 @@ void expect_rank_metrics(const std::vector<double>& got, std::vector<double>& wa
   }
   const double most = *std::max_element(load.begin(), load.end());
   const double mean = std::accumulate(load.begin(), load.end(), 0.0) / g_world;
+  // The JSONL export lists the same loads: "rank_load":[L_0,L_1,...].
+  const size_t at = export_jsonl.find("\"rank_load\":[");
+  CHECK(at != std::string::npos, "the export has no rank_load");
+  std::string exported = export_jsonl.substr(at + 13);
+  exported = exported.substr(0, exported.find(']'));
+  std::string want_text;
+  for (double l : load)
+    want_text += (want_text.empty() ? "" : ",") + std::to_string(static_cast<int64_t>(l));
+  CHECK(exported == want_text, "exported rank_load [%s], expected [%s]", exported.c_str(),
+        want_text.c_str());
   want[balancedness] = mean / most;
   want[imbalance] = (most - mean) / mean;
   want[overload] = most / (copies / g_world);
@@ -253,6 +264,7 @@ struct Run {
   Params<S> grads;
   std::vector<double> bias;
   std::vector<double> scalars, per_expert, coactivation;
+  std::string export_jsonl;  // the window's JSONL export (rank_load under a communicator)
 };
 
 template <typename S>
@@ -301,6 +313,7 @@ Run<S> run_layer(moe::Layer& layer, const Scenario& sc, Params<S>& weights, int6
   CHECK(moe_layer_telemetry(layer.get(), &snap) == MOE_STATUS_SUCCESS, "telemetry");
   run.scalars.resize(snap.num_scalars);
   run.per_expert.resize(snap.num_per_expert * E);
+  run.export_jsonl = layer.export_text(MOE_EXPORT_JSONL, snap.split, MOE_SCOPE_WINDOW);
   return run;
 }
 
@@ -495,7 +508,9 @@ void run_scenario(moe_comm_t comm, Scenario sc, uint64_t seed, Path path = Path:
   // definitions (docs/metrics.md, expert-parallel ranks) give for the reference's served
   // counts on the experts each rank holds.
   std::vector<double> want_scalars = ref.scalars;
-  expect_rank_metrics(got.scalars, want_scalars, ref.per_expert, holders, E);
+  expect_rank_metrics(got.scalars, want_scalars, ref.per_expert, holders, E, got.export_jsonl);
+  CHECK(ref.export_jsonl.find("rank_load") == std::string::npos,
+        "a layer without a communicator exports rank_load");
   expect_close(got.scalars.data(), want_scalars.data(), got.scalars.size(), metric_tol, "metric");
   expect_close(got.per_expert.data(), ref.per_expert.data(), got.per_expert.size(), metric_tol,
                "per-expert metric");

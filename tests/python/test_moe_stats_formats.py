@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+import moe
 from numpy_metrics import load_metrics
 
 BINARY = os.environ.get("MOE_STATS", os.path.join(os.path.dirname(__file__), "..", "..",
@@ -631,3 +632,28 @@ def test_an_idle_rank_and_records_without_ranks(tmp_path):
                    '{"step": 2, "layer": 0, "num_logical_experts": 2, "counts": [[1, 5]]}\n')
     layer = report(log)[0]
     assert "rank_load" not in layer["summed"] and "overload_factor" not in layer["summed"]
+
+
+def test_the_librarys_export_under_a_communicator_carries_rank_load(tmp_path):
+    # With a communicator the JSONL export adds "rank_load" (each rank's experts' copies);
+    # moe-stats takes it as the ranks of the record. The one-rank local communicator: one
+    # rank computes every served copy.
+    layer = moe.Layer(8, 8, 4, 1, capacity_factor=1.0)
+    layer.set_weights(router=10 * np.eye(8)[:, :4], w1=np.ones((4, 8, 8)), w2=np.ones((4, 8, 8)))
+    plain = tmp_path / "plain.jsonl"
+    layer.forward(np.eye(8)[[0, 0, 0, 1, 2, 3, 3, 3]])
+    plain.write_text(layer.export("jsonl"))
+    assert "rank_load" not in json.loads(plain.read_text())
+    comm = moe.Comm.local()
+    layer.set_comm(comm)  # attaching unbinds the weights
+    layer.set_weights(router=10 * np.eye(8)[:, :4], w1=np.ones((4, 8, 8)), w2=np.ones((4, 8, 8)))
+    path = tmp_path / "ep.jsonl"
+    layer.forward(np.eye(8)[[0, 0, 0, 1, 2, 3, 3, 3]])
+    line = json.loads(layer.export("jsonl"))
+    assert line["rank_load"] == [sum(line["expert_served"])] == [6]
+    assert line["rank_balancedness"] == 1.0 and line["overload_factor"] == pytest.approx(6 / 8)
+    path.write_text(json.dumps(line) + "\n")
+    got = report(path)[0]
+    assert got["summed"]["rank_load"] == [6]
+    assert got["summed"]["overload_factor"] == pytest.approx(6 / 8)  # T k: the demand counts
+    layer.set_comm(None)

@@ -141,6 +141,8 @@ void parse_json(const std::string& line, int64_t step, std::vector<CountsRecord>
     r.counts = json_counts(j["expert_counts"], "expert_counts");
     if (j.contains("expert_served"))
       r.served = served_counts(j["expert_served"], "expert_served", r.counts);
+    // Under expert parallelism the export says what each rank's experts computed.
+    if (j.contains("rank_load")) r.rank_load = json_counts(j["rank_load"], "rank_load");
     if (j.contains("tokens") && j["tokens"].is_number() && j["tokens"].get<double>() == 0)
       return;  // a record of a window with nothing in it
   } else if (j.contains("kind")) {
