@@ -1,7 +1,6 @@
 #include "tools/moe-stats/binary_logs.hpp"
 
 #include <algorithm>
-#include <cmath>
 #include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -9,6 +8,7 @@
 #include <vector>
 
 #include "core/config.hpp"
+#include "tools/moe-stats/count_text.hpp"
 #include "tools/moe-stats/pickle_reader.hpp"
 #include "tools/moe-stats/zip_archive.hpp"
 
@@ -86,8 +86,7 @@ int64_t count_at(const unsigned char* p, Dtype d) {
     }
   }
   if (d == Dtype::kF32 || d == Dtype::kF64) {
-    if (!(real >= 0) || real > 9.0e18 || real != std::floor(real))
-      throw std::runtime_error("a value that is not a count");
+    if (!is_count(real)) throw std::runtime_error("a value that is not a count");
     return static_cast<int64_t>(real);
   }
   if (v < 0) throw std::runtime_error("a negative count");
@@ -97,7 +96,7 @@ int64_t count_at(const unsigned char* p, Dtype d) {
 // One record's counts in the file.
 struct Row {
   int64_t step = 0;
-  std::string layer;
+  int64_t layer = 0;  // its index, as every dump numbers layers
   int rank = -1;
   uint64_t offset = 0;  // bytes into the file
   int64_t experts = 0;
@@ -123,7 +122,7 @@ class RowSource : public RecordSource {
         throw std::runtime_error(where_of(row) + ": the file ends inside the tensor");
       CountsRecord r;
       r.step = row.step;
-      r.layer = row.layer;
+      r.layer = std::to_string(row.layer);
       r.rank = row.rank;
       r.counts.resize(static_cast<size_t>(row.experts));
       bool any = false;
@@ -152,7 +151,7 @@ class RowSource : public RecordSource {
 
  private:
   std::string where_of(const Row& row) const {
-    return path_ + ": step " + std::to_string(row.step) + ", layer " + row.layer;
+    return path_ + ": step " + std::to_string(row.step) + ", layer " + std::to_string(row.layer);
   }
   std::string path_;
   std::ifstream file_;
@@ -203,7 +202,7 @@ void tensor_rows(const std::string& path, const PickleValue& t,
     for (int64_t l = 0; l < layers; ++l) {
       Row row;
       row.step = first_step + s;
-      row.layer = std::to_string(l);
+      row.layer = l;
       row.rank = rank;
       row.dtype = dtype;
       row.experts = experts;
@@ -353,7 +352,7 @@ std::unique_ptr<RecordSource> open_safetensors(const std::string& path) {
           name.find('_', cut + 1) != std::string::npos)
         throw std::invalid_argument("name");
       row.step = std::stoll(name.substr(0, cut));
-      row.layer = std::to_string(std::stoll(name.substr(cut + 1)));
+      row.layer = std::stoll(name.substr(cut + 1));
     } catch (const std::exception&) {
       throw error(path, "tensor '" + name + "' is not named <iteration>_<layer> (TensorRT-LLM)");
     }
@@ -377,7 +376,7 @@ std::unique_ptr<RecordSource> open_safetensors(const std::string& path) {
   }
   // Stored by name as text ("100_10" before "100_3"): read by iteration, then layer.
   std::sort(rows.begin(), rows.end(), [](const Row& a, const Row& b) {
-    return a.step != b.step ? a.step < b.step : std::stoll(a.layer) < std::stoll(b.layer);
+    return a.step != b.step ? a.step < b.step : a.layer < b.layer;
   });
   return std::make_unique<RowSource>(path, std::move(rows), /*skip_empty=*/false);
 }

@@ -46,6 +46,16 @@ int64_t parse_count(const std::string& text, const char* what) {
   return v;
 }
 
+int64_t checked_add(int64_t a, int64_t b) {
+  int64_t out;
+  if (__builtin_add_overflow(a, b, &out)) throw LineError("counts past 2^63 - 1 once summed");
+  return out;
+}
+
+bool is_count(double d) {
+  return d >= 0 && d <= 9.0e18 && d == std::floor(d);
+}
+
 void push_count(std::vector<int64_t>& counts, int64_t count) {
   if (static_cast<int64_t>(counts.size()) >= kMaxExperts)
     throw LineError(

@@ -19,6 +19,13 @@ std::string trim(const std::string& s);
 // as PyTorch prints a float tensor of counts). Throws LineError naming `what` otherwise.
 int64_t parse_count(const std::string& text, const char* what);
 
+// a + b, or LineError when the sum passes 2^63 - 1 (counts summed over steps, ranks,
+// microbatches or a dump's rows).
+int64_t checked_add(int64_t a, int64_t b);
+
+// Whether a number read as a double is a count: whole, non-negative, at most 9e18.
+bool is_count(double d);
+
 // Appends a count, refusing more than a layer's limit on experts (docs/limits.md).
 void push_count(std::vector<int64_t>& counts, int64_t count);
 

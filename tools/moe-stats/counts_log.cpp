@@ -144,6 +144,27 @@ void LogReader::parse_statement(const std::string& t, std::vector<CountsRecord>&
   }
 }
 
+// One row of SGLang's dump, gathered until the end of the file.
+void LogReader::add_sparse_row(const std::string& row) {
+  const std::vector<std::string> cells = csv_fields(row);
+  if (cells.size() != 3) throw LineError("expected layer_id,expert_id,count");
+  const std::string& layer = cells[0];
+  const int64_t expert = parse_count(cells[1], "expert id");
+  if (expert >= kMaxExperts) throw LineError("an expert id past 2^20 (docs/limits.md)");
+  const int64_t count = parse_count(cells[2], "count");
+  // The dump becomes one dense record a layer, as wide as the largest expert id:
+  // layers x experts is bounded before anything is kept.
+  const auto found = sparse_counts_.find(layer);
+  const size_t layers = sparse_order_.size() + (found == sparse_counts_.end() ? 1 : 0);
+  const size_t experts = std::max(sparse_experts_, static_cast<size_t>(expert) + 1);
+  if (layers * experts > kMaxSparseCells)
+    throw LineError("the dump's layers x experts pass 2^24 counts (docs/limits.md)");
+  int64_t& cell = sparse_counts_[layer][expert];
+  if (found == sparse_counts_.end()) sparse_order_.push_back(layer);
+  sparse_experts_ = experts;
+  cell = checked_add(cell, count);  // unchanged when refused (--lenient goes on)
+}
+
 void LogReader::flush_sparse(std::vector<CountsRecord>& out) {
   const int64_t experts = static_cast<int64_t>(sparse_experts_);
   for (const std::string& layer : sparse_order_) {
@@ -205,32 +226,7 @@ bool LogReader::next(CountsRecord& out) {
         if (too_long) throw LineError("a print longer than 64 MiB (docs/limits.md)");
       }
       if (sparse_ && statement != "layer_id,expert_id,count") {
-        const std::vector<std::string> cells = [&] {
-          std::vector<std::string> v;
-          size_t start = 0;
-          for (size_t comma; (comma = statement.find(',', start)) != std::string::npos;
-               start = comma + 1)
-            v.push_back(statement.substr(start, comma - start));
-          v.push_back(statement.substr(start));
-          return v;
-        }();
-        if (cells.size() != 3) throw LineError("expected layer_id,expert_id,count");
-        const std::string layer = trim(cells[0]);
-        const int64_t expert = parse_count(cells[1], "expert id");
-        if (expert >= kMaxExperts) throw LineError("an expert id past 2^20 (docs/limits.md)");
-        const int64_t count = parse_count(cells[2], "count");
-        // The dump becomes one dense record a layer, as wide as the largest expert id:
-        // layers x experts is bounded before anything is kept.
-        const auto found = sparse_counts_.find(layer);
-        const size_t layers = sparse_order_.size() + (found == sparse_counts_.end() ? 1 : 0);
-        const size_t experts = std::max(sparse_experts_, static_cast<size_t>(expert) + 1);
-        if (layers * experts > kMaxSparseCells)
-          throw LineError("the dump's layers x experts pass 2^24 counts (docs/limits.md)");
-        int64_t& cell = sparse_counts_[layer][expert];
-        if (found == sparse_counts_.end()) sparse_order_.push_back(layer);
-        sparse_experts_ = experts;
-        if (__builtin_add_overflow(cell, count, &cell))
-          throw LineError("counts past 2^63 - 1 once summed");
+        add_sparse_row(statement);
         continue;
       }
       parse_statement(statement, records);

@@ -65,6 +65,7 @@ class LogReader : public RecordSource {
  private:
   bool read_line(std::string& line);
   void parse_statement(const std::string& text, std::vector<CountsRecord>& out);
+  void add_sparse_row(const std::string& row);
   void flush_sparse(std::vector<CountsRecord>& out);
 
   std::istream& in_;

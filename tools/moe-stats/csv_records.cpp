@@ -7,8 +7,41 @@
 namespace moe::stats {
 namespace {
 
-// The fields of one CSV line (RFC 4180): a field in double quotes may hold commas, and
-// "" inside it is one quote. Unquoted fields are trimmed.
+// A header: the plain layout's (step,layer,...) is skipped; the library's export names
+// its per-expert columns, which the rows are then read by.
+void read_csv_header(const std::vector<std::string>& cells, CsvLayout& layout) {
+  layout.header_seen = true;
+  std::vector<std::pair<int64_t, size_t>> counts, served;
+  for (size_t i = 0; i < cells.size(); ++i) {
+    const std::string& name = cells[i];
+    auto expert_of = [&](const std::string& prefix) -> int64_t {
+      if (name.rfind(prefix, 0) != 0 || name.size() == prefix.size()) return -1;
+      const std::string digits = name.substr(prefix.size());
+      if (digits.size() > 7 || digits.find_first_not_of("0123456789") != std::string::npos)
+        return -1;
+      return std::stoll(digits);
+    };
+    if (const int64_t e = expert_of("expert_counts_e"); e >= 0) counts.push_back({e, i});
+    if (const int64_t e = expert_of("expert_served_e"); e >= 0) served.push_back({e, i});
+    if (name == "split") layout.split = i;
+    if (name == "tokens") layout.tokens = i;
+  }
+  std::sort(counts.begin(), counts.end());
+  std::sort(served.begin(), served.end());
+  for (size_t e = 0; e < counts.size(); ++e) {
+    if (counts[e].first != static_cast<int64_t>(e))
+      throw LineError("the header's expert_counts_e columns skip expert " + std::to_string(e));
+    layout.counts.push_back(counts[e].second);
+  }
+  if (!served.empty() && served.size() != counts.size())
+    throw LineError("the header has " + std::to_string(served.size()) +
+                    " expert_served_e columns for " + std::to_string(counts.size()) +
+                    " expert_counts_e columns");
+  for (const auto& [e, column] : served) layout.served.push_back(column);
+}
+
+}  // namespace
+
 std::vector<std::string> csv_fields(const std::string& line) {
   std::vector<std::string> fields;
   size_t i = 0;
@@ -44,41 +77,6 @@ std::vector<std::string> csv_fields(const std::string& line) {
   }
   return fields;
 }
-
-// A header: the plain layout's (step,layer,...) is skipped; the library's export names
-// its per-expert columns, which the rows are then read by.
-void read_csv_header(const std::vector<std::string>& cells, CsvLayout& layout) {
-  layout.header_seen = true;
-  std::vector<std::pair<int64_t, size_t>> counts, served;
-  for (size_t i = 0; i < cells.size(); ++i) {
-    const std::string& name = cells[i];
-    auto expert_of = [&](const std::string& prefix) -> int64_t {
-      if (name.rfind(prefix, 0) != 0 || name.size() == prefix.size()) return -1;
-      const std::string digits = name.substr(prefix.size());
-      if (digits.size() > 7 || digits.find_first_not_of("0123456789") != std::string::npos)
-        return -1;
-      return std::stoll(digits);
-    };
-    if (const int64_t e = expert_of("expert_counts_e"); e >= 0) counts.push_back({e, i});
-    if (const int64_t e = expert_of("expert_served_e"); e >= 0) served.push_back({e, i});
-    if (name == "split") layout.split = i;
-    if (name == "tokens") layout.tokens = i;
-  }
-  std::sort(counts.begin(), counts.end());
-  std::sort(served.begin(), served.end());
-  for (size_t e = 0; e < counts.size(); ++e) {
-    if (counts[e].first != static_cast<int64_t>(e))
-      throw LineError("the header's expert_counts_e columns skip expert " + std::to_string(e));
-    layout.counts.push_back(counts[e].second);
-  }
-  if (!served.empty() && served.size() != counts.size())
-    throw LineError("the header has " + std::to_string(served.size()) +
-                    " expert_served_e columns for " + std::to_string(counts.size()) +
-                    " expert_counts_e columns");
-  for (const auto& [e, column] : served) layout.served.push_back(column);
-}
-
-}  // namespace
 
 void parse_csv(const std::string& line, CsvLayout& layout, std::vector<CountsRecord>& out) {
   const std::vector<std::string> cells = csv_fields(line);

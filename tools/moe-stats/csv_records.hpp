@@ -20,6 +20,10 @@ struct CsvLayout {
   size_t split = SIZE_MAX, tokens = SIZE_MAX;
 };
 
+// The fields of one CSV line (RFC 4180): a field in double quotes may hold commas, and
+// "" inside it is one quote. Unquoted fields are trimmed. Throws LineError.
+std::vector<std::string> csv_fields(const std::string& line);
+
 // One CSV line: a header updates `layout`, a row appends its record to `out`. Throws
 // LineError.
 void parse_csv(const std::string& line, CsvLayout& layout, std::vector<CountsRecord>& out);

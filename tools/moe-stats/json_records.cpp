@@ -9,19 +9,22 @@
 namespace moe::stats {
 namespace {
 
+// One count; `what` names it in the error ("'counts' holds a value that", ...).
+int64_t json_count(const nlohmann::json& v, const std::string& what) {
+  if (!v.is_number()) throw LineError(what + " is not a number");
+  const double d = v.get<double>();
+  if (!is_count(d)) throw LineError(what + " is not a count");
+  return static_cast<int64_t>(d);
+}
+
 std::vector<int64_t> json_counts(const nlohmann::json& v, const char* key) {
   if (!v.is_array() || v.empty())
     throw LineError(std::string("'") + key + "' is not a non-empty array");
-  std::vector<int64_t> out;
   if (v.size() > static_cast<size_t>(kMaxExperts))
     throw LineError(std::string("'") + key + "' holds more than 2^20 counts (docs/limits.md)");
-  for (const auto& x : v) {
-    if (!x.is_number()) throw LineError(std::string("'") + key + "' holds a non-number");
-    const double d = x.get<double>();
-    if (!(d >= 0) || d > 9.0e18 || d != static_cast<double>(static_cast<int64_t>(d)))
-      throw LineError(std::string("'") + key + "' holds a value that is not a count");
-    out.push_back(static_cast<int64_t>(d));
-  }
+  std::vector<int64_t> out;
+  const std::string element = std::string("'") + key + "' holds a value that";
+  for (const auto& x : v) out.push_back(json_count(x, element));
   return out;
 }
 
@@ -29,14 +32,6 @@ std::string json_label(const nlohmann::json& v) {
   if (v.is_string()) return v.get<std::string>();
   if (v.is_number_integer()) return std::to_string(v.get<int64_t>());
   throw LineError("'layer' is neither a string nor an integer");
-}
-
-int64_t json_count(const nlohmann::json& v, const std::string& what) {
-  if (!v.is_number()) throw LineError(what + " is not a number");
-  const double d = v.get<double>();
-  if (!(d >= 0) || d > 9.0e18 || d != static_cast<double>(static_cast<int64_t>(d)))
-    throw LineError(what + " is not a count");
-  return static_cast<int64_t>(d);
 }
 
 // Served counts beside the demand: as long, and never above it.
@@ -66,9 +61,7 @@ void megatron_tokens_per_expert(const nlohmann::json& j, CountsRecord& r) {
     if (r.counts.empty()) r.counts.assign(counts.size(), 0);
     if (counts.size() != r.counts.size())
       throw LineError("the microbatches of 'tpe' differ in length");
-    for (size_t e = 0; e < counts.size(); ++e)
-      if (__builtin_add_overflow(r.counts[e], counts[e], &r.counts[e]))
-        throw LineError("'tpe' overflows 64 bits");
+    for (size_t e = 0; e < counts.size(); ++e) r.counts[e] = checked_add(r.counts[e], counts[e]);
   }
   // Decoder layers keep their number; multi-token prediction layers (block "mtp", with
   // mtp_idx) and any other block are named apart, so that they are never summed in.
@@ -94,8 +87,7 @@ void vllm_step_metrics(const nlohmann::json& j, CountsRecord& r) {
     const int64_t e = json_count(pair[0], "an expert id");
     if (e >= experts)
       throw LineError("expert " + std::to_string(e) + " is past num_logical_experts");
-    if (__builtin_add_overflow(r.counts[e], json_count(pair[1], "a count"), &r.counts[e]))
-      throw LineError("counts past 2^63 - 1 once summed");
+    r.counts[e] = checked_add(r.counts[e], json_count(pair[1], "a count"));
   }
   if (j.contains("engine"))
     r.rank = static_cast<int>(json_count(j["engine"], "'engine'") % (1 << 30));

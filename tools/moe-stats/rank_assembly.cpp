@@ -5,6 +5,8 @@
 #include <numeric>
 #include <stdexcept>
 
+#include "tools/moe-stats/count_text.hpp"
+
 namespace moe::stats {
 namespace {
 
@@ -14,13 +16,6 @@ struct RankPart {
   int64_t tokens = 0;
   bool tokens_known = true;
 };
-
-int64_t checked_add(int64_t a, int64_t b) {
-  int64_t out;
-  if (__builtin_add_overflow(a, b, &out))
-    throw std::runtime_error("counts past 2^63 - 1 once summed");
-  return out;
-}
 
 // Sums `counts` into `sum`; a sparse dump's shorter vector is padded with zeros.
 void add_into(std::vector<int64_t>& sum, const std::vector<int64_t>& counts, bool sparse) {

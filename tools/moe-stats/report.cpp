@@ -9,6 +9,7 @@
 #include "core/telemetry/metrics.hpp"
 #include "core/telemetry/verdicts.hpp"
 #include "tools/common/verdict_json.hpp"
+#include "tools/moe-stats/count_text.hpp"
 #include "tools/moe-stats/rank_assembly.hpp"
 
 namespace moe::stats {
@@ -28,11 +29,13 @@ const std::vector<std::string> kServedMetrics = {
 const std::vector<std::string> kRankMetrics = {"rank_balancedness", "rank_imbalance_ratio",
                                                "overload_factor"};
 
-int64_t checked_add(int64_t a, int64_t b) {
-  int64_t out;
-  if (__builtin_add_overflow(a, b, &out))
-    throw std::runtime_error("counts past 2^63 - 1 once summed");
-  return out;
+// A window's rank loads: summed, or none once its records disagree on the ranks.
+void add_rank_load(std::vector<int64_t>& sum, const std::vector<int64_t>& load) {
+  if (sum.size() != load.size()) {
+    sum.clear();
+    return;
+  }
+  for (size_t q = 0; q < load.size(); ++q) sum[q] += load[q];
 }
 
 // A log of counts knows neither T nor k: the statistics treat each count as one copy
@@ -164,12 +167,7 @@ void ReportBuilder::add(const CountsRecord& r) {
           merged.counts[e] += second.counts[e];
           merged.served[e] += second.served[e];
         }
-        if (merged.rank_load.size() == second.rank_load.size()) {
-          for (size_t q = 0; q < merged.rank_load.size(); ++q)
-            merged.rank_load[q] += second.rank_load[q];
-        } else {
-          merged.rank_load.clear();
-        }
+        add_rank_load(merged.rank_load, second.rank_load);
         windows[i] = std::move(merged);
       }
       windows.resize(windows.size() / 2);
@@ -191,11 +189,7 @@ void ReportBuilder::add(const CountsRecord& r) {
     w.counts[e] += step.demand[e];
     w.served[e] += step.served[e];
   }
-  if (w.rank_load.size() == rank_load.size()) {
-    for (size_t q = 0; q < rank_load.size(); ++q) w.rank_load[q] += rank_load[q];
-  } else {
-    w.rank_load.clear();  // the window's records disagree on the ranks: none for it
-  }
+  add_rank_load(w.rank_load, rank_load);
 }
 
 std::vector<LayerReport> ReportBuilder::finish() {
